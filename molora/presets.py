@@ -1,0 +1,68 @@
+"""Named configurations: the published model, a benchmark-sized one and the embedded tiny one."""
+from __future__ import annotations
+
+from .config import AudioConfig, BackboneConfig, LoraSpec, MoLoRAConfig, VisionConfig, _reference_router
+
+# Token ids of the tiny byte-level tokenizer (see molora/tokenizer.py): 256 byte tokens,
+# then the special tokens in this order.
+TINY_SPECIAL_TOKENS = [
+    "<|endoftext|>",  # 256: bos = pad = eos
+    "<|system|>",  # 257
+    "<|user|>",  # 258
+    "<|assistant|>",  # 259
+    "<|end|>",  # 260
+    "<|endoftext10|>",  # 261: image placeholder
+    "<|endoftext11|>",  # 262: audio placeholder
+    "<sep>",  # 263
+]
+TINY_VOCAB = 272  # 264 used, rounded up to a multiple of 16
+
+
+def phi4_multimodal() -> MoLoRAConfig:
+    """The published Phi-4-multimodal-instruct shapes (official config.json, not transformers' defaults)."""
+    return MoLoRAConfig(name="phi4-multimodal", tokenizer="microsoft/Phi-4-multimodal-instruct")
+
+
+def small() -> MoLoRAConfig:
+    """Proportioned like the real model (GQA 3:1, partial rotary 0.75, r/alpha ratios), ~0.3 GB fp32."""
+    return MoLoRAConfig(
+        name="small",
+        tokenizer="bytes",
+        backbone=BackboneConfig(
+            vocab_size=TINY_VOCAB, hidden_size=768, intermediate_size=2048, num_hidden_layers=8,
+            num_attention_heads=6, num_key_value_heads=2, short_factor=[1.0] * 48,
+            long_factor=[1.0 + i / 8 for i in range(48)], bos_token_id=256, pad_token_id=256,
+            eos_token_ids=[260, 256], image_token_id=261, audio_token_id=262,
+        ),
+        vision=VisionConfig(hidden_size=384, intermediate_size=1536, num_hidden_layers=6, num_attention_heads=6,
+                            image_size=224, patch_size=14),
+        audio=AudioConfig(hidden_size=384, intermediate_size=768, num_blocks=6, num_attention_heads=6,
+                          ext_pw_out_channel=384, depthwise_separable_out_channel=384, nemo_conv_channels=384),
+        adapters={"vision": LoraSpec(r=64, alpha=128), "speech": LoraSpec(r=80, alpha=160, dropout=0.01)},
+        router=_reference_router(),
+    )
+
+
+def tiny() -> MoLoRAConfig:
+    """The embedded default: a few small layers, byte tokenizer, no downloads."""
+    return MoLoRAConfig(
+        name="tiny",
+        tokenizer="bytes",
+        backbone=BackboneConfig(
+            vocab_size=TINY_VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, short_factor=[1.0] * 6,
+            long_factor=[1.0, 1.5, 2.0, 3.0, 4.0, 6.0], original_max_position_embeddings=4096,
+            max_position_embeddings=16384, bos_token_id=256, pad_token_id=256,
+            eos_token_ids=[260, 256], image_token_id=261, audio_token_id=262,
+        ),
+        vision=VisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                            image_size=56, patch_size=14),
+        audio=AudioConfig(hidden_size=32, intermediate_size=48, num_blocks=2, num_attention_heads=2,
+                          ext_pw_out_channel=32, depthwise_separable_out_channel=32, nemo_conv_channels=16,
+                          bias_max_distance=500),
+        adapters={"vision": LoraSpec(r=4, alpha=8), "speech": LoraSpec(r=6, alpha=12, dropout=0.0)},
+        router=_reference_router(),
+    )
+
+
+PRESETS = {"phi4-multimodal": phi4_multimodal, "small": small, "tiny": tiny}
