@@ -1,0 +1,85 @@
+"""Multi-adapter LoRA linear layer with per-sample routing (peft's layout: dicts keyed by adapter).
+
+State-dict keys follow peft / the official Phi-4-multimodal checkpoint:
+``<module>.base_layer.weight``, ``<module>.lora_A.<adapter>.weight``, ``<module>.lora_B.<adapter>.weight``.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from ..config import LoraSpec
+from .routing import RoutingState
+
+
+class RoutedLoRALinear(nn.Module):
+    def __init__(self, base_layer: nn.Linear, specs: dict[str, LoraSpec], routing: RoutingState):
+        super().__init__()
+        self.base_layer = base_layer
+        self.in_features, self.out_features = base_layer.in_features, base_layer.out_features
+        self.lora_A = nn.ModuleDict()
+        self.lora_B = nn.ModuleDict()
+        self.lora_dropout = nn.ModuleDict()
+        self.scaling: dict[str, float] = {}
+        for name, spec in specs.items():
+            self.add_adapter(name, spec)
+        # a plain attribute (not a submodule): shared by all layers of the model
+        object.__setattr__(self, "routing", routing)
+
+    def add_adapter(self, name: str, spec: LoraSpec) -> None:
+        w = self.base_layer.weight
+        self.lora_A[name] = nn.Linear(self.in_features, spec.r, bias=False, device=w.device, dtype=w.dtype)
+        self.lora_B[name] = nn.Linear(spec.r, self.out_features, bias=False, device=w.device, dtype=w.dtype)
+        self.lora_dropout[name] = nn.Dropout(spec.dropout) if spec.dropout > 0 else nn.Identity()
+        self.scaling[name] = spec.scaling
+        if w.device.type != "meta":
+            self.reset_adapter(name)
+
+    @torch.no_grad()
+    def reset_adapter(self, name: str) -> None:
+        """peft's default init: A kaiming-uniform, B zero (the adapter starts as a no-op)."""
+        nn.init.kaiming_uniform_(self.lora_A[name].weight, a=math.sqrt(5))
+        nn.init.zeros_(self.lora_B[name].weight)
+
+    def _delta(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        a, b = self.lora_A[name], self.lora_B[name]
+        return b(a(self.lora_dropout[name](x.to(a.weight.dtype)))) * self.scaling[name]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.base_layer(x)
+        rows = self.routing.rows
+        if not rows:
+            return y
+        for name, sel in rows.items():
+            if sel is None:  # every row uses this adapter
+                y = y + self._delta(name, x).to(y.dtype)
+            else:
+                d = self._delta(name, x.index_select(0, sel)).to(y.dtype)
+                y = y.index_add(0, sel, d)
+        return y
+
+    def delta_weight(self, name: str) -> torch.Tensor:
+        """The dense weight update of one adapter: scaling * B @ A (shape of base weight)."""
+        return (self.lora_B[name].weight @ self.lora_A[name].weight) * self.scaling[name]
+
+    @torch.no_grad()
+    def merged_weight(self, name: str) -> torch.Tensor:
+        return self.base_layer.weight + self.delta_weight(name).to(self.base_layer.weight.dtype)
+
+    def extra_repr(self) -> str:
+        return f"in={self.in_features}, out={self.out_features}, adapters={list(self.lora_A)}"
+
+
+def inject_routed_lora(module: nn.Module, specs: dict[str, LoraSpec], routing: RoutingState) -> list[str]:
+    """Replace every nn.Linear whose attribute name is a target of some adapter; return the paths replaced."""
+    targets = {t for spec in specs.values() for t in spec.target_modules}
+    replaced = []
+    for path, parent in list(module.named_modules()):
+        for child_name, child in list(parent.named_children()):
+            if child_name in targets and isinstance(child, nn.Linear):
+                these = {n: s for n, s in specs.items() if child_name in s.target_modules}
+                setattr(parent, child_name, RoutedLoRALinear(child, these, routing))
+                replaced.append(f"{path}.{child_name}" if path else child_name)
+    return replaced

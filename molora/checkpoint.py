@@ -1,0 +1,259 @@
+"""Checkpoint I/O: read and write molora's layout, the official ``phi4mm`` layout and the
+transformers-native ``phi4_multimodal`` layout (+ PEFT adapter folders); assemble a new model
+from a Phi-4-mini checkpoint and an open_clip SigLIP checkpoint. safetensors only.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from . import layouts
+from .config import MoLoRAConfig
+from .errors import CheckpointError
+
+WEIGHTS = "model.safetensors"
+INDEX = "model.safetensors.index.json"
+HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "vision-lora/*", "speech-lora/*"]
+
+
+def resolve_path(path_or_id: str | os.PathLike) -> Path:
+    """A local directory, or a hub id fetched to the local cache (needs network)."""
+    p = Path(path_or_id).expanduser()
+    if p.is_dir():
+        return p
+    if p.exists():
+        raise CheckpointError("expected a checkpoint directory, got a file", str(p))
+    s = str(path_or_id)
+    if s.count("/") != 1 or s.startswith((".", "/")):
+        raise CheckpointError("no such directory (and not a hub id of the form owner/name)", s)
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(s, allow_patterns=HUB_PATTERNS))
+    except Exception as e:  # offline, unknown repo, ...
+        raise CheckpointError(f"cannot fetch it from the hub ({type(e).__name__}: {e}); download the repository "
+                              "elsewhere and pass its local path", s) from None
+
+
+def read_safetensors(directory: Path, prefix_filter=None) -> dict[str, torch.Tensor]:
+    """All tensors of a (possibly sharded) safetensors checkpoint in ``directory``."""
+    files: list[Path]
+    if (directory / INDEX).exists():
+        index = json.loads((directory / INDEX).read_text())
+        files = [directory / f for f in dict.fromkeys(index["weight_map"].values())]
+    else:
+        files = sorted(directory.glob("*.safetensors"))
+    if not files:
+        raise CheckpointError("no .safetensors weights found (molora reads weights from safetensors only)",
+                              str(directory))
+    out = {}
+    for f in files:
+        try:
+            with safe_open(str(f), framework="pt") as fh:
+                for k in fh.keys():
+                    if prefix_filter is None or prefix_filter(k):
+                        out[k] = fh.get_tensor(k)
+        except Exception as e:
+            raise CheckpointError(f"unreadable safetensors file ({e})", str(f)) from None
+    return out
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CheckpointError("missing config.json", str(path.parent)) from None
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"invalid JSON ({e})", str(path)) from None
+
+
+def detect_layout(directory: Path) -> str:
+    mt = _read_json(directory / "config.json").get("model_type")
+    if mt in ("molora", "phi4mm", "phi4_multimodal", "phi3"):
+        return mt
+    raise CheckpointError(f"unknown model_type {mt!r} (expected molora, phi4mm or phi4_multimodal)",
+                          str(directory / "config.json"))
+
+
+def _peft_folders(directory: Path) -> dict[str, Path]:
+    return {p.name[: -len("-lora")]: p for p in sorted(directory.glob("*-lora"))
+            if (p / "adapter_config.json").exists()}
+
+
+def load_config(path_or_id) -> MoLoRAConfig:
+    directory = resolve_path(path_or_id)
+    layout = detect_layout(directory)
+    d = _read_json(directory / "config.json")
+    tok = "bytes" if d.get("vocab_size", 0) < 1000 else str(path_or_id)
+    if layout == "molora":
+        return MoLoRAConfig.from_dict(d)
+    if layout == "phi4mm":
+        return layouts.from_phi4mm_config(d, tokenizer=tok)
+    if layout == "phi4_multimodal":
+        adapters = {name: layouts.spec_from_peft_config(_read_json(p / "adapter_config.json"))
+                    for name, p in _peft_folders(directory).items()}
+        return layouts.from_transformers_config(d, adapters, tokenizer=tok)
+    raise CheckpointError("a bare Phi-3 / Phi-4-mini checkpoint is a backbone only: use "
+                          "molora.checkpoint.assemble(config, backbone=..., vision=...)", str(directory))
+
+
+def load_state_dict(directory: Path, layout: str, config: MoLoRAConfig) -> dict[str, torch.Tensor]:
+    raw = read_safetensors(directory)
+    if layout == "molora":
+        return raw
+    if layout == "phi4mm":
+        return {layouts.from_phi4mm_key(k): v for k, v in raw.items()}
+    targets = {t for s in config.adapters.values() for t in s.target_modules}
+    sd = layouts.from_transformers_state_dict(raw, targets)
+    for name, folder in _peft_folders(directory).items():
+        sd.update(layouts.from_adapter_state_dict(name, read_safetensors(folder)))
+    return sd
+
+
+def build_empty(config: MoLoRAConfig):
+    from .model import MoLoRAModel
+
+    with torch.device("meta"):
+        return MoLoRAModel(config)
+
+
+def _materialize(model, sd: dict, where: str) -> None:
+    expected = model.state_dict()
+    tied = config_tied(model)
+    missing = [k for k in expected if k not in sd]
+    unexpected = [k for k in sd if k not in expected and not (tied and k == "lm_head.weight")]
+    if missing or unexpected:
+        raise CheckpointError(
+            f"weights do not match the config: {len(missing)} missing (e.g. {missing[:4]}), "
+            f"{len(unexpected)} unexpected (e.g. {unexpected[:4]})", where)
+    for k, v in expected.items():
+        if tuple(sd[k].shape) != tuple(v.shape):
+            raise CheckpointError(f"shape mismatch for {k}: checkpoint {tuple(sd[k].shape)}, model {tuple(v.shape)}",
+                                  where)
+    sd = {k: sd[k] for k in expected}
+    model.load_state_dict(sd, assign=True, strict=True)
+    _rebuild_buffers(model)
+    model.freeze_base()
+
+
+def config_tied(model) -> bool:
+    return model.config.backbone.tie_word_embeddings
+
+
+def _rebuild_buffers(model) -> None:
+    """Non-persistent buffers (rotary frequencies, ...) are not in checkpoints: rebuild them on CPU."""
+    for name, module in model.named_modules():
+        for bname, buf in list(module.named_buffers(recurse=False)):
+            if buf is not None and buf.device.type == "meta":
+                fresh = _fresh_module_like(model, name)
+                module._buffers[bname] = dict(fresh.named_buffers(recurse=False))[bname]
+    left = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.device.type == "meta"]
+    if left:
+        raise CheckpointError(f"tensors left unloaded: {left[:5]}", "model")
+
+
+def _fresh_module_like(model, name: str):
+    from transformers.models.phi3.modeling_phi3 import Phi3RotaryEmbedding
+
+    module = model.get_submodule(name)
+    if isinstance(module, Phi3RotaryEmbedding):
+        return Phi3RotaryEmbedding(config=module.config)
+    if hasattr(module, "rebuild_buffers"):
+        return module.rebuild_buffers()
+    raise CheckpointError(f"cannot rebuild non-persistent buffers of {type(module).__name__}", name)
+
+
+def load_model(path_or_id, dtype: torch.dtype | None = None, device: str | torch.device | None = None):
+    from .presets import PRESETS
+
+    if str(path_or_id) in PRESETS and not Path(str(path_or_id)).exists():
+        from .model import MoLoRAModel
+
+        return MoLoRAModel(MoLoRAConfig.preset(str(path_or_id)))
+    directory = resolve_path(path_or_id)
+    layout = detect_layout(directory)
+    config = load_config(directory)
+    model = build_empty(config)
+    _materialize(model, load_state_dict(directory, layout, config), str(directory))
+    if dtype is not None or device is not None:
+        model.to(device=device, dtype=dtype)
+    return model
+
+
+# -- saving ------------------------------------------------------------------------------------------
+
+def _atomic_dir(directory: Path):
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
+
+
+def _commit_dir(tmp: Path, directory: Path) -> None:
+    """Replace ``directory`` by ``tmp`` (files written first, then renamed: never a half checkpoint)."""
+    directory = Path(directory)
+    if directory.exists():
+        old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
+        os.replace(directory, old)
+        os.replace(tmp, directory)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, directory)
+
+
+def _contiguous(sd: dict) -> dict:
+    return {k: v.detach().contiguous().cpu() for k, v in sd.items()}
+
+
+def save_model(model, directory, layout: str = "molora", peft_folders: bool = True) -> None:
+    """Write ``model`` to ``directory`` in ``layout`` (molora | phi4mm | phi4_multimodal).
+
+    molora and phi4mm keep the LoRA weights inside the shard; every layout also gets PEFT
+    folders ``<adapter>-lora/`` (the transformers-native layout keeps adapters only there).
+    """
+    directory = Path(directory)
+    tmp = _atomic_dir(directory)
+    try:
+        sd = _contiguous(model.state_dict())
+        cfg = model.config
+        if layout == "molora":
+            save_file(sd, str(tmp / WEIGHTS), metadata={"format": "pt", "layout": "molora"})
+            cfg.to_json(tmp / "config.json")
+        elif layout == "phi4mm":
+            save_file({layouts.to_phi4mm_key(k): v for k, v in sd.items()}, str(tmp / WEIGHTS),
+                      metadata={"format": "pt"})
+            (tmp / "config.json").write_text(json.dumps(layouts.to_phi4mm_config(cfg), indent=2))
+        elif layout == "phi4_multimodal":
+            save_file(layouts.to_transformers_state_dict(sd), str(tmp / WEIGHTS), metadata={"format": "pt"})
+            (tmp / "config.json").write_text(json.dumps(layouts.to_transformers_config(cfg), indent=2))
+            peft_folders = True
+        else:
+            raise CheckpointError("layout must be molora, phi4mm or phi4_multimodal", layout)
+        if peft_folders:
+            export_peft(model, tmp, sd=sd)
+        _commit_dir(tmp, directory)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def export_peft(model, directory, adapters: list[str] | None = None, sd: dict | None = None) -> list[Path]:
+    """Write each adapter as a PEFT folder ``<directory>/<name>-lora/`` that peft and vLLM load."""
+    sd = _contiguous(model.state_dict()) if sd is None else sd
+    out = []
+    for name, tensors in layouts.adapter_state_dicts(sd).items():
+        if adapters is not None and name not in adapters:
+            continue
+        folder = Path(directory) / f"{name}-lora"
+        folder.mkdir(parents=True, exist_ok=True)
+        save_file(tensors, str(folder / "adapter_model.safetensors"), metadata={"format": "pt"})
+        (folder / "adapter_config.json").write_text(
+            json.dumps(layouts.peft_config(name, model.config.adapters[name]), indent=2))
+        out.append(folder)
+    return out

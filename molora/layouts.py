@@ -1,0 +1,299 @@
+"""Key and config translation between molora's layout and the two public Phi-4-multimodal layouts.
+
+molora's own keys::
+
+    language_model.{embed_tokens,layers.N.*,norm}        decoder; routed linears carry
+        ....qkv_proj.base_layer.weight / .lora_A.<adapter>.weight / .lora_B.<adapter>.weight
+    image_embed.*                                         official names (img_processor, glb_GN, sub_GN, img_projection.0/.2)
+    audio_embed.encoder.*, audio_embed.audio_projection.<name>.{0,2}.*
+    lm_head.weight                                        only when embeddings are untied
+
+``phi4mm`` (official): the same with ``model.`` for the decoder and
+``model.embed_tokens_extend.`` before image_embed / audio_embed.
+``phi4_multimodal`` (transformers-native): no LoRA keys (they live in PEFT folders),
+``base_layer.`` stripped, and transformers' renames of encoder/projector modules.
+"""
+from __future__ import annotations
+
+import re
+
+from .config import AudioConfig, BackboneConfig, LoraSpec, MoLoRAConfig, VisionConfig
+from .encoders import conformer as _conformer
+from .encoders import image_embed as _image_embed
+
+LORA_KEY = re.compile(r"\.lora_[AB]\.")
+EXT = "model.embed_tokens_extend."
+
+# -- keys: molora <-> official phi4mm -------------------------------------------------------------
+
+
+def to_phi4mm_key(k: str) -> str:
+    if k.startswith("language_model."):
+        return "model." + k[len("language_model."):]
+    if k.startswith(("image_embed.", "audio_embed.")):
+        return EXT + k
+    return k
+
+
+def from_phi4mm_key(k: str) -> str:
+    if k.startswith(EXT):
+        return k[len(EXT):]
+    if k.startswith("model."):
+        return "language_model." + k[len("model."):]
+    return k
+
+
+# -- keys: molora <-> transformers-native phi4_multimodal -------------------------------------------
+
+_PROJ_TO_HF = {"speech": "speech", "vision": "vision_speech"}
+
+
+def to_transformers_state_dict(sd: dict) -> dict:
+    """Base weights only (LoRA keys dropped; see `adapter_state_dicts`)."""
+    out, img, aud = {}, {}, {}
+    for k, v in sd.items():
+        if LORA_KEY.search(k):
+            continue
+        if k.startswith("language_model."):
+            out["model." + k[len("language_model."):].replace(".base_layer.", ".")] = v
+        elif k.startswith("image_embed."):
+            img[k[len("image_embed."):]] = v
+        elif k.startswith("audio_embed.encoder."):
+            aud[k[len("audio_embed.encoder."):]] = v
+        elif k.startswith("audio_embed.audio_projection."):
+            name, idx, rest = k[len("audio_embed.audio_projection."):].split(".", 2)
+            which = {"0": "up", "2": "down"}[idx]
+            out[f"{EXT}audio_embed.{which}_proj_for_{_PROJ_TO_HF.get(name, name)}.{rest}"] = v
+        else:
+            out[k] = v
+    out.update({f"{EXT}image_embed.{k}": v for k, v in _image_embed.to_transformers_keys(img).items()})
+    out.update({f"{EXT}audio_embed.encoder.{k}": v for k, v in _conformer.to_transformers_keys(aud).items()})
+    return out
+
+
+def from_transformers_state_dict(sd: dict, lora_targets: set[str]) -> dict:
+    """Inverse of `to_transformers_state_dict`; decoder linears in ``lora_targets`` get ``base_layer.``."""
+    out, img, aud = {}, {}, {}
+    hf_to_proj = {v: k for k, v in _PROJ_TO_HF.items()}
+    for k, v in sd.items():
+        if k.startswith(EXT + "image_embed."):
+            img[k[len(EXT + "image_embed."):]] = v
+        elif k.startswith(EXT + "audio_embed.encoder."):
+            aud[k[len(EXT + "audio_embed.encoder."):]] = v
+        elif k.startswith(EXT + "audio_embed."):
+            m = re.fullmatch(r"(up|down)_proj_for_(\w+?)\.(weight|bias)", k[len(EXT + "audio_embed."):])
+            if not m:
+                out[k] = v
+                continue
+            name = hf_to_proj.get(m.group(2), m.group(2))
+            out[f"audio_embed.audio_projection.{name}.{'0' if m.group(1) == 'up' else '2'}.{m.group(3)}"] = v
+        elif k.startswith("model."):
+            rest = k[len("model."):]
+            m = re.fullmatch(r"(layers\.\d+\.(?:self_attn|mlp)\.(\w+))\.(weight|bias)", rest)
+            if m and m.group(2) in lora_targets:
+                rest = f"{m.group(1)}.base_layer.{m.group(3)}"
+            out["language_model." + rest] = v
+        else:
+            out[k] = v
+    out.update({f"image_embed.{k}": v for k, v in _image_embed.from_transformers_keys(img).items()})
+    out.update({f"audio_embed.encoder.{k}": v for k, v in _conformer.from_transformers_keys(aud).items()})
+    return out
+
+
+# -- PEFT adapter folders -------------------------------------------------------------------------
+
+PEFT_PREFIX = "base_model.model.model."
+
+
+def adapter_state_dicts(sd: dict) -> dict[str, dict]:
+    """{adapter: {peft key: tensor}} from molora keys (peft keys have no adapter name)."""
+    out: dict[str, dict] = {}
+    for k, v in sd.items():
+        m = re.fullmatch(r"language_model\.(.+)\.(lora_[AB])\.([^.]+)\.weight", k)
+        if m:
+            out.setdefault(m.group(3), {})[f"{PEFT_PREFIX}{m.group(1)}.{m.group(2)}.weight"] = v
+    return out
+
+
+def from_adapter_state_dict(name: str, sd: dict) -> dict:
+    out = {}
+    for k, v in sd.items():
+        m = re.fullmatch(r"base_model\.model\.(?:model\.)?(.+)\.(lora_[AB])(?:\.[^.]+)?\.weight", k)
+        if not m:
+            continue
+        out[f"language_model.{m.group(1)}.{m.group(2)}.{name}.weight"] = v
+    return out
+
+
+def peft_config(name: str, spec: LoraSpec, base: str | None = None) -> dict:
+    return {
+        "peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": base,
+        "r": spec.r, "lora_alpha": spec.alpha, "lora_dropout": spec.dropout, "bias": "none",
+        "target_modules": list(spec.target_modules), "fan_in_fan_out": False, "inference_mode": True,
+        "init_lora_weights": True, "layers_to_transform": None, "modules_to_save": None,
+        "use_rslora": False, "use_dora": False,
+    }
+
+
+def spec_from_peft_config(d: dict) -> LoraSpec:
+    targets = d.get("target_modules") or ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]
+    if isinstance(targets, str):  # a regex: keep the module names it mentions
+        targets = [t for t in ("qkv_proj", "o_proj", "gate_up_proj", "down_proj") if t in targets]
+    return LoraSpec(r=int(d["r"]), alpha=float(d.get("lora_alpha", d["r"])), dropout=float(d.get("lora_dropout", 0.0)),
+                    target_modules=list(targets))
+
+
+# -- configs ---------------------------------------------------------------------------------------
+
+_AUDIO_HF_FIELDS = ["hidden_size", "intermediate_size", "num_blocks", "num_attention_heads", "activation",
+                    "chunk_size", "left_chunk", "dropout_rate", "ext_pw_out_channel",
+                    "depthwise_separable_out_channel", "depthwise_multiplier", "kernel_size", "conv_activation",
+                    "input_size", "conv_glu_type", "time_reduction", "bias_max_distance", "bias_symmetric",
+                    "nemo_activation", "nemo_conv_channels", "downsample_rate"]
+_VISION_HF_FIELDS = ["hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_channels",
+                     "image_size", "patch_size", "hidden_act", "layer_norm_eps", "attention_dropout", "feature_layer"]
+
+
+def _rope_dict(b: BackboneConfig) -> dict:
+    d = {"rope_type": b.rope_type, "rope_theta": b.rope_theta, "partial_rotary_factor": b.partial_rotary_factor}
+    if b.rope_type == "longrope":
+        d.update(short_factor=list(b.short_factor), long_factor=list(b.long_factor))
+    return d
+
+
+def to_transformers_config(cfg: MoLoRAConfig) -> dict:
+    b, v, a = cfg.backbone, cfg.vision, cfg.audio
+    return {
+        "model_type": "phi4_multimodal", "architectures": ["Phi4MultimodalForCausalLM"],
+        "vocab_size": b.vocab_size, "hidden_size": b.hidden_size, "intermediate_size": b.intermediate_size,
+        "num_hidden_layers": b.num_hidden_layers, "num_attention_heads": b.num_attention_heads,
+        "num_key_value_heads": b.num_key_value_heads, "hidden_act": b.hidden_act,
+        "max_position_embeddings": b.max_position_embeddings,
+        "original_max_position_embeddings": b.original_max_position_embeddings,
+        "rms_norm_eps": b.rms_norm_eps, "tie_word_embeddings": b.tie_word_embeddings,
+        "rope_parameters": _rope_dict(b), "bos_token_id": b.bos_token_id, "pad_token_id": b.pad_token_id,
+        "eos_token_id": list(b.eos_token_ids), "initializer_range": b.initializer_range,
+        "vision_config": {**{k: getattr(v, k) for k in _VISION_HF_FIELDS}, "crop_size": v.image_size,
+                          "image_token_id": b.image_token_id, "model_type": "phi4_multimodal_vision"},
+        "audio_config": {**{k: getattr(a, k) for k in _AUDIO_HF_FIELDS}, "audio_token_id": b.audio_token_id,
+                         "feature_layer": -2, "model_type": "phi4_multimodal_audio"},
+    }
+
+
+def _backbone_from_flat(d: dict, base: BackboneConfig) -> BackboneConfig:
+    rope = d.get("rope_parameters") or d.get("rope_scaling") or {}
+    eos = d.get("eos_token_id", base.eos_token_ids)
+    eos = list(eos) if isinstance(eos, list) else [eos]
+    for special in (200020, 199999):  # generation stops on <|end|> and <|endoftext|> for the real vocabulary
+        if d.get("vocab_size", 0) > special and special not in eos:
+            eos.append(special)
+    rtype = rope.get("rope_type", rope.get("type", "default"))
+    rtype = "longrope" if rtype in ("longrope", "su", "yarn") else "default"
+    return BackboneConfig(
+        vocab_size=d.get("vocab_size", base.vocab_size), hidden_size=d["hidden_size"],
+        intermediate_size=d["intermediate_size"], num_hidden_layers=d["num_hidden_layers"],
+        num_attention_heads=d["num_attention_heads"],
+        num_key_value_heads=d.get("num_key_value_heads") or d["num_attention_heads"],
+        hidden_act=d.get("hidden_act", "silu"), rms_norm_eps=d.get("rms_norm_eps", 1e-5),
+        rope_theta=rope.get("rope_theta", d.get("rope_theta", 10000.0)),
+        partial_rotary_factor=rope.get("partial_rotary_factor", d.get("partial_rotary_factor", 1.0)),
+        rope_type=rtype, short_factor=rope.get("short_factor"), long_factor=rope.get("long_factor"),
+        original_max_position_embeddings=d.get("original_max_position_embeddings", 4096),
+        max_position_embeddings=d.get("max_position_embeddings", 131072),
+        tie_word_embeddings=d.get("tie_word_embeddings", False),
+        bos_token_id=d.get("bos_token_id", base.bos_token_id), pad_token_id=d.get("pad_token_id", base.pad_token_id),
+        eos_token_ids=eos, image_token_id=(d.get("vision_config") or {}).get("image_token_id", base.image_token_id),
+        audio_token_id=(d.get("audio_config") or {}).get("audio_token_id", base.audio_token_id),
+        initializer_range=d.get("initializer_range", 0.02),
+    )
+
+
+def from_transformers_config(d: dict, adapters: dict[str, LoraSpec], tokenizer: str | None = None) -> MoLoRAConfig:
+    vc, ac = d.get("vision_config") or {}, d.get("audio_config") or {}
+    vision = VisionConfig(**{k: vc[k] for k in _VISION_HF_FIELDS if k in vc})
+    if "crop_size" in vc:
+        vision.image_size = vc["crop_size"]
+    audio = AudioConfig(**{k: ac[k] for k in _AUDIO_HF_FIELDS if k in ac})
+    base = MoLoRAConfig().backbone
+    return _with_adapters(_backbone_from_flat(d, base), vision, audio, adapters, tokenizer)
+
+
+def _with_adapters(backbone, vision, audio, adapters, tokenizer) -> MoLoRAConfig:
+    ref = MoLoRAConfig()
+    router = {t: r for t, r in ref.router.items()}
+    for t, r in router.items():  # a layout without an adapter routes its input type to none
+        if r.adapter is not None and r.adapter not in adapters:
+            r.adapter = None
+    return MoLoRAConfig(backbone=backbone, vision=vision, audio=audio, adapters=adapters, router=router,
+                        tokenizer=tokenizer, name="loaded")
+
+
+def to_phi4mm_config(cfg: MoLoRAConfig) -> dict:
+    b, a = cfg.backbone, cfg.audio
+    lora = {}
+    for name in ("vision", "speech"):
+        if name in cfg.adapters:
+            s = cfg.adapters[name]
+            lora[f"{name}_lora"] = {"dp": s.dropout, "lora_alpha": s.alpha, "r": s.r,
+                                    "layer": "layers.*((self_attn\\.(qkv_proj|o_proj))|(mlp\\.(gate_up_proj|down_proj)))"}
+    return {
+        "model_type": "phi4mm", "architectures": ["Phi4MMForCausalLM"],
+        "vocab_size": b.vocab_size, "hidden_size": b.hidden_size, "intermediate_size": b.intermediate_size,
+        "num_hidden_layers": b.num_hidden_layers, "num_attention_heads": b.num_attention_heads,
+        "num_key_value_heads": b.num_key_value_heads, "hidden_act": b.hidden_act,
+        "max_position_embeddings": b.max_position_embeddings,
+        "original_max_position_embeddings": b.original_max_position_embeddings, "rms_norm_eps": b.rms_norm_eps,
+        "rope_theta": b.rope_theta, "partial_rotary_factor": b.partial_rotary_factor,
+        "rope_scaling": ({"type": "longrope", "short_factor": list(b.short_factor), "long_factor": list(b.long_factor)}
+                         if b.rope_type == "longrope" else None),
+        "tie_word_embeddings": b.tie_word_embeddings, "bos_token_id": b.bos_token_id,
+        "eos_token_id": b.bos_token_id, "pad_token_id": b.pad_token_id,
+        "embd_layer": {"embedding_cls": "image_audio",
+                       "image_embd_layer": {"crop_size": cfg.vision.image_size, "embedding_cls": "tune_image",
+                                            "hd_transform_order": "sub_glb", "image_token_compression_cls": "avg_pool_2d",
+                                            "projection_cls": "mlp", "use_hd_transform": True,
+                                            "with_learnable_separator": True},
+                       "audio_embd_layer": {"compression_rate": a.time_reduction, "downsample_rate": a.downsample_rate,
+                                            "embedding_cls": "audio", "projection_cls": "mlp"}},
+        "audio_processor": {"name": "cascades", "config": {
+            "attention_dim": a.hidden_size, "attention_heads": a.num_attention_heads, "linear_units": a.intermediate_size,
+            "num_blocks": a.num_blocks, "input_size": a.input_size, "kernel_size": a.kernel_size,
+            "ext_pw_out_channel": a.ext_pw_out_channel, "depthwise_seperable_out_channel": a.depthwise_separable_out_channel,
+            "depthwise_multiplier": a.depthwise_multiplier, "time_reduction": a.time_reduction, "chunk_size": a.chunk_size,
+            "left_chunk": a.left_chunk, "nemo_conv_settings": {"conv_channels": a.nemo_conv_channels},
+            "relative_attention_bias_args": {"type": "t5", "t5_bias_max_distance": a.bias_max_distance},
+            "activation": a.activation, "conv_activation": a.conv_activation, "conv_glu_type": a.conv_glu_type,
+            "dropout_rate": a.dropout_rate, "causal": True, "input_layer": "nemo_conv"}},
+        **lora,
+        # the official config does not describe the vision tower (it is fixed SigLIP-so400m);
+        # molora records its own full config so non-standard shapes round-trip
+        "molora": cfg.to_dict(),
+    }
+
+
+def from_phi4mm_config(d: dict, tokenizer: str | None = None) -> MoLoRAConfig:
+    if "molora" in d:
+        return MoLoRAConfig.from_dict(d["molora"])
+    ac = (d.get("audio_processor") or {}).get("config", {})
+    audio = AudioConfig()
+    for ours, theirs in [("hidden_size", "attention_dim"), ("num_attention_heads", "attention_heads"),
+                         ("intermediate_size", "linear_units"), ("num_blocks", "num_blocks"),
+                         ("input_size", "input_size"), ("kernel_size", "kernel_size"),
+                         ("ext_pw_out_channel", "ext_pw_out_channel"),
+                         ("depthwise_separable_out_channel", "depthwise_seperable_out_channel"),
+                         ("depthwise_multiplier", "depthwise_multiplier"), ("time_reduction", "time_reduction"),
+                         ("chunk_size", "chunk_size"), ("left_chunk", "left_chunk"), ("activation", "activation"),
+                         ("conv_activation", "conv_activation"), ("conv_glu_type", "conv_glu_type")]:
+        if theirs in ac:
+            setattr(audio, ours, ac[theirs])
+    audio.nemo_conv_channels = (ac.get("nemo_conv_settings") or {}).get("conv_channels", audio.nemo_conv_channels)
+    audio.bias_max_distance = (ac.get("relative_attention_bias_args") or {}).get("t5_bias_max_distance",
+                                                                                 audio.bias_max_distance)
+    crop = ((d.get("embd_layer") or {}).get("image_embd_layer") or {}).get("crop_size", 448)
+    vision = VisionConfig(image_size=crop)
+    adapters = {}
+    for name in ("vision", "speech"):
+        s = d.get(f"{name}_lora")
+        if s:
+            adapters[name] = LoraSpec(r=int(s["r"]), alpha=float(s["lora_alpha"]), dropout=float(s.get("dp", 0.0)))
+    return _with_adapters(_backbone_from_flat(d, MoLoRAConfig().backbone), vision, audio, adapters, tokenizer)

@@ -1,0 +1,204 @@
+"""MoLoRAModel: frozen Phi-4-mini + SigLIP + conformer + projectors + per-sample routed LoRAs.
+
+Forward keywords match transformers' ``Phi4MultimodalForCausalLM`` so a batch from either
+processor feeds either model. Unlike the reference, the adapter and the audio projector are
+chosen per batch row from the row's input type (text / image / speech / image+speech), in
+training and in generation.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import DynamicCache
+
+from .adapters.lora import RoutedLoRALinear, inject_routed_lora
+from .adapters.router import Router
+from .adapters.routing import RoutingState
+from .audio_embed import AudioEmbedder
+from .backbone import build_backbone
+from .config import MoLoRAConfig
+from .encoders.image_embed import ImageEmbedder
+from .errors import PlaceholderError
+
+
+@dataclass
+class MoLoRAOutput:
+    logits: torch.Tensor
+    loss: torch.Tensor | None = None
+    past_key_values: object | None = None
+    row_types: list[str] | None = None
+
+
+class MoLoRAModel(nn.Module):
+    def __init__(self, config: MoLoRAConfig):
+        super().__init__()
+        self.config = config
+        b = config.backbone
+        self.language_model = build_backbone(b)
+        self.lm_head = None if b.tie_word_embeddings else nn.Linear(b.hidden_size, b.vocab_size, bias=False)
+        self.image_embed = ImageEmbedder(config)
+        self.audio_embed = AudioEmbedder(config)
+        self.router = Router(config)
+        self.routing = RoutingState(config.adapter_names)
+        inject_routed_lora(self.language_model, config.adapters, self.routing)
+        self.freeze_base()
+
+    # -- construction / IO -------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, path_or_id: str, **kwargs) -> "MoLoRAModel":
+        from .checkpoint import load_model
+
+        return load_model(path_or_id, **kwargs)
+
+    def save_pretrained(self, directory, **kwargs) -> None:
+        from .checkpoint import save_model
+
+        save_model(self, directory, **kwargs)
+
+    def freeze_base(self) -> None:
+        """The language model's own weights (embeddings, norms, base linears) are frozen."""
+        for name, p in self.language_model.named_parameters():
+            p.requires_grad_(".lora_A." in name or ".lora_B." in name)
+        if self.lm_head is not None:
+            self.lm_head.requires_grad_(False)
+
+    def lora_layers(self) -> dict[str, RoutedLoRALinear]:
+        return {n: m for n, m in self.language_model.named_modules() if isinstance(m, RoutedLoRALinear)}
+
+    @property
+    def device(self) -> torch.device:
+        return self.language_model.embed_tokens.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.language_model.embed_tokens.weight.dtype
+
+    # -- embeddings ----------------------------------------------------------------------
+    def row_types(self, input_ids: torch.Tensor) -> list[str]:
+        b = self.config.backbone
+        return self.router.row_types(input_ids, b.image_token_id, b.audio_token_id)
+
+    def _scatter(self, embeds, input_ids, token_id, pieces: list[torch.Tensor], what: str):
+        pos = (input_ids == token_id).nonzero(as_tuple=True)
+        n_slots = pos[0].numel()
+        values = torch.cat(pieces, 0) if pieces else embeds.new_zeros(0, embeds.shape[-1])
+        if values.shape[0] != n_slots:
+            raise PlaceholderError(
+                f"the prompt has {n_slots} {what} placeholder tokens but the {what} inputs give "
+                f"{values.shape[0]} feature tokens ({len(pieces)} {what} item(s)); each <|{what}_N|> must "
+                f"expand to exactly its item's token count (use MoLoRAProcessor)", what)
+        return embeds.index_put(pos, values.to(embeds.dtype))
+
+    def embed(self, input_ids, row_types, image_pixel_values=None, image_sizes=None, image_attention_mask=None,
+              audio_input_features=None, audio_embed_sizes=None, audio_attention_mask=None) -> torch.Tensor:
+        b = self.config.backbone
+        embeds = self.language_model.embed_tokens(input_ids)
+        n_img_slots = int((input_ids == b.image_token_id).sum())
+        n_aud_slots = int((input_ids == b.audio_token_id).sum())
+        if n_img_slots or (image_pixel_values is not None and image_pixel_values.numel()):
+            if image_pixel_values is None:
+                raise PlaceholderError("the prompt has image placeholder tokens but no image was given", "image")
+            if image_attention_mask is None:
+                image_attention_mask = torch.ones(image_pixel_values.shape[:2] + image_pixel_values.shape[-2:],
+                                                  dtype=torch.bool, device=image_pixel_values.device)[..., ::14, ::14]
+            feats = self.image_embed(image_pixel_values.to(self.device), image_sizes, image_attention_mask)
+            embeds = self._scatter(embeds, input_ids, b.image_token_id, feats, "image")
+        if n_aud_slots or (audio_input_features is not None and audio_input_features.numel()):
+            if audio_input_features is None or audio_embed_sizes is None:
+                raise PlaceholderError("the prompt has audio placeholder tokens but no audio was given", "audio")
+            sizes = audio_embed_sizes.tolist()
+            pos_rows = (input_ids == b.audio_token_id).nonzero(as_tuple=True)[0]
+            if pos_rows.numel() != sum(sizes):
+                raise PlaceholderError(
+                    f"the prompt has {pos_rows.numel()} audio placeholder tokens but audio_embed_sizes "
+                    f"sum to {sum(sizes)} ({len(sizes)} clip(s))", "audio")
+            starts = [sum(sizes[:i]) for i in range(len(sizes))]
+            owners = pos_rows[torch.tensor(starts, dtype=torch.long, device=pos_rows.device)].tolist()
+            projectors = [self.router.audio_projector(row_types[r]) for r in owners]
+            feats = self.audio_embed(audio_input_features.to(self.device, self.dtype), audio_embed_sizes,
+                                     audio_attention_mask, projectors)
+            embeds = self._scatter(embeds, input_ids, b.audio_token_id, feats, "audio")
+        return embeds
+
+    # -- forward -------------------------------------------------------------------------
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                image_pixel_values=None, image_sizes=None, image_attention_mask=None,
+                audio_input_features=None, audio_embed_sizes=None, audio_attention_mask=None,
+                labels: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
+                past_key_values=None, use_cache: bool = False, row_types: list[str] | None = None,
+                logits_to_keep: int = 0, **unused) -> MoLoRAOutput:
+        input_ids = input_ids.to(self.device)
+        if attention_mask is not None:
+            attention_mask = attention_mask.to(self.device)
+        if row_types is None:
+            row_types = self.row_types(input_ids)
+        prefill = past_key_values is None or past_key_values.get_seq_length() == 0
+        if prefill:
+            embeds = self.embed(input_ids, row_types, image_pixel_values, image_sizes, image_attention_mask,
+                                audio_input_features, audio_embed_sizes, audio_attention_mask)
+        else:  # decode steps carry only new text tokens; media were consumed at prefill
+            embeds = self.language_model.embed_tokens(input_ids)
+        if position_ids is None:
+            position_ids = self._positions(attention_mask, input_ids.shape, past_key_values)
+        if use_cache and past_key_values is None:
+            past_key_values = DynamicCache()
+        row_adapter = self.router.adapter_index(row_types, device=input_ids.device)
+        with self.routing.route(row_adapter):
+            out = self.language_model(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids,
+                                      past_key_values=past_key_values, use_cache=use_cache)
+        hidden = out.last_hidden_state
+        if logits_to_keep:
+            hidden = hidden[:, -logits_to_keep:]
+        weight = self.language_model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
+        logits = F.linear(hidden, weight)
+        loss = None
+        if labels is not None:
+            loss = causal_lm_loss(logits, labels.to(logits.device))
+        return MoLoRAOutput(logits=logits, loss=loss, past_key_values=out.past_key_values if use_cache else None,
+                            row_types=row_types)
+
+    @staticmethod
+    def _positions(attention_mask, shape, past_key_values) -> torch.Tensor:
+        past = past_key_values.get_seq_length() if past_key_values is not None else 0
+        if attention_mask is None:
+            return torch.arange(past, past + shape[1]).unsqueeze(0).expand(shape[0], -1)
+        # positions count only real tokens, so a left-padded row gets the positions it has alone
+        pos = attention_mask.long().cumsum(-1) - 1
+        return pos.clamp(min=0)[:, -shape[1]:]
+
+    # -- generation ----------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
+                 max_new_tokens: int = 32, eos_token_ids: list[int] | None = None,
+                 logits_processor=None, sampler=None, **media) -> torch.Tensor:
+        """Greedy (or ``sampler``-driven) decoding with a KV cache; rows keep their routes throughout.
+
+        Expects left padding. Returns the new tokens [B, <= max_new_tokens]; rows that stopped
+        early are filled with the pad id.
+        """
+        from .generation import decode_loop
+
+        return decode_loop(self, input_ids, attention_mask, max_new_tokens=max_new_tokens,
+                           eos_token_ids=eos_token_ids, logits_processor=logits_processor, sampler=sampler, **media)
+
+    def parameter_counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for name, p in self.named_parameters():
+            if ".lora_A." in name or ".lora_B." in name:
+                adapter = name.split(".lora_")[1].split(".")[1]
+                key = f"lora[{adapter}]"
+            else:
+                key = name.split(".")[0]
+            counts[key] = counts.get(key, 0) + p.numel()
+        return counts
+
+
+def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
+    """Next-token cross-entropy averaged over the labelled tokens (transformers' convention)."""
+    shift_logits = logits[:, :-1].float()
+    shift_labels = labels[:, 1:]
+    return F.cross_entropy(shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1),
+                           ignore_index=ignore_index)

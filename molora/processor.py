@@ -1,0 +1,241 @@
+"""MoLoRAProcessor: chat template, placeholder expansion, HD crops, log-mel, batching, decoding.
+
+Input: transformers-style messages (one conversation or a list of them), or ``text=``
+strings with ``<|image_N|>`` / ``<|audio_N|>`` placeholders plus flat ``images=`` / ``audios=``
+lists in order of appearance (transformers' processor convention). Output: a dict whose keys
+are the forward keywords of both MoLoRAModel and transformers' Phi4MultimodalForCausalLM.
+
+Generation batches are left-padded; training batches (``return_labels=True``) are
+right-padded and labelled only on assistant turns (content and its ``<|end|>``).
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import MoLoRAConfig
+from .encoders.audio_features import AudioFeatureExtractor
+from .encoders.image_transform import ImageTransform
+from .errors import MoLoRAError, PlaceholderError
+
+PLACEHOLDER = re.compile(r"<\|(image|audio)_(\d+)\|>")
+ROLES = ("system", "user", "assistant")
+IGNORE = -100
+
+
+class MoLoRAProcessor:
+    def __init__(self, config: MoLoRAConfig, tokenizer=None):
+        self.config = config
+        self.tokenizer = tokenizer
+        self.image_processor = ImageTransform(config.vision)
+        self.audio_processor = AudioFeatureExtractor(config.audio)
+        b = config.backbone
+        self.image_token_id, self.audio_token_id = b.image_token_id, b.audio_token_id
+        self.pad_token_id = b.pad_token_id
+
+    # -- construction ----------------------------------------------------------------------
+    @classmethod
+    def from_config(cls, config: MoLoRAConfig, tokenizer=None) -> "MoLoRAProcessor":
+        if tokenizer is None and config.tokenizer == "bytes":
+            from .tokenizer import build_byte_tokenizer
+
+            tokenizer = build_byte_tokenizer()
+        return cls(config, tokenizer)
+
+    @classmethod
+    def from_pretrained(cls, path_or_id: str, **kwargs) -> "MoLoRAProcessor":
+        from .checkpoint import load_config, resolve_path
+        from .presets import PRESETS
+
+        if path_or_id in PRESETS:
+            return cls.from_config(MoLoRAConfig.preset(path_or_id), **kwargs)
+        path = resolve_path(path_or_id)
+        own = path / "molora_processor.json"
+        config = MoLoRAConfig.from_json(own) if own.exists() else load_config(path)
+        tokenizer = kwargs.pop("tokenizer", None)
+        if tokenizer is None:
+            if config.tokenizer == "bytes" and not (path / "tokenizer.json").exists():
+                from .tokenizer import build_byte_tokenizer
+
+                tokenizer = build_byte_tokenizer()
+            elif (path / "tokenizer.json").exists() or (path / "tokenizer_config.json").exists():
+                from transformers import AutoTokenizer
+
+                tokenizer = AutoTokenizer.from_pretrained(str(path))
+        return cls(config, tokenizer)
+
+    def save_pretrained(self, directory) -> None:
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        if self.tokenizer is not None:
+            self.tokenizer.save_pretrained(str(d))
+        self.config.to_json(d / "molora_processor.json")
+
+    # -- chat template -----------------------------------------------------------------------
+    def _render_parts(self, content, conv_idx: int, msg_idx: int, media: dict[str, list]) -> str:
+        if isinstance(content, str):
+            return content
+        if not isinstance(content, list):
+            raise MoLoRAError("content must be a string or a list of parts", f"conversation[{conv_idx}].messages[{msg_idx}]")
+        out = []
+        for j, part in enumerate(content):
+            item = f"conversation[{conv_idx}].messages[{msg_idx}].content[{j}]"
+            kind = part.get("type") if isinstance(part, dict) else None
+            if kind == "text":
+                out.append(part.get("text", ""))
+            elif kind == "image":
+                img = next((part[k] for k in ("image", "path", "url") if k in part), None)
+                if img is None:
+                    raise MoLoRAError("image part has no 'image' (PIL image or path)", item)
+                media["images"].append(img)
+                out.append(f"<|image_{len(media['images'])}|>")
+            elif kind == "audio":
+                aud = next((part[k] for k in ("audio", "path", "url") if k in part), None)
+                if aud is None:
+                    raise MoLoRAError("audio part has no 'audio' (path or (array, sampling_rate))", item)
+                media["audios"].append(aud)
+                out.append(f"<|audio_{len(media['audios'])}|>")
+            else:
+                raise MoLoRAError(f"unknown content part type {kind!r} (expected text, image or audio)", item)
+        return "".join(out)
+
+    def render(self, conversation: list[dict], conv_idx: int = 0, add_generation_prompt: bool = True):
+        """Render one conversation: list of (role, text) segments and its media, in order."""
+        media: dict[str, list] = {"images": [], "audios": []}
+        segments = []
+        for i, msg in enumerate(conversation):
+            role = msg.get("role") if isinstance(msg, dict) else None
+            if role not in ROLES:
+                raise MoLoRAError(f"role must be one of {ROLES}, got {role!r}", f"conversation[{conv_idx}].messages[{i}]")
+            segments.append((role, self._render_parts(msg.get("content", ""), conv_idx, i, media)))
+        if add_generation_prompt and (not segments or segments[-1][0] != "assistant"):
+            segments.append(("assistant", None))
+        return segments, media
+
+    def apply_chat_template(self, conversation: list[dict], add_generation_prompt: bool = True) -> str:
+        segments, _ = self.render(conversation, add_generation_prompt=add_generation_prompt)
+        return "".join(f"<|{r}|>" + ("" if t is None else t + "<|end|>") for r, t in segments)
+
+    # -- tokenisation with placeholder expansion ----------------------------------------------------
+    def _encode_text(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+
+    def _expand(self, text: str, counts: dict[str, list[int]], used: dict[str, int], item: str) -> list[int]:
+        ids: list[int] = []
+        last = 0
+        for m in PLACEHOLDER.finditer(text):
+            ids += self._encode_text(text[last:m.start()])
+            kind = m.group(1)
+            k = used[kind]
+            if k >= len(counts[kind]):
+                raise PlaceholderError(
+                    f"more <|{kind}_N|> placeholders than {kind}s given ({len(counts[kind])})", item)
+            used[kind] += 1
+            ids += [self.image_token_id if kind == "image" else self.audio_token_id] * counts[kind][k]
+            last = m.end()
+        ids += self._encode_text(text[last:])
+        return ids
+
+    # -- main entry -------------------------------------------------------------------------------
+    def __call__(self, messages=None, *, text=None, images=None, audios=None, return_labels: bool = False,
+                 add_generation_prompt: bool | None = None, padding_side: str | None = None,
+                 sampling_rate: int | None = None, return_tensors: str = "pt") -> dict[str, Any]:
+        if self.tokenizer is None:
+            raise MoLoRAError("this processor has no tokenizer; pass tokenizer=... (media-only processors "
+                              "offer image_processor / audio_processor)", "processor")
+        if add_generation_prompt is None:
+            add_generation_prompt = not return_labels
+        rows: list[tuple[list[tuple[str, str | None]], dict[str, list]]] = []
+        if messages is not None:
+            convs = [messages] if messages and isinstance(messages[0], dict) else list(messages)
+            for c, conv in enumerate(convs):
+                rows.append(self.render(conv, c, add_generation_prompt))
+        elif text is not None:
+            texts = [text] if isinstance(text, str) else list(text)
+            imgs = list(images) if isinstance(images, (list, tuple)) else ([] if images is None else [images])
+            auds = list(audios) if isinstance(audios, (list, tuple)) and not _is_audio_tuple(audios) else (
+                [] if audios is None else [audios])
+            for c, t in enumerate(texts):
+                ni = len([m for m in PLACEHOLDER.finditer(t) if m.group(1) == "image"])
+                na = len([m for m in PLACEHOLDER.finditer(t) if m.group(1) == "audio"])
+                rows.append(([(None, t)], {"images": imgs[:ni], "audios": auds[:na]}))
+                imgs, auds = imgs[ni:], auds[na:]
+            if imgs or auds:
+                raise PlaceholderError(f"{len(imgs)} image(s) and {len(auds)} audio clip(s) have no placeholder "
+                                       "in the text", "text")
+        else:
+            raise MoLoRAError("give messages, or text= (with images= / audios=)", "processor")
+
+        all_images = [im for _, m in rows for im in m["images"]]
+        all_audios = [au for _, m in rows for au in m["audios"]]
+        out: dict[str, Any] = {}
+        img_counts: list[int] = []
+        aud_counts: list[int] = []
+        if all_images:
+            img = self.image_processor(all_images)
+            img_counts = [int(n) for n in img["num_img_tokens"]]
+            out.update(image_pixel_values=img["image_pixel_values"], image_sizes=img["image_sizes"],
+                       image_attention_mask=img["image_attention_mask"])
+        if all_audios:
+            aud = self.audio_processor(all_audios, sampling_rate=sampling_rate)
+            aud_counts = [int(n) for n in aud["audio_embed_sizes"]]
+            out.update(audio_input_features=aud["audio_input_features"], audio_embed_sizes=aud["audio_embed_sizes"])
+            if aud.get("audio_attention_mask") is not None:
+                out["audio_attention_mask"] = aud["audio_attention_mask"]
+
+        seqs, labs = [], []
+        io, ao = 0, 0
+        for c, (segments, media) in enumerate(rows):
+            ni, na = len(media["images"]), len(media["audios"])
+            counts = {"image": img_counts[io:io + ni], "audio": aud_counts[ao:ao + na]}
+            io, ao = io + ni, ao + na
+            used = {"image": 0, "audio": 0}
+            ids: list[int] = []
+            lab: list[int] = []
+            for role, body in segments:
+                if role is None:  # raw text= input
+                    piece = self._expand(body, counts, used, f"text[{c}]")
+                    ids += piece
+                    lab += [IGNORE] * len(piece)
+                    continue
+                head = self._encode_text(f"<|{role}|>")
+                piece = [] if body is None else self._expand(body, counts, used, f"conversation[{c}]") + \
+                    self._encode_text("<|end|>")
+                ids += head + piece
+                lab += [IGNORE] * len(head) + (piece if role == "assistant" else [IGNORE] * len(piece))
+            for kind in ("image", "audio"):
+                if used[kind] != len(counts[kind]):
+                    raise PlaceholderError(f"{len(counts[kind])} {kind}(s) given but {used[kind]} <|{kind}_N|> "
+                                           "placeholder(s) in the prompt", f"conversation[{c}]")
+            seqs.append(ids)
+            labs.append(lab)
+
+        side = padding_side or ("right" if return_labels else "left")
+        n = max(len(s) for s in seqs)
+        input_ids = torch.full((len(seqs), n), self.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(seqs), n), dtype=torch.long)
+        labels = torch.full((len(seqs), n), IGNORE, dtype=torch.long)
+        for i, (s, l) in enumerate(zip(seqs, labs)):
+            sl = slice(n - len(s), n) if side == "left" else slice(0, len(s))
+            input_ids[i, sl] = torch.tensor(s, dtype=torch.long)
+            attention_mask[i, sl] = 1
+            labels[i, sl] = torch.tensor(l, dtype=torch.long)
+        out = {"input_ids": input_ids, "attention_mask": attention_mask, **out}
+        if return_labels:
+            out["labels"] = labels
+        return out
+
+    # -- decoding ---------------------------------------------------------------------------------
+    def batch_decode(self, ids, skip_special_tokens: bool = True) -> list[str]:
+        return self.tokenizer.batch_decode(ids, skip_special_tokens=skip_special_tokens)
+
+    def decode(self, ids, skip_special_tokens: bool = True) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)
+
+
+def _is_audio_tuple(x) -> bool:
+    return isinstance(x, tuple) and len(x) == 2 and isinstance(x[1], (int, float)) and not isinstance(x[0], (str, Path))

@@ -1,0 +1,1 @@
+"""Deterministic synthetic media for the embedded default: speech (espeak-ng), drawn images."""

@@ -1,0 +1,111 @@
+"""Shared fixtures: tiny configs, drawn images, synthesised audio, and a reference checkpoint
+made by transformers (Phi4MultimodalForCausalLM) with PEFT adapters made by peft."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+from molora import MoLoRAConfig
+
+torch.set_num_threads(2)
+
+
+def tiny_config() -> MoLoRAConfig:
+    return MoLoRAConfig.preset("tiny")
+
+
+def drawn_image(w: int, h: int, seed: int = 0) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    img = Image.new("RGB", (w, h), tuple(int(c) for c in rng.integers(0, 255, 3)))
+    d = ImageDraw.Draw(img)
+    for _ in range(6):
+        x0, y0 = int(rng.integers(0, w)), int(rng.integers(0, h))
+        x1, y1 = x0 + int(rng.integers(1, max(2, w))), y0 + int(rng.integers(1, max(2, h)))
+        d.rectangle([x0, y0, x1, y1], fill=tuple(int(c) for c in rng.integers(0, 255, 3)))
+    d.text((1, 1), "42", fill=(0, 0, 0))
+    return img
+
+
+def synth_audio(seconds: float, sr: int = 16000, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * sr)) / sr
+    f0 = 200 + 100 * seed
+    x = 0.3 * np.sin(2 * np.pi * (f0 + 300 * t) * t) + 0.05 * rng.standard_normal(t.shape)
+    return x.astype(np.float32)
+
+
+def randomize_(module: torch.nn.Module, seed: int = 0) -> None:
+    """Every parameter and buffer random and non-zero (zeros would hide wiring bugs)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in list(module.named_parameters()) + list(module.named_buffers()):
+            if not p.is_floating_point() or p.numel() == 0:
+                continue
+            if "inv_freq" in name:
+                continue
+            parent = name.split(".")[-2] if "." in name else ""
+            if "norm" in parent or "invstd" in name:
+                p.copy_(torch.empty(p.shape).uniform_(0.8, 1.2, generator=g))
+            else:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+
+
+def lora_targets_regex() -> str:
+    return r"model\.layers\.\d+\.(self_attn\.(qkv_proj|o_proj)|mlp\.(gate_up_proj|down_proj))"
+
+
+def make_reference_checkpoint(directory: Path, config: MoLoRAConfig, seed: int = 0):
+    """Save a random tiny Phi4MultimodalForCausalLM (transformers-native layout) plus PEFT folders
+    ``vision-lora/`` and ``speech-lora/`` with random non-zero weights. Returns the peft model."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import Phi4MultimodalConfig, Phi4MultimodalForCausalLM
+
+    from molora.layouts import to_transformers_config
+
+    hf_cfg = Phi4MultimodalConfig(**{k: v for k, v in to_transformers_config(config).items()
+                                     if k not in ("model_type", "architectures")})
+    torch.manual_seed(seed)
+    model = Phi4MultimodalForCausalLM(hf_cfg).eval()
+    randomize_(model, seed)
+    model.save_pretrained(directory)
+    peft_model = None
+    tmp = directory / "_peft"
+    for name, spec in config.adapters.items():
+        lcfg = LoraConfig(r=spec.r, lora_alpha=spec.alpha, lora_dropout=spec.dropout,
+                          target_modules=lora_targets_regex(), init_lora_weights=False)
+        if peft_model is None:
+            peft_model = get_peft_model(model, lcfg, adapter_name=name)
+        else:
+            peft_model.add_adapter(name, lcfg)
+    peft_model.save_pretrained(tmp)
+    for name in config.adapters:
+        src = tmp / name if (tmp / name).exists() else tmp
+        shutil.move(str(src), str(directory / f"{name}-lora"))
+    shutil.rmtree(tmp, ignore_errors=True)
+    peft_model.eval()
+    return peft_model
+
+
+def reference_logits(peft_model, batch: dict, adapter: str | None) -> torch.Tensor:
+    kwargs = {k: v for k, v in batch.items() if k != "labels"}
+    with torch.no_grad():
+        if adapter is None:
+            with peft_model.disable_adapter():
+                return peft_model(**kwargs).logits
+        peft_model.set_adapter(adapter)
+        return peft_model(**kwargs).logits
+
+
+@pytest.fixture(scope="session")
+def reference_ckpt(tmp_path_factory):
+    d = tmp_path_factory.mktemp("ref") / "phi4_multimodal"
+    d.mkdir()
+    cfg = tiny_config()
+    peft_model = make_reference_checkpoint(d, cfg)
+    return d, peft_model, cfg

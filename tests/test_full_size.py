@@ -1,0 +1,81 @@
+"""The phi4-multimodal preset built on the meta device matches the published shapes: name for
+name against transformers' Phi4MultimodalForCausalLM (real config values) and the official
+phi4mm key format, with the published adapter sizes."""
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+
+from molora import MoLoRAConfig, MoLoRAModel
+from molora.layouts import to_phi4mm_key, to_transformers_config, to_transformers_state_dict
+
+
+@pytest.fixture(scope="module")
+def full():
+    cfg = MoLoRAConfig.preset("phi4-multimodal")
+    with torch.device("meta"):
+        model = MoLoRAModel(cfg)
+    return cfg, model, {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def test_adapter_parameter_counts(full, capsys):
+    _, model, _ = full
+    counts = model.parameter_counts()
+    with capsys.disabled():
+        print("\nphi4-multimodal parameter counts:", {k: f"{v / 1e6:.1f}M" for k, v in sorted(counts.items())})
+    assert round(counts["lora[vision]"] / 1e6, 1) == 369.1
+    assert round(counts["lora[speech]"] / 1e6, 1) == 461.4
+    base_lm = sum(v for k, v in counts.items() if k == "language_model") - counts["lora[vision]"] - counts["lora[speech]"]
+    assert round(base_lm / 1e9, 2) == 3.84  # Phi-4-mini: 3.836B with tied embeddings
+
+
+def test_names_and_shapes_match_transformers(full):
+    from transformers import Phi4MultimodalConfig, Phi4MultimodalForCausalLM
+
+    cfg, _, shapes = full
+    hf_cfg = Phi4MultimodalConfig(**{k: v for k, v in to_transformers_config(cfg).items()
+                                     if k not in ("model_type", "architectures")})
+    with torch.device("meta"):
+        ref = Phi4MultimodalForCausalLM(hf_cfg)
+    ref_shapes = {k: tuple(v.shape) for k, v in ref.state_dict().items() if k != "lm_head.weight"}
+    ours = {k: tuple(v.shape) for k, v in to_transformers_state_dict(
+        {k: torch.empty(s, device="meta") for k, s in shapes.items()}).items()}
+    assert set(ours) == set(ref_shapes), (sorted(set(ours) - set(ref_shapes))[:5], sorted(set(ref_shapes) - set(ours))[:5])
+    assert ours == ref_shapes
+
+
+def test_official_phi4mm_keys(full):
+    _, _, shapes = full
+    official = {to_phi4mm_key(k): s for k, s in shapes.items()}
+    assert official["model.embed_tokens.weight"] == (200064, 3072)
+    assert "lm_head.weight" not in official  # tied
+    assert official["model.layers.31.self_attn.qkv_proj.base_layer.weight"] == (5120, 3072)
+    assert official["model.layers.0.self_attn.qkv_proj.lora_A.vision.weight"] == (256, 3072)
+    assert official["model.layers.0.self_attn.qkv_proj.lora_B.vision.weight"] == (5120, 256)
+    assert official["model.layers.0.mlp.gate_up_proj.lora_A.speech.weight"] == (320, 3072)
+    assert official["model.layers.0.mlp.down_proj.lora_B.speech.weight"] == (3072, 320)
+    assert official["model.layers.0.mlp.gate_up_proj.base_layer.weight"] == (16384, 3072)
+    ie, ae = "model.embed_tokens_extend.image_embed.", "model.embed_tokens_extend.audio_embed."
+    assert official[ie + "img_processor.embeddings.patch_embedding.weight"] == (1152, 3, 14, 14)
+    assert official[ie + "img_processor.embeddings.position_embedding.weight"] == (1024, 1152)
+    assert official[ie + "img_processor.encoder.layers.26.mlp.fc1.weight"] == (4304, 1152)
+    assert official[ie + "glb_GN"] == (1, 1, 1152)
+    assert official[ie + "sub_GN"] == (1, 1, 1, 1152)
+    assert official[ie + "img_projection.0.weight"] == (3072, 1152)
+    assert official[ie + "img_projection.2.weight"] == (3072, 3072)
+    assert official[ae + "encoder.encoders.23.self_attn.linear_q.weight"] == (1024, 1024)
+    assert official[ae + "encoder.encoders.0.feed_forward_in.net.0.linear.weight"] == (3072, 1024)
+    assert official[ae + "encoder.relative_attention_bias_layer.bias_values.weight"] == (1000, 16)
+    assert official[ae + "encoder.encoder_embedding.global_mean"] == (80,)
+    for p in ("speech", "vision"):
+        assert official[f"{ae}audio_projection.{p}.0.weight"] == (3072, 1024)
+        assert official[f"{ae}audio_projection.{p}.2.weight"] == (3072, 3072)
+    layers = {int(m.group(1)) for k in official if (m := re.match(r"model\.layers\.(\d+)\.", k))}
+    assert layers == set(range(32))
+    blocks = {int(m.group(1)) for k in official if (m := re.match(re.escape(ae) + r"encoder\.encoders\.(\d+)\.", k))}
+    assert blocks == set(range(24))
+    # every decoder linear carries both adapters
+    assert sum(1 for k in official if k.endswith("lora_A.vision.weight")) == 32 * 4
+    assert sum(1 for k in official if k.endswith("lora_A.speech.weight")) == 32 * 4
