@@ -363,13 +363,14 @@ class AudioFeatureExtractor:
         return AF.resample(wav, sr, MODEL_RATE)
 
     # -- batch ------------------------------------------------------------------------------
-    def __call__(self, audios: Any, sampling_rate: int = MODEL_RATE, *, return_attention_mask: bool = True,
+    def __call__(self, audios: Any, sampling_rate: int | None = MODEL_RATE, *, return_attention_mask: bool = True,
                  device: str | torch.device | None = None, **_: Any) -> dict[str, torch.Tensor]:
         """Featurise one clip or a list of clips (arrays/tensors, ``(array, sr)`` tuples, paths).
 
-        ``sampling_rate`` applies to bare arrays; tuples and files carry their own. A
+        ``sampling_rate`` (None = 16000) applies to bare arrays; tuples and files carry their own. A
         top-level array/tensor is one clip (2-D = multichannel); pass a list for a batch.
         """
+        sampling_rate = MODEL_RATE if sampling_rate is None else sampling_rate
         items: Sequence[Any] = [audios] if _is_single_clip(audios) else list(audios)
         if len(items) == 0:
             raise AudioError("no audio clips given", "audio")
@@ -397,10 +398,8 @@ class AudioFeatureExtractor:
         n_frames = (lengths - win) // hop + 1
         total = int(n_frames.max())
         need = (total - 1) * hop + win
-        wav = torch.zeros(len(waves), need, dtype=torch.float32, device=dev)
-        for i, w in enumerate(waves):  # copy into the padded batch (one slice per clip)
-            k = min(w.shape[0], need)
-            wav[i, :k] = w[:k].to(dev, torch.float32)
+        wav = torch.nn.utils.rnn.pad_sequence([w.to(dev, torch.float32) for w in waves], batch_first=True)
+        wav = wav[:, :need]  # the tail that does not fill a frame is never read
         framed = wav.unfold(-1, win, hop)  # [B, F, win] view, no copy
         window = torch.hamming_window(win, periodic=False, dtype=torch.float64, device=dev)
         filters = self.mel_filters.to(dev)

@@ -148,7 +148,7 @@ class NemoConvSubsampling(nn.Module):
         for layer in self.conv:
             if lengths is not None and isinstance(layer, nn.Conv2d) and layer.stride[0] > 1:
                 keep = torch.arange(x.shape[2], device=x.device)[None, :] < lengths[:, None]
-                x = x * keep[:, None, :, None].to(x.dtype)  # what a solo run's zero padding looks like
+                x = x.masked_fill(~keep[:, None, :, None], 0.0)  # what a solo run's zero padding looks like
                 lengths = (lengths - 1) // 2 + 1  # kernel 3, stride 2, padding 1
             x = layer(x)
         b, c, t, f = x.shape
@@ -312,20 +312,22 @@ class ConformerEncoder(nn.Module):
         return -(-lengths // self.config.time_reduction)
 
     def _attention_bias(self, length: int, valid: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        """Relative bias + -inf for padded keys (+ -inf outside the chunk window): [N, H, L, L]."""
+        """Relative bias, -inf for padded keys (and outside the chunk window): [N or 1, H, L, L]."""
         bias = self.relative_attention_bias_layer(length).to(dtype)
         neg = torch.finfo(dtype).min if dtype in (torch.float16, torch.bfloat16) else float("-inf")
+        allowed = valid[:, None, None, :]  # [N, 1, 1, L]: key j is a real frame
         cs = self.config.chunk_size
-        if cs > 0:
-            chunk = torch.arange(length, device=valid.device) // cs
+        if cs > 0:  # streaming: chunk c sees chunks c - left_chunk .. c
+            pos = torch.arange(length, device=valid.device)
+            chunk = pos // cs
             start = (chunk - self.config.left_chunk).clamp(min=0) * cs
-            j = torch.arange(length, device=valid.device)[None, :]
-            allowed = (j >= start[:, None]) & (j < ((chunk + 1) * cs)[:, None])
-            bias = bias.masked_fill(~allowed, neg)
-        # Rows with no valid key at all (windows made only of padding) attend freely: their
-        # outputs are padding and are dropped, but must stay finite.
-        keys = valid | ~valid.any(dim=1, keepdim=True)
-        return bias.masked_fill(~keys[:, None, None, :], neg)
+            allowed = allowed & ((pos[None, :] >= start[:, None]) & (pos[None, :] < ((chunk + 1) * cs)[:, None]))
+        if bool(allowed.all()):
+            return bias
+        # A query with no visible key (a padding frame, e.g. a window made only of padding)
+        # attends freely: its output is padding, but it must stay finite (0 * NaN = NaN).
+        allowed = allowed | ~allowed.any(dim=-1, keepdim=True)
+        return bias.masked_fill(~allowed, neg)
 
     def forward(self, features: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         b, t, _ = features.shape
@@ -356,7 +358,7 @@ class ConformerEncoder(nn.Module):
                 x = block(x, bias)
 
         x = x.reshape(b, n_win * x.shape[1], -1)[:, :t_out]
-        return x * valid[..., None].to(x.dtype), valid
+        return x.masked_fill(~valid[..., None], 0.0), valid
 
 
 __all__ = [

@@ -271,7 +271,8 @@ class ImageTransform:
         slots = 1 + max(p.num_crops for p in plans)
         n = len(pils)
 
-        pixels = torch.empty(n, slots, 3, S, S, dtype=torch.float32)
+        # np.zeros is calloc-backed: unused crop slots stay untouched zero pages, never written.
+        pixels = torch.from_numpy(np.zeros((n, slots, 3, S, S), dtype=np.float32))
         masks = torch.ones(n, slots, m, m, dtype=torch.float32)
         sizes = torch.empty(n, 2, dtype=torch.long)
         for i, (img, p) in enumerate(zip(pils, plans)):
@@ -310,9 +311,8 @@ class ImageTransform:
             pixels[0].copy_(canvas)
         else:
             torch.ops.aten.upsample_bicubic2d.out(canvas[None], [S, S], False, None, None, out=pixels[0:1])
-        # crops in row-major order, written straight into their slots; unused slots are zeros
+        # crops in row-major order, written straight into their slots (unused slots are already zeros)
         pixels[1 : 1 + k].view(rows, cols, 3, S, S).copy_(canvas.view(3, rows, S, cols, S).permute(1, 3, 0, 2, 4))
-        pixels[1 + k :].zero_()
         # patch mask: a patch is padding iff it lies past the valid rows / columns
         valid_r = torch.arange(rows * m).view(rows, m) < p.valid_rows
         valid_c = torch.arange(cols * m).view(cols, m) < p.valid_cols

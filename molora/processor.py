@@ -10,7 +10,6 @@ right-padded and labelled only on assistant turns (content and its ``<|end|>``).
 """
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any
@@ -181,7 +180,7 @@ class MoLoRAProcessor:
             out.update(image_pixel_values=img["image_pixel_values"], image_sizes=img["image_sizes"],
                        image_attention_mask=img["image_attention_mask"])
         if all_audios:
-            aud = self.audio_processor(all_audios, sampling_rate=sampling_rate)
+            aud = self.audio_processor(all_audios, **({"sampling_rate": sampling_rate} if sampling_rate else {}))
             aud_counts = [int(n) for n in aud["audio_embed_sizes"]]
             out.update(audio_input_features=aud["audio_input_features"], audio_embed_sizes=aud["audio_embed_sizes"])
             if aud.get("audio_attention_mask") is not None:

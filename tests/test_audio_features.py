@@ -116,6 +116,15 @@ def test_batch_rows_equal_single_runs(ext):
         assert (batch["audio_input_features"][i, len(solo):] == 0).all()
 
 
+def test_mixed_rates_in_one_batch(ext):
+    a, b, c = chirp(16000, 0.8), chirp(8000, 1.1, f1=3900), chirp(44100, 0.5)
+    batch = ext([a, (b, 8000), (c, 44100)])
+    assert batch["audio_attention_mask"].sum(1).tolist() == [78, 108, 48]
+    for i, clip in enumerate([a, (b, 8000), (c, 44100)]):
+        solo = ext(clip)["audio_input_features"][0]
+        assert torch.allclose(batch["audio_input_features"][i, : len(solo)], solo, atol=1e-4, rtol=0)
+
+
 # ---- the original processor's definition (16 kHz and the 8 kHz fill-zero path) --------------
 @pytest.mark.parametrize("fs", [16000, 8000])
 def test_matches_original_processor_definition(ext, fs):

@@ -1,0 +1,248 @@
+"""Model-core benchmark: molora vs the reference stack (transformers' Phi-4-multimodal
+processors, and Phi4MultimodalForCausalLM + peft), same inputs and weights, in one run.
+
+    .venv/bin/python benchmarks/bench_core.py [--preset small] [--repeats 5]
+
+Cases (each side runs in its own subprocess so peak RSS is its own):
+  image    HD transform throughput (images/s) vs Phi4MultimodalImageProcessor
+  audio    log-mel throughput (clips/s) vs Phi4MultimodalFeatureExtractor
+  train    one forward+backward of a mixed text/image/speech/image+speech batch (LoRAs and
+           projectors trainable): molora routes per row in one pass; the reference must split
+           the batch by modality (one pass per adapter / audio-projector choice)
+Prints each figure, the ratio molora / reference (higher is better) and peak RSS.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+
+def _images(n=16):
+    from conftest import drawn_image
+
+    sizes = [(448, 448), (1024, 768), (300, 1200), (1600, 400), (640, 480), (2000, 1500), (224, 224), (800, 800)]
+    return [drawn_image(*sizes[i % len(sizes)], seed=i) for i in range(n)]
+
+
+def _clips(n=16):
+    from conftest import synth_audio
+
+    return [synth_audio(2.0 + (i % 5) * 1.5, seed=i) for i in range(n)]
+
+
+def _timeit(fn, repeats):
+    fn()  # warm-up
+    t = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        t.append(time.perf_counter() - t0)
+    return float(np.median(t))
+
+
+def run_case(case: str, impl: str, preset: str, repeats: int, workdir: str) -> dict:
+    torch.set_num_threads(os.cpu_count() or 2)
+    torch.manual_seed(0)
+    from molora import MoLoRAConfig
+
+    cfg = MoLoRAConfig.preset(preset)
+    if case == "image":
+        imgs = _images()
+        if impl == "molora":
+            from molora.encoders.image_transform import ImageTransform
+
+            real = MoLoRAConfig.preset("phi4-multimodal").vision
+            f = ImageTransform(real)
+            sec = _timeit(lambda: f(imgs), repeats)
+        else:
+            from transformers import Phi4MultimodalImageProcessor
+
+            f = Phi4MultimodalImageProcessor()
+            sec = _timeit(lambda: f(imgs, return_tensors="pt"), repeats)
+        return {"value": len(imgs) / sec, "unit": "images/s"}
+    if case == "audio":
+        clips = _clips()
+        if impl == "molora":
+            from molora.encoders.audio_features import AudioFeatureExtractor
+
+            f = AudioFeatureExtractor(cfg.audio)
+            sec = _timeit(lambda: f(clips, sampling_rate=16000), repeats)
+        else:
+            from transformers import Phi4MultimodalFeatureExtractor
+
+            f = Phi4MultimodalFeatureExtractor()
+            sec = _timeit(lambda: f(clips, sampling_rate=16000, return_tensors="pt"), repeats)
+        return {"value": len(clips) / sec, "unit": "clips/s"}
+    if case == "train":
+        return _train(impl, cfg, repeats, Path(workdir))
+    raise ValueError(case)
+
+
+def _mixed_batch(proc):
+    from conftest import drawn_image, synth_audio
+
+    def user(parts, answer):
+        content = []
+        for p in parts:
+            content.append({"type": "text", "text": p} if isinstance(p, str) else
+                           {"type": "audio", "audio": p} if isinstance(p, tuple) else {"type": "image", "image": p})
+        return [{"role": "user", "content": content}, {"role": "assistant", "content": answer}]
+
+    convs = []
+    for i in range(2):
+        convs += [
+            user(["tell me a short story about a cat number %d" % i], "once upon a time there was a cat"),
+            user([drawn_image(300, 200, i), "what is drawn?"], "boxes and a number"),
+            user([(synth_audio(3.0, seed=i), 16000), "Transcribe the audio clip into text."], "hello world"),
+            user([drawn_image(200, 300, 9 + i), (synth_audio(2.0, seed=5 + i), 16000)], "the answer is four"),
+        ]
+    return proc(convs, return_labels=True)
+
+
+def _train(impl, cfg, repeats, workdir):
+    from molora import MoLoRAModel, MoLoRAProcessor
+
+    ckpt = workdir / "weights"
+    proc = MoLoRAProcessor.from_config(cfg)
+    batch = _mixed_batch(proc)
+    if impl == "molora":
+        model = MoLoRAModel.from_pretrained(str(ckpt)).train()
+        for p in model.audio_embed.audio_projection.parameters():
+            p.requires_grad_(True)
+        for p in model.image_embed.img_projection.parameters():
+            p.requires_grad_(True)
+        for p in list(model.audio_embed.encoder.parameters()) + list(model.image_embed.img_processor.parameters()):
+            p.requires_grad_(False)
+
+        def step():
+            model.zero_grad(set_to_none=True)
+            model(**batch).loss.backward()
+    else:
+        from peft import PeftModel
+        from transformers import Phi4MultimodalForCausalLM
+
+        base = Phi4MultimodalForCausalLM.from_pretrained(str(ckpt / "native"))
+        ref = PeftModel.from_pretrained(base, str(ckpt / "native" / "vision-lora"), adapter_name="vision",
+                                        is_trainable=True)
+        ref.load_adapter(str(ckpt / "native" / "speech-lora"), adapter_name="speech", is_trainable=True)
+        ref.train()
+        for n, p in ref.named_parameters():
+            p.requires_grad_(".lora_" in n or "img_projection" in n or "proj_for_" in n)
+        from molora.adapters.router import Router
+
+        router = Router(cfg)
+        types = router.row_types(batch["input_ids"], cfg.backbone.image_token_id, cfg.backbone.audio_token_id)
+        groups = {}
+        for i, t in enumerate(types):
+            groups.setdefault(t, []).append(i)
+        subs = {t: _sub_batch(batch, rows, cfg) for t, rows in groups.items()}
+        n_tok = int((batch["labels"][:, 1:] != -100).sum())
+
+        def step():
+            ref.zero_grad(set_to_none=True)
+            for t, sub in subs.items():
+                adapter = router.adapter(t)
+                n_sub = int((sub["labels"][:, 1:] != -100).sum())
+                if adapter is None:
+                    with ref.disable_adapter():
+                        loss = ref(**sub).loss
+                else:
+                    ref.set_adapter(adapter)
+                    for n, p in ref.named_parameters():  # set_adapter freezes the others; keep all trainable
+                        if ".lora_" in n:
+                            p.requires_grad_(True)
+                    loss = ref(**sub).loss
+                (loss * n_sub / n_tok).backward()
+    sec = _timeit(step, repeats)
+    rows = batch["input_ids"].shape[0]
+    return {"value": rows / sec, "unit": "samples/s", "step_s": sec}
+
+
+def _sub_batch(batch, rows, cfg):
+    """Rows of a processor batch with their own images/audios (media are flat over the batch)."""
+    ids = batch["input_ids"]
+    n_img = [int((r == cfg.backbone.image_token_id).any()) for r in ids]  # at most one image per row here
+    n_aud = [int((r == cfg.backbone.audio_token_id).any()) for r in ids]
+    img_idx = [sum(n_img[:r]) for r in rows if n_img[r]]
+    aud_idx = [sum(n_aud[:r]) for r in rows if n_aud[r]]
+    sub = {k: batch[k][rows] for k in ("input_ids", "attention_mask", "labels")}
+    if img_idx:
+        for k in ("image_pixel_values", "image_sizes", "image_attention_mask"):
+            sub[k] = batch[k][img_idx]
+    if aud_idx:
+        for k in ("audio_input_features", "audio_embed_sizes", "audio_attention_mask"):
+            if k in batch:
+                sub[k] = batch[k][aud_idx]
+    return sub
+
+
+def _prepare_weights(preset: str, workdir: Path) -> None:
+    from molora import MoLoRAConfig, MoLoRAModel
+
+    torch.manual_seed(0)
+    model = MoLoRAModel(MoLoRAConfig.preset(preset))
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if ".lora_B." in n:
+                p.normal_(0, 0.02)
+    model.save_pretrained(workdir / "weights", layout="molora")
+    model.save_pretrained(workdir / "weights" / "native", layout="phi4_multimodal")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", default="small")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--cases", default="image,audio,train")
+    ap.add_argument("--json", default=str(ROOT / "benchmarks" / "results_core.json"))
+    ap.add_argument("--child", nargs=3, metavar=("CASE", "IMPL", "WORKDIR"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        case, impl, workdir = args.child
+        res = run_case(case, impl, args.preset, args.repeats, workdir)
+        res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print("RESULT " + json.dumps(res))
+        return
+    results = {}
+    with tempfile.TemporaryDirectory() as wd:
+        if "train" in args.cases:
+            _prepare_weights(args.preset, Path(wd))
+        print(f"{'case':8s} {'molora':>14s} {'reference':>14s} {'speedup':>8s} {'RSS molora/ref (MB)':>22s}")
+        for case in args.cases.split(","):
+            row = {}
+            for impl in ("molora", "reference"):
+                out = subprocess.run([sys.executable, __file__, "--preset", args.preset, "--repeats",
+                                      str(args.repeats), "--child", case, impl, wd],
+                                     capture_output=True, text=True, check=False)
+                line = [l for l in out.stdout.splitlines() if l.startswith("RESULT ")]
+                if not line:
+                    print(out.stdout[-2000:], out.stderr[-4000:])
+                    raise SystemExit(f"{case}/{impl} failed")
+                row[impl] = json.loads(line[0][7:])
+            m, r = row["molora"], row["reference"]
+            row["speedup"] = m["value"] / r["value"]
+            row["peak_memory_ratio"] = m["peak_rss_mb"] / r["peak_rss_mb"]
+            results[case] = row
+            print(f"{case:8s} {m['value']:10.2f} {m['unit']:>3s} {r['value']:10.2f} {'':3s} {row['speedup']:7.2f}x "
+                  f"{m['peak_rss_mb']:9.0f} / {r['peak_rss_mb']:.0f}")
+    meta = {"preset": args.preset, "torch": torch.__version__, "threads": os.cpu_count(),
+            "machine": os.uname().machine}
+    Path(args.json).write_text(json.dumps({"meta": meta, "results": results}, indent=2))
+    print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()

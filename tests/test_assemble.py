@@ -1,0 +1,77 @@
+"""Assembling a new model from parts: a Phi-4-mini-architecture checkpoint saved by transformers
+(Phi3ForCausalLM) for the backbone and an open_clip SigLIP checkpoint for the vision tower."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from conftest import randomize_
+from molora import MoLoRAConfig
+from molora.assemble import assemble
+from molora.backbone import phi3_config
+from molora.errors import CheckpointError
+
+
+@pytest.fixture(scope="module")
+def phi4_mini_dir(tmp_path_factory):
+    from transformers import Phi3ForCausalLM
+
+    cfg = MoLoRAConfig.preset("tiny")
+    d = tmp_path_factory.mktemp("phi4mini")
+    torch.manual_seed(0)
+    ref = Phi3ForCausalLM(phi3_config(cfg.backbone, attn_implementation="eager")).eval()
+    randomize_(ref, seed=3)
+    ref.save_pretrained(d)
+    return d, ref
+
+
+def test_backbone_from_phi4_mini_checkpoint(phi4_mini_dir):
+    d, ref = phi4_mini_dir
+    cfg = MoLoRAConfig.preset("tiny")
+    model = assemble(cfg, backbone=str(d)).eval()
+    assert json.loads((d / "config.json").read_text())["model_type"] == "phi3"
+    ids = torch.tensor([[256, 258, 104, 105, 260, 259, 72, 101]])
+    with torch.no_grad():
+        expected = ref(input_ids=ids).logits
+        got = model(input_ids=ids).logits
+    assert (got - expected).abs().max().item() <= 1e-4
+    # fresh adapters start as no-ops (peft init), and only they (and encoders/projectors) train
+    assert all(not p.requires_grad for n, p in model.language_model.named_parameters() if ".lora_" not in n)
+
+
+def test_backbone_shape_mismatch_is_a_clear_error(phi4_mini_dir):
+    d, _ = phi4_mini_dir
+    cfg = MoLoRAConfig.preset("tiny")
+    bad = json.loads((d / "config.json").read_text())
+    bad["model_type"] = "llama"
+    d2 = d.parent / "llama"
+    d2.mkdir(exist_ok=True)
+    (d2 / "config.json").write_text(json.dumps(bad))
+    with pytest.raises(CheckpointError, match="expected a Phi-3 / Phi-4-mini checkpoint"):
+        assemble(cfg, backbone=str(d2))
+
+
+def test_vision_tower_from_open_clip_checkpoint(tmp_path):
+    """An open_clip SigLIP checkpoint (timm trunk) trained at a lower resolution: weights land in
+    the tower, the position grid is resized to the crop size."""
+    import timm
+
+    cfg = MoLoRAConfig.preset("tiny")
+    v = cfg.vision
+    trunk = timm.models.vision_transformer.VisionTransformer(
+        img_size=42, patch_size=v.patch_size, embed_dim=v.hidden_size, depth=v.num_hidden_layers,
+        num_heads=v.num_attention_heads, mlp_ratio=v.intermediate_size / v.hidden_size, class_token=False,
+        global_pool="map", num_classes=0, act_layer="gelu_tanh")
+    randomize_(trunk, seed=4)
+    path = tmp_path / "open_clip_siglip.safetensors"
+    save_file({f"visual.trunk.{k}": t.contiguous() for k, t in trunk.state_dict().items()}, str(path))
+    model = assemble(cfg, vision=str(path))
+    tower = model.image_embed.img_processor
+    assert torch.equal(tower.embeddings.patch_embedding.weight, trunk.patch_embed.proj.weight)
+    assert tower.embeddings.position_embedding.weight.shape[0] == (v.image_size // v.patch_size) ** 2
+    q, k, _ = trunk.blocks[0].attn.qkv.weight.chunk(3)
+    assert torch.equal(tower.encoder.layers[0].self_attn.q_proj.weight, q)
+    assert torch.equal(tower.encoder.layers[0].self_attn.k_proj.weight, k)
