@@ -165,7 +165,8 @@ def _train(impl, cfg, repeats, workdir):
                         if ".lora_" in n:
                             p.requires_grad_(True)
                     loss = ref(**sub).loss
-                (loss * n_sub / n_tok).backward()
+                if loss.requires_grad:  # a text-only group touches no trainable weight
+                    (loss * n_sub / n_tok).backward()
     sec = _timeit(step, repeats)
     rows = batch["input_ids"].shape[0]
     return {"value": rows / sec, "unit": "samples/s", "step_s": sec}

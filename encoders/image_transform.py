@@ -24,7 +24,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torchvision.transforms.v2 import functional as tvF
 
@@ -303,7 +302,7 @@ class ImageTransform:
         resized = tvF.resize(_as_uint8_chw(img), [nh, nw], antialias=True)  # uint8, bilinear, antialiased
         # normalised canvas: (x - 127.5) / 127.5 where the image is, exactly 1.0 (white) in the padding
         canvas = self._scratch(3 * rows * S * cols * S).view(3, rows * S, cols * S)
-        torch.sub(resized, self.MEAN, out=canvas[:, :nh, :nw]).div_(self.STD)
+        canvas[:, :nh, :nw].copy_(resized).sub_(self.MEAN).div_(self.STD)  # same ops/rounding as the reference
         canvas[:, nh:, :].fill_(1.0)
         canvas[:, :nh, nw:].fill_(1.0)
         # global view: bicubic, no antialias, of the whole canvas, written into slot 0

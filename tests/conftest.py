@@ -74,6 +74,7 @@ def make_reference_checkpoint(directory: Path, config: MoLoRAConfig, seed: int =
     model = Phi4MultimodalForCausalLM(hf_cfg).eval()
     randomize_(model, seed)
     model.save_pretrained(directory)
+    eager_vision(model)
     peft_model = None
     tmp = directory / "_peft"
     for name, spec in config.adapters.items():
@@ -90,6 +91,15 @@ def make_reference_checkpoint(directory: Path, config: MoLoRAConfig, seed: int =
     shutil.rmtree(tmp, ignore_errors=True)
     peft_model.eval()
     return peft_model
+
+
+def eager_vision(model) -> None:
+    """transformers' SDPA vision path runs *causal* attention when a batch has no padded patch
+    (``Phi4MultimodalVisionAttention.is_causal = True`` and the all-ones mask is dropped), which is
+    not SigLIP; its eager path is bidirectional. The reference is run on the eager path."""
+    for m in model.modules():
+        if type(m).__name__ == "Phi4MultimodalVisionModel":
+            m.config._attn_implementation = "eager"
 
 
 def reference_logits(peft_model, batch: dict, adapter: str | None) -> torch.Tensor:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import drawn_image, reference_logits, synth_audio
+from conftest import drawn_image, eager_vision, reference_logits, synth_audio
 from molora import MoLoRAModel, MoLoRAProcessor
 
 TOL = 1e-4
@@ -80,6 +80,7 @@ def test_converted_checkpoint_loads_in_transformers(loaded, tmp_path):
     out = tmp_path / "native"
     model.save_pretrained(out, layout="phi4_multimodal")
     base = Phi4MultimodalForCausalLM.from_pretrained(str(out)).eval()
+    eager_vision(base)
     peft_model = PeftModel.from_pretrained(base, str(out / "speech-lora"), adapter_name="speech")
     peft_model.load_adapter(str(out / "vision-lora"), adapter_name="vision")
     peft_model.eval()

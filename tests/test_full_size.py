@@ -27,8 +27,10 @@ def test_adapter_parameter_counts(full, capsys):
         print("\nphi4-multimodal parameter counts:", {k: f"{v / 1e6:.1f}M" for k, v in sorted(counts.items())})
     assert round(counts["lora[vision]"] / 1e6, 1) == 369.1
     assert round(counts["lora[speech]"] / 1e6, 1) == 461.4
-    base_lm = sum(v for k, v in counts.items() if k == "language_model") - counts["lora[vision]"] - counts["lora[speech]"]
-    assert round(base_lm / 1e9, 2) == 3.84  # Phi-4-mini: 3.836B with tied embeddings
+    assert round(counts["language_model"] / 1e9, 3) == 3.836  # Phi-4-mini, tied embeddings, LoRAs excluded
+    assert round(counts["image_embed"] / 1e6, 1) == 441.6  # SigLIP-so400m/14 (incl. unused pooling head) + projector
+    assert round(counts["audio_embed"] / 1e6, 1) == 466.4  # conformer + two audio projectors
+    assert round(sum(counts.values()) / 1e9, 2) == 5.57  # the published "5.6B" Phi-4-multimodal
 
 
 def test_names_and_shapes_match_transformers(full):

@@ -88,3 +88,18 @@ def test_bad_message_errors_name_the_item(proc):
         proc([{"role": "user", "content": [{"type": "video", "video": "x.mp4"}]}])
     with pytest.raises(MoLoRAError, match=r"role must be one of"):
         proc([{"role": "robot", "content": "x"}])
+
+
+def test_media_errors_surface_through_the_processor(proc, tmp_path):
+    from molora.errors import AudioError, ImageError
+
+    bad_img = tmp_path / "broken.png"
+    bad_img.write_bytes(b"\x89PNG\r\n\x1a\nnot really a png")
+    with pytest.raises(ImageError, match="broken.png"):
+        proc([{"role": "user", "content": [{"type": "image", "image": str(bad_img)}]}])
+    with pytest.raises(AudioError, match="missing.wav"):
+        proc([{"role": "user", "content": [{"type": "audio", "audio": str(tmp_path / "missing.wav")}]}])
+    import numpy as np
+
+    with pytest.raises(AudioError, match="non-finite|NaN"):
+        proc([{"role": "user", "content": [{"type": "audio", "audio": (np.full(1600, np.nan, np.float32), 16000)}]}])

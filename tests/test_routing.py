@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import drawn_image, randomize_, reference_logits, synth_audio
+from conftest import drawn_image, eager_vision, randomize_, reference_logits, synth_audio
 from molora import MoLoRAConfig, MoLoRAModel, MoLoRAProcessor
 
 TOL = 1e-4
@@ -90,6 +90,7 @@ def test_transformers_batch_level_choice_is_wrong(tiny, tmp_path):
     model, proc = tiny
     model.save_pretrained(tmp_path / "native", layout="phi4_multimodal")
     base = Phi4MultimodalForCausalLM.from_pretrained(str(tmp_path / "native")).eval()
+    eager_vision(base)
     ref = PeftModel.from_pretrained(base, str(tmp_path / "native" / "vision-lora"), adapter_name="vision")
     ref.load_adapter(str(tmp_path / "native" / "speech-lora"), adapter_name="speech")
     ref.eval()
