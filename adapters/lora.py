@@ -48,17 +48,24 @@ class RoutedLoRALinear(nn.Module):
         return b(a(self.lora_dropout[name](x.to(a.weight.dtype)))) * self.scaling[name]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.base_layer(x)
-        rows = self.routing.rows
-        if not rows:
-            return y
-        for name, sel in rows.items():
-            if sel is None:  # every row uses this adapter
-                y = y + self._delta(name, x).to(y.dtype)
+        st = self.routing
+        lead = x.shape[:-1]
+        if not st.active or lead.numel() != st.n_tokens:  # unrouted call: base weights only
+            return self.base_layer(x)
+        flat = x.reshape(-1, x.shape[-1])
+        if st.tokens is not None:  # drop padding tokens
+            flat = flat.index_select(0, st.tokens)
+        y = self.base_layer(flat)
+        for name, sel in st.groups.items():
+            if name not in self.lora_A:
+                continue
+            if sel is None:  # every kept token uses this adapter
+                y = y + self._delta(name, flat).to(y.dtype)
             else:
-                d = self._delta(name, x.index_select(0, sel)).to(y.dtype)
-                y = y.index_add(0, sel, d)
-        return y
+                y = y.index_add(0, sel, self._delta(name, flat.index_select(0, sel)).to(y.dtype))
+        if st.tokens is not None:
+            y = y.new_zeros(st.n_tokens, y.shape[-1]).index_copy(0, st.tokens, y)
+        return y.view(*lead, y.shape[-1])
 
     def delta_weight(self, name: str) -> torch.Tensor:
         """The dense weight update of one adapter: scaling * B @ A (shape of base weight)."""

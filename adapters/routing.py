@@ -1,8 +1,11 @@
-"""Per-sample routing state shared by every routed LoRA layer of one model.
+"""Per-forward routing state shared by every routed LoRA layer of one model.
 
-The model sets, once per forward, which adapter each batch row uses (an index into the
-model's adapter names, -1 for none). Every `RoutedLoRALinear` reads the precomputed row
-groups from here, so the routing decision costs one small tensor op per forward, not per layer.
+The model sets, once per forward, which adapter each batch row uses (an index into the model's
+adapter names, -1 for none) and which tokens are real (not padding). Every `RoutedLoRALinear`
+reads the precomputed token groups from here, so the routing decision costs a few small tensor
+ops per forward, not per layer. Padding tokens skip the linears entirely (their outputs are
+zeros, which attention masks out and the loss ignores): a mixed batch pads short text rows to
+the length of long image+speech rows, and this keeps that padding from costing matmuls.
 """
 from __future__ import annotations
 
@@ -14,29 +17,37 @@ import torch
 class RoutingState:
     def __init__(self, adapter_names: list[str]):
         self.adapter_names = list(adapter_names)
-        self.rows: dict[str, torch.Tensor | None] | None = None  # None: no routing (base only)
-        self.batch_size = 0
+        self.clear()
 
-    def set(self, row_adapter: torch.Tensor | None) -> None:
-        """row_adapter: LongTensor [B] with an adapter index per row (-1: none), or None."""
+    def clear(self) -> None:
+        self.active = False
+        self.n_tokens = 0  # B*T of the hidden states this state was set for
+        self.tokens: torch.Tensor | None = None  # flat indices of real tokens (None: all are real)
+        self.groups: dict[str, torch.Tensor | None] = {}  # adapter -> indices into the kept tokens (None: all)
+
+    def set(self, row_adapter: torch.Tensor | None, seq_len: int, token_mask: torch.Tensor | None = None) -> None:
+        """row_adapter: [B] adapter index per row (-1: none), or None (base only);
+        token_mask: [B, T] bool of real tokens, or None (all real)."""
+        self.clear()
         if row_adapter is None:
-            self.rows, self.batch_size = None, 0
             return
-        self.batch_size = int(row_adapter.numel())
-        rows: dict[str, torch.Tensor | None] = {}
+        B = int(row_adapter.numel())
+        self.active, self.n_tokens = True, B * seq_len
+        token_adapter = row_adapter[:, None].expand(B, seq_len).reshape(-1)
+        if token_mask is not None and not bool(token_mask.all()):
+            self.tokens = token_mask.reshape(-1).nonzero().flatten()
+            token_adapter = token_adapter.index_select(0, self.tokens)
+        n_kept = token_adapter.numel()
         for k, name in enumerate(self.adapter_names):
-            sel = (row_adapter == k).nonzero().flatten()
-            if sel.numel() == 0:
-                continue
-            # None means "every row": the adapter runs on the whole batch without gathering
-            rows[name] = None if sel.numel() == self.batch_size else sel
-        self.rows = rows
+            sel = (token_adapter == k).nonzero().flatten()
+            if sel.numel():
+                self.groups[name] = None if sel.numel() == n_kept else sel
 
     @contextmanager
-    def route(self, row_adapter: torch.Tensor | None):
-        prev = (self.rows, self.batch_size)
-        self.set(row_adapter)
+    def route(self, row_adapter: torch.Tensor | None, seq_len: int = 1, token_mask: torch.Tensor | None = None):
+        prev = (self.active, self.n_tokens, self.tokens, self.groups)
+        self.set(row_adapter, seq_len, token_mask)
         try:
             yield self
         finally:
-            self.rows, self.batch_size = prev
+            self.active, self.n_tokens, self.tokens, self.groups = prev

@@ -55,6 +55,8 @@ def _timeit(fn, repeats):
 
 def run_case(case: str, impl: str, preset: str, repeats: int, workdir: str) -> dict:
     torch.set_num_threads(os.cpu_count() or 2)
+    # both sides: subnormal floats in backward made CPU step times swing 5x between runs
+    torch.set_flush_denormal(True)
     torch.manual_seed(0)
     from molora import MoLoRAConfig
 

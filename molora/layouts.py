@@ -125,11 +125,17 @@ def from_adapter_state_dict(name: str, sd: dict) -> dict:
     return out
 
 
+def peft_target_regex(spec: LoraSpec) -> str:
+    """Decoder linears only: a bare name list would also hit transformers' conformer modules
+    (its feed-forward ``gate_up_proj`` / ``down_proj`` and attention ``o_proj``)."""
+    return r"(.*\.)?layers\.\d+\.(self_attn|mlp)\.(" + "|".join(spec.target_modules) + ")"
+
+
 def peft_config(name: str, spec: LoraSpec, base: str | None = None) -> dict:
     return {
         "peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": base,
         "r": spec.r, "lora_alpha": spec.alpha, "lora_dropout": spec.dropout, "bias": "none",
-        "target_modules": list(spec.target_modules), "fan_in_fan_out": False, "inference_mode": True,
+        "target_modules": peft_target_regex(spec), "fan_in_fan_out": False, "inference_mode": True,
         "init_lora_weights": True, "layers_to_transform": None, "modules_to_save": None,
         "use_rslora": False, "use_dora": False,
     }

@@ -146,7 +146,8 @@ class MoLoRAModel(nn.Module):
         if use_cache and past_key_values is None:
             past_key_values = DynamicCache()
         row_adapter = self.router.adapter_index(row_types, device=input_ids.device)
-        with self.routing.route(row_adapter):
+        token_mask = None if attention_mask is None else attention_mask[:, -input_ids.shape[1]:].bool()
+        with self.routing.route(row_adapter, input_ids.shape[1], token_mask):
             out = self.language_model(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids,
                                       past_key_values=past_key_values, use_cache=use_cache)
         hidden = out.last_hidden_state

@@ -84,6 +84,9 @@ def test_converted_checkpoint_loads_in_transformers(loaded, tmp_path):
     peft_model = PeftModel.from_pretrained(base, str(out / "speech-lora"), adapter_name="speech")
     peft_model.load_adapter(str(out / "vision-lora"), adapter_name="vision")
     peft_model.eval()
+    lora_modules = [n for n, m in peft_model.named_modules() if hasattr(m, "lora_A") and "vision" in m.lora_A]
+    assert len(lora_modules) == 4 * model.config.backbone.num_hidden_layers  # decoder linears only
+    assert all(".layers." in n and "embed_tokens_extend" not in n for n in lora_modules)
     for case in ("text", "speech", "one_image"):
         messages, adapter = CASES[case]
         batch = proc(messages)
