@@ -243,7 +243,10 @@ def main():
                   f"{m['peak_rss_mb']:9.0f} / {r['peak_rss_mb']:.0f}")
     meta = {"preset": args.preset, "torch": torch.__version__, "threads": os.cpu_count(),
             "machine": os.uname().machine}
-    Path(args.json).write_text(json.dumps({"meta": meta, "results": results}, indent=2))
+    old = json.loads(Path(args.json).read_text()) if Path(args.json).exists() else {}
+    if old.get("meta", {}).get("preset") == args.preset:  # a run of some cases keeps the others
+        results = {**old.get("results", {}), **results}
+    Path(args.json).write_text(json.dumps({"meta": meta, "results": results}, indent=2) + "\n")
     print(f"wrote {args.json}")
 
 
