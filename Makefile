@@ -25,7 +25,7 @@ demo: $(STAMP)
 	$(PY) -m molora.demo
 
 bench: $(STAMP)
-	$(PY) benchmarks/bench_core.py
+	$(PY) benchmarks/bench_core.py --repeats 5
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
