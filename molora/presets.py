@@ -52,7 +52,7 @@ def tiny() -> MoLoRAConfig:
             vocab_size=TINY_VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
             num_attention_heads=4, num_key_value_heads=2, short_factor=[1.0] * 6,
             long_factor=[1.0, 1.5, 2.0, 3.0, 4.0, 6.0], original_max_position_embeddings=4096,
-            max_position_embeddings=16384, bos_token_id=256, pad_token_id=256,
+            max_position_embeddings=16384, bos_token_id=256, pad_token_id=256, initializer_range=0.2,
             eos_token_ids=[260, 256], image_token_id=261, audio_token_id=262,
         ),
         vision=VisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,

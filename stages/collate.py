@@ -1,0 +1,202 @@
+"""Collation: Samples -> a right-padded training batch, skipping (and reporting) bad media.
+
+``Collator(processor)(samples)`` loads every sample's media (paths -> ``load_image`` /
+``load_audio``; in-memory values pass through), drops the samples whose media is missing,
+corrupt or refused by the processor's own checks (any ``MediaError``), records each drop in
+``collator.skipped`` (``{"source", "item", "reason"}``) and returns
+``processor(conversations, return_labels=True)`` for the rest, plus ``"num_label_tokens"``
+(labels != -100 after the causal shift) so that the trainer can normalise the loss across
+processes. ``None`` when every sample was skipped. ``strict=True`` raises instead.
+Only media problems are skipped; any other error propagates.
+
+Optional SpecAugment masks ``audio_input_features`` within each clip's valid frames, drawing
+from torch's global RNG (a seeded run is reproducible, a resumed run that restores the RNG
+state is bit-identical).
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from molora.errors import MediaError, MoLoRAError
+
+from .manifest import Sample
+
+__all__ = ["Collator", "IGNORE_INDEX", "count_label_tokens"]
+
+IGNORE_INDEX = -100
+_SPEC_KEYS = {"freq_mask_param", "time_mask_param", "num_freq_masks", "num_time_masks"}
+
+
+def count_label_tokens(labels: torch.Tensor) -> torch.Tensor:
+    """Tokens that carry loss after the causal shift (``labels[:, 1:] != -100``), int64 scalar."""
+    return (labels[:, 1:] != IGNORE_INDEX).sum()
+
+
+class Collator:
+    """Batch builder for the staged trainers (see the module docstring).
+
+    ``skipped`` / ``num_skipped`` accumulate over the collator's life in the process that calls
+    it (with a multi-worker DataLoader each worker has its own copy).
+    """
+
+    def __init__(self, processor, *, strict: bool = False, spec_augment: dict | None = None):
+        self.processor = processor
+        self.strict = strict
+        self.skipped: list[dict[str, str]] = []
+        self.spec_augment = self._check_spec(spec_augment)
+        vision = getattr(getattr(processor, "config", None), "vision", None)
+        self.max_image_pixels = getattr(vision, "max_image_pixels", None)
+
+    @property
+    def num_skipped(self) -> int:
+        return len(self.skipped)
+
+    @staticmethod
+    def _check_spec(spec: dict | None) -> dict | None:
+        if not spec:
+            return None
+        unknown = set(spec) - _SPEC_KEYS
+        if unknown:
+            raise MoLoRAError(f"unknown SpecAugment keys {sorted(unknown)} (expected {sorted(_SPEC_KEYS)})",
+                              "spec_augment")
+        out = {"freq_mask_param": 27, "time_mask_param": 100, "num_freq_masks": 2, "num_time_masks": 2, **spec}
+        for k, v in out.items():
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise MoLoRAError(f"{k} must be a non-negative integer, got {v!r}", "spec_augment")
+        return out
+
+    # -- media ---------------------------------------------------------------------------
+    def _load_value(self, kind: str, value: Any, item: str) -> Any:
+        from .hf_datasets import decode_audio_value, decode_image_value
+
+        if kind == "image":
+            if isinstance(value, (str, Path)):
+                from molora.encoders.image_transform import load_image
+
+                return load_image(value, max_pixels=self.max_image_pixels)
+            return decode_image_value(value, item)
+        if isinstance(value, (str, Path)):
+            from molora.encoders.audio_features import load_audio
+
+            return load_audio(value)
+        return decode_audio_value(value, item)
+
+    def load_media(self, sample: Sample) -> Sample:
+        """A copy of ``sample`` whose media parts hold loaded values (RGB PIL images, (array, sr)).
+        Raises the ``MediaError`` of the first bad item."""
+        messages = []
+        for i, msg in enumerate(sample.messages):
+            content = msg.get("content")
+            if not isinstance(content, list):
+                messages.append(msg)
+                continue
+            parts = []
+            for j, part in enumerate(content):
+                kind = part.get("type") if isinstance(part, dict) else None
+                if kind in ("image", "audio"):
+                    value = next((part[k] for k in (kind, "path", "url") if k in part), None)
+                    item = str(value) if isinstance(value, (str, Path)) else f"messages[{i}].content[{j}]"
+                    part = {"type": kind, kind: self._load_value(kind, value, item)}
+                parts.append(part)
+            messages.append({**msg, "content": parts})
+        return replace(sample, messages=messages)
+
+    def _skip_or_raise(self, sample: Sample, err: MediaError) -> None:
+        if self.strict:
+            raise type(err)(err.reason, f"{sample.source} ({err.item})" if err.item else sample.source) from err
+        entry = {"source": sample.source, "item": str(err.item or ""), "reason": err.reason}
+        if entry not in self.skipped:  # a bad sample met again in a later epoch is listed once
+            self.skipped.append(entry)
+
+    def _loaded(self, samples: list[Sample], kinds: tuple[str, ...]) -> list[Sample]:
+        out = []
+        for s in samples:
+            if s.kind not in kinds:
+                other = "collate_preference" if s.kind == "preference" else "Collator.__call__"
+                raise MoLoRAError(f"a {s.kind!r} sample cannot be collated here (use {other})", s.source)
+            try:
+                out.append(self.load_media(s))
+            except MediaError as e:
+                self._skip_or_raise(s, e)
+        return out
+
+    def _process(self, samples: list[Sample], build) -> tuple[list[Sample], list[dict]]:
+        """Run the processor on the samples' conversations; on a MediaError find the culprit(s)
+        one sample at a time, skip them, and process the rest."""
+        try:
+            return samples, [build(samples)]
+        except MediaError:
+            pass
+        good = []
+        for s in samples:
+            try:
+                build([s])
+                good.append(s)
+            except MediaError as e:
+                self._skip_or_raise(s, e)
+        return good, ([build(good)] if good else [])
+
+    def _batch(self, convs: list[list[dict]]) -> dict:
+        batch = self.processor(convs, return_labels=True)
+        batch["num_label_tokens"] = count_label_tokens(batch["labels"])
+        return batch
+
+    # -- entry points ---------------------------------------------------------------------
+    def __call__(self, samples: list[Sample]) -> dict | None:
+        loaded = self._loaded(list(samples), ("asr", "chat", "vqa"))
+        if not loaded:
+            return None
+        good, out = self._process(loaded, lambda ss: self._batch([s.messages for s in ss]))
+        if not good:
+            return None
+        batch = out[0]
+        self._spec_augment(batch)
+        return batch
+
+    def collate_preference(self, samples: list[Sample]) -> dict | None:
+        """``{"chosen": batch, "rejected": batch}``: the same prompts with the chosen / rejected reply
+        as the assistant turn (labels only on the reply). Same skip rules; None if all skipped."""
+        loaded = self._loaded(list(samples), ("preference",))
+        if not loaded:
+            return None
+
+        def build(ss: list[Sample]) -> dict:
+            def convs(attr: str):
+                return [copy.copy(s.messages) + [{"role": "assistant", "content": getattr(s, attr)}] for s in ss]
+            return {"chosen": self._batch(convs("chosen")), "rejected": self._batch(convs("rejected"))}
+
+        good, out = self._process(loaded, build)
+        if not good:
+            return None
+        pair = out[0]
+        if self.spec_augment and "audio_input_features" in pair["chosen"]:
+            self._spec_augment(pair["chosen"])  # one mask draw, shared: both replies see the same audio
+            pair["rejected"]["audio_input_features"].copy_(pair["chosen"]["audio_input_features"])
+        return pair
+
+    # -- SpecAugment ----------------------------------------------------------------------
+    def _spec_augment(self, batch: dict) -> None:
+        spec = self.spec_augment
+        feats = batch.get("audio_input_features")
+        if not spec or feats is None:
+            return
+        import torchaudio.transforms as T
+
+        mask = batch.get("audio_attention_mask")
+        frames = mask.sum(-1).tolist() if mask is not None else [feats.shape[1]] * feats.shape[0]
+        fmask = T.FrequencyMasking(min(spec["freq_mask_param"], feats.shape[-1]))
+        for i, n in enumerate(int(f) for f in frames):
+            if n <= 0:
+                continue
+            x = feats[i, :n].T.unsqueeze(0)  # [1, n_mels, frames]: torchaudio's (..., freq, time)
+            for _ in range(spec["num_freq_masks"]):
+                x = fmask(x)
+            tmask = T.TimeMasking(min(spec["time_mask_param"], n))
+            for _ in range(spec["num_time_masks"]):
+                x = tmask(x)
+            feats[i, :n] = x[0].T

@@ -1,0 +1,277 @@
+"""Training manifests: JSONL rows -> ``Sample`` objects in the transformers chat format.
+
+One JSON object per line (blank lines are allowed). Media paths are relative to the
+manifest's directory (the *data root*); they are resolved to absolute paths here, and a
+path that leaves the root (``..``, a symlink, an absolute path elsewhere) is refused unless
+``allow_outside_root=True``. Files are *not* opened or checked for existence here: a missing
+or corrupt file is a collate-time skip (see ``molora.stages.collate``).
+
+Row shapes::
+
+    ASR         {"audio": PATH, "text": TRANSCRIPT, "prompt"?: STR, "duration"?: SECONDS}
+    chat        {"messages": [...]}                       (image/audio parts hold paths)
+    VQA         {"image": PATH, "question": Q, "answers": [A, ...]}
+    preference  {"messages": [... ending with a user turn], "chosen": STR, "rejected": STR}
+
+Other keys (``"id"``, ...) are ignored. Every error names ``file:line`` and the reason.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from molora.errors import MoLoRAError
+
+__all__ = ["Sample", "ManifestError", "read_manifest", "parse_row", "estimate_length",
+           "ASR_PROMPT", "VQA_SUFFIX", "KINDS"]
+
+ASR_PROMPT = "Transcribe the audio clip into text."
+VQA_SUFFIX = "\nAnswer the question using a single word or phrase."
+KINDS = ("asr", "chat", "vqa", "preference")
+_ROLES = ("system", "user", "assistant")
+
+# Length estimates (tokens) used only for length grouping; rough Phi-4-multimodal numbers.
+AUDIO_TOKENS_PER_SECOND = 12.5          # 10 ms frames, time reduction 8
+AUDIO_TOKENS_UNKNOWN = 125              # ~10 s when the clip's duration is not known
+IMAGE_TOKENS_UNKNOWN = 1000             # a few HD crops when the image size is not known
+_CROP, _GLOBAL_TOKENS, _CROP_TOKENS, _MAX_CROPS = 448, 273, 272, 36
+
+
+class ManifestError(MoLoRAError):
+    """A manifest line cannot be used: bad JSON, unknown row shape, wrong types, unsafe path."""
+
+
+@dataclass
+class Sample:
+    """One training example. ``messages`` are in the transformers chat format; media parts hold
+    absolute paths (manifests) or in-memory PIL images / ``(array, sampling_rate)`` tuples (hub data).
+    For ``kind == "preference"`` the messages are the prompt (ending with a user turn) and
+    ``chosen`` / ``rejected`` the two assistant replies. ``source`` ("/abs/train.jsonl:12") names
+    the sample in every error and skip report. ``length`` is a cheap token-length estimate."""
+
+    messages: list[dict]
+    kind: str
+    source: str
+    chosen: str | None = None
+    rejected: str | None = None
+    answers: list[str] | None = None
+    length: int = 0
+
+
+# ----------------------------------------------------------------------------------------
+# length estimates (never decode media)
+# ----------------------------------------------------------------------------------------
+def _image_tokens_from_size(w: int, h: int) -> int:
+    crops = min(_MAX_CROPS, math.ceil(w / _CROP) * math.ceil(h / _CROP))
+    return _GLOBAL_TOKENS + crops * _CROP_TOKENS
+
+
+def _media_tokens(kind: str, value: Any, probe: bool, duration: float | None = None) -> int:
+    if kind == "audio":
+        if duration is not None:
+            return int(math.ceil(duration * AUDIO_TOKENS_PER_SECOND))
+        if isinstance(value, tuple) and len(value) == 2:
+            try:
+                return int(math.ceil(len(value[0]) / float(value[1]) * AUDIO_TOKENS_PER_SECOND))
+            except (TypeError, ValueError, ZeroDivisionError):
+                return AUDIO_TOKENS_UNKNOWN
+        if probe and isinstance(value, (str, os.PathLike)):
+            try:
+                import soundfile as sf
+
+                return int(math.ceil(sf.info(str(value)).duration * AUDIO_TOKENS_PER_SECOND))  # header only
+            except Exception:  # noqa: BLE001 - missing/corrupt: the collator reports it
+                return AUDIO_TOKENS_UNKNOWN
+        return AUDIO_TOKENS_UNKNOWN
+    size = getattr(value, "size", None)  # PIL image
+    if isinstance(size, tuple) and len(size) == 2:
+        return _image_tokens_from_size(*size)
+    if probe and isinstance(value, (str, os.PathLike)):
+        try:
+            from PIL import Image
+
+            with Image.open(value) as im:  # lazy: reads the header, decodes no pixels
+                return _image_tokens_from_size(*im.size)
+        except Exception:  # noqa: BLE001
+            return IMAGE_TOKENS_UNKNOWN
+    return IMAGE_TOKENS_UNKNOWN
+
+
+def estimate_length(messages: list[dict], extra_text: str = "", *, probe_media: bool = False,
+                    audio_duration: float | None = None) -> int:
+    """Text characters + per-media token estimates. ``probe_media`` reads file headers
+    (soundfile.info / PIL lazy open) for durations and sizes; nothing is decoded."""
+    n = len(extra_text)
+    for msg in messages:
+        content = msg.get("content", "")
+        if isinstance(content, str):
+            n += len(content) + 4
+            continue
+        n += 4
+        for part in content:
+            t = part.get("type")
+            if t == "text":
+                n += len(part.get("text", ""))
+            elif t in ("image", "audio"):
+                n += _media_tokens(t, part.get(t), probe_media, audio_duration if t == "audio" else None)
+    return n
+
+
+# ----------------------------------------------------------------------------------------
+# parsing
+# ----------------------------------------------------------------------------------------
+class _Row:
+    def __init__(self, where: str, root: Path, allow_outside_root: bool):
+        self.where, self.root, self.allow = where, root, allow_outside_root
+
+    def fail(self, reason: str):
+        raise ManifestError(reason, self.where)
+
+    def text(self, row: dict, key: str, *, nonempty: bool = True) -> str:
+        if key not in row:
+            self.fail(f"missing field {key!r}")
+        v = row[key]
+        if not isinstance(v, str):
+            self.fail(f"field {key!r} must be a string, got {type(v).__name__}")
+        if nonempty and not v.strip():
+            self.fail(f"field {key!r} is empty")
+        return v
+
+    def path(self, value: Any, field: str) -> str:
+        if not isinstance(value, str) or not value.strip():
+            self.fail(f"{field} must be a non-empty path string, got {value!r}")
+        if "://" in value:
+            self.fail(f"{field} {value!r} is a URL; manifests take local paths relative to {self.root}")
+        p = Path(value).expanduser()
+        p = p if p.is_absolute() else self.root / p
+        resolved = p.resolve()  # follows symlinks and '..' (the file need not exist)
+        if not self.allow and not resolved.is_relative_to(self.root):
+            self.fail(f"{field} {value!r} resolves to {resolved}, outside the data root {self.root} "
+                      "(pass allow_outside_root=True to permit this)")
+        return str(resolved)
+
+    def messages(self, value: Any) -> list[dict]:
+        if not isinstance(value, list) or not value:
+            self.fail("'messages' must be a non-empty list of {role, content} objects")
+        out = []
+        for i, msg in enumerate(value):
+            at = f"messages[{i}]"
+            if not isinstance(msg, dict):
+                self.fail(f"{at} must be an object, got {type(msg).__name__}")
+            role = msg.get("role")
+            if role not in _ROLES:
+                self.fail(f"{at}.role must be one of {_ROLES}, got {role!r}")
+            if "content" not in msg:
+                self.fail(f"{at} has no 'content'")
+            content = msg["content"]
+            if isinstance(content, str):
+                out.append({"role": role, "content": content})
+                continue
+            if not isinstance(content, list):
+                self.fail(f"{at}.content must be a string or a list of parts, got {type(content).__name__}")
+            parts = []
+            for j, part in enumerate(content):
+                pat = f"{at}.content[{j}]"
+                kind = part.get("type") if isinstance(part, dict) else None
+                if kind == "text":
+                    if not isinstance(part.get("text"), str):
+                        self.fail(f"{pat}.text must be a string")
+                    parts.append({"type": "text", "text": part["text"]})
+                elif kind in ("image", "audio"):
+                    raw = next((part[k] for k in (kind, "path", "url") if k in part), None)
+                    if raw is None:
+                        self.fail(f"{pat} ({kind}) has no {kind!r} path")
+                    parts.append({"type": kind, kind: self.path(raw, f"{pat}.{kind}")})
+                else:
+                    self.fail(f"{pat}.type must be 'text', 'image' or 'audio', got {kind!r}")
+            out.append({"role": role, "content": parts})
+        return out
+
+
+def parse_row(row: Any, where: str, root: Path, *, allow_outside_root: bool = False,
+              probe_media: bool = True) -> Sample:
+    """One decoded JSON row -> Sample (``where`` is "file:line", ``root`` the resolved data root)."""
+    r = _Row(where, root, allow_outside_root)
+    if not isinstance(row, dict):
+        r.fail(f"a row must be a JSON object, got {type(row).__name__}")
+    if "chosen" in row or "rejected" in row:
+        if "messages" not in row:
+            r.fail("missing field 'messages' (preference rows: messages + chosen + rejected)")
+        msgs = r.messages(row["messages"])
+        if msgs[-1]["role"] != "user":
+            r.fail("preference 'messages' must end with a user turn (the replies are 'chosen' / 'rejected')")
+        chosen, rejected = r.text(row, "chosen"), r.text(row, "rejected")
+        return Sample(msgs, "preference", where, chosen=chosen, rejected=rejected,
+                      length=estimate_length(msgs, max(chosen, rejected, key=len), probe_media=probe_media))
+    if "messages" in row:
+        msgs = r.messages(row["messages"])
+        if not any(m["role"] == "assistant" and m["content"] for m in msgs):
+            r.fail("chat 'messages' have no non-empty assistant turn (nothing to learn from)")
+        return Sample(msgs, "chat", where, length=estimate_length(msgs, probe_media=probe_media))
+    if "audio" in row and "image" in row:
+        r.fail("unknown row shape: both 'audio' and 'image' (use a chat row with 'messages' for mixed media)")
+    if "audio" in row:
+        audio = r.path(row["audio"], "audio")
+        text = r.text(row, "text")
+        prompt = r.text(row, "prompt") if "prompt" in row else ASR_PROMPT
+        duration = row.get("duration")
+        if duration is not None and (isinstance(duration, bool) or not isinstance(duration, (int, float))
+                                     or not math.isfinite(duration) or duration < 0):
+            r.fail(f"field 'duration' must be a non-negative number of seconds, got {duration!r}")
+        msgs = [{"role": "user", "content": [{"type": "audio", "audio": audio}, {"type": "text", "text": prompt}]},
+                {"role": "assistant", "content": text}]
+        return Sample(msgs, "asr", where,
+                      length=estimate_length(msgs, probe_media=probe_media, audio_duration=duration))
+    if "image" in row:
+        image = r.path(row["image"], "image")
+        question = r.text(row, "question")
+        if "answers" not in row:
+            r.fail("missing field 'answers'")
+        answers = row["answers"]
+        if not isinstance(answers, list) or not answers or not all(isinstance(a, str) for a in answers):
+            r.fail(f"field 'answers' must be a non-empty list of strings, got {answers!r}")
+        if not answers[0].strip():
+            r.fail("field 'answers' starts with an empty answer")
+        msgs = [{"role": "user", "content": [{"type": "image", "image": image},
+                                             {"type": "text", "text": question + VQA_SUFFIX}]},
+                {"role": "assistant", "content": answers[0]}]
+        return Sample(msgs, "vqa", where, answers=list(answers),
+                      length=estimate_length(msgs, probe_media=probe_media))
+    r.fail(f"unknown row shape with keys {sorted(row)} (expected audio+text, messages, image+question+answers, "
+           "or messages+chosen+rejected)")
+    raise AssertionError("unreachable")
+
+
+def read_manifest(path: str | os.PathLike, *, allow_outside_root: bool = False,
+                  probe_media: bool = True) -> list[Sample]:
+    """Read a JSONL manifest -> list of Sample (see the module docstring for row shapes).
+
+    Raises ``ManifestError`` naming ``file:line`` on the first malformed line. ``probe_media``
+    reads audio/image *headers* for the length estimate (no decoding; unreadable files fall back
+    to a constant); pass False on very large manifests to skip all file access.
+    """
+    mpath = Path(path).expanduser().resolve()
+    if not mpath.is_file():
+        raise ManifestError("manifest file not found", str(mpath))
+    root = mpath.parent
+    samples = []
+    with open(mpath, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            where = f"{mpath}:{lineno}"
+            try:
+                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+            except UnicodeDecodeError as e:
+                raise ManifestError(f"not valid UTF-8 ({e.reason} at byte {e.start})", where) from None
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ManifestError(f"invalid JSON ({e.msg} at column {e.colno})", where) from None
+            samples.append(parse_row(row, where, root, allow_outside_root=allow_outside_root,
+                                     probe_media=probe_media))
+    return samples

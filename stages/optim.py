@@ -1,0 +1,54 @@
+"""Optimiser with per-group learning rates (encoder / projector / LoRA) and warmup + decay schedules."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .freeze import component_of
+
+GROUP_OF = {"vision_encoder": "encoder", "audio_encoder": "encoder", "vision_projector": "projector",
+            "speech_projector": "projector", "vision_speech_projector": "projector"}
+
+
+def lr_group(name: str) -> str:
+    comp = component_of(name)
+    if comp.endswith("_lora"):
+        return "lora"
+    if comp.endswith("_audio_projector"):
+        return "projector"
+    return GROUP_OF.get(comp, "other")
+
+
+def build_optimizer(model, training) -> torch.optim.Optimizer:
+    groups: dict[str, list] = {}
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            groups.setdefault(lr_group(name), []).append(p)
+    params = [{"params": ps, "lr": float(training.lr_groups.get(g, training.lr)), "name": g}
+              for g, ps in sorted(groups.items())]
+    if not params:
+        raise ValueError("nothing to train: the freeze plan leaves every parameter frozen")
+    return torch.optim.AdamW(params, lr=training.lr, weight_decay=training.weight_decay, betas=(0.9, 0.95),
+                             eps=1e-8, foreach=False)
+
+
+def lr_lambda(training, total_steps: int):
+    warm = max(0, int(training.warmup_steps))
+    floor = float(training.min_lr_ratio)
+
+    def f(step: int) -> float:
+        if warm and step < warm:
+            return (step + 1) / warm
+        if training.schedule == "constant" or total_steps <= warm:
+            return 1.0
+        progress = min(1.0, (step - warm) / max(1, total_steps - warm))
+        if training.schedule == "linear":
+            return floor + (1 - floor) * (1 - progress)
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return f
+
+
+def build_scheduler(optimizer, training, total_steps: int):
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(training, total_steps))

@@ -1,0 +1,364 @@
+"""The trainer loop: one loop for every stage, on accelerate's process state, from one CPU to
+many GPUs.
+
+Data parallelism is explicit: every process takes its shard of each global batch (the same
+global batch whatever the number of processes), losses are summed over tokens and divided by
+the token count of the whole global batch, and gradients are averaged across processes after
+backward. One process and N processes therefore take the same steps. Stage specifics (loss,
+data kinds, default freeze plans) live in ``stage_<name>.py``.
+"""
+from __future__ import annotations
+
+import json
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from molora.errors import ConfigError, MoLoRAError
+
+from . import stage_registry
+from .checkpointing import list_checkpoints, load_checkpoint, save_checkpoint, set_rng_state
+from .freeze import apply_plan, parameter_table
+from .optim import build_optimizer, build_scheduler
+from .recipe import Recipe
+
+
+@dataclass
+class Context:
+    recipe: Recipe
+    reference_params: dict[str, torch.Tensor] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Distributed:
+    """The few collective operations the loop needs, over accelerate's process state."""
+
+    def __init__(self, cpu: bool = False):
+        from accelerate import PartialState
+
+        self.state = PartialState(cpu=cpu)
+        self.rank, self.world = self.state.process_index, self.state.num_processes
+        self.device = self.state.device
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            self.state.wait_for_everyone()
+
+    def all_sum(self, values: list[float]) -> list[float]:
+        if self.world == 1:
+            return values
+        t = torch.tensor(values, dtype=torch.float64, device=self.device)
+        torch.distributed.all_reduce(t)
+        return t.tolist()
+
+    def average_gradients(self, params: list[torch.nn.Parameter]) -> None:
+        """Mean of every gradient over processes, in flat buckets (one collective per ~32 MB)."""
+        if self.world == 1:
+            return
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+        bucket, size = [], 0
+        for g in grads + [None]:
+            if g is not None:
+                bucket.append(g)
+                size += g.numel()
+            if bucket and (g is None or size > 8_000_000):
+                flat = torch.cat([b.reshape(-1) for b in bucket])
+                torch.distributed.all_reduce(flat)
+                flat /= self.world
+                off = 0
+                for b in bucket:
+                    b.copy_(flat[off: off + b.numel()].view_as(b))
+                    off += b.numel()
+                bucket, size = [], 0
+        for p, g in zip(params, grads):
+            p.grad = g
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def build_model(spec: dict, seed: int):
+    """Model from a recipe's ``model`` section: {preset} | {path} | {preset, backbone, vision}."""
+    from molora import MoLoRAConfig, MoLoRAModel, MoLoRAProcessor
+
+    seed_everything(seed)
+    if spec.get("path"):
+        model = MoLoRAModel.from_pretrained(spec["path"])
+        processor = MoLoRAProcessor.from_pretrained(spec["path"])
+        return model, processor
+    config = MoLoRAConfig.preset(spec.get("preset", "tiny"))
+    if spec.get("config"):
+        config = config.replace(**spec["config"])
+    if spec.get("backbone") or spec.get("vision"):
+        from molora.assemble import assemble
+
+        model = assemble(config, backbone=spec.get("backbone"), vision=spec.get("vision"), seed=seed)
+        config = model.config
+    else:
+        model = MoLoRAModel(config)
+    return model, MoLoRAProcessor.from_config(config, tokenizer=None)
+
+
+def _precision(name: str, device: torch.device) -> torch.dtype | None:
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else None
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
+
+
+def _move(batch, device):
+    if isinstance(batch, dict):
+        return {k: _move(v, device) for k, v in batch.items()}
+    return batch.to(device) if torch.is_tensor(batch) else batch
+
+
+class MetricsLog:
+    """metrics.jsonl (+ TensorBoard when available) on rank 0; a resumed run drops rows past its step."""
+
+    def __init__(self, out: Path, enabled: bool, resume_step: int | None):
+        self.enabled = enabled
+        self.path = out / "metrics.jsonl"
+        self.tb = None
+        if not enabled:
+            return
+        if resume_step is not None and self.path.exists():
+            keep = [l for l in self.path.read_text().splitlines() if l and json.loads(l).get("step", 0) <= resume_step]
+            self.path.write_text("".join(l + "\n" for l in keep))
+        elif resume_step is None and self.path.exists():
+            self.path.unlink()
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(out / "tensorboard"), purge_step=resume_step)
+        except Exception:  # tensorboard missing: JSONL only
+            self.tb = None
+
+    def write(self, row: dict) -> None:
+        if not self.enabled:
+            return
+        with open(self.path, "a") as fh:
+            fh.write(json.dumps(row) + "\n")
+        if self.tb is not None:
+            for k, v in row.items():
+                if isinstance(v, (int, float)) and k != "step":
+                    self.tb.add_scalar(k, v, row["step"])
+
+    def close(self):
+        if self.tb is not None:
+            self.tb.close()
+
+
+def train(recipe: Recipe, output_dir: str | Path, *, resume: bool = False, strict: bool | None = None,
+          cpu: bool = False, progress: bool = True) -> dict:
+    from .collate import Collator
+    from .manifest import read_manifest
+    from .sampler import LengthGroupedBatches
+
+    out = Path(output_dir)
+    dist = Distributed(cpu=cpu)
+    is_main = dist.rank == 0
+    stage = stage_registry.get(recipe.stage)
+    strict = recipe.strict if strict is None else strict
+    if not recipe.data.get("train"):
+        raise ConfigError("the recipe has no training data: pass data.train=PATH", recipe.name)
+    if is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "recipe.json").write_text(json.dumps(recipe.to_dict(), indent=1))
+
+    model, processor = build_model(recipe.model, recipe.seed)
+    model.to(dist.device)
+    if recipe.training.activation_checkpointing:
+        model.language_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if hasattr(model.audio_embed.encoder, "gradient_checkpointing"):
+            model.audio_embed.encoder.gradient_checkpointing = True
+
+    samples = read_manifest(recipe.data["train"], allow_outside_root=bool(recipe.data.get("allow_outside_root")))
+    bad_kind = sorted({s.kind for s in samples} - set(stage.DATA_KINDS))
+    if bad_kind:
+        raise ConfigError(f"stage {recipe.stage!r} takes {stage.DATA_KINDS} rows, the manifest has {bad_kind}",
+                          recipe.data["train"])
+    t = recipe.training
+    global_batch = t.micro_batch_size * t.grad_accum * dist.world
+    sampler = LengthGroupedBatches([s.length for s in samples], global_batch, recipe.seed,
+                                   group_by_length=t.group_by_length)
+    collator = Collator(processor, strict=strict, spec_augment=t.spec_augment)
+    paired = getattr(stage, "PAIRED", False)
+    collate = collator.collate_preference if paired else collator
+    dtype = _precision(t.precision, dist.device)
+    scaler = torch.amp.GradScaler(dist.device.type) if dtype == torch.float16 else None
+
+    # parameters any sub-step trains: these are what checkpoints hold
+    union = sorted({c for s in recipe.substeps for c in s.train})
+    apply_plan(model, union)
+    saved_names = [n for n, p in model.named_parameters() if p.requires_grad]
+    ctx = Context(recipe)
+    if paired:  # the DPO reference: every trainable tensor as built, before any step (a resumed run
+        # rebuilds the same model from the same seed / path, so it gets the same reference)
+        ctx.reference_params = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    ckpt_root = out / "checkpoints"
+    start_step, loaded = 0, None
+    if resume:
+        found = list_checkpoints(ckpt_root)
+        if found:
+            loaded = load_checkpoint(found[-1][1], dist.rank)
+            st = loaded["state"]
+            if st["world_size"] != dist.world:
+                raise ConfigError(f"checkpoint was written by {st['world_size']} process(es), this run has "
+                                  f"{dist.world}", str(found[-1][1]))
+            start_step = st["step"]
+            with torch.no_grad():
+                named = dict(model.named_parameters())
+                for k, v in loaded["weights"].items():
+                    named[k].copy_(v)
+            sampler.load_state_dict(st["sampler"])
+            collator.skipped = list(st.get("skipped", []))
+        elif is_main:
+            print(f"[molora] --resume: no checkpoint in {ckpt_root}, starting from step 0")
+
+    log = MetricsLog(out, is_main, start_step if loaded else None)
+    batches = sampler.batches()
+    sub_idx, optimizer, scheduler = -1, None, None
+    trainable: list[torch.nn.Parameter] = []
+    bar = None
+    if is_main and progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=recipe.max_steps, initial=start_step, desc=f"{recipe.name}", dynamic_ncols=True)
+    last_metrics: dict = {}
+    t_start = time.perf_counter()
+    step = start_step
+    while step < recipe.max_steps:
+        i, sub, sub_start, sub_len = recipe.substep_at(step)
+        if i != sub_idx:  # a new sub-step: its freeze plan, a fresh optimiser and schedule
+            sub_idx = i
+            apply_plan(model, sub.train)
+            trainable = [p for p in model.parameters() if p.requires_grad]
+            optimizer = build_optimizer(model, t)
+            scheduler = build_scheduler(optimizer, t, sub_len)
+            if loaded is not None and loaded["state"].get("substep") == i:
+                optimizer.load_state_dict(loaded["optimizer"])
+                scheduler.load_state_dict(loaded["scheduler"])
+            if is_main:
+                print(f"\n[molora] {recipe.stage} / {sub.name}: steps {sub_start}-{sub_start + sub_len - 1}, "
+                      f"training {sub.train}\n{parameter_table(model, sub.train)}")
+        if loaded is not None and loaded["rng"] is not None:
+            set_rng_state(loaded["rng"])
+        loaded = None if loaded is not None and step == start_step else loaded
+        model.train()
+        t0 = time.perf_counter()
+        global_batch_idx = next(batches)
+        micro = [collate([samples[j] for j in idx]) for idx in sampler.shard(global_batch_idx, dist.rank, dist.world,
+                                                                               t.grad_accum)]
+        counts = [stage.batch_count(b) if b is not None else 0 for b in micro]
+        n_tokens_local = sum(int((b["attention_mask"] if not paired else b["chosen"]["attention_mask"]).sum())
+                             for b in micro if b is not None)
+        total, n_tok = dist.all_sum([float(sum(counts)), float(n_tokens_local)])
+        loss_sum, extra = 0.0, {}
+        if total > 0:
+            for b in micro:
+                if b is None:
+                    continue
+                b = _move(b, dist.device)
+                with torch.autocast(dist.device.type, dtype=dtype, enabled=dtype is not None):
+                    l, m = stage.loss(model, b, ctx)
+                scaled = l / total * dist.world  # gradients are averaged over processes below
+                (scaler.scale(scaled) if scaler else scaled).backward()
+                loss_sum += float(l.detach())
+                for k, v in m.items():
+                    extra[k] = extra.get(k, 0.0) + v / len(micro)
+        dist.average_gradients(trainable)
+        if scaler:
+            scaler.unscale_(optimizer)
+        gnorm = float(torch.nn.utils.clip_grad_norm_(trainable, t.max_grad_norm)) if t.max_grad_norm else 0.0
+        if total > 0 and scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        elif total > 0:
+            optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        loss_total = dist.all_sum([loss_sum])[0] / max(total, 1)
+        dt = time.perf_counter() - t0
+        extra = {k: v for k, v in zip(extra, dist.all_sum([v / dist.world for v in extra.values()]))}
+        last_metrics = {"step": step, "substep": sub.name, "loss": loss_total, "lr": scheduler.get_last_lr()[0],
+                        "grad_norm": gnorm, "samples_per_s": global_batch / dt, "tokens_per_s": n_tok / dt,
+                        "skipped": collator.num_skipped, **extra}
+        if is_main and (step % max(1, t.log_every) == 0 or step == recipe.max_steps):
+            log.write(last_metrics)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_total:.4f}", lr=f"{last_metrics['lr']:.2e}",
+                            sps=f"{last_metrics['samples_per_s']:.1f}", tps=f"{last_metrics['tokens_per_s']:.0f}")
+        if recipe.save_every and step % recipe.save_every == 0 and step < recipe.max_steps:
+            named = dict(model.named_parameters())
+            save_checkpoint(ckpt_root, step, weights={n: named[n] for n in saved_names}, optimizer=optimizer,
+                            scheduler=scheduler,
+                            state={"step": step, "substep": sub_idx, "sampler": sampler.state_dict(),
+                                   "skipped": collator.skipped, "recipe": recipe.name},
+                            rank=dist.rank, world=dist.world, barrier=dist.barrier, keep_last=recipe.keep_last)
+        if t.eval_every and recipe.data.get("eval") and step % t.eval_every == 0:
+            ev = evaluate_loss(model, recipe, processor, stage, ctx, dist)
+            if is_main:
+                log.write({"step": step, **ev})
+    if bar is not None:
+        bar.close()
+    dist.barrier()
+    summary = {"steps": step, "final": last_metrics, "skipped": collator.skipped,
+               "wall_seconds": time.perf_counter() - t_start}
+    if is_main:
+        model.eval()
+        model.freeze_base()
+        model.save_pretrained(out / "final")
+        processor.save_pretrained(out / "final")
+        (out / "summary.json").write_text(json.dumps(summary, indent=1))
+        if collator.skipped:
+            print(f"[molora] skipped {len(collator.skipped)} bad sample(s) (listed in {out / 'summary.json'}):")
+            for s in collator.skipped[:20]:
+                print(f"  {s['source']}: {s['item']}: {s['reason']}")
+    log.close()
+    dist.barrier()
+    return summary
+
+
+@torch.no_grad()
+def evaluate_loss(model, recipe, processor, stage, ctx, dist) -> dict:
+    from .collate import Collator
+    from .manifest import read_manifest
+
+    samples = read_manifest(recipe.data["eval"], allow_outside_root=bool(recipe.data.get("allow_outside_root")))
+    coll = Collator(processor, strict=False)
+    collate = coll.collate_preference if getattr(stage, "PAIRED", False) else coll
+    model.eval()
+    tot, n = 0.0, 0
+    bs = recipe.training.micro_batch_size
+    mine = list(range(dist.rank, len(samples), dist.world))
+    for s in range(0, len(mine), bs):
+        b = collate([samples[j] for j in mine[s: s + bs]])
+        if b is None:
+            continue
+        l, _ = stage.loss(model, _move(b, dist.device), ctx)
+        tot += float(l)
+        n += stage.batch_count(b)
+    tot, n = dist.all_sum([tot, float(n)])
+    model.train()
+    return {"eval_loss": tot / max(n, 1)}
+
+
+def run(recipe_name: str, overrides: list[str], output_dir: str, resume: bool = False, strict: bool | None = None,
+        cpu: bool = False) -> dict:
+    from .recipe import load_recipe
+
+    try:
+        recipe = load_recipe(recipe_name, overrides)
+    except MoLoRAError:
+        raise
+    return train(recipe, output_dir, resume=resume, strict=strict, cpu=cpu)

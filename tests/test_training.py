@@ -1,0 +1,143 @@
+"""Stage recipes end to end on CPU with the tiny preset and data the tests write."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from datafactory import corpus, write_manifest
+from molora import MoLoRAConfig, MoLoRAModel
+from molora.stages.freeze import component_of, unused_parameters
+from molora.stages.recipe import load_recipe
+from molora.stages.trainer import build_model, train
+
+ROOT = Path(__file__).resolve().parents[1]
+STAGE_DATA = {"tiny-vision": "vqa", "tiny-speech": "asr", "tiny-joint": "joint", "tiny-sft": "mixed",
+              "tiny-dpo": "preference"}
+
+
+def metrics(out: Path) -> list[dict]:
+    return [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines() if l.strip()]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(STAGE_DATA))
+def test_stage_recipe_learns_and_respects_its_freeze_plan(name, tmp_path):
+    data = corpus(tmp_path / "data", STAGE_DATA[name])
+    recipe = load_recipe(name, {"data.train": str(data), "max_steps": 50, "seed": 1})
+    built, _ = build_model(recipe.model, recipe.seed)
+    before = {k: v.detach().clone() for k, v in built.state_dict().items()}
+    params = {k for k, _ in built.named_parameters()}  # buffers (e.g. CMVN statistics) never train
+    summary = train(recipe, tmp_path / "out", progress=False)
+    rows = metrics(tmp_path / "out")
+    assert len(rows) == 50 and summary["skipped"] == []
+    after = MoLoRAModel.from_pretrained(str(tmp_path / "out" / "final")).state_dict()
+    plan = {c for s in recipe.substeps for c in s.train}
+    unused = unused_parameters(MoLoRAModel.from_pretrained(str(tmp_path / "out" / "final")))
+    for k, v in before.items():
+        inside = k in params and component_of(k) in plan and k not in unused
+        if inside:
+            assert not torch.equal(v, after[k]), f"{k} is in the plan but did not change"
+        else:
+            assert torch.equal(v, after[k]), f"{k} is outside the plan but changed"
+    if name == "tiny-dpo":
+        margins = [r["reward_margin"] for r in rows]
+        assert margins[0] == pytest.approx(0.0, abs=1e-6)  # policy == reference at the start
+        assert sum(margins[-5:]) / 5 > 0.5  # the reward margin rises
+        assert rows[-1]["reward_accuracy"] >= 0.75 and rows[0]["reward_accuracy"] == 0.0
+    else:
+        assert rows[-1]["loss"] <= 0.5 * rows[0]["loss"], (rows[0]["loss"], rows[-1]["loss"])
+    # final output: loadable model + PEFT folders beside it
+    assert (tmp_path / "out" / "final" / "vision-lora" / "adapter_config.json").exists()
+
+
+def _run_cli(args, env=None, **kw):
+    return subprocess.Popen([sys.executable, "-m", "molora.cli", "train", *args], cwd=ROOT,
+                            env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, **kw)
+
+
+@pytest.mark.slow
+def test_sigkill_and_resume_is_bit_identical(tmp_path):
+    data = corpus(tmp_path / "data", "mixed")
+    common = ["--recipe", "tiny-sft", f"data.train={data}", "max_steps=24", "save_every=4", "seed=3",
+              "training.micro_batch_size=4", "training.spec_augment={freq_mask_param: 8, time_mask_param: 5}"]
+    full = _run_cli([*common, "--output-dir", str(tmp_path / "full")])
+    assert full.wait(timeout=600) == 0, full.stdout.read()
+    victim = _run_cli([*common, "--output-dir", str(tmp_path / "killed")])
+    ck = tmp_path / "killed" / "checkpoints"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (ck / "step-12").exists():
+        time.sleep(0.05)
+    os.kill(victim.pid, signal.SIGKILL)
+    victim.wait()
+    assert not (tmp_path / "killed" / "final").exists(), "killed too late to test resume"
+    resumed = _run_cli([*common, "--output-dir", str(tmp_path / "killed"), "--resume"])
+    assert resumed.wait(timeout=600) == 0, resumed.stdout.read()
+    a = load_file(str(tmp_path / "full" / "final" / "model.safetensors"))
+    b = load_file(str(tmp_path / "killed" / "final" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    ra, rb = metrics(tmp_path / "full"), metrics(tmp_path / "killed")
+    assert [r["step"] for r in rb] == list(range(1, 25))  # no step lost or logged twice
+    assert [r["loss"] for r in ra] == [r["loss"] for r in rb]
+
+
+@pytest.mark.slow
+def test_two_processes_equal_one(tmp_path):
+    data = corpus(tmp_path / "data", "mixed")
+    common = ["--recipe", "tiny-sft", f"data.train={data}", "max_steps=6", "seed=2", "--cpu"]
+    threads = {"OMP_NUM_THREADS": "1"}  # torchrun's default for its workers: the same kernels on both sides
+    one = _run_cli([*common, "training.micro_batch_size=4", "training.grad_accum=2",
+                    "--output-dir", str(tmp_path / "one")], env=threads)
+    assert one.wait(timeout=600) == 0, one.stdout.read()
+    two = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                          "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                          "-m", "molora.cli", "train", *common, "training.micro_batch_size=4",
+                          "--output-dir", str(tmp_path / "two")], cwd=ROOT, capture_output=True, text=True,
+                         timeout=600, env={**os.environ, **threads})
+    assert two.returncode == 0, two.stdout[-3000:] + two.stderr[-3000:]
+    a = load_file(str(tmp_path / "one" / "final" / "model.safetensors"))
+    b = load_file(str(tmp_path / "two" / "final" / "model.safetensors"))
+    diff = max((a[k] - b[k]).abs().max().item() for k in a)
+    assert diff <= 1e-5
+    moved = max((a[k] - c).abs().max().item() for k, c in
+                MoLoRAModel(MoLoRAConfig.preset("tiny")).state_dict().items() if ".lora_B." in k)
+    assert moved > 1e-3  # the runs trained something, so the comparison can fail
+
+
+def test_bad_media_is_skipped_and_reported_and_a_bad_line_stops(tmp_path):
+    data = corpus(tmp_path / "data", "asr")
+    (tmp_path / "data" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    rows = [json.loads(l) for l in data.read_text().splitlines()]
+    rows.append({"messages": [{"role": "user", "content": [{"type": "image", "image": "broken.png"}]},
+                              {"role": "assistant", "content": "x"}]})
+    rows.append({"audio": "missing.wav", "text": "gone"})
+    good = write_manifest(tmp_path / "data" / "with_bad_media.jsonl", rows)
+    recipe = load_recipe("tiny-sft", {"data.train": str(good), "max_steps": 3})
+    summary = train(recipe, tmp_path / "out", progress=False)
+    reasons = {Path(s["item"]).name if "/" in s["item"] else s["item"]: s for s in summary["skipped"]}
+    assert len(summary["skipped"]) == 2, summary["skipped"]
+    assert any("broken.png" in s["item"] or "broken.png" in s["reason"] for s in summary["skipped"])
+    assert any("missing.wav" in s["item"] or "missing.wav" in s["reason"] for s in summary["skipped"])
+    assert all(":" in s["source"] for s in summary["skipped"])  # file:line
+    saved = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert len(saved["skipped"]) == 2
+    with pytest.raises(Exception, match="broken.png|missing.wav"):
+        train(load_recipe("tiny-sft", {"data.train": str(good), "max_steps": 3}), tmp_path / "strict",
+              strict=True, progress=False)
+    bad = tmp_path / "data" / "bad_line.jsonl"
+    bad.write_text(good.read_text() + "{not json\n")
+    from molora.errors import MoLoRAError
+
+    n = len(good.read_text().splitlines()) + 1
+    with pytest.raises(MoLoRAError, match=rf"bad_line.jsonl:{n}"):
+        train(load_recipe("tiny-sft", {"data.train": str(bad), "max_steps": 3}), tmp_path / "out2", progress=False)
