@@ -43,6 +43,19 @@ class RoutingState:
             if sel.numel():
                 self.groups[name] = None if sel.numel() == n_kept else sel
 
+    def snapshot(self) -> tuple:
+        return (self.active, self.n_tokens, self.tokens, self.groups)
+
+    @contextmanager
+    def restored(self, snap: tuple):
+        """Re-enter a snapshot, e.g. while activation checkpointing recomputes a layer in backward."""
+        prev = self.snapshot()
+        self.active, self.n_tokens, self.tokens, self.groups = snap
+        try:
+            yield self
+        finally:
+            self.active, self.n_tokens, self.tokens, self.groups = prev
+
     @contextmanager
     def route(self, row_adapter: torch.Tensor | None, seq_len: int = 1, token_mask: torch.Tensor | None = None):
         prev = (self.active, self.n_tokens, self.tokens, self.groups)

@@ -65,6 +65,22 @@ class MoLoRAModel(nn.Module):
         if self.lm_head is not None:
             self.lm_head.requires_grad_(False)
 
+    def enable_activation_checkpointing(self) -> None:
+        """Recompute decoder layers in backward instead of storing their activations. The routing
+        in force when a layer ran is restored while it is recomputed (backward runs after the
+        forward's routing context has closed)."""
+        import contextlib
+
+        routing = self.routing
+
+        def context_fn():
+            return contextlib.nullcontext(), routing.restored(routing.snapshot())
+
+        self.language_model.gradient_checkpointing_enable(
+            gradient_checkpointing_kwargs={"use_reentrant": False, "context_fn": context_fn})
+        if hasattr(self.audio_embed.encoder, "gradient_checkpointing"):
+            self.audio_embed.encoder.gradient_checkpointing = True
+
     def lora_layers(self) -> dict[str, RoutedLoRALinear]:
         return {n: m for n, m in self.language_model.named_modules() if isinstance(m, RoutedLoRALinear)}
 

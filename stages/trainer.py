@@ -107,6 +107,23 @@ def build_model(spec: dict, seed: int):
     return model, MoLoRAProcessor.from_config(config, tokenizer=None)
 
 
+def load_samples(data: dict, key: str):
+    """``data.<key>`` is a JSONL manifest path, or a datasets spec
+    ``{path, split, config, kind, limit, streaming, ...columns}`` (hub id, saved dataset or files)."""
+    from .hf_datasets import read_hf_dataset
+    from .manifest import read_manifest
+
+    spec = data[key]
+    if isinstance(spec, dict):
+        spec = dict(spec)
+        if "path" not in spec:
+            raise ConfigError("a datasets spec needs 'path' (hub id, saved dataset dir or data files)", f"data.{key}")
+        path = spec.pop("path")
+        spec.setdefault("split", "train")
+        return list(read_hf_dataset(path, **spec))
+    return read_manifest(spec, allow_outside_root=bool(data.get("allow_outside_root")))
+
+
 def _precision(name: str, device: torch.device) -> torch.dtype | None:
     if name == "auto":
         return torch.bfloat16 if device.type == "cuda" else None
@@ -158,7 +175,6 @@ class MetricsLog:
 def train(recipe: Recipe, output_dir: str | Path, *, resume: bool = False, strict: bool | None = None,
           cpu: bool = False, progress: bool = True) -> dict:
     from .collate import Collator
-    from .manifest import read_manifest
     from .sampler import LengthGroupedBatches
 
     out = Path(output_dir)
@@ -175,11 +191,9 @@ def train(recipe: Recipe, output_dir: str | Path, *, resume: bool = False, stric
     model, processor = build_model(recipe.model, recipe.seed)
     model.to(dist.device)
     if recipe.training.activation_checkpointing:
-        model.language_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        if hasattr(model.audio_embed.encoder, "gradient_checkpointing"):
-            model.audio_embed.encoder.gradient_checkpointing = True
+        model.enable_activation_checkpointing()
 
-    samples = read_manifest(recipe.data["train"], allow_outside_root=bool(recipe.data.get("allow_outside_root")))
+    samples = load_samples(recipe.data, "train")
     bad_kind = sorted({s.kind for s in samples} - set(stage.DATA_KINDS))
     if bad_kind:
         raise ConfigError(f"stage {recipe.stage!r} takes {stage.DATA_KINDS} rows, the manifest has {bad_kind}",
@@ -332,9 +346,8 @@ def train(recipe: Recipe, output_dir: str | Path, *, resume: bool = False, stric
 @torch.no_grad()
 def evaluate_loss(model, recipe, processor, stage, ctx, dist) -> dict:
     from .collate import Collator
-    from .manifest import read_manifest
 
-    samples = read_manifest(recipe.data["eval"], allow_outside_root=bool(recipe.data.get("allow_outside_root")))
+    samples = load_samples(recipe.data, "eval")
     coll = Collator(processor, strict=False)
     collate = coll.collate_preference if getattr(stage, "PAIRED", False) else coll
     model.eval()

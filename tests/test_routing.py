@@ -124,3 +124,24 @@ def test_gradients_reach_only_used_adapters(tiny):
     finally:
         model.eval()
         model.zero_grad(set_to_none=True)
+
+
+def test_activation_checkpointing_keeps_per_row_routes():
+    """Recomputation in backward happens after the forward's routing context closed: the routes
+    must be restored for it, or the gradients of a mixed batch would be wrong."""
+    cfg = MoLoRAConfig.preset("tiny")
+    proc = MoLoRAProcessor.from_config(cfg)
+    convs = [[*MIXED[i], {"role": "assistant", "content": "ok " * (i + 1)}] for i in range(4)]
+    batch = proc(convs, return_labels=True)
+    grads = []
+    for ckpt in (False, True):
+        torch.manual_seed(0)
+        model = MoLoRAModel(cfg).train()
+        randomize_(model, seed=1)
+        if ckpt:
+            model.enable_activation_checkpointing()
+        model(**batch).loss.backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys() and any(".lora_A.vision." in n for n in grads[0])
+    for n in grads[0]:
+        assert torch.allclose(grads[0][n], grads[1][n], atol=1e-6), n

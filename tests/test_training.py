@@ -141,3 +141,32 @@ def test_bad_media_is_skipped_and_reported_and_a_bad_line_stops(tmp_path):
     n = len(good.read_text().splitlines()) + 1
     with pytest.raises(MoLoRAError, match=rf"bad_line.jsonl:{n}"):
         train(load_recipe("tiny-sft", {"data.train": str(bad), "max_steps": 3}), tmp_path / "out2", progress=False)
+
+
+def test_datasets_source_precision_and_activation_checkpointing(tmp_path):
+    """Training reads a `datasets` dataset (saved to disk, as a hub dataset would be cached); bf16
+    autocast and activation checkpointing run on CPU; checkpointing changes no number."""
+    import io
+
+    import soundfile as sf
+    from datasets import Audio, Dataset
+
+    from datafactory import WORDS, tone
+
+    def wav(x):
+        buf = io.BytesIO()
+        sf.write(buf, x, 16000, format="WAV")
+        return buf.getvalue()
+
+    ds = Dataset.from_dict({"audio": [{"bytes": wav(tone(w)), "path": None} for w in WORDS],
+                            "text": WORDS}).cast_column("audio", Audio())
+    ds.save_to_disk(str(tmp_path / "asr"))
+    spec = {"path": str(tmp_path / "asr"), "split": "train", "kind": "asr"}
+    runs = {}
+    for tag, extra in {"plain": {}, "ckpt": {"training.activation_checkpointing": True},
+                       "bf16": {"training.precision": "bf16"}}.items():
+        recipe = load_recipe("tiny-speech", {"data.train": spec, "max_steps": 4, **extra})
+        train(recipe, tmp_path / tag, progress=False)
+        runs[tag] = [r["loss"] for r in metrics(tmp_path / tag)]
+    assert runs["plain"] == pytest.approx(runs["ckpt"], abs=1e-5)
+    assert runs["bf16"] == pytest.approx(runs["plain"], rel=0.05) and runs["bf16"] != runs["plain"]
