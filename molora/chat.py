@@ -16,10 +16,32 @@ from .sampling import Sampler, repetition_penalty
 
 
 class Chat:
-    def __init__(self, model, processor, system_prompt: str | None = None, max_context: int | None = None):
+    """Limits: ``max_context`` tokens (prompt + new tokens), ``max_new_tokens_limit`` per call,
+    ``max_images`` / ``max_audios`` per conversation; a request beyond them gets a MoLoRAError."""
+
+    def __init__(self, model, processor, system_prompt: str | None = None, max_context: int | None = None,
+                 max_new_tokens_limit: int = 4096, max_images: int = 64, max_audios: int = 16):
         self.model, self.processor = model, processor
         self.system_prompt = system_prompt
         self.max_context = max_context or model.config.backbone.max_position_embeddings
+        self.max_new_tokens_limit = max_new_tokens_limit
+        self.max_images, self.max_audios = max_images, max_audios
+
+    def session(self, system_prompt: str | None = None) -> "ChatSession":
+        """A multi-turn conversation that keeps its history."""
+        return ChatSession(self, system_prompt if system_prompt is not None else self.system_prompt)
+
+    def _check_media(self, convs) -> None:
+        for c, conv in enumerate(convs):
+            parts = [p for m in conv if isinstance(m.get("content"), list) for p in m["content"] if isinstance(p, dict)]
+            n_img = sum(p.get("type") == "image" for p in parts)
+            n_aud = sum(p.get("type") == "audio" for p in parts)
+            if n_img > self.max_images:
+                raise MoLoRAError(f"{n_img} images exceed the limit of {self.max_images} per conversation",
+                                  f"conversation[{c}]")
+            if n_aud > self.max_audios:
+                raise MoLoRAError(f"{n_aud} audio clips exceed the limit of {self.max_audios} per conversation",
+                                  f"conversation[{c}]")
 
     def _conversations(self, messages):
         single = bool(messages) and isinstance(messages[0], dict)
@@ -30,9 +52,13 @@ class Chat:
         return single, convs
 
     def _prepare(self, messages, max_new_tokens):
-        if max_new_tokens < 1:
-            raise MoLoRAError("max_new_tokens must be >= 1", "max_new_tokens")
+        if not isinstance(max_new_tokens, int) or not 1 <= max_new_tokens <= self.max_new_tokens_limit:
+            raise MoLoRAError(f"must be an integer in [1, {self.max_new_tokens_limit}], got {max_new_tokens!r}",
+                              "max_new_tokens")
+        if not messages:
+            raise MoLoRAError("no messages given", "messages")
         single, convs = self._conversations(messages)
+        self._check_media(convs)
         batch = self.processor(convs)
         n = batch["input_ids"].shape[1]
         if n + max_new_tokens > self.max_context:
@@ -96,14 +122,55 @@ class Chat:
         worker = threading.Thread(target=run, daemon=True)
         worker.start()
         emitted = ""
+        # a stop string may still be forming at the end: hold back that many characters minus one
+        holdback = max((len(x) for x in stop or []), default=1) - 1
         while (item := queue.get()) is not None:
             if isinstance(item, BaseException):
                 raise item
             tokens.append(item)
             text = self._cut(self.processor.decode(tokens, skip_special_tokens=True), stop)
-            if text.endswith("\ufffd"):  # an incomplete UTF-8 sequence: wait for the rest
+            # hold back an incomplete UTF-8 sequence (shown as U+FFFD until its last byte arrives)
+            if holdback:
+                text = text[: max(0, len(text) - holdback)]
+            if text.endswith("\ufffd") or not text.startswith(emitted):
                 continue
             if len(text) > len(emitted):
                 yield text[len(emitted):]
                 emitted = text
+        final = self._cut(self.processor.decode(tokens, skip_special_tokens=True), stop)
+        if final != emitted and final.startswith(emitted):
+            yield final[len(emitted):]
         worker.join()
+
+
+class ChatSession:
+    """Multi-turn chat: each ``ask`` adds the user turn and the model's reply to ``history``."""
+
+    def __init__(self, chat: Chat, system_prompt: str | None = None):
+        self.chat = chat
+        self.history: list[dict] = [{"role": "system", "content": system_prompt}] if system_prompt else []
+
+    @staticmethod
+    def user_turn(text: str = "", images=(), audios=()) -> dict:
+        content = [{"type": "image", "image": im} for im in images]
+        content += [{"type": "audio", "audio": au} for au in audios]
+        if text:
+            content.append({"type": "text", "text": text})
+        return {"role": "user", "content": content}
+
+    def ask(self, text: str = "", images=(), audios=(), **generate_kwargs) -> str:
+        turn = self.user_turn(text, images, audios)
+        reply = self.chat.generate(self.history + [turn], **generate_kwargs)
+        self.history += [turn, {"role": "assistant", "content": reply}]
+        return reply
+
+    def stream(self, text: str = "", images=(), audios=(), **generate_kwargs):
+        turn = self.user_turn(text, images, audios)
+        pieces = []
+        for piece in self.chat.stream(self.history + [turn], **generate_kwargs):
+            pieces.append(piece)
+            yield piece
+        self.history += [turn, {"role": "assistant", "content": "".join(pieces)}]
+
+    def reset(self) -> None:
+        self.history = [m for m in self.history if m["role"] == "system"]

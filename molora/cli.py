@@ -12,6 +12,51 @@ def _train(args) -> int:
     return 0
 
 
+def _chat(args) -> int:
+    from .errors import MoLoRAError
+
+    from . import MoLoRAModel, MoLoRAProcessor
+    from .chat import Chat
+
+    model = MoLoRAModel.from_pretrained(args.model).eval()
+    processor = MoLoRAProcessor.from_pretrained(args.model)
+    chat = Chat(model, processor, system_prompt=args.system)
+    gen = {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature, "top_p": args.top_p,
+           "top_k": args.top_k, "seed": args.seed}
+    session = chat.session()
+    if args.prompt or args.image or args.audio:  # one shot
+        for piece in session.stream(" ".join(args.prompt), images=args.image or (), audios=args.audio or (), **gen):
+            print(piece, end="", flush=True)
+        print()
+        return 0
+    print("molora chat: type a message; /image PATH and /audio PATH attach media to the next message, "
+          "/reset clears the history, /quit leaves.")
+    images, audios = [], []
+    for line in sys.stdin:
+        line = line.strip()
+        if line in ("/quit", "/exit"):
+            break
+        if line == "/reset":
+            session.reset()
+            continue
+        if line.startswith("/image "):
+            images.append(line[7:].strip())
+            continue
+        if line.startswith("/audio "):
+            audios.append(line[7:].strip())
+            continue
+        if not line and not images and not audios:
+            continue
+        try:
+            for piece in session.stream(line, images=images, audios=audios, **gen):
+                print(piece, end="", flush=True)
+            print()
+        except MoLoRAError as e:
+            print(f"error: {e}", file=sys.stderr)
+        images, audios = [], []
+    return 0
+
+
 def _demo(args) -> int:
     from .demo import main
 
@@ -20,6 +65,8 @@ def _demo(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .errors import MoLoRAError  # noqa: F401  (used by subcommands)
+
     ap = argparse.ArgumentParser(prog="molora", description="Mixture-of-LoRAs multimodal models")
     sub = ap.add_subparsers(dest="command", required=True)
 
@@ -35,6 +82,20 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--strict", action="store_true", help="a bad media file stops the run instead of being skipped")
     g.add_argument("--cpu", action="store_true", help="run on CPU even when a GPU is present")
     t.set_defaults(func=_train)
+
+    c = sub.add_parser("chat", help="chat with a model: one shot (prompt / --image / --audio) or interactive")
+    c.add_argument("--model", required=True, help="model directory, hub id, or preset name (tiny)")
+    c.add_argument("--image", action="append", help="an image for the (first) message; repeatable")
+    c.add_argument("--audio", action="append", help="an audio file for the (first) message; repeatable")
+    c.add_argument("--system", help="system prompt")
+    g = c.add_argument_group("generation")
+    g.add_argument("--max-new-tokens", type=int, default=256)
+    g.add_argument("--temperature", type=float, default=None, help="sample at this temperature (default: greedy)")
+    g.add_argument("--top-p", type=float, default=None)
+    g.add_argument("--top-k", type=int, default=None)
+    g.add_argument("--seed", type=int, default=None)
+    c.add_argument("prompt", nargs="*", help="the message (omit for an interactive session)")
+    c.set_defaults(func=_chat)
 
     d = sub.add_parser("demo", help="the model core end to end, offline")
     d.set_defaults(func=_demo)
