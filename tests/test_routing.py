@@ -145,3 +145,35 @@ def test_activation_checkpointing_keeps_per_row_routes():
     assert grads[0].keys() == grads[1].keys() and any(".lora_A.vision." in n for n in grads[0])
     for n in grads[0]:
         assert torch.allclose(grads[0][n], grads[1][n], atol=1e-6), n
+
+
+def test_a_new_adapter_is_a_config_change(tmp_path):
+    """A third adapter (and audio projector) for image+speech rows: only the config changes."""
+    from molora.config import LoraSpec, Route
+
+    base = MoLoRAConfig.preset("tiny")
+    cfg = base.replace(
+        adapters={**base.adapters, "vision_speech": LoraSpec(r=4, alpha=8)},
+        router={**base.router, "image+speech": Route(adapter="vision_speech", audio_projector="joint")},
+        audio_projectors=["speech", "vision", "joint"])
+    torch.manual_seed(0)
+    model = MoLoRAModel(cfg).eval()
+    randomize_(model, seed=2)
+    proc = MoLoRAProcessor.from_config(cfg)
+    batch = proc(MIXED)
+    with torch.no_grad():
+        logits = model(**batch).logits
+    for i, conv in enumerate(MIXED):
+        solo = _solo_logits(model, proc, conv)
+        assert (logits[i][batch["attention_mask"][i].bool()] - solo).abs().max().item() <= TOL
+    model.train()
+    train_batch = proc([[*MIXED[3], {"role": "assistant", "content": "x"}]], return_labels=True)
+    model(**train_batch).loss.backward()
+    used = {n.split(".lora_")[1].split(".")[1] for n, p in model.named_parameters() if ".lora_" in n and p.grad is not None}
+    assert used == {"vision_speech"}
+    assert all(p.grad is not None for p in model.audio_embed.audio_projection["joint"].parameters())
+    model.save_pretrained(tmp_path / "m")
+    again = MoLoRAModel.from_pretrained(str(tmp_path / "m")).eval()
+    with torch.no_grad():
+        assert torch.equal(again(**batch).logits, model.eval()(**batch).logits)
+    assert (tmp_path / "m" / "vision_speech-lora" / "adapter_config.json").exists()
