@@ -50,10 +50,14 @@ class RoutedLoRALinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         st = self.routing
         lead = x.shape[:-1]
-        if not st.active or lead.numel() != st.n_tokens:  # unrouted call: base weights only
+        n = lead.numel()
+        if not st.active:
+            return self.base_layer(x)
+        padded = n == st.n_tokens  # [B, T, d] hidden states, maybe with padding tokens
+        if not padded and n != st.n_kept:  # not a routed call: base weights only
             return self.base_layer(x)
         flat = x.reshape(-1, x.shape[-1])
-        if st.tokens is not None:  # drop padding tokens
+        if padded and st.tokens is not None:  # drop padding tokens
             flat = flat.index_select(0, st.tokens)
         y = self.base_layer(flat)
         for name, sel in st.groups.items():
@@ -63,8 +67,8 @@ class RoutedLoRALinear(nn.Module):
                 y = y + self._delta(name, flat).to(y.dtype)
             else:
                 y = y.index_add(0, sel, self._delta(name, flat.index_select(0, sel)).to(y.dtype))
-        if st.tokens is not None:
-            y = y.new_zeros(st.n_tokens, y.shape[-1]).index_copy(0, st.tokens, y)
+        if padded and st.tokens is not None:
+            return st.scatter(y)
         return y.view(*lead, y.shape[-1])
 
     def delta_weight(self, name: str) -> torch.Tensor:
@@ -90,3 +94,26 @@ def inject_routed_lora(module: nn.Module, specs: dict[str, LoraSpec], routing: R
                 setattr(parent, child_name, RoutedLoRALinear(child, these, routing))
                 replaced.append(f"{path}.{child_name}" if path else child_name)
     return replaced
+
+
+def compact_token_blocks(module: torch.nn.Module, routing: RoutingState, names=("mlp",)) -> int:
+    """Run token-wise blocks (the decoder MLPs) on real tokens only: a pre-hook gathers them, a
+    hook scatters the result back (zeros at padding). Their routed linears then see the compact
+    tokens directly. Returns the number of blocks hooked."""
+
+    def pre(_mod, args):
+        h = routing.gather(args[0])
+        return None if h is None else (h, *args[1:])
+
+    def post(_mod, args, out):
+        if routing.active and routing.tokens is not None and out.dim() == 2 and out.shape[0] == routing.n_kept:
+            return routing.scatter(out)
+        return out
+
+    n = 0
+    for path, mod in module.named_modules():
+        if path.rsplit(".", 1)[-1] in names:
+            mod.register_forward_pre_hook(pre)
+            mod.register_forward_hook(post)
+            n += 1
+    return n

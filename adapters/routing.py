@@ -22,6 +22,7 @@ class RoutingState:
     def clear(self) -> None:
         self.active = False
         self.n_tokens = 0  # B*T of the hidden states this state was set for
+        self.shape: tuple[int, int] = (0, 0)
         self.tokens: torch.Tensor | None = None  # flat indices of real tokens (None: all are real)
         self.groups: dict[str, torch.Tensor | None] = {}  # adapter -> indices into the kept tokens (None: all)
 
@@ -32,7 +33,7 @@ class RoutingState:
         if row_adapter is None:
             return
         B = int(row_adapter.numel())
-        self.active, self.n_tokens = True, B * seq_len
+        self.active, self.n_tokens, self.shape = True, B * seq_len, (B, seq_len)
         token_adapter = row_adapter[:, None].expand(B, seq_len).reshape(-1)
         if token_mask is not None and not bool(token_mask.all()):
             self.tokens = token_mask.reshape(-1).nonzero().flatten()
@@ -43,24 +44,38 @@ class RoutingState:
             if sel.numel():
                 self.groups[name] = None if sel.numel() == n_kept else sel
 
+    @property
+    def n_kept(self) -> int:
+        return self.n_tokens if self.tokens is None else int(self.tokens.numel())
+
     def snapshot(self) -> tuple:
-        return (self.active, self.n_tokens, self.tokens, self.groups)
+        return (self.active, self.n_tokens, self.tokens, self.groups, self.shape)
 
     @contextmanager
     def restored(self, snap: tuple):
         """Re-enter a snapshot, e.g. while activation checkpointing recomputes a layer in backward."""
         prev = self.snapshot()
-        self.active, self.n_tokens, self.tokens, self.groups = snap
+        self.active, self.n_tokens, self.tokens, self.groups, self.shape = snap
         try:
             yield self
         finally:
-            self.active, self.n_tokens, self.tokens, self.groups = prev
+            self.active, self.n_tokens, self.tokens, self.groups, self.shape = prev
 
     @contextmanager
     def route(self, row_adapter: torch.Tensor | None, seq_len: int = 1, token_mask: torch.Tensor | None = None):
-        prev = (self.active, self.n_tokens, self.tokens, self.groups)
+        prev = self.snapshot()
         self.set(row_adapter, seq_len, token_mask)
         try:
             yield self
         finally:
-            self.active, self.n_tokens, self.tokens, self.groups = prev
+            self.active, self.n_tokens, self.tokens, self.groups, self.shape = prev
+
+    # -- padding-free blocks: gather real tokens before a token-wise block, scatter after ------
+    def gather(self, h: torch.Tensor) -> torch.Tensor | None:
+        if not self.active or self.tokens is None or h.shape[:-1].numel() != self.n_tokens:
+            return None
+        return h.reshape(-1, h.shape[-1]).index_select(0, self.tokens)
+
+    def scatter(self, y: torch.Tensor) -> torch.Tensor:
+        full = y.new_zeros(self.n_tokens, y.shape[-1]).index_copy(0, self.tokens, y)
+        return full.view(*self.shape, y.shape[-1])

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import DynamicCache
 
-from .adapters.lora import RoutedLoRALinear, inject_routed_lora
+from .adapters.lora import RoutedLoRALinear, compact_token_blocks, inject_routed_lora
 from .adapters.router import Router
 from .adapters.routing import RoutingState
 from .audio_embed import AudioEmbedder
@@ -44,6 +44,7 @@ class MoLoRAModel(nn.Module):
         self.router = Router(config)
         self.routing = RoutingState(config.adapter_names)
         inject_routed_lora(self.language_model, config.adapters, self.routing)
+        compact_token_blocks(self.language_model.layers, self.routing)
         self.freeze_base()
 
     # -- construction / IO -------------------------------------------------------------

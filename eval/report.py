@@ -1,0 +1,129 @@
+"""Result files: per-item JSONL appended and flushed per batch (resume by key), and summaries
+(JSON for machines, Markdown for people) written atomically.
+
+A crash can cut the last JSONL line short; ``ResultFile`` drops such a partial last line when
+it opens the file, so the next run appends after the last complete row and redoes only the
+item whose row was cut.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from molora.errors import MoLoRAError
+
+__all__ = ["ResultFile", "read_jsonl", "write_json", "write_text", "write_summary", "markdown_table"]
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    """All complete JSON rows of a JSONL file (a trailing partial line is ignored)."""
+    rows = []
+    p = Path(path)
+    if not p.exists():
+        return rows
+    with open(p, "r", encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                if not line.endswith("\n"):
+                    break  # cut short by a crash
+                raise MoLoRAError(f"invalid JSON in a result file (line {lineno})", f"{p}:{lineno}") from None
+    return rows
+
+
+class ResultFile:
+    """Per-item results of one evaluation set, keyed by ``key_field``."""
+
+    def __init__(self, path: str | os.PathLike, key_field: str = "id"):
+        self.path = Path(path)
+        self.key_field = key_field
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._repair()
+        self.rows: dict[str, dict] = {}
+        for row in read_jsonl(self.path):
+            if key_field not in row:
+                raise MoLoRAError(f"a result row has no {key_field!r} (not a file written by molora eval?)",
+                                  str(self.path))
+            self.rows[str(row[key_field])] = row
+
+    def _repair(self) -> None:
+        if not self.path.exists():
+            return
+        data = self.path.read_bytes()
+        if data and not data.endswith(b"\n"):
+            cut = data.rfind(b"\n") + 1
+            with open(self.path, "r+b") as f:
+                f.truncate(cut)
+
+    @property
+    def done(self) -> set[str]:
+        return set(self.rows)
+
+    def append(self, rows: Iterable[dict]) -> None:
+        rows = list(rows)
+        with open(self.path, "a", encoding="utf-8") as f:
+            for row in rows:
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        for row in rows:
+            self.rows[str(row[self.key_field])] = row
+
+    def select(self, keys: Sequence[str]) -> list[dict]:
+        """The rows of ``keys`` in that order (keys without a row are left out)."""
+        return [self.rows[k] for k in keys if k in self.rows]
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: str | os.PathLike, obj) -> None:
+    _atomic_write(Path(path), json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    _atomic_write(Path(path), text)
+
+
+def write_summary(output_dir: str | os.PathLike, summary: dict, markdown: str) -> tuple[Path, Path]:
+    """``summary.json`` and ``summary.md`` in ``output_dir``; returns both paths."""
+    out = Path(output_dir)
+    write_json(out / "summary.json", summary)
+    write_text(out / "summary.md", markdown)
+    return out / "summary.json", out / "summary.md"
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence]) -> str:
+    def cell(v):
+        return "" if v is None else (f"{v:.2f}" if isinstance(v, float) else str(v))
+
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(cell(v) for v in r) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def run_settings(args_like: dict) -> dict:
+    """The settings every summary records (batch size, dtype, device and what it is)."""
+    import torch
+
+    device = str(args_like.get("device"))
+    name = torch.cuda.get_device_name(device) if device.startswith("cuda") and torch.cuda.is_available() else \
+        "cpu"
+    return {**args_like, "device_name": name, "torch": torch.__version__}
