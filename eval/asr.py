@@ -28,14 +28,14 @@ from pathlib import Path
 
 from molora.errors import ConfigError
 
-from .data import Item, SourceError, dataset_items, encoded_audio_seconds, first_column, load_rows, manifest_rows, \
-    media_of, unique_key
+from .data import Item, SourceError, column_names, dataset_items, encoded_audio_seconds, first_column, load_rows, \
+    manifest_rows, media_of, unique_key
 from .normalizer import NORMALIZER_VERSION
 from .report import ResultFile, markdown_table, run_settings, write_summary
 from .wer import average_wer, is_scored_reference, rtfx, wer_details
 
-__all__ = ["AsrSet", "PROTOCOLS", "resolve_sets", "asr_items", "score_rows", "evaluate_asr", "add_arguments", "main",
-           "ASR_PROMPT", "EARNINGS22_PROMPT"]
+__all__ = ["AsrSet", "PROTOCOLS", "resolve_sets", "prepare_sets", "asr_items", "score_rows", "evaluate_asr",
+           "add_arguments", "main", "ASR_PROMPT", "EARNINGS22_PROMPT"]
 
 ASR_PROMPT = "Transcribe the audio clip into text."
 EARNINGS22_PROMPT = "Transcribe the audio clip to English text."   # the classic scripts' Earnings22 prompt
@@ -167,16 +167,13 @@ def asr_items(s: AsrSet, limit: int | None = None) -> tuple[list[Item], int]:
 
     if s.source == "data":
         if not Path(s.path).expanduser().exists():
-            raise SourceError(f"set {s.name}: {s.path} not found. --data DIR must hold one dataset per set, named "
-                              f"after the set. " + (_download_hint(s) if s.dataset and s.source == "data"
-                                                    and s.dataset != s.path else ""), s.path)
+            raise SourceError(f"not found (set {s.name}). --data DIR must hold one dataset per set, named after "
+                              f"the set. " + (_download_hint(s) if s.dataset and s.dataset != s.path else ""), s.path)
         rows, name = load_rows(s.path, split=s.split, config=None if s.dataset != s.path else s.config,
                                media_column="audio", limit=limit)
     else:
         rows, name = load_rows(s.dataset, split=s.split, config=s.config, media_column="audio", limit=limit,
                                hint=_download_hint(s))
-    from .data import column_names
-
     cols = column_names(rows)
     text_col = first_column(cols, TEXT_FALLBACKS)
     if len(rows) and text_col is None:
@@ -282,20 +279,27 @@ def row_of(item: Item, prediction: str, seconds: float) -> dict:
 # ----------------------------------------------------------------------------------------
 # the run
 # ----------------------------------------------------------------------------------------
+def prepare_sets(sets: list[AsrSet], limit: int | None = None) -> list[tuple[AsrSet, list[Item], int]]:
+    """``[(set, items, dropped)]``: every source opened and listed (no audio decoded) before any
+    model is loaded, so an unreachable set fails fast."""
+    _check_unique(sets)
+    return [(s, *asr_items(s, limit)) for s in sets]
+
+
 def evaluate_asr(model, processor, sets: list[AsrSet], output_dir, *, protocol: str = "custom",
                  complete: bool = False, batch_size: int = 16, max_new_tokens: int = 128, limit: int | None = None,
                  warmup_batches: int = 1, model_name: str | None = None, dtype: str | None = None,
-                 device: str | None = None) -> dict:
-    """Run and score ``sets``; writes ``OUT/<set>.jsonl`` and ``OUT/summary.{json,md}``; returns the summary."""
+                 device: str | None = None, prepared: list | None = None) -> dict:
+    """Run and score ``sets``; writes ``OUT/<set>.jsonl`` and ``OUT/summary.{json,md}``; returns the summary.
+    ``prepared``: the output of ``prepare_sets(sets, limit)`` when the caller has it already."""
     from .generate import Generator, run_items
 
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    _check_unique(sets)
+    prepared = prepared if prepared is not None else prepare_sets(sets, limit)
     generator = Generator(model, processor, max_new_tokens)
     per_set: dict[str, dict] = {}
-    for s in sets:
-        items, dropped = asr_items(s, limit)
+    for s, items, dropped in prepared:
         results = ResultFile(out / f"{s.name}.jsonl", key_field="id")
         done_now = run_items(items, results, generator, make_row=row_of, batch_size=batch_size,
                              warmup_batches=warmup_batches, desc=s.name, sort_by_length=True)
@@ -387,11 +391,12 @@ def main(args) -> int:
     protocol, complete, sets = resolve_sets(args.sets, protocol=args.protocol, data=args.data,
                                             manifests=args.manifest, split=args.split, config=args.config,
                                             prompt=args.prompt)
+    prepared = prepare_sets(sets, args.limit)
     model, processor, device, dtype = load_model_and_processor(args.model, args.dtype, args.device)
     summary = evaluate_asr(model, processor, sets, args.output_dir, protocol=protocol, complete=complete,
                            batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, limit=args.limit,
                            warmup_batches=args.warmup_batches, model_name=args.model,
-                           dtype=str(dtype).replace("torch.", ""), device=device)
+                           dtype=str(dtype).replace("torch.", ""), device=device, prepared=prepared)
     for name, v in summary["sets"].items():
         print(f"{name}: WER {v.get('wer')}  RTFx {v.get('rtfx')}  ({v.get('items', 0)} clips)")
     print(f"average WER {summary['average_wer']} ({summary['protocol']}); composite RTFx {summary['composite_rtfx']}")

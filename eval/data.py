@@ -71,7 +71,11 @@ def load_rows(name_or_path: str, *, split: str, config: str | None, media_column
         else:
             rows = ds if limit is None or limit >= len(ds) else ds.select(range(limit))
     except MoLoRAError as e:
-        raise SourceError(e.reason + (f". {hint}" if hint else ""), str(name_or_path)) from e
+        cause = e.__cause__
+        if hint and cause is not None:  # our own advice replaces the generic one
+            raise SourceError(f"cannot load the dataset (split {split!r}, config {config!r}): "
+                              f"{type(cause).__name__}: {cause}. {hint}", str(name_or_path)) from e
+        raise SourceError(e.reason + (f". {hint}" if hint else ""), e.item or str(name_or_path)) from e
     except Exception as e:  # noqa: BLE001 - hub unreachable while streaming, corrupt files ...
         raise SourceError(f"cannot read the dataset (split {split!r}, config {config!r}): {type(e).__name__}: {e}"
                           + (f". {hint}" if hint else ""), str(name_or_path)) from e

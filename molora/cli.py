@@ -100,6 +100,10 @@ def main(argv: list[str] | None = None) -> int:
     d = sub.add_parser("demo", help="the model core end to end, offline")
     d.set_defaults(func=_demo)
 
+    from .eval.cli import add_eval_parser  # eval {asr,docvqa,chartqa}
+
+    add_eval_parser(sub)
+
     args, extra = ap.parse_known_args(argv)
     # key=value overrides may come before or after the options
     stray = [e for e in extra if e.startswith("-") or "=" not in e]

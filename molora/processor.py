@@ -61,6 +61,10 @@ class MoLoRAProcessor:
                 from .tokenizer import build_byte_tokenizer
 
                 tokenizer = build_byte_tokenizer()
+            elif config.tokenizer == "bytes":  # our own tokenizer.json: no Auto* look-up of config.json
+                from transformers import PreTrainedTokenizerFast
+
+                tokenizer = PreTrainedTokenizerFast.from_pretrained(str(path))
             elif (path / "tokenizer.json").exists() or (path / "tokenizer_config.json").exists():
                 from transformers import AutoTokenizer
 

@@ -1,0 +1,93 @@
+"""`molora eval docvqa`: ANLS on DocVQA validation, or the test-split submission file.
+
+    molora eval docvqa --model DIR --output-dir OUT                          # lmms-lab/DocVQA validation
+    molora eval docvqa --model DIR --data docvqa_val/ --output-dir OUT       # a local copy
+    molora eval docvqa --model DIR --data qa.jsonl --output-dir OUT          # a VQA manifest
+    molora eval docvqa --model DIR --split test --output-dir OUT             # OUT/submission.json
+
+Prompt: question + "\\nAnswer the question using a single word or phrase.", greedy, 32 new
+tokens (the common harnesses). ``OUT/predictions.jsonl``: one row per question (``id``,
+``question``, ``answers``, ``prediction``, ``anls``), appended per batch; a re-run resumes.
+``OUT/summary.json`` / ``.md``: ANLS (0..1, mean over questions; x100 in the Markdown).
+With ``--split test`` (answers hidden) ``OUT/submission.json`` is
+``[{"questionId": ..., "answer": ...}]`` for the official server.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .anls import ANLS_THRESHOLD, anls, mean_anls
+from .report import markdown_table, run_settings, write_json, write_summary
+from .vqa import add_common_arguments, download_hint, load_for_args, run_vqa, vqa_items
+
+__all__ = ["DOCVQA_SUFFIX", "docvqa_items", "evaluate_docvqa", "add_arguments", "main"]
+
+DOCVQA_SUFFIX = "\nAnswer the question using a single word or phrase."
+DEFAULT_DATA, DEFAULT_CONFIG = "lmms-lab/DocVQA", "DocVQA"
+
+
+def docvqa_items(data: str, *, split: str = "validation", config: str | None = DEFAULT_CONFIG,
+                 limit: int | None = None):
+    """The questions of ``data`` (answers required unless ``split == "test"``); nothing decoded yet."""
+    hub = not Path(data).expanduser().exists()
+    return vqa_items(data, split=split, config=config if hub else None, suffix=DOCVQA_SUFFIX, limit=limit,
+                     require_answers=split != "test", hint=download_hint(data, split, config) if hub else None)
+
+
+def evaluate_docvqa(model, processor, data: str, output_dir, *, split: str = "validation",
+                    config: str | None = DEFAULT_CONFIG, batch_size: int = 8, max_new_tokens: int = 32,
+                    limit: int | None = None, warmup_batches: int = 0, model_name: str | None = None,
+                    dtype: str | None = None, device: str | None = None, items=None) -> dict:
+    """Run DocVQA over ``data``; writes predictions, summary (and the submission file for the test split).
+    ``items``: ``docvqa_items(...)`` when the caller has listed them already."""
+    test = split == "test"
+    items = items if items is not None else docvqa_items(data, split=split, config=config, limit=limit)
+    score = (lambda p, a: {}) if test else (lambda p, a: {"anls": anls(p, a)})
+    rows = run_vqa(model, processor, items, output_dir, score=score, batch_size=batch_size,
+                   max_new_tokens=max_new_tokens, warmup_batches=warmup_batches, desc="docvqa")
+    summary = {"task": "docvqa", "model": model_name, "data": data, "split": split, "questions": len(rows),
+               "metric": f"ANLS (0..1): mean over questions of max over answers of 1 - NL, 0 below "
+                         f"{ANLS_THRESHOLD} (exactly {ANLS_THRESHOLD} kept); lowercased, stripped, whitespace "
+                         "collapsed; raw lengths in the denominator",
+               "prompt_suffix": DOCVQA_SUFFIX,
+               "settings": run_settings({"batch_size": batch_size, "dtype": str(dtype), "device": str(device),
+                                         "max_new_tokens": max_new_tokens, "decoding": "greedy", "limit": limit})}
+    out = Path(output_dir)
+    if test:
+        submission = [{"questionId": _qid(r["id"]), "answer": r["prediction"]} for r in rows]
+        write_json(out / "submission.json", submission)
+        summary.update(anls=None, submission="submission.json")
+        md = (f"# DocVQA test predictions: {model_name}\n\n{len(rows)} questions; answers are hidden: upload "
+              f"`submission.json` to the DocVQA server for the score.\n")
+    else:
+        summary["anls"] = mean_anls([r["prediction"] for r in rows], [r["answers"] for r in rows]) if rows else None
+        md = (f"# DocVQA {split}: {model_name}\n\n"
+              + markdown_table(["questions", "ANLS (x100)"],
+                               [(len(rows), None if summary["anls"] is None else 100 * summary["anls"])])
+              + f"\nbatch size {batch_size}, dtype {dtype}, device {device}, greedy, max_new_tokens {max_new_tokens}\n")
+    write_summary(out, summary, md)
+    return summary
+
+
+def _qid(key: str):
+    return int(key) if key.isdigit() else key
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_common_arguments(p, default_data=DEFAULT_DATA, default_split="validation", default_config=DEFAULT_CONFIG,
+                         max_new_tokens=32)
+
+
+def main(args) -> int:
+    items = docvqa_items(args.data, split=args.split, config=args.config, limit=args.limit)
+    model, processor, device, dtype = load_for_args(args)
+    s = evaluate_docvqa(model, processor, args.data, args.output_dir, split=args.split, config=args.config,
+                        batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, limit=args.limit,
+                        warmup_batches=args.warmup_batches, model_name=args.model, dtype=dtype, device=device,
+                        items=items)
+    if s.get("anls") is not None:
+        print(f"DocVQA {args.split}: ANLS {100 * s['anls']:.2f} over {s['questions']} questions")
+    else:
+        print(f"DocVQA {args.split}: {s['questions']} predictions -> {Path(args.output_dir) / 'submission.json'}")
+    return 0
