@@ -44,6 +44,7 @@ class Training:
     spec_augment: dict | None = None
     log_every: int = 1
     eval_every: int = 0
+    eval_generate: bool = False  # also greedy-decode the eval rows: WER / ANLS / relaxed accuracy
 
 
 @dataclass

@@ -362,8 +362,15 @@ def evaluate_loss(model, recipe, processor, stage, ctx, dist) -> dict:
         tot += float(l)
         n += stage.batch_count(b)
     tot, n = dist.all_sum([tot, float(n)])
+    out = {"eval_loss": tot / max(n, 1)}
+    if recipe.training.eval_generate and dist.rank == 0 and not getattr(stage, "PAIRED", False):
+        from .evaluation import generation_metrics
+
+        metrics = generation_metrics(model, processor, samples, batch_size=bs)
+        out.update({k: v for k, v in metrics.items() if k != "predictions"})
+    dist.barrier()
     model.train()
-    return {"eval_loss": tot / max(n, 1)}
+    return out
 
 
 def run(recipe_name: str, overrides: list[str], output_dir: str, resume: bool = False, strict: bool | None = None,

@@ -170,3 +170,13 @@ def test_datasets_source_precision_and_activation_checkpointing(tmp_path):
         runs[tag] = [r["loss"] for r in metrics(tmp_path / tag)]
     assert runs["plain"] == pytest.approx(runs["ckpt"], abs=1e-5)
     assert runs["bf16"] == pytest.approx(runs["plain"], rel=0.05) and runs["bf16"] != runs["plain"]
+
+
+def test_periodic_evaluation_hook(tmp_path):
+    data = corpus(tmp_path / "data", "asr")
+    recipe = load_recipe("tiny-speech", {"data.train": str(data), "data.eval": str(data), "max_steps": 4,
+                                         "training.eval_every": 2, "training.eval_generate": True})
+    train(recipe, tmp_path / "out", progress=False)
+    evals = [r for r in metrics(tmp_path / "out") if "eval_loss" in r]
+    assert [r["step"] for r in evals] == [2, 4]
+    assert all(r["wer"] >= 0 and r["eval_loss"] > 0 for r in evals)
