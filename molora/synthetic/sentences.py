@@ -1,15 +1,16 @@
 """A closed vocabulary and a seeded generator of short English sentences (3-8 words).
 
 Sentences are lower case with no punctuation, so a transcript is exactly what the leaderboard
-normaliser leaves of it. ``split_sentences`` draws one pool of distinct sentences and cuts it
-into splits, so no sentence appears in two splits.
+normaliser leaves of it. ``split_sentences`` gives each split distinct sentences; which split a
+sentence belongs to is fixed by a hash of (seed, sentence), so no sentence appears in two splits.
 """
 from __future__ import annotations
 
+import hashlib
 import random
 
 __all__ = ["VOCABULARY", "DIGITS", "COLOURS", "OBJECTS", "VERBS", "generate_sentence", "generate_sentences",
-           "split_sentences", "words"]
+           "split_sentences", "sentence_split", "words"]
 
 DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 COLOURS = ("red", "blue", "green", "yellow", "black", "white", "orange", "purple", "pink", "brown", "grey")
@@ -106,10 +107,10 @@ def generate_sentence(rng: random.Random) -> str:
             return s
 
 
-def generate_sentences(n: int, seed: int = 0, *, exclude: set[str] | None = None) -> list[str]:
-    """``n`` distinct sentences, deterministic for ``seed``."""
+def generate_sentences(n: int, seed: int = 0) -> list[str]:
+    """``n`` distinct sentences, deterministic for ``seed`` (a prefix of a longer list for the same seed)."""
     rng = random.Random(f"molora-sentences-{seed}")
-    seen: set[str] = set(exclude or ())
+    seen: set[str] = set()
     out: list[str] = []
     attempts = 0
     while len(out) < n:
@@ -123,13 +124,42 @@ def generate_sentences(n: int, seed: int = 0, *, exclude: set[str] | None = None
     return out
 
 
+# A sentence's split is a function of the sentence and the seed alone (a hash bucket), so every
+# corpus that speaks sentences (speech, joint, preferences) agrees on which ones are held out,
+# whatever sizes it asks for.
+HELD_OUT_BUCKETS = {"test": 0, "dev": 1}
+N_BUCKETS = 20  # test 5%, dev 5%, train 90% of the grammar's sentences
+
+
+def sentence_split(sentence: str, seed: int = 0) -> str:
+    h = int.from_bytes(hashlib.sha256(f"{seed}/{sentence}".encode()).digest()[:8], "big") % N_BUCKETS
+    for split, bucket in HELD_OUT_BUCKETS.items():
+        if h == bucket:
+            return split
+    return "train"
+
+
 def split_sentences(sizes: dict[str, int], seed: int = 0) -> dict[str, list[str]]:
-    """Disjoint sentence lists per split, e.g. ``{"train": 3000, "dev": 200, "test": 200}``.
-    Held-out splits are drawn first, so a split's sentences do not depend on the size of train."""
-    order = sorted(sizes, key=lambda s: (s == "train", s))
-    pool = generate_sentences(sum(sizes.values()), seed)
-    out, i = {}, 0
-    for split in order:
-        out[split] = pool[i:i + sizes[split]]
-        i += sizes[split]
-    return {split: out[split] for split in sizes}
+    """Distinct sentences per split, e.g. ``{"train": 3000, "dev": 200, "test": 200}``; a sentence
+    belongs to the split ``sentence_split`` gives it, so no two splits (of any corpus built with
+    the same seed) share a sentence. Splits other than train/dev/test draw from train's bucket."""
+    rng = random.Random(f"molora-sentences-{seed}")
+    want = {split: int(n) for split, n in sizes.items()}
+    out: dict[str, list[str]] = {split: [] for split in sizes}
+    seen: set[str] = set()
+    attempts, budget = 0, 200 * (sum(want.values()) + 100)
+    while any(len(out[s]) < want[s] for s in want):
+        s = generate_sentence(rng)
+        attempts += 1
+        if attempts > budget:
+            raise ValueError(f"cannot draw {want} distinct sentences from the grammar")
+        if s in seen:
+            continue
+        seen.add(s)
+        bucket = sentence_split(s, seed)
+        targets = [bucket] if bucket != "train" else ["train"] + [k for k in want if k not in ("train", "dev", "test")]
+        for split in targets:
+            if split in want and len(out[split]) < want[split]:
+                out[split].append(s)
+                break
+    return out

@@ -8,8 +8,9 @@ that nothing resets between utterances (``Flutter_ix``, the pitch-flutter positi
 ``wavegen.c``; the automatic gain ``agc``; the cycle counter for roughness; ...). The same
 call therefore comes out a few samples longer or shorter depending on what was spoken before
 (``espeak_Terminate`` + ``espeak_Initialize`` do not reset them either). So every call loads a
-private copy of the shared library, initialises it, speaks, terminates and unloads it
-(``dlclose``): a fresh copy of all statics each time, ~5 ms of overhead. The breath noise of
+private copy of the shared library (``~/.cache/molora/espeak/<build>/``, so that nothing else
+in the process holds it open), initialises it, speaks, terminates and unloads it (``dlclose``):
+a fresh copy of all statics each time, ~2 ms of overhead. The breath noise of
 some voice variants (e.g. ``+f3``) comes from libc ``rand()``, which is seeded just before
 synthesis (and espeak's own generator too, via ``espeak_ng_SetRandSeed``).
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import atexit
 import ctypes
+import hashlib
 import os
 import shutil
 import sys
@@ -30,7 +32,7 @@ __all__ = ["speak", "list_voices", "native_sample_rate", "espeak_version", "ENGL
 
 _LOCK = threading.Lock()
 _CHUNKS: list[np.ndarray] = []
-_PRIVATE: dict = {"dir": None, "path": None, "n": 0, "pid": None}
+_PRIVATE: dict = {"dir": None, "path": None, "n": 0}
 _NATIVE_RATE: int | None = None
 
 AUDIO_OUTPUT_SYNCHRONOUS = 2
@@ -62,20 +64,41 @@ def _data_path() -> bytes:
     return str(espeakng_loader.get_data_path()).encode()
 
 
-def _private_copy(fresh_name: bool = False) -> str:
-    """A copy of libespeak-ng that nobody else in the process has open, so dlclose really unloads it."""
+def _copy_dir() -> Path:
+    """Per-user folder for private copies of the library (one per library build, reused by every
+    process; a process-private temporary folder when the cache is not writable)."""
     import espeakng_loader
 
-    if _PRIVATE["dir"] is None or _PRIVATE["pid"] != os.getpid():
-        d = tempfile.mkdtemp(prefix="molora-espeak-")
-        pid = os.getpid()
-        atexit.register(lambda: os.getpid() == pid and shutil.rmtree(d, ignore_errors=True))
-        _PRIVATE.update(dir=d, path=None, n=0, pid=pid)
+    src = Path(espeakng_loader.get_library_path())
+    st = src.stat()
+    key = hashlib.sha1(f"{src.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "molora" / "espeak" / key
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        probe = cache / f".probe-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+        return cache
+    except OSError:
+        d = Path(tempfile.mkdtemp(prefix="molora-espeak-"))
+        atexit.register(shutil.rmtree, d, ignore_errors=True)
+        return d
+
+
+def _private_copy(fresh_name: bool = False) -> str:
+    """A copy of libespeak-ng that nothing else in this process has open, so dlclose really unloads it."""
+    import espeakng_loader
+
+    if _PRIVATE["dir"] is None:
+        _PRIVATE.update(dir=_copy_dir(), path=None, n=0)
     if _PRIVATE["path"] is None or fresh_name:
         _PRIVATE["n"] += 1
         src = Path(espeakng_loader.get_library_path())
-        dst = Path(_PRIVATE["dir"]) / f"lib{_PRIVATE['n']}-{src.name}"
-        shutil.copyfile(src, dst)
+        dst = Path(_PRIVATE["dir"]) / f"copy{_PRIVATE['n']}-{src.name}"
+        if not dst.is_file() or dst.stat().st_size != src.stat().st_size:
+            tmp = dst.with_name(f"{dst.name}.{os.getpid()}.tmp")
+            shutil.copyfile(src, tmp)
+            os.replace(tmp, dst)  # atomic: concurrent processes never see half a library
         _PRIVATE["path"] = str(dst)
     return _PRIVATE["path"]
 
@@ -213,4 +236,4 @@ def speak(text: str, voice: str = "en", rate: int = 175, pitch: int = 50, sampli
         pcm = _synthesise(text, voice, rate, pitch)
         native = int(_NATIVE_RATE)
     audio = pcm.astype(np.float32) / 32768.0
-    return resample(audio, native, sampling_rate)
+    return np.clip(resample(audio, native, sampling_rate), -1.0, 1.0)  # resampling can overshoot by ~1%
