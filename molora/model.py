@@ -30,6 +30,7 @@ class MoLoRAOutput:
     loss: torch.Tensor | None = None
     past_key_values: object | None = None
     row_types: list[str] | None = None
+    hidden_states: torch.Tensor | None = None
 
 
 class MoLoRAModel(nn.Module):
@@ -146,7 +147,11 @@ class MoLoRAModel(nn.Module):
                 audio_input_features=None, audio_embed_sizes=None, audio_attention_mask=None,
                 labels: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
                 past_key_values=None, use_cache: bool = False, row_types: list[str] | None = None,
-                logits_to_keep: int = 0, **unused) -> MoLoRAOutput:
+                logits_to_keep: int = 0, return_logits: bool = True, loss_reduction: str = "mean",
+                **unused) -> MoLoRAOutput:
+        """``return_logits=False`` with ``labels``: the loss is computed from the labelled positions
+        only (logits of the other positions are never formed: with a 200k vocabulary they are most
+        of a training step's memory); ``loss_reduction`` is "mean" (over labelled tokens) or "sum"."""
         input_ids = input_ids.to(self.device)
         if attention_mask is not None:
             attention_mask = attention_mask.to(self.device)
@@ -170,13 +175,27 @@ class MoLoRAModel(nn.Module):
         hidden = out.last_hidden_state
         if logits_to_keep:
             hidden = hidden[:, -logits_to_keep:]
-        weight = self.language_model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
-        logits = F.linear(hidden, weight)
+        logits = self.lm_logits(hidden) if return_logits or labels is None else None
         loss = None
         if labels is not None:
-            loss = causal_lm_loss(logits, labels.to(logits.device))
+            labels = labels.to(hidden.device)
+            if logits is not None:
+                loss = causal_lm_loss(logits, labels, reduction=loss_reduction)
+            else:
+                loss = self.labelled_loss(hidden, labels, reduction=loss_reduction)
         return MoLoRAOutput(logits=logits, loss=loss, past_key_values=out.past_key_values if use_cache else None,
-                            row_types=row_types)
+                            row_types=row_types, hidden_states=hidden)
+
+    def lm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        weight = self.language_model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
+        return F.linear(hidden, weight)
+
+    def labelled_loss(self, hidden: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+        """Next-token cross-entropy from the hidden states of the labelled positions only."""
+        target = labels[:, 1:]
+        keep = target != -100
+        logits = self.lm_logits(hidden[:, :-1][keep])
+        return F.cross_entropy(logits.float(), target[keep], reduction=reduction)
 
     @staticmethod
     def _positions(attention_mask, shape, past_key_values) -> torch.Tensor:
@@ -214,9 +233,10 @@ class MoLoRAModel(nn.Module):
         return counts
 
 
-def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
-    """Next-token cross-entropy averaged over the labelled tokens (transformers' convention)."""
+def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100,
+                   reduction: str = "mean") -> torch.Tensor:
+    """Next-token cross-entropy over the labelled tokens (mean: transformers' convention)."""
     shift_logits = logits[:, :-1].float()
     shift_labels = labels[:, 1:]
     return F.cross_entropy(shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1),
-                           ignore_index=ignore_index)
+                           ignore_index=ignore_index, reduction=reduction)

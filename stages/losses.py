@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 MODEL_KEYS = ("input_ids", "attention_mask", "image_pixel_values", "image_sizes", "image_attention_mask",
               "audio_input_features", "audio_embed_sizes", "audio_attention_mask")
@@ -19,10 +18,9 @@ def label_count(batch: dict) -> int:
 def lm_loss_sum(model, batch: dict, forward=None) -> torch.Tensor:
     """Sum (not mean) of next-token cross-entropy over labelled tokens, so the trainer can divide
     by the token count of the whole global batch (all micro-batches, all processes)."""
-    logits = (forward or model)(**model_inputs(batch)).logits
-    labels = batch["labels"].to(logits.device)
-    return F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1),
-                           ignore_index=-100, reduction="sum")
+    out = (forward or model)(**model_inputs(batch), labels=batch["labels"], return_logits=False,
+                             loss_reduction="sum")
+    return out.loss
 
 
 def sequence_logps(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -177,3 +177,16 @@ def test_a_new_adapter_is_a_config_change(tmp_path):
     with torch.no_grad():
         assert torch.equal(again(**batch).logits, model.eval()(**batch).logits)
     assert (tmp_path / "m" / "vision_speech-lora" / "adapter_config.json").exists()
+
+
+def test_labelled_positions_loss_equals_full_logits_loss(tiny):
+    model, proc = tiny
+    batch = proc([[*c, {"role": "assistant", "content": "fine"}] for c in MIXED], return_labels=True)
+    with torch.no_grad():
+        full = model(**batch)
+        lean = model(**batch, return_logits=False)
+        summed = model(**batch, return_logits=False, loss_reduction="sum")
+    assert lean.logits is None
+    assert torch.allclose(full.loss, lean.loss, atol=1e-6)
+    n = int((batch["labels"][:, 1:] != -100).sum())
+    assert torch.allclose(summed.loss / n, full.loss, atol=1e-6)
