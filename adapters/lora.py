@@ -27,6 +27,8 @@ class RoutedLoRALinear(nn.Module):
             self.add_adapter(name, spec)
         # a plain attribute (not a submodule): shared by all layers of the model
         object.__setattr__(self, "routing", routing)
+        self.merge_inference = False  # see MoLoRAModel.set_merged_inference
+        self._merged: dict[str, tuple[tuple, torch.Tensor]] = {}
 
     def add_adapter(self, name: str, spec: LoraSpec) -> None:
         w = self.base_layer.weight
@@ -59,6 +61,13 @@ class RoutedLoRALinear(nn.Module):
         flat = x.reshape(-1, x.shape[-1])
         if padded and st.tokens is not None:  # drop padding tokens
             flat = flat.index_select(0, st.tokens)
+        if self.merge_inference and not torch.is_grad_enabled() and len(st.groups) == 1:
+            (name, sel), = st.groups.items()
+            if sel is None and name in self.lora_A:  # one adapter for every token: one matmul
+                y = torch.nn.functional.linear(flat, self._merged_weight(name), self.base_layer.bias)
+                if padded and st.tokens is not None:
+                    return st.scatter(y)
+                return y.view(*lead, y.shape[-1])
         y = self.base_layer(flat)
         for name, sel in st.groups.items():
             if name not in self.lora_A:
@@ -78,6 +87,16 @@ class RoutedLoRALinear(nn.Module):
     @torch.no_grad()
     def merged_weight(self, name: str) -> torch.Tensor:
         return self.base_layer.weight + self.delta_weight(name).to(self.base_layer.weight.dtype)
+
+    def _merged_weight(self, name: str) -> torch.Tensor:
+        """W + s*B@A, cached until any of the three tensors changes (their version counters)."""
+        ws = (self.base_layer.weight, self.lora_A[name].weight, self.lora_B[name].weight)
+        key = tuple((w.data_ptr(), w._version) for w in ws)
+        hit = self._merged.get(name)
+        if hit is None or hit[0] != key:
+            hit = (key, self.merged_weight(name))
+            self._merged[name] = hit
+        return hit[1]
 
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, adapters={list(self.lora_A)}"

@@ -90,7 +90,89 @@ def run_case(case: str, impl: str, preset: str, repeats: int, workdir: str) -> d
         return {"value": len(clips) / sec, "unit": "clips/s"}
     if case == "train":
         return _train(impl, cfg, repeats, Path(workdir))
+    if case in ("asr", "generate1", "generate16"):
+        return _decode(case, impl, cfg, repeats, Path(workdir))
     raise ValueError(case)
+
+
+NEW_TOKENS = 24
+
+
+def _load_pair(impl, ckpt):
+    if impl == "molora":
+        from molora import MoLoRAModel
+
+        model = MoLoRAModel.from_pretrained(str(ckpt)).eval()
+        model.set_merged_inference(True)
+        return model
+    from peft import PeftModel
+    from transformers import Phi4MultimodalForCausalLM
+
+    base = Phi4MultimodalForCausalLM.from_pretrained(str(ckpt / "native")).eval()
+    ref = PeftModel.from_pretrained(base, str(ckpt / "native" / "vision-lora"), adapter_name="vision")
+    ref.load_adapter(str(ckpt / "native" / "speech-lora"), adapter_name="speech")
+    return ref.eval()
+
+
+def _decode(case, impl, cfg, repeats, workdir):
+    """ASR: feature extraction + generate + decode per batch, as the leaderboard times it (each side
+    its own feature extractor); chat: generate + decode. Both sides emit exactly NEW_TOKENS tokens."""
+    from molora import MoLoRAProcessor
+    from molora.synthetic.speech import speak
+
+    proc = MoLoRAProcessor.from_config(cfg)
+    model = _load_pair(impl, workdir / "weights")
+    if case == "asr":
+        texts = ["the red cat sat on the mat", "seven blue birds", "one two three four five six",
+                 "green trees grow near the river", "a small dog runs fast", "nine yellow stars"] * 3
+        clips = [speak(t, rate=150 + 5 * i) for i, t in enumerate(texts)][:16]
+        convs = [[{"role": "user", "content": [{"type": "audio", "audio": (c, 16000)},
+                                               {"type": "text", "text": "Transcribe the audio clip into text."}]}]
+                 for c in clips]
+        audio_s = sum(len(c) for c in clips) / 16000
+    else:
+        n = 1 if case == "generate1" else 16
+        convs = [[{"role": "user", "content": f"tell me a story about the number {i}"}] for i in range(n)]
+    if impl == "reference" and case == "asr":
+        from transformers import Phi4MultimodalFeatureExtractor
+
+        fe = Phi4MultimodalFeatureExtractor()
+    torch.manual_seed(0)
+    media_ids = [cfg.backbone.image_token_id, cfg.backbone.audio_token_id]
+
+    def suppress(_history, scores):
+        scores[:, media_ids] = float("-inf")
+        return scores
+
+    @torch.no_grad()
+    def run():
+        batch = proc(convs)
+        # random weights may emit a media placeholder id, which the reference cannot decode past:
+        # both sides suppress those two ids
+        if impl == "molora":
+            ids = model.generate(**batch, max_new_tokens=NEW_TOKENS, eos_token_ids=[], logits_processor=suppress)
+        else:
+            if case == "asr":  # the reference's own log-mel front end
+                feats = fe([c[0]["content"][0]["audio"][0] for c in convs], sampling_rate=16000,
+                           return_tensors="pt")
+                batch.update(feats)
+            model.set_adapter("speech") if case == "asr" else None
+            kwargs = {k: v for k, v in batch.items()}
+            if case == "asr":
+                out = model.generate(**kwargs, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False,
+                                     suppress_tokens=media_ids)
+            else:
+                with model.disable_adapter():
+                    out = model.generate(**kwargs, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS,
+                                         do_sample=False, suppress_tokens=media_ids)
+            ids = out[:, batch["input_ids"].shape[1]:]
+        assert ids.shape[1] == NEW_TOKENS
+        return proc.batch_decode(ids)
+
+    sec = _timeit(run, repeats)
+    if case == "asr":
+        return {"value": audio_s / sec, "unit": "RTFx", "batch": len(convs)}
+    return {"value": len(convs) * NEW_TOKENS / sec, "unit": "tok/s", "batch": len(convs)}
 
 
 def _mixed_batch(proc):
@@ -205,11 +287,23 @@ def _prepare_weights(preset: str, workdir: Path) -> None:
     model.save_pretrained(workdir / "weights" / "native", layout="phi4_multimodal")
 
 
+def _ratios(results: dict) -> dict:
+    """benchmarks/results.json: molora over reference, higher is better (memory: lower is better)."""
+    r = {k: v["speedup"] for k, v in results.items()}
+    out = {"train_step_speedup": r.get("train"), "asr_rtfx_speedup": r.get("asr"),
+           "preprocess_speedup": min(r["image"], r["audio"]) if "image" in r and "audio" in r else None,
+           "generation_speedup": min(r["generate1"], r["generate16"]) if "generate1" in r and "generate16" in r
+           else None,
+           "peak_memory_ratio": results.get("train", {}).get("peak_memory_ratio")}
+    out["detail"] = {k: round(v, 3) for k, v in r.items()}
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="small")
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--cases", default="image,audio,train")
+    ap.add_argument("--cases", default="image,audio,train,asr,generate1,generate16")
     ap.add_argument("--json", default=str(ROOT / "benchmarks" / "results_core.json"))
     ap.add_argument("--child", nargs=3, metavar=("CASE", "IMPL", "WORKDIR"), help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -221,7 +315,7 @@ def main():
         return
     results = {}
     with tempfile.TemporaryDirectory() as wd:
-        if "train" in args.cases:
+        if any(c in args.cases for c in ("train", "asr", "generate")):
             _prepare_weights(args.preset, Path(wd))
         print(f"{'case':8s} {'molora':>14s} {'reference':>14s} {'speedup':>8s} {'RSS molora/ref (MB)':>22s}")
         for case in args.cases.split(","):
@@ -247,6 +341,9 @@ def main():
     if old.get("meta", {}).get("preset") == args.preset:  # a run of some cases keeps the others
         results = {**old.get("results", {}), **results}
     Path(args.json).write_text(json.dumps({"meta": meta, "results": results}, indent=2) + "\n")
+    summary = _ratios(results)
+    Path(args.json).with_name("results.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(json.dumps(summary))
     print(f"wrote {args.json}")
 
 

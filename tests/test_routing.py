@@ -190,3 +190,22 @@ def test_labelled_positions_loss_equals_full_logits_loss(tiny):
     assert torch.allclose(full.loss, lean.loss, atol=1e-6)
     n = int((batch["labels"][:, 1:] != -100).sum())
     assert torch.allclose(summed.loss / n, full.loss, atol=1e-6)
+
+
+def test_merged_inference_matches_routed(tiny):
+    model, proc = tiny
+    speech = proc([MIXED[2]])
+    mixed = proc(MIXED)
+    with torch.no_grad():
+        ref_logits = model(**speech).logits
+        ref_tokens = model.generate(**speech, max_new_tokens=8)
+        ref_mixed = model(**mixed).logits
+        model.set_merged_inference(True)
+        try:
+            assert (model(**speech).logits - ref_logits).abs().max().item() <= 1e-5
+            assert torch.equal(model.generate(**speech, max_new_tokens=8), ref_tokens)
+            assert torch.equal(model(**mixed).logits, ref_mixed)  # mixed batches never merge
+            layer = next(iter(model.lora_layers().values()))
+            assert "speech" in layer._merged
+        finally:
+            model.set_merged_inference(False)
