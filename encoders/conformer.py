@@ -37,7 +37,6 @@ subsampling, or a whole multiple of it, gives the reference's numbers:
 from __future__ import annotations
 
 import math
-import re
 
 import torch
 import torch.nn.functional as F
@@ -46,6 +45,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ..config import AudioConfig
 from ..errors import ConfigError
+from ..keymap import rename_keys
 
 _ACTIVATIONS = {
     "swish": nn.SiLU, "silu": nn.SiLU, "relu": nn.ReLU, "gelu": nn.GELU, "sigmoid": nn.Sigmoid,
@@ -80,32 +80,18 @@ _FROM_TRANSFORMERS: list[tuple[str, str]] = [
 ]
 
 
-def _rename(sd: dict, rules: list[tuple[str, str]], prefix: str) -> dict:
-    out = {}
-    for key, value in sd.items():
-        if key.startswith(prefix):
-            rest = key[len(prefix):]
-            for pattern, repl in rules:
-                rest, n = re.subn(pattern, repl, rest)
-                if n:
-                    break
-            key = prefix + rest
-        out[key] = value
-    return out
-
-
 def to_transformers_keys(sd: dict, prefix: str = "") -> dict:
     """Official / molora encoder keys -> transformers' ``Phi4MultimodalAudioModel`` keys.
 
     Keys that start with ``prefix`` are renamed after it (``prefix`` is kept); others pass
     through unchanged.
     """
-    return _rename(sd, TRANSFORMERS_KEY_RENAMES, prefix)
+    return rename_keys(sd, TRANSFORMERS_KEY_RENAMES, prefix)
 
 
 def from_transformers_keys(sd: dict, prefix: str = "") -> dict:
     """transformers' ``Phi4MultimodalAudioModel`` keys -> official / molora encoder keys."""
-    return _rename(sd, _FROM_TRANSFORMERS, prefix)
+    return rename_keys(sd, _FROM_TRANSFORMERS, prefix)
 
 
 # ----------------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from molora.config import MoLoRAConfig
 from molora.errors import ImageError
 
 from .siglip import SiglipVisionTower
+from ..keymap import rename_keys
 
 __all__ = ["ImageEmbedder", "TRANSFORMERS_KEY_RENAMES", "to_transformers_keys", "from_transformers_keys"]
 
@@ -43,32 +44,18 @@ TRANSFORMERS_KEY_RENAMES: list[tuple[str, str]] = [(rf"^{re.escape(a)}(?=\.|$)",
 _FROM_TRANSFORMERS: list[tuple[str, str]] = [(rf"^{re.escape(b)}(?=\.|$)", a) for a, b in _RENAMED]
 
 
-def _rename(sd: Mapping[str, torch.Tensor], rules: list[tuple[str, str]], prefix: str) -> dict[str, torch.Tensor]:
-    out = {}
-    for key, value in sd.items():
-        if key.startswith(prefix):
-            rest = key[len(prefix):]
-            for pattern, repl in rules:
-                rest, n = re.subn(pattern, repl, rest)
-                if n:
-                    break
-            key = prefix + rest
-        out[key] = value
-    return out
-
-
 def to_transformers_keys(sd: Mapping[str, torch.Tensor], prefix: str = "") -> dict[str, torch.Tensor]:
     """Our (official phi4mm) image-embedding keys -> transformers' ``Phi4MultimodalImageEmbedding`` keys.
 
     Keys are taken relative to ``prefix`` (e.g. ``"model.embed_tokens_extend.image_embed."``);
     keys outside it pass through unchanged.
     """
-    return _rename(sd, TRANSFORMERS_KEY_RENAMES, prefix)
+    return rename_keys(sd, TRANSFORMERS_KEY_RENAMES, prefix)
 
 
 def from_transformers_keys(sd: Mapping[str, torch.Tensor], prefix: str = "") -> dict[str, torch.Tensor]:
     """The inverse of ``to_transformers_keys``."""
-    return _rename(sd, _FROM_TRANSFORMERS, prefix)
+    return rename_keys(sd, _FROM_TRANSFORMERS, prefix)
 
 
 class ImageEmbedder(nn.Module):

@@ -65,7 +65,7 @@ def _demo(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .errors import MoLoRAError  # noqa: F401  (used by subcommands)
+    from .errors import MoLoRAError
 
     ap = argparse.ArgumentParser(prog="molora", description="Mixture-of-LoRAs multimodal models")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -97,6 +97,10 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("prompt", nargs="*", help="the message (omit for an interactive session)")
     c.set_defaults(func=_chat)
 
+    from .quickstart import add_parser as add_quickstart_parser
+
+    add_quickstart_parser(sub)
+
     d = sub.add_parser("demo", help="the model core end to end, offline")
     d.set_defaults(func=_demo)
 
@@ -111,8 +115,6 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"unrecognized arguments: {' '.join(stray or extra)}")
     if extra:
         args.overrides = list(args.overrides) + extra
-    from .errors import MoLoRAError
-
     try:
         return args.func(args)
     except MoLoRAError as e:

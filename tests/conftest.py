@@ -2,7 +2,6 @@
 made by transformers (Phi4MultimodalForCausalLM) with PEFT adapters made by peft."""
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
@@ -38,6 +37,19 @@ def synth_audio(seconds: float, sr: int = 16000, seed: int = 0) -> np.ndarray:
     f0 = 200 + 100 * seed
     x = 0.3 * np.sin(2 * np.pi * (f0 + 300 * t) * t) + 0.05 * rng.standard_normal(t.shape)
     return x.astype(np.float32)
+
+
+def user_content(*parts) -> list[dict]:
+    """Content parts from strings (text), (array, rate) tuples (audio) and PIL images."""
+    content = []
+    for p in parts:
+        if isinstance(p, str):
+            content.append({"type": "text", "text": p})
+        elif isinstance(p, tuple):
+            content.append({"type": "audio", "audio": p})
+        else:
+            content.append({"type": "image", "image": p})
+    return content
 
 
 def randomize_(module: torch.nn.Module, seed: int = 0) -> None:

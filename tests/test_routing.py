@@ -6,22 +6,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import drawn_image, eager_vision, randomize_, reference_logits, synth_audio
+from conftest import drawn_image, eager_vision, randomize_, reference_logits, synth_audio, user_content
 from molora import MoLoRAConfig, MoLoRAModel, MoLoRAProcessor
 
 TOL = 1e-4
 
 
 def user(*parts):
-    content = []
-    for p in parts:
-        if isinstance(p, str):
-            content.append({"type": "text", "text": p})
-        elif isinstance(p, tuple):
-            content.append({"type": "audio", "audio": p})
-        else:
-            content.append({"type": "image", "image": p})
-    return [{"role": "user", "content": content}]
+    return [{"role": "user", "content": user_content(*parts)}]
 
 
 MIXED = [

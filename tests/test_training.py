@@ -124,7 +124,6 @@ def test_bad_media_is_skipped_and_reported_and_a_bad_line_stops(tmp_path):
     good = write_manifest(tmp_path / "data" / "with_bad_media.jsonl", rows)
     recipe = load_recipe("tiny-sft", {"data.train": str(good), "max_steps": 3})
     summary = train(recipe, tmp_path / "out", progress=False)
-    reasons = {Path(s["item"]).name if "/" in s["item"] else s["item"]: s for s in summary["skipped"]}
     assert len(summary["skipped"]) == 2, summary["skipped"]
     assert any("broken.png" in s["item"] or "broken.png" in s["reason"] for s in summary["skipped"])
     assert any("missing.wav" in s["item"] or "missing.wav" in s["reason"] for s in summary["skipped"])
