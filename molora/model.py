@@ -158,7 +158,7 @@ class MoLoRAModel(nn.Module):
                 labels: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
                 past_key_values=None, use_cache: bool = False, row_types: list[str] | None = None,
                 logits_to_keep: int = 0, return_logits: bool = True, loss_reduction: str = "mean",
-                **unused) -> MoLoRAOutput:
+                routing: tuple | None = None, **unused) -> MoLoRAOutput:
         """``return_logits=False`` with ``labels``: the loss is computed from the labelled positions
         only (logits of the other positions are never formed: with a 200k vocabulary they are most
         of a training step's memory); ``loss_reduction`` is "mean" (over labelled tokens) or "sum"."""
@@ -177,9 +177,13 @@ class MoLoRAModel(nn.Module):
             position_ids = self._positions(attention_mask, input_ids.shape, past_key_values)
         if use_cache and past_key_values is None:
             past_key_values = DynamicCache()
-        row_adapter = self.router.adapter_index(row_types, device=input_ids.device)
-        token_mask = None if attention_mask is None else attention_mask[:, -input_ids.shape[1]:].bool()
-        with self.routing.route(row_adapter, input_ids.shape[1], token_mask):
+        if routing is not None:  # a precomputed route (decode steps reuse one: same rows, no padding)
+            ctx = self.routing.restored(routing)
+        else:
+            row_adapter = self.router.adapter_index(row_types, device=input_ids.device)
+            token_mask = None if attention_mask is None else attention_mask[:, -input_ids.shape[1]:].bool()
+            ctx = self.routing.route(row_adapter, input_ids.shape[1], token_mask)
+        with ctx:
             out = self.language_model(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids,
                                       past_key_values=past_key_values, use_cache=use_cache)
         hidden = out.last_hidden_state
@@ -206,6 +210,11 @@ class MoLoRAModel(nn.Module):
         keep = target != -100
         logits = self.lm_logits(hidden[:, :-1][keep])
         return F.cross_entropy(logits.float(), target[keep], reduction=reduction)
+
+    def step_routing(self, row_types: list[str]) -> tuple:
+        """The routing snapshot of a one-token-per-row decode step (reused for every step)."""
+        with self.routing.route(self.router.adapter_index(row_types, device=self.device), 1, None):
+            return self.routing.snapshot()
 
     @staticmethod
     def _positions(attention_mask, shape, past_key_values) -> torch.Tensor:
