@@ -65,6 +65,17 @@ def read_safetensors(directory: Path, prefix_filter=None) -> dict[str, torch.Ten
     return out
 
 
+def weight_shapes(directory: Path) -> dict[str, tuple]:
+    """Key -> shape of every tensor in a safetensors checkpoint, read from the headers only."""
+    files = sorted(directory.glob("*.safetensors"))
+    out = {}
+    for f in files:
+        with safe_open(str(f), framework="pt") as fh:
+            for k in fh.keys():
+                out[k] = tuple(fh.get_slice(k).get_shape())
+    return out
+
+
 def _read_json(path: Path) -> dict:
     try:
         return json.loads(path.read_text())
@@ -95,7 +106,7 @@ def load_config(path_or_id) -> MoLoRAConfig:
     if layout == "molora":
         return MoLoRAConfig.from_dict(d)
     if layout == "phi4mm":
-        return layouts.from_phi4mm_config(d, tokenizer=tok)
+        return layouts.from_phi4mm_config(d, tokenizer=tok, shapes=None if "molora" in d else weight_shapes(directory))
     if layout == "phi4_multimodal":
         adapters = {name: layouts.spec_from_peft_config(_read_json(p / "adapter_config.json"))
                     for name, p in _peft_folders(directory).items()}
@@ -170,13 +181,45 @@ def _fresh_module_like(model, name: str):
     raise CheckpointError(f"cannot rebuild non-persistent buffers of {type(module).__name__}", name)
 
 
+PRESET_WEIGHTS = Path(__file__).parent / "weights"
+
+
+def preset_weights(name: str) -> Path | None:
+    """The shipped pretrained parts of a preset (``molora/weights/<name>/model.safetensors``), if any."""
+    f = PRESET_WEIGHTS / name / WEIGHTS
+    return f if f.exists() else None
+
+
+def load_preset(name: str, dtype: torch.dtype | None = None, device: str | torch.device | None = None):
+    """A preset model: its shipped pretrained parts (tiny: backbone, vision tower, conformer; written by
+    ``scripts/pretrain_tiny.py``) over a seed-0 initialisation of the rest (projectors, LoRAs), so the
+    same call always gives the same model. A preset without shipped weights is a random model."""
+    from safetensors.torch import load_file
+
+    from .model import MoLoRAModel
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = MoLoRAModel(MoLoRAConfig.preset(name))
+    f = preset_weights(name)
+    if f is not None:
+        sd = load_file(str(f))
+        own = model.state_dict()
+        bad = [k for k, v in sd.items() if k not in own or own[k].shape != v.shape]
+        if bad:
+            raise CheckpointError(f"shipped weights do not fit the {name!r} preset ({len(bad)} tensor(s), e.g. "
+                                  f"{bad[0]}); rerun scripts/pretrain_{name}.py", str(f))
+        model.load_state_dict(sd, strict=False)
+    if dtype is not None or device is not None:
+        model.to(device=device, dtype=dtype)
+    return model
+
+
 def load_model(path_or_id, dtype: torch.dtype | None = None, device: str | torch.device | None = None):
     from .presets import PRESETS
 
     if str(path_or_id) in PRESETS and not Path(str(path_or_id)).exists():
-        from .model import MoLoRAModel
-
-        return MoLoRAModel(MoLoRAConfig.preset(str(path_or_id)))
+        return load_preset(str(path_or_id), dtype=dtype, device=device)
     directory = resolve_path(path_or_id)
     layout = detect_layout(directory)
     config = load_config(directory)

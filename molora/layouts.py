@@ -277,7 +277,40 @@ def to_phi4mm_config(cfg: MoLoRAConfig) -> dict:
     }
 
 
-def from_phi4mm_config(d: dict, tokenizer: str | None = None) -> MoLoRAConfig:
+def vision_from_phi4mm(d: dict, shapes: dict[str, tuple] | None = None) -> VisionConfig:
+    """The vision tower of an official-layout checkpoint. Its config.json does not describe the tower
+    (SigLIP-so400m is fixed in the original code); some exports add an ``img_processor`` section.
+    Otherwise the shapes come from the weights (``shapes``: key -> shape), with SigLIP's head width
+    of 72 for the head count (16 heads at width 1152)."""
+    crop = ((d.get("embd_layer") or {}).get("image_embd_layer") or {}).get("crop_size", 448)
+    v = VisionConfig(image_size=crop)
+    ip = d.get("img_processor") or d.get("vision_config") or {}
+    if isinstance(ip, dict):
+        for k in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "patch_size",
+                  "layer_norm_eps"):
+            if k in ip:
+                setattr(v, k, ip[k])
+        if "image_size" in ip:
+            v.image_size = ip["image_size"]
+    if shapes and not ip:
+        pre = f"{EXT}image_embed.img_processor."
+        pe = shapes.get(pre + "embeddings.patch_embedding.weight")
+        if pe:
+            v.hidden_size, v.patch_size = pe[0], pe[-1]
+            v.num_attention_heads = max(1, v.hidden_size // 72)
+            layers = {int(k[len(pre + "encoder.layers."):].split(".")[0]) for k in shapes
+                      if k.startswith(pre + "encoder.layers.")}
+            v.num_hidden_layers = len(layers)
+            fc1 = shapes.get(pre + "encoder.layers.0.mlp.fc1.weight")
+            if fc1:
+                v.intermediate_size = fc1[0]
+            pos = shapes.get(pre + "embeddings.position_embedding.weight")
+            if pos:
+                v.image_size = int(round(pos[0] ** 0.5)) * v.patch_size
+    return v
+
+
+def from_phi4mm_config(d: dict, tokenizer: str | None = None, shapes: dict[str, tuple] | None = None) -> MoLoRAConfig:
     if "molora" in d:
         return MoLoRAConfig.from_dict(d["molora"])
     ac = (d.get("audio_processor") or {}).get("config", {})
@@ -295,8 +328,7 @@ def from_phi4mm_config(d: dict, tokenizer: str | None = None) -> MoLoRAConfig:
     audio.nemo_conv_channels = (ac.get("nemo_conv_settings") or {}).get("conv_channels", audio.nemo_conv_channels)
     audio.bias_max_distance = (ac.get("relative_attention_bias_args") or {}).get("t5_bias_max_distance",
                                                                                  audio.bias_max_distance)
-    crop = ((d.get("embd_layer") or {}).get("image_embd_layer") or {}).get("crop_size", 448)
-    vision = VisionConfig(image_size=crop)
+    vision = vision_from_phi4mm(d, shapes)
     adapters = {}
     for name in ("vision", "speech"):
         s = d.get(f"{name}_lora")

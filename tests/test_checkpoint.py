@@ -116,3 +116,26 @@ def test_long_rope_past_the_original_context(tmp_path):
         with torch.no_grad():
             got = model(**batch).logits
         assert (got - reference_logits(ref, batch, None)).abs().max().item() <= 1e-4
+
+
+def test_official_layout_without_molora_section(tiny_model, tmp_path):
+    """An official-format config.json does not describe the vision tower: its shapes come from an
+    `img_processor` section when present, else from the weights."""
+    d = tmp_path / "official"
+    tiny_model.save_pretrained(d, layout="phi4mm")
+    cfg = json.loads((d / "config.json").read_text())
+    del cfg["molora"]
+    (d / "config.json").write_text(json.dumps(cfg))
+    again = MoLoRAModel.from_pretrained(str(d)).eval()
+    v, w = again.config.vision, tiny_model.config.vision
+    assert (v.hidden_size, v.num_hidden_layers, v.intermediate_size, v.image_size, v.patch_size) == \
+        (w.hidden_size, w.num_hidden_layers, w.intermediate_size, w.image_size, w.patch_size)
+    cfg["img_processor"] = {"hidden_size": w.hidden_size, "num_attention_heads": w.num_attention_heads,
+                            "num_hidden_layers": w.num_hidden_layers, "intermediate_size": w.intermediate_size,
+                            "image_size": w.image_size, "patch_size": w.patch_size}
+    (d / "config.json").write_text(json.dumps(cfg))
+    again = MoLoRAModel.from_pretrained(str(d)).eval()
+    ids = torch.tensor([[256, 258, 104, 105, 260, 259]])
+    with torch.no_grad():
+        assert torch.equal(again(input_ids=ids).logits, tiny_model(input_ids=ids).logits)
+    assert again.config.adapters.keys() == tiny_model.config.adapters.keys()
