@@ -76,9 +76,20 @@ class RoutedLoRALinear(nn.Module):
                 y = y + self._delta(name, flat).to(y.dtype)
             else:
                 y = y.index_add(0, sel, self._delta(name, flat.index_select(0, sel)).to(y.dtype))
+        if st.touch_all:
+            y = y + self._zero_touch(st.groups)
         if padded and st.tokens is not None:
             return st.scatter(y)
         return y.view(*lead, y.shape[-1])
+
+    def _zero_touch(self, used) -> torch.Tensor:
+        zero = self.base_layer.weight.new_zeros(())
+        for name in self.lora_A:
+            if name not in used:
+                for w in (self.lora_A[name].weight, self.lora_B[name].weight):
+                    if w.requires_grad:
+                        zero = zero + 0.0 * w.sum()
+        return zero
 
     def delta_weight(self, name: str) -> torch.Tensor:
         """The dense weight update of one adapter: scaling * B @ A (shape of base weight)."""

@@ -17,6 +17,9 @@ import torch
 class RoutingState:
     def __init__(self, adapter_names: list[str]):
         self.adapter_names = list(adapter_names)
+        # sharded training (FSDP2) needs every trainable tensor in every process's graph, even an
+        # adapter no row of this process uses: such tensors then join with a zero contribution
+        self.touch_all = False
         self.clear()
 
     def clear(self) -> None:

@@ -187,6 +187,9 @@ class MoLoRAModel(nn.Module):
             out = self.language_model(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids,
                                       past_key_values=past_key_values, use_cache=use_cache)
         hidden = out.last_hidden_state
+        if self.routing.touch_all:  # see RoutingState.touch_all: unused encoders / projectors join with 0
+            hidden = hidden + sum(0.0 * p.sum() for n, p in self.named_parameters()
+                                  if p.requires_grad and not n.startswith("language_model.layers."))
         if logits_to_keep:
             hidden = hidden[:, -logits_to_keep:]
         logits = self.lm_logits(hidden) if return_logits or labels is None else None

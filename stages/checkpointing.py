@@ -44,9 +44,10 @@ def list_checkpoints(root: Path) -> list[tuple[int, Path]]:
     return sorted(out)
 
 
-def save_checkpoint(root: Path, step: int, *, weights: dict, optimizer, scheduler, state: dict, rank: int,
-                    world: int, barrier, keep_last: int) -> Path:
-    """Every rank writes its RNG state; rank 0 writes the rest and commits the folder."""
+def save_checkpoint(root: Path, step: int, *, weights: dict, optimizer_state: dict, scheduler, state: dict,
+                    rank: int, world: int, barrier, keep_last: int) -> Path:
+    """Every rank writes its RNG state; rank 0 writes the rest (``weights`` / ``optimizer_state`` are
+    only needed there) and commits the folder."""
     root.mkdir(parents=True, exist_ok=True)
     tmp = root / f".step-{step}.tmp"
     final = root / f"step-{step}"
@@ -57,7 +58,7 @@ def save_checkpoint(root: Path, step: int, *, weights: dict, optimizer, schedule
     torch.save(rng_state(), tmp / f"rng-{rank}.pt")
     if rank == 0:
         save_file({k: v.detach().contiguous().cpu() for k, v in weights.items()}, str(tmp / "trainable.safetensors"))
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save(optimizer_state, tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
     barrier()
     if rank == 0:

@@ -44,6 +44,7 @@ class Training:
     spec_augment: dict | None = None
     log_every: int = 1
     eval_every: int = 0
+    parallel: str = "dp"  # dp: every process holds the model | fsdp2: parameters/grads/optimiser sharded
     eval_generate: bool = False  # also greedy-decode the eval rows: WER / ANLS / relaxed accuracy
 
 
@@ -156,6 +157,8 @@ def build_recipe(raw: dict, source: str = "") -> Recipe:
         raise ConfigError(f"bad recipe field ({e})", source or "recipe") from None
     if r.max_steps < 1:
         raise ConfigError("max_steps must be >= 1", source)
+    if r.training.parallel not in ("dp", "fsdp2"):
+        raise ConfigError("training.parallel must be dp or fsdp2", source)
     if r.training.schedule not in ("cosine", "linear", "constant"):
         raise ConfigError("training.schedule must be cosine, linear or constant", source)
     return r

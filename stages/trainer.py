@@ -10,6 +10,7 @@ data kinds, default freeze plans) live in ``stage_<name>.py``.
 from __future__ import annotations
 
 import json
+import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -190,6 +191,8 @@ def train(recipe: Recipe, output_dir: str | Path, *, resume: bool = False, stric
 
     model, processor = build_model(recipe.model, recipe.seed)
     model.to(dist.device)
+    t = recipe.training
+    sharded = dist.world > 1 and (t.parallel == "fsdp2" or os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true")
     if recipe.training.activation_checkpointing:
         model.enable_activation_checkpointing()
 
@@ -198,7 +201,6 @@ def train(recipe: Recipe, output_dir: str | Path, *, resume: bool = False, stric
     if bad_kind:
         raise ConfigError(f"stage {recipe.stage!r} takes {stage.DATA_KINDS} rows, the manifest has {bad_kind}",
                           recipe.data["train"])
-    t = recipe.training
     global_batch = t.micro_batch_size * t.grad_accum * dist.world
     sampler = LengthGroupedBatches([s.length for s in samples], global_batch, recipe.seed,
                                    group_by_length=t.group_by_length)
@@ -212,6 +214,14 @@ def train(recipe: Recipe, output_dir: str | Path, *, resume: bool = False, stric
     union = sorted({c for s in recipe.substeps for c in s.train})
     apply_plan(model, union)
     saved_names = [n for n, p in model.named_parameters() if p.requires_grad]
+    if sharded:
+        if paired or t.eval_every:
+            raise ConfigError("FSDP2 runs support the LM stages without periodic evaluation for now (DPO's "
+                              "reference pass and rank-0 evaluation need unsharded weights): use training.parallel=dp",
+                              recipe.name)
+        from .sharding import shard_model
+
+        shard_model(model, dist)
     ctx = Context(recipe)
     if paired:  # the DPO reference: every trainable tensor as built, before any step (a resumed run
         # rebuilds the same model from the same seed / path, so it gets the same reference)
@@ -228,10 +238,15 @@ def train(recipe: Recipe, output_dir: str | Path, *, resume: bool = False, stric
                 raise ConfigError(f"checkpoint was written by {st['world_size']} process(es), this run has "
                                   f"{dist.world}", str(found[-1][1]))
             start_step = st["step"]
-            with torch.no_grad():
-                named = dict(model.named_parameters())
-                for k, v in loaded["weights"].items():
-                    named[k].copy_(v)
+            if sharded:
+                from .sharding import load_model_state
+
+                load_model_state(model, {k: v.to(dist.device) for k, v in loaded["weights"].items()})
+            else:
+                with torch.no_grad():
+                    named = dict(model.named_parameters())
+                    for k, v in loaded["weights"].items():
+                        named[k].copy_(v)
             sampler.load_state_dict(st["sampler"])
             collator.skipped = list(st.get("skipped", []))
         elif is_main:
@@ -258,7 +273,12 @@ def train(recipe: Recipe, output_dir: str | Path, *, resume: bool = False, stric
             optimizer = build_optimizer(model, t)
             scheduler = build_scheduler(optimizer, t, sub_len)
             if loaded is not None and loaded["state"].get("substep") == i:
-                optimizer.load_state_dict(loaded["optimizer"])
+                if sharded:
+                    from .sharding import load_optimizer_state
+
+                    load_optimizer_state(model, optimizer, loaded["optimizer"])
+                else:
+                    optimizer.load_state_dict(loaded["optimizer"])
                 scheduler.load_state_dict(loaded["scheduler"])
             if is_main:
                 print(f"\n[molora] {recipe.stage} / {sub.name}: steps {sub_start}-{sub_start + sub_len - 1}, "
@@ -288,10 +308,11 @@ def train(recipe: Recipe, output_dir: str | Path, *, resume: bool = False, stric
                 loss_sum += float(l.detach())
                 for k, v in m.items():
                     extra[k] = extra.get(k, 0.0) + v / len(micro)
-        dist.average_gradients(trainable)
+        if not sharded:  # FSDP2 reduce-scatters gradients itself
+            dist.average_gradients(trainable)
         if scaler:
             scaler.unscale_(optimizer)
-        gnorm = float(torch.nn.utils.clip_grad_norm_(trainable, t.max_grad_norm)) if t.max_grad_norm else 0.0
+        gnorm = _as_float(torch.nn.utils.clip_grad_norm_(trainable, t.max_grad_norm)) if t.max_grad_norm else 0.0
         if total > 0 and scaler is not None:
             scaler.step(optimizer)
             scaler.update()
@@ -313,9 +334,8 @@ def train(recipe: Recipe, output_dir: str | Path, *, resume: bool = False, stric
             bar.set_postfix(loss=f"{loss_total:.4f}", lr=f"{last_metrics['lr']:.2e}",
                             sps=f"{last_metrics['samples_per_s']:.1f}", tps=f"{last_metrics['tokens_per_s']:.0f}")
         if recipe.save_every and step % recipe.save_every == 0 and step < recipe.max_steps:
-            named = dict(model.named_parameters())
-            save_checkpoint(ckpt_root, step, weights={n: named[n] for n in saved_names}, optimizer=optimizer,
-                            scheduler=scheduler,
+            weights, opt_state = _training_state(model, optimizer, saved_names, sharded)
+            save_checkpoint(ckpt_root, step, weights=weights, optimizer_state=opt_state, scheduler=scheduler,
                             state={"step": step, "substep": sub_idx, "sampler": sampler.state_dict(),
                                    "skipped": collator.skipped, "recipe": recipe.name},
                             rank=dist.rank, world=dist.world, barrier=dist.barrier, keep_last=recipe.keep_last)
@@ -328,6 +348,15 @@ def train(recipe: Recipe, output_dir: str | Path, *, resume: bool = False, stric
     dist.barrier()
     summary = {"steps": step, "final": last_metrics, "skipped": collator.skipped,
                "wall_seconds": time.perf_counter() - t_start}
+    if sharded:  # gather the full model on rank 0 into an ordinary (unsharded) copy
+        from .sharding import full_model_state
+
+        full = full_model_state(model)
+        if is_main:
+            from molora import MoLoRAModel
+
+            model = MoLoRAModel(model.config)
+            model.load_state_dict(full)
     if is_main:
         model.eval()
         model.freeze_base()
@@ -341,6 +370,22 @@ def train(recipe: Recipe, output_dir: str | Path, *, resume: bool = False, stric
     log.close()
     dist.barrier()
     return summary
+
+
+def _as_float(x) -> float:
+    return float(x.full_tensor() if hasattr(x, "full_tensor") else x)
+
+
+def _training_state(model, optimizer, names: list[str], sharded: bool) -> tuple[dict, dict]:
+    """(trainable weights, optimiser state) to checkpoint; with FSDP2 both are gathered in full on
+    rank 0 (every rank must call this)."""
+    if sharded:
+        from .sharding import full_model_state, full_optimizer_state
+
+        full = full_model_state(model)
+        return {n: full[n] for n in names if n in full}, full_optimizer_state(model, optimizer)
+    named = dict(model.named_parameters())
+    return {n: named[n] for n in names}, optimizer.state_dict()
 
 
 @torch.no_grad()
