@@ -129,9 +129,10 @@ class MoLoRAModel(nn.Module):
         if n_img_slots or (image_pixel_values is not None and image_pixel_values.numel()):
             if image_pixel_values is None:
                 raise PlaceholderError("the prompt has image placeholder tokens but no image was given", "image")
-            if image_attention_mask is None:
+            if image_attention_mask is None:  # every patch of every crop is real
+                p = self.config.vision.patch_size
                 image_attention_mask = torch.ones(image_pixel_values.shape[:2] + image_pixel_values.shape[-2:],
-                                                  dtype=torch.bool, device=image_pixel_values.device)[..., ::14, ::14]
+                                                  dtype=torch.bool, device=image_pixel_values.device)[..., ::p, ::p]
             feats = self.image_embed(image_pixel_values.to(self.device), image_sizes, image_attention_mask)
             embeds = self._scatter(embeds, input_ids, b.image_token_id, feats, "image")
         if n_aud_slots or (audio_input_features is not None and audio_input_features.numel()):
