@@ -51,6 +51,9 @@ def load_model_and_processor(path: str, dtype: str | None = "auto", device: str 
     torch_dtype = resolve_dtype(dtype, device)
     model = MoLoRAModel.from_pretrained(path)
     model.to(device=device, dtype=torch_dtype).eval()
+    # every row of an evaluation batch routes to the same adapter: one matmul per linear with the
+    # merged weight (same numbers within float rounding, tested in tests/test_routing.py)
+    model.set_merged_inference(True)
     processor = MoLoRAProcessor.from_pretrained(path)
     return model, processor, device, torch_dtype
 
