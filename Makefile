@@ -22,7 +22,7 @@ test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
 
 demo: $(STAMP)
-	$(PY) -m molora.demo
+	$(PY) -m molora.cli quickstart
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_core.py --repeats 5

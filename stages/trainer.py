@@ -304,7 +304,8 @@ def train(recipe: Recipe, output_dir: str | Path, *, resume: bool = False, stric
                 with torch.autocast(dist.device.type, dtype=dtype, enabled=dtype is not None):
                     l, m = stage.loss(model, b, ctx)
                 scaled = l / total * dist.world  # gradients are averaged over processes below
-                (scaler.scale(scaled) if scaler else scaled).backward()
+                if scaled.requires_grad:  # rows that reach no trainable weight contribute no gradient
+                    (scaler.scale(scaled) if scaler else scaled).backward()
                 loss_sum += float(l.detach())
                 for k, v in m.items():
                     extra[k] = extra.get(k, 0.0) + v / len(micro)

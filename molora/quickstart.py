@@ -1,0 +1,324 @@
+"""``molora quickstart`` (what ``make demo`` runs): the embedded default, end to end, offline.
+
+Generates (or reuses) the synthetic corpora, loads the tiny preset's shipped pretrained parts
+(``MoLoRAModel.from_pretrained("tiny")``), evaluates the untrained model, runs the stages in order
+(vision, speech, joint, SFT, DPO) with the trainer, evaluates after each stage with the real
+evaluators (WER with the leaderboard normaliser on held-out speech, ANLS on held-out documents,
+relaxed accuracy on held-out charts), shows two chat turns and writes ``report.md`` (results table,
+PNG plots) and ``results.json``::
+
+    {"before": {...}, "final": {"wer": percent, "anls": 0..1, "relaxed_accuracy": 0..1},
+     "stages": {stage: {"steps", "loss_first", "loss_last", "losses", "metrics"}}, "wall_seconds": s}
+
+Everything but ``wall_seconds`` is a function of the seed (the same seed twice gives the same
+``results.json`` apart from that key; per-stage timings are only in ``report.md``).
+``--fast`` runs the same pipeline on the tiny corpora with a few steps per stage (tests).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+METRICS = ("wer", "anls", "relaxed_accuracy")
+STAGE_ORDER = ("vision", "speech", "joint", "sft", "dpo")
+
+# steps, micro batch, learning rates and freeze plans per stage (full run; --fast scales the steps)
+PLAN = {
+    "vision": {"steps": 1300, "batch": 16, "lr": 3e-3, "lr_groups": {"encoder": 5e-4, "projector": 3e-3, "lora": 3e-3},
+               "substeps": [{"name": "projector_alignment", "train": ["vision_projector"], "fraction": 0.25},
+                            {"name": "vision_lora", "train": ["vision_lora", "vision_encoder", "vision_projector"],
+                             "fraction": 0.75}]},
+    "speech": {"steps": 3000, "batch": 16, "lr": 3e-3, "lr_groups": {"encoder": 5e-4, "projector": 3e-3, "lora": 3e-3},
+               "substeps": [{"name": "pretraining", "train": ["audio_encoder", "speech_projector"], "fraction": 0.3},
+                            {"name": "post_training", "train": ["speech_projector", "speech_lora"], "fraction": 0.7}]},
+    "joint": {"steps": 80, "batch": 16, "lr": 5e-4, "lr_groups": {"encoder": 1e-4},
+              "substeps": [{"name": "vision_speech", "train": ["vision_lora", "vision_projector",
+                                                              "vision_speech_projector"], "fraction": 1.0}]},
+    "sft": {"steps": 120, "batch": 16, "lr": 2e-4, "lr_groups": {},
+            "substeps": [{"name": "sft", "train": ["vision_lora", "speech_lora", "vision_projector",
+                                                  "speech_projector", "vision_speech_projector"], "fraction": 1.0}]},
+    "dpo": {"steps": 30, "batch": 8, "lr": 1e-4, "lr_groups": {},
+            "substeps": [{"name": "dpo", "train": ["vision_lora", "speech_lora", "vision_projector",
+                                                  "speech_projector", "vision_speech_projector"], "fraction": 1.0}]},
+}
+EVAL_ROWS = {"full": 100, "fast": 6}  # held-out rows per metric
+FAST_STEPS = {"vision": 4, "speech": 4, "joint": 2, "sft": 2, "dpo": 2}
+
+
+def _log(msg: str) -> None:
+    print(f"[quickstart] {msg}", flush=True)
+
+
+def _abs_rows(manifest: Path) -> list[dict]:
+    """Rows of a corpus manifest with absolute media paths (so that several corpora can share one file)."""
+    rows = []
+    for line in manifest.read_text().splitlines():
+        if not line.strip():
+            continue
+        row = json.loads(line)
+        for k in ("image", "audio"):
+            if isinstance(row.get(k), str):
+                row[k] = str((manifest.parent / row[k]).resolve())
+        if "messages" in row:
+            for m in row["messages"]:
+                if isinstance(m.get("content"), list):
+                    for p in m["content"]:
+                        for k in ("image", "audio"):
+                            if isinstance(p.get(k), str):
+                                p[k] = str((manifest.parent / p[k]).resolve())
+        rows.append(row)
+    return rows
+
+
+def _mix(out: Path, name: str, manifests: list[Path], limit_each: int | None = None) -> str:
+    """One training manifest from several corpora (interleaved, deterministic)."""
+    parts = [_abs_rows(m)[:limit_each] if limit_each else _abs_rows(m) for m in manifests]
+    rows = []
+    for i in range(max(len(p) for p in parts)):
+        rows += [p[i] for p in parts if i < len(p)]
+    path = out / "data" / f"{name}.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def eval_samples(corpora: dict, n: int) -> list:
+    from molora.stages.manifest import read_manifest
+
+    return (read_manifest(corpora["speech"]["test"])[:n] + read_manifest(corpora["documents"]["test"])[:n]
+            + read_manifest(corpora["charts"]["test"])[:n])
+
+
+def evaluate(model, processor, samples) -> dict:
+    from molora.stages.evaluation import generation_metrics
+
+    m = generation_metrics(model, processor, samples, batch_size=16, max_new_tokens=24)
+    return {k: round(float(m[k]), 4) for k in METRICS if k in m}
+
+
+def stage_recipe(stage: str, model_path: str, train: str, seed: int, fast: bool):
+    from molora.stages.recipe import build_recipe
+
+    p = PLAN[stage]
+    steps = FAST_STEPS[stage] if fast else p["steps"]
+    raw = {"name": f"quickstart-{stage}", "stage": stage, "model": {"path": model_path},
+           "data": {"train": train, "allow_outside_root": True}, "max_steps": steps, "seed": seed,
+           "substeps": p["substeps"],
+           "training": {"micro_batch_size": 4 if fast else p["batch"], "lr": p["lr"], "lr_groups": p["lr_groups"],
+                        "warmup_steps": 0 if fast else 5, "schedule": "cosine", "min_lr_ratio": 0.05,
+                        "max_grad_norm": 1.0, "group_by_length": True},
+           "dpo": {"beta": 0.1}}
+    return build_recipe(raw, source=f"quickstart:{stage}")
+
+
+def _losses(run_dir: Path) -> list[float]:
+    rows = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines() if l.strip()]
+    return [round(float(r["loss"]), 5) for r in rows if "loss" in r]
+
+
+def chat_turns(model, processor, corpora: dict) -> list[dict]:
+    from molora import Chat
+    from molora.stages.manifest import read_manifest
+
+    chat = Chat(model, processor)
+    chart = next(s for s in read_manifest(corpora["charts"]["test"]))
+    clip = read_manifest(corpora["speech"]["test"])[0]
+    turns = []
+    for s in (chart, clip):
+        msgs = s.messages[:-1]
+        reply = chat.generate(msgs, max_new_tokens=32)
+        media = next(p.get("image") or p.get("audio") for p in msgs[-1]["content"] if p.get("type") in ("image", "audio"))
+        text = " ".join(p["text"] for p in msgs[-1]["content"] if p.get("type") == "text")
+        turns.append({"media": str(media), "user": text, "assistant": reply.strip(),
+                      "reference": s.messages[-1]["content"]})
+    return turns
+
+
+# -- report ---------------------------------------------------------------------------------------------
+
+def _fmt(metric: str, v) -> str:
+    if v is None:
+        return "-"
+    return f"{v:.2f}%" if metric == "wer" else f"{v:.3f}"
+
+
+def write_plots(out: Path, results: dict) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    files = []
+    fig, axes = plt.subplots(1, len(results["stages"]), figsize=(3.2 * len(results["stages"]), 2.8), squeeze=False)
+    for ax, (name, st) in zip(axes[0], results["stages"].items()):
+        xs, ys = range(1, len(st["losses"]) + 1), st["losses"]
+        ax.plot(xs, ys, color="tab:blue", alpha=0.35, lw=0.8)
+        k = max(1, len(ys) // 20)  # moving average over ~5% of the stage
+        smooth = [sum(ys[max(0, i - k + 1): i + 1]) / len(ys[max(0, i - k + 1): i + 1]) for i in range(len(ys))]
+        ax.plot(xs, smooth, color="tab:blue", lw=1.6)
+        ax.set_title(name)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("training loss")
+    fig.tight_layout()
+    fig.savefig(out / "loss.png", dpi=90)
+    plt.close(fig)
+    files.append("loss.png")
+
+    labels = ["before"] + list(results["stages"])
+    rows = [results["before"]] + [st["metrics"] for st in results["stages"].values()]
+    fig, axes = plt.subplots(1, 3, figsize=(11, 3))
+    targets = {"wer": 15.0, "anls": 0.7, "relaxed_accuracy": 0.6}
+    for ax, metric in zip(axes, METRICS):
+        vals = [r.get(metric, float("nan")) for r in rows]
+        ax.bar(range(len(vals)), vals, color=["grey"] + ["tab:green"] * (len(vals) - 1))
+        ax.axhline(targets[metric], color="red", ls="--", lw=1, label="target")
+        ax.set_xticks(range(len(vals)), labels, rotation=30, fontsize=8)
+        ax.set_title(metric + (" (%, lower is better)" if metric == "wer" else " (higher is better)"), fontsize=9)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "metrics.png", dpi=90)
+    plt.close(fig)
+    files.append("metrics.png")
+    return files
+
+
+def report_table(results: dict) -> list[str]:
+    """The markdown results table: one row per evaluation point, one column per metric."""
+    lines = ["| after | " + " | ".join(METRICS) + " |", "|---|" + "---|" * len(METRICS)]
+    rows = [("before (pretrained parts, untrained projectors/LoRAs)", results["before"])]
+    rows += [(name, st["metrics"]) for name, st in results["stages"].items()]
+    for label, m in rows:
+        lines.append(f"| {label} | " + " | ".join(_fmt(k, m.get(k)) for k in METRICS) + " |")
+    lines.append("| **final** | " + " | ".join(f"**{_fmt(k, results['final'].get(k))}**" for k in METRICS) + " |")
+    return lines
+
+
+def write_report(out: Path, results: dict, timings: dict, turns: list[dict], fast: bool, seed: int = 0) -> None:
+    plots = write_plots(out, results)
+    lines = ["# molora quickstart", "",
+             f"Tiny preset, synthetic corpora, seed {seed}"
+             f"{' (--fast: a few steps per stage, not a quality run)' if fast else ''}. "
+             f"Wall time {results['wall_seconds']:.0f} s.", "",
+             "Held-out test rows: WER (%, leaderboard normaliser) on synthetic speech, ANLS on synthetic documents, "
+             "relaxed accuracy on synthetic charts. Targets: WER <= 15%, ANLS >= 0.7, relaxed accuracy >= 0.6.", "",
+             *report_table(results), "",
+             "| stage | steps | first loss | last loss | seconds |", "|---|---|---|---|---|"]
+    for name, st in results["stages"].items():
+        lines.append(f"| {name} | {st['steps']} | {st['loss_first']:.4f} | {st['loss_last']:.4f} | "
+                     f"{timings.get(name, 0):.0f} |")
+    lines += ["", "## Chat", ""]
+    for t in turns:
+        one = {k: " ".join(str(v).split()) for k, v in t.items()}
+        lines += [f"- **user** ({Path(one['media']).name}): {one['user']}", f"  - **assistant**: `{one['assistant']}`",
+                  f"  - reference: {one['reference']}"]
+    lines += ["", "## Plots", ""] + [f"![{p[:-4]}]({p})" for p in plots] + [""]
+    (out / "report.md").write_text("\n".join(lines))
+
+
+# -- pipeline -------------------------------------------------------------------------------------------
+
+def run(output_dir: str | os.PathLike = "runs/quickstart", *, fast: bool = False, seed: int = 0,
+        corpora_root=None, progress: bool = True) -> dict:
+    from molora import MoLoRAModel, MoLoRAProcessor
+    from molora.checkpoint import preset_weights
+    from molora.stages.trainer import seed_everything, train
+    from molora.synthetic.build import build_corpora
+
+    t0 = time.perf_counter()
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    _log(f"corpora ({'tiny' if fast else 'default'} sizes; cached after the first run)")
+    corpora = build_corpora(corpora_root, seed=seed, sizes="tiny" if fast else "default", log=_log)
+    if preset_weights("tiny") is None:
+        _log("warning: no shipped pretrained tiny weights (molora/weights/tiny); starting from random parts")
+    n_eval = EVAL_ROWS["fast" if fast else "full"]
+    samples = eval_samples(corpora, n_eval)
+    c = corpora
+    data = {
+        "vision": _mix(out, "vision", [c["documents"]["train"], c["charts"]["train"]]),
+        "speech": _mix(out, "speech", [c["speech"]["train"]]),
+        # joint trains vision-side parts only: no speech-only rows (nothing to train in such a batch)
+        "joint": _mix(out, "joint", [c["joint"]["train"], c["documents"]["train"], c["charts"]["train"]],
+                      limit_each=None if fast else 400),
+        "sft": _mix(out, "sft", [c["speech"]["train"], c["documents"]["train"], c["charts"]["train"],
+                                 c["joint"]["train"]], limit_each=None if fast else 600),
+        "dpo": _mix(out, "dpo", [c["preferences"]["train"]]),
+    }
+
+    seed_everything(seed)
+    model, processor = MoLoRAModel.from_pretrained("tiny"), MoLoRAProcessor.from_pretrained("tiny")
+    _log(f"evaluating the untrained model on {len(samples)} held-out rows")
+    before = evaluate(model, processor, samples)
+    _log(f"before: {before}")
+    del model
+
+    stages, timings, current = {}, {}, "tiny"
+    for stage in STAGE_ORDER:
+        run_dir = out / stage
+        if run_dir.exists():
+            shutil.rmtree(run_dir)
+        recipe = stage_recipe(stage, current, data[stage], seed, fast)
+        _log(f"stage {stage}: {recipe.max_steps} steps")
+        ts = time.perf_counter()
+        summary = train(recipe, run_dir, progress=progress)
+        current = str(run_dir / "final")
+        seed_everything(seed)
+        model, processor = MoLoRAModel.from_pretrained(current), MoLoRAProcessor.from_pretrained(current)
+        metrics = evaluate(model, processor, samples)
+        timings[stage] = time.perf_counter() - ts
+        losses = _losses(run_dir)
+        stages[stage] = {"steps": int(summary["steps"]), "loss_first": losses[0], "loss_last": losses[-1],
+                         "losses": losses, "metrics": metrics}
+        _log(f"after {stage}: {metrics}  ({timings[stage]:.0f} s)")
+
+    turns = chat_turns(model, processor, corpora)
+    for t in turns:
+        _log(f"chat  user: [{Path(t['media']).name}] {t['user']}")
+        _log(f"chat  assistant: {t['assistant']}   (reference: {t['reference']})")
+    results = {"before": before, "final": stages[STAGE_ORDER[-1]]["metrics"], "stages": stages,
+               "wall_seconds": round(time.perf_counter() - t0, 1)}
+    (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    write_report(out, results, timings, turns, fast, seed)
+    _log(f"final: {results['final']}  wall {results['wall_seconds']:.0f} s")
+    _log(f"wrote {out / 'report.md'} and {out / 'results.json'}")
+    return results
+
+
+def add_parser(sub) -> None:
+    q = sub.add_parser("quickstart", help="train the tiny model through every stage on synthetic data, offline",
+                       description=__doc__.splitlines()[0])
+    q.add_argument("--output-dir", default="runs/quickstart")
+    q.add_argument("--fast", action="store_true", help="tiny corpora and a few steps per stage (about a minute)")
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--threads", type=int, default=1,
+                   help="torch threads (default 1: the tiny model gains little from more, and results.json then "
+                        "does not depend on the machine's core count)")
+    q.add_argument("--corpora-root", default=None, help="synthetic corpora cache (default: $MOLORA_SYNTHETIC_DIR "
+                                                        "or ~/.cache/molora/synthetic)")
+    q.set_defaults(func=_cli)
+
+
+def _cli(args) -> int:
+    torch.set_num_threads(max(1, args.threads))
+    run(args.output_dir, fast=args.fast, seed=args.seed, corpora_root=args.corpora_root)
+    return 0
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="molora quickstart")
+    add_parser(ap.add_subparsers(dest="command", required=True))
+    args = ap.parse_args(["quickstart", *(argv or [])])
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,301 @@
+"""Pretrain the tiny preset's parts on the synthetic corpora and write them to ``molora/weights/tiny/``.
+
+    python scripts/pretrain_tiny.py                       # full run: the shipped weights (~10 min, 1 thread)
+    python scripts/pretrain_tiny.py --smoke --out /tmp/w  # a few steps of every phase (tests)
+
+Like the real model's parts (Phi-4-mini, SigLIP, the speech encoder) the tiny ones are
+pretrained before molora's stages ever run, and the stages then start from them:
+
+1. backbone: a byte-level causal LM on the corpora's text (transcripts, questions and answers
+   rendered with the chat template, plain sentences), every token labelled;
+2. conformer: word-level CTC over the closed vocabulary of the speech corpus (a linear head on
+   the encoder output, thrown away afterwards), then (2b) a pass through the LM with a
+   temporary speech projector + LoRA;
+3. vision tower: "read the field" through the LM: tower + a temporary projector + a
+   temporary vision LoRA trained on the documents / charts training questions;
+4. both paths together (speech and VQA rows mixed in every batch), so that neither is forgotten.
+
+In phases 2b-4 the backbone trains too (``--text-only-backbone`` keeps it frozen there): a
+backbone pretrained on text alone and then frozen ignores the audio (the issue's planning
+notes), so the tiny backbone is pretrained multimodally, as a reader of its encoders' features.
+
+Only the backbone, the vision tower and the conformer are written (``model.safetensors`` +
+``pretrain.json`` with the recipe and the losses); projectors and LoRAs are thrown away, so the
+quickstart's stages still have to align them. Deterministic for a given seed and thread count.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import re
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_OUT = REPO / "molora" / "weights" / "tiny"
+SHIPPED = re.compile(r"^(language_model\.(?!.*\.lora_[AB]\.)|lm_head\.|image_embed\.img_processor\.|audio_embed\.encoder\.)")
+
+FULL = {"lm_steps": 500, "lm_batch": 48, "ctc_steps": 2500, "ctc_batch": 32, "speech_steps": 400,
+        "speech_batch": 16, "vision_steps": 300, "vision_batch": 16, "mixed_steps": 2000, "mixed_batch": 16}
+SMOKE = {"lm_steps": 3, "lm_batch": 4, "ctc_steps": 3, "ctc_batch": 4, "speech_steps": 2, "speech_batch": 4,
+         "vision_steps": 2, "vision_batch": 4, "mixed_steps": 2, "mixed_batch": 4}
+
+
+def log(msg: str) -> None:
+    print(f"[pretrain {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def cosine(step: int, total: int, warm: int = 20) -> float:
+    if step < warm:
+        return (step + 1) / warm
+    return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
+
+
+def _strip_media(messages: list[dict]) -> list[dict]:
+    out = []
+    for m in messages:
+        c = m["content"]
+        if isinstance(c, list):
+            c = " ".join(p.get("text", "") for p in c if p.get("type") == "text").strip()
+        out.append({"role": m["role"], "content": c})
+    return out
+
+
+def text_conversations(corpora: dict, seed: int) -> list[list[dict]]:
+    """Text-only conversations from every training manifest, plus bare sentences."""
+    from molora.stages.manifest import read_manifest
+    from molora.synthetic.sentences import generate_sentences, sentence_split
+
+    convs: list[list[dict]] = []
+    for name in ("speech", "documents", "charts", "joint"):
+        for s in read_manifest(corpora[name]["train"]):
+            convs.append(_strip_media(s.messages))
+    sents = [s for s in generate_sentences(4000, seed=seed + 7) if sentence_split(s, seed) == "train"]
+    convs += [[{"role": "assistant", "content": s}] for s in sents]
+    return convs
+
+
+def _optim(params, lr):
+    return torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.98), weight_decay=0.0, foreach=False)
+
+
+def pretrain_lm(model, processor, convs, steps: int, batch: int, lr: float, rng: random.Random, losses: list):
+    from molora.stages.freeze import component_of
+
+    params = [p for n, p in model.named_parameters() if component_of(n) == "llm"]
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for p in params:
+        p.requires_grad_(True)
+    opt = _optim(params, lr)
+    model.train()
+    for step in range(steps):
+        for g in opt.param_groups:
+            g["lr"] = lr * cosine(step, steps)
+        rows = [convs[rng.randrange(len(convs))] for _ in range(batch)]
+        b = processor(rows, add_generation_prompt=False)
+        labels = b["input_ids"].masked_fill(b["attention_mask"] == 0, -100)
+        loss = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], labels=labels).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(float(loss))
+        if step % 100 == 0 or step == steps - 1:
+            log(f"lm step {step + 1}/{steps} loss {float(loss):.3f}")
+
+
+def _audio_features(processor, samples):
+    import soundfile as sf
+
+    feats = []
+    for s in samples:
+        path = next(p["audio"] for m in s.messages if isinstance(m["content"], list) for p in m["content"]
+                    if p.get("type") == "audio")
+        wav, sr = sf.read(path, dtype="float32")
+        f = processor.audio_processor([(wav, sr)])
+        n = int(f["audio_attention_mask"][0].sum()) if "audio_attention_mask" in f else f["audio_input_features"].shape[1]
+        feats.append(f["audio_input_features"][0, :n].clone())
+    return feats
+
+
+def _pad(feats):
+    t = max(f.shape[0] for f in feats)
+    x = torch.zeros(len(feats), t, feats[0].shape[1])
+    mask = torch.zeros(len(feats), t, dtype=torch.bool)
+    for i, f in enumerate(feats):
+        x[i, : f.shape[0]] = f
+        mask[i, : f.shape[0]] = True
+    return x, mask
+
+
+def pretrain_ctc(model, feats, texts, vocab, steps: int, batch: int, lr: float, rng: random.Random, losses: list):
+    enc = model.audio_embed.encoder
+    head = torch.nn.Linear(enc.config.hidden_size, len(vocab) + 1)
+    index = {w: i + 1 for i, w in enumerate(vocab)}
+    targets = [torch.tensor([index[w] for w in t.split()]) for t in texts]
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for p in enc.parameters():
+        p.requires_grad_(True)
+    params = list(enc.parameters()) + list(head.parameters())
+    opt = _optim(params, lr)
+    enc.train()
+    for step in range(steps):
+        for g in opt.param_groups:
+            g["lr"] = lr * cosine(step, steps)
+        idx = [rng.randrange(len(feats)) for _ in range(batch)]
+        x, mask = _pad([feats[i] for i in idx])
+        hidden, valid = enc(x, mask)
+        logp = head(hidden).log_softmax(-1).transpose(0, 1)
+        tg = [targets[i] for i in idx]
+        loss = F.ctc_loss(logp, torch.cat(tg), valid.sum(1), torch.tensor([len(t) for t in tg]), zero_infinity=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(float(loss))
+        if step % 100 == 0 or step == steps - 1:
+            log(f"ctc step {step + 1}/{steps} loss {float(loss):.3f}")
+    return head
+
+
+def through_lm(model, processor, samples, components, steps: int, batch: int, lrs: dict, rng: random.Random,
+               losses: list, tag: str, train_lm: bool = False):
+    """Train ``components`` through the LM on ``samples`` (next-token loss on the answers); the LM's
+    own weights stay frozen unless ``train_lm`` (lr group "other")."""
+    from molora.stages.collate import Collator
+    from molora.stages.freeze import apply_plan, component_of
+    from molora.stages.losses import lm_loss_sum
+    from molora.stages.optim import lr_group
+
+    apply_plan(model, components)
+    if train_lm:
+        for n, p in model.named_parameters():
+            if component_of(n) == "llm":
+                p.requires_grad_(True)
+    groups: dict[str, list] = {}
+    for n, p in model.named_parameters():
+        if p.requires_grad:
+            groups.setdefault(lr_group(n), []).append(p)
+    opt = torch.optim.AdamW([{"params": ps, "lr": lrs[g], "base": lrs[g]} for g, ps in sorted(groups.items())],
+                            betas=(0.9, 0.98), weight_decay=0.0, foreach=False)
+    params = [p for ps in groups.values() for p in ps]
+    collate = Collator(processor)
+    model.train()
+    for step in range(steps):
+        for g in opt.param_groups:
+            g["lr"] = g["base"] * cosine(step, steps)
+        b = collate([samples[rng.randrange(len(samples))] for _ in range(batch)])
+        n = int((b["labels"][:, 1:] != -100).sum())
+        loss = lm_loss_sum(model, b) / max(n, 1)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(float(loss))
+        if step % 50 == 0 or step == steps - 1:
+            log(f"{tag} step {step + 1}/{steps} loss {float(loss):.3f}")
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default=str(DEFAULT_OUT))
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--smoke", action="store_true", help="a few steps of every phase on the tiny corpora")
+    ap.add_argument("--corpora-root", default=None, help="synthetic corpora cache root")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (the shipped weights were made with 1)")
+    ap.add_argument("--phases", default="lm,ctc,speech,vision,mixed", help="comma-separated subset, in order")
+    ap.add_argument("--start-from", default=None, help="a model.safetensors to start from (e.g. an earlier run)")
+    ap.add_argument("--text-only-backbone", action="store_true",
+                    help="keep the backbone frozen in the speech / vision phases (default: it trains there too)")
+    ap.add_argument("--scale", type=float, default=1.0, help="multiply every phase's steps")
+    args = ap.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    from molora import MoLoRAConfig, MoLoRAModel, MoLoRAProcessor
+    from molora.stages.manifest import read_manifest
+    from molora.synthetic.build import build_corpora
+    from molora.synthetic.sentences import _vocabulary
+
+    t0 = time.perf_counter()
+    plan = dict(SMOKE if args.smoke else FULL)
+    plan.update({k: max(1, int(round(v * args.scale))) for k, v in plan.items() if k.endswith("_steps")})
+    phases = args.phases.split(",")
+    train_lm = not args.text_only_backbone
+    corpora = build_corpora(args.corpora_root, seed=args.seed, sizes="tiny" if args.smoke else "default", log=log)
+    seed_all(args.seed)
+    config = MoLoRAConfig.preset("tiny")
+    model = MoLoRAModel(config)
+    processor = MoLoRAProcessor.from_config(config)
+    rng = random.Random(args.seed)
+    if args.start_from:
+        from safetensors.torch import load_file
+
+        model.load_state_dict(load_file(args.start_from), strict=False)
+    losses: dict[str, list] = {"lm": [], "ctc": [], "speech": [], "vision": [], "mixed": []}
+
+    if "lm" in phases:
+        log("phase 1: backbone (text LM)")
+        pretrain_lm(model, processor, text_conversations(corpora, args.seed), plan["lm_steps"], plan["lm_batch"], 3e-3,
+                    rng, losses["lm"])
+
+    speech = read_manifest(corpora["speech"]["train"])
+    if "ctc" in phases:
+        log("phase 2: conformer (word CTC)")
+        feats = _audio_features(processor, speech)
+        texts = [s.messages[-1]["content"] for s in speech]
+        vocab = sorted(set(_vocabulary()) | {w for t in texts for w in t.split()})
+        pretrain_ctc(model, feats, texts, vocab, plan["ctc_steps"], plan["ctc_batch"], 3e-3, rng, losses["ctc"])
+
+    if "speech" in phases:
+        log("phase 3: conformer through the LM (temporary speech projector + LoRA)")
+        through_lm(model, processor, speech, ["audio_encoder", "speech_projector", "speech_lora"], plan["speech_steps"],
+                   plan["speech_batch"], {"encoder": 1e-3, "projector": 3e-3, "lora": 3e-3, "other": 1e-3}, rng,
+                   losses["speech"], "speech", train_lm)
+
+    if "vision" in phases:
+        log("phase 4: vision tower through the LM (temporary projector + LoRA)")
+        vqa = read_manifest(corpora["documents"]["train"]) + read_manifest(corpora["charts"]["train"])
+        through_lm(model, processor, vqa, ["vision_encoder", "vision_projector", "vision_lora"], plan["vision_steps"],
+                   plan["vision_batch"], {"encoder": 2e-3, "projector": 3e-3, "lora": 3e-3, "other": 1e-3}, rng,
+                   losses["vision"], "vision", train_lm)
+
+    if "mixed" in phases:
+        log("phase 5: speech and vision rows mixed in every batch (so neither path is forgotten)")
+        rows = read_manifest(corpora["documents"]["train"]) + read_manifest(corpora["charts"]["train"]) + speech
+        through_lm(model, processor, rows, ["audio_encoder", "speech_projector", "speech_lora", "vision_encoder",
+                                            "vision_projector", "vision_lora"], plan["mixed_steps"], plan["mixed_batch"],
+                   {"encoder": 1e-3, "projector": 3e-3, "lora": 3e-3, "other": 1e-3}, rng, losses["mixed"], "mixed",
+                   train_lm)
+
+    from safetensors.torch import save_file
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    sd = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items() if SHIPPED.match(k)}
+    save_file(sd, str(out / "model.safetensors"), metadata={"preset": "tiny", "seed": str(args.seed)})
+    info = {"preset": "tiny", "seed": args.seed, "smoke": args.smoke, "plan": plan,
+            "tensors": len(sd), "parameters": int(sum(v.numel() for v in sd.values())),
+            "final_losses": {k: (round(float(np.mean(v[-20:])), 4) if v else None) for k, v in losses.items()},
+            "seconds": round(time.perf_counter() - t0, 1)}
+    (out / "pretrain.json").write_text(json.dumps(info, indent=1) + "\n")
+    log(f"wrote {out / 'model.safetensors'} ({info['parameters']:,} parameters) in {info['seconds']} s")
+    return info
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main() else 1)

@@ -1,0 +1,106 @@
+"""The embedded default: `molora quickstart --fast` runs every stage and writes a consistent report;
+the tiny pretraining script runs a few steps; the shipped tiny parts load."""
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _table(report: str) -> dict[str, list[str]]:
+    rows = {}
+    for line in report.splitlines():
+        cells = [c.strip().strip("*") for c in line.strip().strip("|").split("|")]
+        if len(cells) == 4 and cells[0] and not set(cells[1]) <= set("-"):
+            rows[cells[0]] = cells[1:]
+    return rows
+
+
+def _cell(metric: str, v) -> str:
+    return f"{v:.2f}%" if metric == "wer" else f"{v:.3f}"
+
+
+@pytest.mark.slow
+def test_quickstart_fast_runs_every_stage(tmp_path):
+    out = tmp_path / "qs"
+    r = subprocess.run([sys.executable, "-m", "molora.cli", "quickstart", "--fast", "--output-dir", str(out),
+                        "--corpora-root", str(tmp_path / "syn")], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads((out / "results.json").read_text())
+    assert set(res) == {"before", "final", "stages", "wall_seconds"}
+    assert list(res["stages"]) == ["vision", "speech", "joint", "sft", "dpo"]
+    for m in ("wer", "anls", "relaxed_accuracy"):
+        assert m in res["before"] and m in res["final"]
+    assert 0 <= res["final"]["anls"] <= 1 and 0 <= res["final"]["relaxed_accuracy"] <= 1
+    assert res["final"] == res["stages"]["dpo"]["metrics"]
+    for st in res["stages"].values():
+        assert st["steps"] >= 1 and len(st["losses"]) == st["steps"]
+        assert all(x == x for x in st["losses"])  # no NaN
+        assert (out / "vision" / "final").is_dir()
+    report = (out / "report.md").read_text()
+    table = _table(report)
+    metrics = ("wer", "anls", "relaxed_accuracy")
+    assert table["final"] == [_cell(m, res["final"][m]) for m in metrics]
+    for name, st in res["stages"].items():
+        assert table[name] == [_cell(m, st["metrics"][m]) for m in metrics]
+    before = next(v for k, v in table.items() if k.startswith("before"))
+    assert before == [_cell(m, res["before"][m]) for m in metrics]
+    images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report)
+    assert len(images) >= 2
+    for img in images:
+        with Image.open(out / img) as im:
+            im.load()
+            assert im.size[0] > 100 and im.size[1] > 100
+    assert "Transcribe" in report and "## Chat" in report
+
+    again = tmp_path / "qs2"  # the same seed again: the same results.json but for wall_seconds
+    r = subprocess.run([sys.executable, "-m", "molora.cli", "quickstart", "--fast", "--output-dir", str(again),
+                        "--corpora-root", str(tmp_path / "syn")], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    res2 = json.loads((again / "results.json").read_text())
+    res.pop("wall_seconds"), res2.pop("wall_seconds")
+    assert res == res2
+
+
+def test_pretrain_script_smoke(tmp_path):
+    r = subprocess.run([sys.executable, str(REPO / "scripts" / "pretrain_tiny.py"), "--smoke", "--out",
+                        str(tmp_path / "w"), "--corpora-root", str(tmp_path / "syn")],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    from safetensors.torch import load_file
+
+    from molora import MoLoRAConfig, MoLoRAModel
+
+    sd = load_file(str(tmp_path / "w" / "model.safetensors"))
+    own = MoLoRAModel(MoLoRAConfig.preset("tiny")).state_dict()
+    assert sd and all(k in own and own[k].shape == v.shape for k, v in sd.items())
+    prefixes = {k.split(".")[0] + "." + k.split(".")[1] for k in sd}
+    assert {"audio_embed.encoder", "image_embed.img_processor"} <= prefixes
+    assert any(k.startswith("language_model.") for k in sd) and not any("lora_" in k for k in sd)
+    info = json.loads((tmp_path / "w" / "pretrain.json").read_text())
+    assert info["smoke"] and all(v is not None for v in info["final_losses"].values())
+
+
+def test_from_pretrained_tiny_loads_shipped_parts():
+    from molora import MoLoRAConfig, MoLoRAModel
+    from molora.checkpoint import preset_weights
+
+    f = preset_weights("tiny")
+    if f is None:
+        pytest.skip("no shipped tiny weights in this checkout (run scripts/pretrain_tiny.py)")
+    from safetensors.torch import load_file
+
+    shipped = load_file(str(f))
+    a, b = MoLoRAModel.from_pretrained("tiny").state_dict(), MoLoRAModel.from_pretrained("tiny").state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)  # deterministic, projectors / LoRAs included
+    assert all(torch.equal(a[k], v) for k, v in shipped.items())
+    rnd = MoLoRAModel(MoLoRAConfig.preset("tiny")).state_dict()  # the bare preset stays a random model
+    assert any(not torch.equal(rnd[k], v) for k, v in shipped.items())
