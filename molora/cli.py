@@ -8,7 +8,14 @@ import sys
 def _train(args) -> int:
     from .stages.trainer import run
 
-    run(args.recipe, args.overrides, args.output_dir, resume=args.resume, strict=args.strict or None, cpu=args.cpu)
+    import torch.distributed as dist
+
+    try:
+        run(args.recipe, args.overrides, args.output_dir, resume=args.resume, strict=args.strict or None,
+            cpu=args.cpu)
+    finally:  # a process group left open aborts some workers at interpreter exit (gloo threads)
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
     return 0
 
 
