@@ -94,8 +94,7 @@ def test_from_pretrained_tiny_loads_shipped_parts():
     from molora.checkpoint import preset_weights
 
     f = preset_weights("tiny")
-    if f is None:
-        pytest.skip("no shipped tiny weights in this checkout (run scripts/pretrain_tiny.py)")
+    assert f is not None, "the tiny weights must ship with the package (scripts/pretrain_tiny.py makes them)"
     from safetensors.torch import load_file
 
     shipped = load_file(str(f))
