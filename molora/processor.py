@@ -24,6 +24,7 @@ from .errors import MoLoRAError, PlaceholderError
 PLACEHOLDER = re.compile(r"<\|(image|audio)_(\d+)\|>")
 ROLES = ("system", "user", "assistant")
 IGNORE = -100
+MEDIA_HINT = {"image": "PIL image or path", "audio": "path or (array, sampling_rate)"}
 
 
 class MoLoRAProcessor:
@@ -90,18 +91,12 @@ class MoLoRAProcessor:
             kind = part.get("type") if isinstance(part, dict) else None
             if kind == "text":
                 out.append(part.get("text", ""))
-            elif kind == "image":
-                img = next((part[k] for k in ("image", "path", "url") if k in part), None)
-                if img is None:
-                    raise MoLoRAError("image part has no 'image' (PIL image or path)", item)
-                media["images"].append(img)
-                out.append(f"<|image_{len(media['images'])}|>")
-            elif kind == "audio":
-                aud = next((part[k] for k in ("audio", "path", "url") if k in part), None)
-                if aud is None:
-                    raise MoLoRAError("audio part has no 'audio' (path or (array, sampling_rate))", item)
-                media["audios"].append(aud)
-                out.append(f"<|audio_{len(media['audios'])}|>")
+            elif kind in MEDIA_HINT:
+                value = next((part[k] for k in (kind, "path", "url") if k in part), None)
+                if value is None:
+                    raise MoLoRAError(f"{kind} part has no '{kind}' ({MEDIA_HINT[kind]})", item)
+                media[kind + "s"].append(value)
+                out.append(f"<|{kind}_{len(media[kind + 's'])}|>")
             else:
                 raise MoLoRAError(f"unknown content part type {kind!r} (expected text, image or audio)", item)
         return "".join(out)
