@@ -167,16 +167,20 @@ def _rope_dict(b: BackboneConfig) -> dict:
     return d
 
 
+def _decoder_fields(b: BackboneConfig) -> dict:
+    """The decoder's shape fields, named alike in both public config.json formats."""
+    return {"vocab_size": b.vocab_size, "hidden_size": b.hidden_size, "intermediate_size": b.intermediate_size,
+            "num_hidden_layers": b.num_hidden_layers, "num_attention_heads": b.num_attention_heads,
+            "num_key_value_heads": b.num_key_value_heads, "hidden_act": b.hidden_act,
+            "max_position_embeddings": b.max_position_embeddings,
+            "original_max_position_embeddings": b.original_max_position_embeddings, "rms_norm_eps": b.rms_norm_eps}
+
+
 def to_transformers_config(cfg: MoLoRAConfig) -> dict:
     b, v, a = cfg.backbone, cfg.vision, cfg.audio
     return {
         "model_type": "phi4_multimodal", "architectures": ["Phi4MultimodalForCausalLM"],
-        "vocab_size": b.vocab_size, "hidden_size": b.hidden_size, "intermediate_size": b.intermediate_size,
-        "num_hidden_layers": b.num_hidden_layers, "num_attention_heads": b.num_attention_heads,
-        "num_key_value_heads": b.num_key_value_heads, "hidden_act": b.hidden_act,
-        "max_position_embeddings": b.max_position_embeddings,
-        "original_max_position_embeddings": b.original_max_position_embeddings,
-        "rms_norm_eps": b.rms_norm_eps, "tie_word_embeddings": b.tie_word_embeddings,
+        **_decoder_fields(b), "tie_word_embeddings": b.tie_word_embeddings,
         "rope_parameters": _rope_dict(b), "bos_token_id": b.bos_token_id, "pad_token_id": b.pad_token_id,
         "eos_token_id": list(b.eos_token_ids), "initializer_range": b.initializer_range,
         "vision_config": {**{k: getattr(v, k) for k in _VISION_HF_FIELDS}, "crop_size": v.image_size,
@@ -244,11 +248,7 @@ def to_phi4mm_config(cfg: MoLoRAConfig) -> dict:
                                     "layer": "layers.*((self_attn\\.(qkv_proj|o_proj))|(mlp\\.(gate_up_proj|down_proj)))"}
     return {
         "model_type": "phi4mm", "architectures": ["Phi4MMForCausalLM"],
-        "vocab_size": b.vocab_size, "hidden_size": b.hidden_size, "intermediate_size": b.intermediate_size,
-        "num_hidden_layers": b.num_hidden_layers, "num_attention_heads": b.num_attention_heads,
-        "num_key_value_heads": b.num_key_value_heads, "hidden_act": b.hidden_act,
-        "max_position_embeddings": b.max_position_embeddings,
-        "original_max_position_embeddings": b.original_max_position_embeddings, "rms_norm_eps": b.rms_norm_eps,
+        **_decoder_fields(b),
         "rope_theta": b.rope_theta, "partial_rotary_factor": b.partial_rotary_factor,
         "rope_scaling": ({"type": "longrope", "short_factor": list(b.short_factor), "long_factor": list(b.long_factor)}
                          if b.rope_type == "longrope" else None),

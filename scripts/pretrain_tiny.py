@@ -48,6 +48,14 @@ SMOKE = {"lm_steps": 3, "lm_batch": 4, "ctc_steps": 3, "ctc_batch": 4, "speech_s
          "vision_steps": 2, "vision_batch": 4, "mixed_steps": 2, "mixed_batch": 4}
 
 
+def _update(loss, params, opt) -> float:
+    """One optimiser step on ``loss`` (grad-norm clipped at 1); returns the loss value."""
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return float(loss)
+
 def log(msg: str) -> None:
     print(f"[pretrain {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
@@ -109,11 +117,7 @@ def pretrain_lm(model, processor, convs, steps: int, batch: int, lr: float, rng:
         b = processor(rows, add_generation_prompt=False)
         labels = b["input_ids"].masked_fill(b["attention_mask"] == 0, -100)
         loss = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], labels=labels).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        losses.append(float(loss))
+        losses.append(_update(loss, params, opt))
         if step % 100 == 0 or step == steps - 1:
             log(f"lm step {step + 1}/{steps} loss {float(loss):.3f}")
 
@@ -163,11 +167,7 @@ def pretrain_ctc(model, feats, texts, vocab, steps: int, batch: int, lr: float, 
         logp = head(hidden).log_softmax(-1).transpose(0, 1)
         tg = [targets[i] for i in idx]
         loss = F.ctc_loss(logp, torch.cat(tg), valid.sum(1), torch.tensor([len(t) for t in tg]), zero_infinity=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        losses.append(float(loss))
+        losses.append(_update(loss, params, opt))
         if step % 100 == 0 or step == steps - 1:
             log(f"ctc step {step + 1}/{steps} loss {float(loss):.3f}")
     return head
@@ -202,11 +202,7 @@ def through_lm(model, processor, samples, components, steps: int, batch: int, lr
         b = collate([samples[rng.randrange(len(samples))] for _ in range(batch)])
         n = int((b["labels"][:, 1:] != -100).sum())
         loss = lm_loss_sum(model, b) / max(n, 1)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        losses.append(float(loss))
+        losses.append(_update(loss, params, opt))
         if step % 50 == 0 or step == steps - 1:
             log(f"{tag} step {step + 1}/{steps} loss {float(loss):.3f}")
 
