@@ -11,7 +11,8 @@ import torch
 from torch import nn
 
 from ..config import LoraSpec
-from .routing import RoutingState
+from .lora_fused import routed_linear
+from .routing import RoutingState, gather_rows
 
 
 class RoutedLoRALinear(nn.Module):
@@ -60,7 +61,7 @@ class RoutedLoRALinear(nn.Module):
             return self.base_layer(x)
         flat = x.reshape(-1, x.shape[-1])
         if padded and st.tokens is not None:  # drop padding tokens
-            flat = flat.index_select(0, st.tokens)
+            flat = gather_rows(flat, st.tokens)
         if self.merge_inference and not torch.is_grad_enabled() and len(st.groups) == 1:
             (name, sel), = st.groups.items()
             if sel is None and name in self.lora_A:  # one adapter for every token: one matmul
@@ -68,12 +69,20 @@ class RoutedLoRALinear(nn.Module):
                 if padded and st.tokens is not None:
                     return st.scatter(y)
                 return y.view(*lead, y.shape[-1])
+        fused = self._fused_args(st.groups, flat)
+        if fused:  # adapters on contiguous spans: one autograd node, no copies
+            y = routed_linear(flat, self.base_layer.weight, self.base_layer.bias, fused)
+            if st.touch_all:
+                y = y + self._zero_touch(st.groups)
+            return st.scatter(y) if padded and st.tokens is not None else y.view(*lead, y.shape[-1])
         y = self.base_layer(flat)
         for name, sel in st.groups.items():
             if name not in self.lora_A:
                 continue
             if sel is None:  # every kept token uses this adapter
                 y = y + self._delta(name, flat).to(y.dtype)
+            elif isinstance(sel, slice):  # this adapter's tokens are contiguous: views, no copies
+                y[sel] += self._delta(name, flat[sel]).to(y.dtype)
             else:
                 y = y.index_add(0, sel, self._delta(name, flat.index_select(0, sel)).to(y.dtype))
         if st.touch_all:
@@ -81,6 +90,25 @@ class RoutedLoRALinear(nn.Module):
         if padded and st.tokens is not None:
             return st.scatter(y)
         return y.view(*lead, y.shape[-1])
+
+    def _fused_args(self, groups, flat: torch.Tensor):
+        """(span, A, B, scaling, dropout p) per used adapter when every group is a span (or all
+        tokens) and dtypes agree; None otherwise (the generic path)."""
+        if flat.dtype != self.base_layer.weight.dtype or torch.is_autocast_enabled(flat.device.type):
+            return None
+        out = []
+        for name, sel in groups.items():
+            if name not in self.lora_A:
+                continue
+            if sel is not None and not isinstance(sel, slice):
+                return None
+            a, b = self.lora_A[name].weight, self.lora_B[name].weight
+            if a.dtype != flat.dtype or b.dtype != flat.dtype:
+                return None
+            drop = self.lora_dropout[name]
+            p = drop.p if isinstance(drop, nn.Dropout) and drop.training else 0.0
+            out.append((sel if sel is not None else slice(0, flat.shape[0]), a, b, self.scaling[name], p))
+        return out
 
     def _zero_touch(self, used) -> torch.Tensor:
         zero = self.base_layer.weight.new_zeros(())

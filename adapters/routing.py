@@ -6,6 +6,11 @@ reads the precomputed token groups from here, so the routing decision costs a fe
 ops per forward, not per layer. Padding tokens skip the linears entirely (their outputs are
 zeros, which attention masks out and the loss ignores): a mixed batch pads short text rows to
 the length of long image+speech rows, and this keeps that padding from costing matmuls.
+
+When padding is dropped, the kept tokens are ordered by adapter (row-major inside each
+adapter), so each adapter's tokens are one contiguous slice: the LoRA of an adapter reads a
+view of the kept tokens and adds into a view of the output, with no per-adapter copies and no
+scatter-add in backward.
 """
 from __future__ import annotations
 
@@ -27,7 +32,9 @@ class RoutingState:
         self.n_tokens = 0  # B*T of the hidden states this state was set for
         self.shape: tuple[int, int] = (0, 0)
         self.tokens: torch.Tensor | None = None  # flat indices of real tokens (None: all are real)
-        self.groups: dict[str, torch.Tensor | None] = {}  # adapter -> indices into the kept tokens (None: all)
+        # adapter -> its kept tokens: None (all), a slice (padding dropped: tokens are grouped by
+        # adapter) or an index tensor (no padding, several adapters)
+        self.groups: dict[str, torch.Tensor | slice | None] = {}
 
     def set(self, row_adapter: torch.Tensor | None, seq_len: int, token_mask: torch.Tensor | None = None) -> None:
         """row_adapter: [B] adapter index per row (-1: none), or None (base only);
@@ -39,8 +46,18 @@ class RoutingState:
         self.active, self.n_tokens, self.shape = True, B * seq_len, (B, seq_len)
         token_adapter = row_adapter[:, None].expand(B, seq_len).reshape(-1)
         if token_mask is not None and not bool(token_mask.all()):
-            self.tokens = token_mask.reshape(-1).nonzero().flatten()
-            token_adapter = token_adapter.index_select(0, self.tokens)
+            real = token_mask.reshape(-1)
+            n_kept = int(real.sum())
+            # real tokens sorted by adapter (stable), padding last: each adapter is one slice
+            key = token_adapter.masked_fill(~real, len(self.adapter_names))
+            self.tokens = torch.sort(key, stable=True).indices[:n_kept]
+            counts = torch.bincount(key[self.tokens] + 1, minlength=len(self.adapter_names) + 1).tolist()
+            start = counts[0]  # adapter -1 (none) sorts first
+            for name, c in zip(self.adapter_names, counts[1:]):
+                if c:
+                    self.groups[name] = None if c == n_kept else slice(start, start + c)
+                start += c
+            return
         n_kept = token_adapter.numel()
         for k, name in enumerate(self.adapter_names):
             sel = (token_adapter == k).nonzero().flatten()
@@ -77,8 +94,32 @@ class RoutingState:
     def gather(self, h: torch.Tensor) -> torch.Tensor | None:
         if not self.active or self.tokens is None or h.shape[:-1].numel() != self.n_tokens:
             return None
-        return h.reshape(-1, h.shape[-1]).index_select(0, self.tokens)
+        return gather_rows(h.reshape(-1, h.shape[-1]), self.tokens)
 
     def scatter(self, y: torch.Tensor) -> torch.Tensor:
         full = y.new_zeros(self.n_tokens, y.shape[-1]).index_copy(0, self.tokens, y)
         return full.view(*self.shape, y.shape[-1])
+
+
+class _GatherRows(torch.autograd.Function):
+    """``x.index_select(0, idx)`` for unique ``idx``: backward writes the rows back with
+    ``index_copy`` (index_select's own backward is a scatter-add over an index expanded to the
+    full gradient's size, several times the memory traffic)."""
+
+    @staticmethod
+    def forward(ctx, x, idx):
+        ctx.save_for_backward(idx)
+        ctx.n_rows = x.shape[0]
+        return x.index_select(0, idx)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (idx,) = ctx.saved_tensors
+        return grad.new_zeros(ctx.n_rows, *grad.shape[1:]).index_copy_(0, idx, grad), None
+
+
+def gather_rows(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """Rows ``idx`` (unique) of a 2-D tensor, with a cheap backward."""
+    if torch.is_grad_enabled() and x.requires_grad:
+        return _GatherRows.apply(x, idx)
+    return x.index_select(0, idx)

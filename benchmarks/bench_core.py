@@ -53,8 +53,8 @@ def _timeit(fn, repeats):
     return float(np.median(t))
 
 
-def run_case(case: str, impl: str, preset: str, repeats: int, workdir: str) -> dict:
-    torch.set_num_threads(os.cpu_count() or 2)
+def run_case(case: str, impl: str, preset: str, repeats: int, workdir: str, threads: int = 0) -> dict:
+    torch.set_num_threads(threads or os.cpu_count() or 2)
     # both sides: subnormal floats in backward made CPU step times swing 5x between runs
     torch.set_flush_denormal(True)
     torch.manual_seed(0)
@@ -304,25 +304,28 @@ def main():
     ap.add_argument("--preset", default="small")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--cases", default="image,audio,train,asr,generate1,generate16")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads per side (0: all cores)")
+    ap.add_argument("--keep-weights", metavar="DIR", help="prepare (once) and reuse the weights in DIR")
     ap.add_argument("--json", default=str(ROOT / "benchmarks" / "results_core.json"))
     ap.add_argument("--child", nargs=3, metavar=("CASE", "IMPL", "WORKDIR"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         case, impl, workdir = args.child
-        res = run_case(case, impl, args.preset, args.repeats, workdir)
+        res = run_case(case, impl, args.preset, args.repeats, workdir, args.threads)
         res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print("RESULT " + json.dumps(res))
         return
     results = {}
-    with tempfile.TemporaryDirectory() as wd:
-        if any(c in args.cases for c in ("train", "asr", "generate")):
+    with tempfile.TemporaryDirectory() as tmp:
+        wd = args.keep_weights or tmp
+        if any(c in args.cases for c in ("train", "asr", "generate")) and not (Path(wd) / "weights").exists():
             _prepare_weights(args.preset, Path(wd))
         print(f"{'case':8s} {'molora':>14s} {'reference':>14s} {'speedup':>8s} {'RSS molora/ref (MB)':>22s}")
         for case in args.cases.split(","):
             row = {}
             for impl in ("molora", "reference"):
                 out = subprocess.run([sys.executable, __file__, "--preset", args.preset, "--repeats",
-                                      str(args.repeats), "--child", case, impl, wd],
+                                      str(args.repeats), "--threads", str(args.threads), "--child", case, impl, wd],
                                      capture_output=True, text=True, check=False)
                 line = [l for l in out.stdout.splitlines() if l.startswith("RESULT ")]
                 if not line:
