@@ -17,6 +17,7 @@ from safetensors.torch import save_file
 from . import layouts
 from .config import MoLoRAConfig
 from .errors import CheckpointError
+from .presets import TINY_BPE_VOCAB
 
 WEIGHTS = "model.safetensors"
 INDEX = "model.safetensors.index.json"
@@ -102,7 +103,8 @@ def load_config(path_or_id) -> MoLoRAConfig:
     directory = resolve_path(path_or_id)
     layout = detect_layout(directory)
     d = _read_json(directory / "config.json")
-    tok = "bytes" if d.get("vocab_size", 0) < 1000 else str(path_or_id)
+    vocab = d.get("vocab_size", 0)
+    tok = "bytes" if vocab < 1000 else "tiny-bpe" if vocab == TINY_BPE_VOCAB else str(path_or_id)
     if layout == "molora":
         return MoLoRAConfig.from_dict(d)
     if layout == "phi4mm":

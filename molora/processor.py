@@ -44,6 +44,10 @@ class MoLoRAProcessor:
             from .tokenizer import build_byte_tokenizer
 
             tokenizer = build_byte_tokenizer()
+        elif tokenizer is None and config.tokenizer == "tiny-bpe":
+            from .tokenizer import load_tiny_tokenizer
+
+            tokenizer = load_tiny_tokenizer()
         return cls(config, tokenizer)
 
     @classmethod
@@ -58,11 +62,9 @@ class MoLoRAProcessor:
         config = MoLoRAConfig.from_json(own) if own.exists() else load_config(path)
         tokenizer = kwargs.pop("tokenizer", None)
         if tokenizer is None:
-            if config.tokenizer == "bytes" and not (path / "tokenizer.json").exists():
-                from .tokenizer import build_byte_tokenizer
-
-                tokenizer = build_byte_tokenizer()
-            elif config.tokenizer == "bytes":  # our own tokenizer.json: no Auto* look-up of config.json
+            if config.tokenizer in ("bytes", "tiny-bpe") and not (path / "tokenizer.json").exists():
+                return cls.from_config(config)
+            elif config.tokenizer in ("bytes", "tiny-bpe"):  # our own tokenizer.json: no Auto* look-up of config.json
                 from transformers import PreTrainedTokenizerFast
 
                 tokenizer = PreTrainedTokenizerFast.from_pretrained(str(path))

