@@ -134,10 +134,9 @@ def reading_samples(n: int, seed: int) -> list:
             read, qas = page_text(page.labels), page.qas
             prompt = READ_PROMPTS["document"]
         else:
-            chart = draw_chart(rng)
-            read = "\n".join([chart.theme.title] + [f"{c} {v}" for c, v in chart.data.items()])
-            qas, page = chart.qas, chart
-            prompt = READ_PROMPTS["chart"]
+            page = draw_chart(rng)
+            read = "\n".join([page.theme.title] + [f"{c} {v}" for c, v in page.data.items()])
+            qas, prompt = page.qas, READ_PROMPTS["chart"]
         image = page.image
         rows.append(Sample([{"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": prompt}]},
                             {"role": "assistant", "content": read}], "vqa", f"pretrain-read:{i}", answers=[read]))
@@ -259,6 +258,12 @@ def pretrain_ctc(model, feats, texts, vocab, steps: int, batch: int, lr: float, 
     return head
 
 
+def lrs(encoder: float) -> dict:
+    """Learning rates of the through-the-LM phases: only the encoder's differs between phases
+    ("other" = the backbone, when it trains)."""
+    return {"encoder": encoder, "projector": 3e-3, "lora": 3e-3, "other": 1e-3}
+
+
 def through_lm(model, processor, samples, components, steps: int, batch: int, lrs: dict, rng: random.Random,
                losses: list, tag: str, train_lm: bool = False):
     """Train ``components`` through the LM on ``samples`` (next-token loss on the answers); the LM's
@@ -360,15 +365,14 @@ def main(argv=None) -> dict:
         set_cmvn(model, feats)
         dev = read_manifest(corpora["speech"]["dev"])
         held_out = (_audio_features(processor, dev), [s.messages[-1]["content"] for s in dev])
-        pretrain_ctc(model, feats, texts, vocab, plan["ctc_steps"], plan["ctc_batch"], plan.get("ctc_lr", 2e-3), rng,
-                     losses["ctc"], held_out)
+        pretrain_ctc(model, feats, texts, vocab, plan["ctc_steps"], plan["ctc_batch"], 2e-3, rng, losses["ctc"],
+                     held_out)
         save_parts(model, out, args.seed)
 
     if "speech" in phases:
         log("phase 3: conformer through the LM (temporary speech projector + LoRA)")
         through_lm(model, processor, speech, ["audio_encoder", "speech_projector", "speech_lora"], plan["speech_steps"],
-                   plan["speech_batch"], {"encoder": 3e-4, "projector": 3e-3, "lora": 3e-3, "other": 1e-3}, rng,
-                   losses["speech"], "speech", train_lm)
+                   plan["speech_batch"], lrs(encoder=3e-4), rng, losses["speech"], "speech", train_lm)
         save_parts(model, out, args.seed)
 
     if "vision" in phases:
@@ -376,8 +380,7 @@ def main(argv=None) -> dict:
         vqa = read_manifest(corpora["documents"]["train"]) + read_manifest(corpora["charts"]["train"])
         vqa += reading_samples(plan["read_pages"], args.seed)
         through_lm(model, processor, vqa, ["vision_encoder", "vision_projector", "vision_lora"], plan["vision_steps"],
-                   plan["vision_batch"], {"encoder": 2e-3, "projector": 3e-3, "lora": 3e-3, "other": 1e-3}, rng,
-                   losses["vision"], "vision", train_lm)
+                   plan["vision_batch"], lrs(encoder=2e-3), rng, losses["vision"], "vision", train_lm)
         save_parts(model, out, args.seed)
 
     if "mixed" in phases:
@@ -386,8 +389,7 @@ def main(argv=None) -> dict:
         rows += reading_samples(plan["read_pages"], args.seed + 1)
         through_lm(model, processor, rows, ["audio_encoder", "speech_projector", "speech_lora", "vision_encoder",
                                             "vision_projector", "vision_lora"], plan["mixed_steps"], plan["mixed_batch"],
-                   {"encoder": 3e-4, "projector": 3e-3, "lora": 3e-3, "other": 1e-3}, rng, losses["mixed"], "mixed",
-                   train_lm)
+                   lrs(encoder=3e-4), rng, losses["mixed"], "mixed", train_lm)
 
     sd = save_parts(model, out, args.seed)
     info = {"preset": "tiny", "seed": args.seed, "smoke": args.smoke, "plan": plan,
