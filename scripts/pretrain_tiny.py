@@ -14,6 +14,11 @@ pretrained before molora's stages ever run, and the stages then start from them:
    closed vocabulary of the speech corpus (a linear head on the encoder output, thrown away
    afterwards; greedy CTC WER on the dev split is logged), then (2b) a pass through the LM with
    a temporary speech projector + LoRA;
+2c. vision tower, alone: dense reading. Every pooled cell of the HD crop grid (one image token)
+   predicts the characters drawn inside it, in reading order (``molora/synthetic/ocr.py``: the
+   generators record every string they draw, so the targets are exact), through a small MLP head
+   thrown away afterwards; held-out character accuracy is logged. Fresh pages every step, from a
+   pretraining-only seed. Without it the tower never learned to read through the LM alone;
 3. vision tower: "read the field" through the LM: tower + a temporary projector + a
    temporary vision LoRA trained on the documents / charts training questions;
 4. both paths together (speech and VQA rows mixed in every batch), so that neither is forgotten.
@@ -30,6 +35,7 @@ quickstart's stages still have to align them. Deterministic for a given seed and
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import random
@@ -48,9 +54,9 @@ SHIPPED = re.compile(r"^(language_model\.(?!.*\.lora_[AB]\.)|lm_head\.|image_emb
 
 FULL = {"lm_steps": 600, "lm_batch": 48, "ctc_steps": 2500, "ctc_batch": 32, "speech_steps": 2000,
         "speech_batch": 16, "vision_steps": 2500, "vision_batch": 16, "mixed_steps": 1500, "mixed_batch": 16,
-        "read_pages": 3000}
+        "ocr_steps": 6000, "ocr_batch": 16, "read_pages": 3000}
 SMOKE = {"lm_steps": 3, "lm_batch": 4, "ctc_steps": 3, "ctc_batch": 4, "speech_steps": 2, "speech_batch": 4,
-         "vision_steps": 2, "vision_batch": 4, "mixed_steps": 2, "mixed_batch": 4, "read_pages": 4}
+         "vision_steps": 2, "vision_batch": 4, "mixed_steps": 2, "mixed_batch": 4, "ocr_steps": 3, "ocr_batch": 2, "read_pages": 4}
 
 
 def _update(loss, params, opt) -> float:
@@ -258,6 +264,82 @@ def pretrain_ctc(model, feats, texts, vocab, steps: int, batch: int, lr: float, 
     return head
 
 
+def ocr_pages(seed: int):
+    """An endless stream of fresh pages (documents and charts from a pretraining-only seed)."""
+    from molora.synthetic.charts import draw_chart
+    from molora.synthetic.documents import draw_document
+
+    rng = random.Random(f"pretrain-ocr-{seed}")
+    while True:
+        yield draw_document(rng) if rng.random() < 0.5 else draw_chart(rng)
+
+
+def ocr_batch(model, processor, head, pages, slots: int):
+    """Dense reading loss of one batch of pages: every pooled cell of every sub-crop predicts its
+    characters in order (``molora/synthetic/ocr.py``); returns (loss, accuracy on the character
+    slots, cell exact-match rate)."""
+    from molora.synthetic.ocr import cell_targets
+
+    tf, emb, v = processor.image_processor, model.image_embed, model.config.vision
+    out = tf([p.image for p in pages])
+    g = emb.pooled_per_side
+    crops, masks, targets = [], [], []
+    for i, page in enumerate(pages):
+        t = cell_targets(page.labels, *page.image.size, v.image_size, v.patch_size, v.dynamic_hd, slots)
+        n = (t.shape[0] // g) * (t.shape[1] // g)
+        crops.append(out["image_pixel_values"][i, 1:1 + n])
+        masks.append(out["image_attention_mask"][i, 1:1 + n])
+        targets.append(t)
+    feats = emb.crop_features(torch.cat(crops), torch.cat(masks).bool())  # T, g, g, D
+    logits, labels, k = [], [], 0
+    for t in targets:
+        rows, cols = t.shape[0] // g, t.shape[1] // g
+        grid = feats[k:k + rows * cols].reshape(rows, cols, g, g, -1).transpose(1, 2).reshape(rows * g, cols * g, -1)
+        k += rows * cols
+        logits.append(head(grid).flatten(0, 1))
+        labels.append(t.flatten(0, 1))
+    logits, labels = torch.cat(logits), torch.cat(labels)  # cells, slots*C ; cells, slots
+    logits = logits.view(labels.shape[0], slots, -1)
+    inked = labels[:, 0] > 0
+    weight = torch.where(inked, 1.0, 0.05)[:, None].expand_as(labels)
+    ce = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), reduction="none")
+    loss = (ce * weight.flatten()).sum() / weight.sum()
+    with torch.no_grad():
+        pred = logits.argmax(-1)
+        chars = labels > 0
+        acc = float((pred == labels)[chars].float().mean())
+        exact = float((pred == labels).all(-1)[inked].float().mean())
+    return loss, acc, exact
+
+
+def pretrain_ocr(model, processor, steps: int, batch: int, lr: float, seed: int, losses: list, slots: int = 6):
+    """Phase 2c: the vision tower learns to read with a dense per-cell character objective (a
+    small MLP head on the pooled cells, thrown away afterwards)."""
+    from molora.synthetic.ocr import NUM_CLASSES
+
+    dim = model.config.vision.hidden_size
+    head = torch.nn.Sequential(torch.nn.Linear(dim, 256), torch.nn.GELU(), torch.nn.Linear(256, slots * NUM_CLASSES))
+    for p in model.parameters():
+        p.requires_grad_(False)
+    tower = list(model.image_embed.img_processor.parameters())
+    for p in tower:
+        p.requires_grad_(True)
+    params = tower + list(head.parameters())
+    opt = _optim(params, lr)
+    stream, held = ocr_pages(seed), list(itertools.islice(ocr_pages(seed + 10_000), 32))
+    model.train()
+    for step in range(steps):
+        for g in opt.param_groups:
+            g["lr"] = lr * cosine(step, steps)
+        loss, acc, exact = ocr_batch(model, processor, head, list(itertools.islice(stream, batch)), slots)
+        losses.append(_update(loss, params, opt))
+        if step % 250 == 0 or step == steps - 1:
+            with torch.no_grad():
+                _, hacc, hexact = ocr_batch(model, processor, head, held, slots)
+            log(f"ocr step {step + 1}/{steps} loss {losses[-1]:.3f} train char acc {acc:.3f} "
+                f"held-out char acc {hacc:.3f} cell exact {hexact:.3f}")
+
+
 def lrs(encoder: float) -> dict:
     """Learning rates of the through-the-LM phases: only the encoder's differs between phases
     ("other" = the backbone, when it trains)."""
@@ -295,7 +377,7 @@ def through_lm(model, processor, samples, components, steps: int, batch: int, lr
         loss = lm_loss_sum(model, b) / max(n, 1)
         losses.append(_update(loss, params, opt))
         if step % 50 == 0 or step == steps - 1:
-            log(f"{tag} step {step + 1}/{steps} loss {float(loss):.3f}")
+            log(f"{tag} step {step + 1}/{steps} loss {losses[-1]:.3f}")
 
 
 def save_parts(model, out: Path, seed: int) -> dict:
@@ -314,11 +396,13 @@ def main(argv=None) -> dict:
     ap.add_argument("--smoke", action="store_true", help="a few steps of every phase on the tiny corpora")
     ap.add_argument("--corpora-root", default=None, help="synthetic corpora cache root")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (the shipped weights were made with 1)")
-    ap.add_argument("--phases", default="lm,ctc,speech,vision,mixed", help="comma-separated subset, in order")
+    ap.add_argument("--phases", default="lm,ctc,speech,ocr,vision,mixed", help="comma-separated subset, in order")
     ap.add_argument("--start-from", default=None, help="a model.safetensors to start from (e.g. an earlier run)")
     ap.add_argument("--text-only-backbone", action="store_true",
                     help="keep the backbone frozen in the speech / vision phases (default: it trains there too)")
     ap.add_argument("--scale", type=float, default=1.0, help="multiply every phase's steps")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=N",
+                    help="override one plan entry after --scale, e.g. --set vision_steps=4500 (repeatable)")
     args = ap.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -331,6 +415,11 @@ def main(argv=None) -> dict:
     t0 = time.perf_counter()
     plan = dict(SMOKE if args.smoke else FULL)
     plan.update({k: max(1, int(round(v * args.scale))) for k, v in plan.items() if k.endswith("_steps")})
+    for kv in args.set:
+        key, _, value = kv.partition("=")
+        if key not in plan or not value.isdigit():
+            ap.error(f"--set {kv!r}: expected KEY=N with KEY one of {sorted(plan)}")
+        plan[key] = int(value)
     phases = args.phases.split(",")
     train_lm = not args.text_only_backbone
     corpora = build_corpora(args.corpora_root, seed=args.seed, sizes="tiny" if args.smoke else "default", log=log)
@@ -349,7 +438,7 @@ def main(argv=None) -> dict:
         from safetensors.torch import load_file
 
         model.load_state_dict(load_file(args.start_from), strict=False)
-    losses: dict[str, list] = {"lm": [], "ctc": [], "speech": [], "vision": [], "mixed": []}
+    losses: dict[str, list] = {"lm": [], "ctc": [], "ocr": [], "speech": [], "vision": [], "mixed": []}
 
     if "lm" in phases:
         log("phase 1: backbone (text LM)")
@@ -375,12 +464,17 @@ def main(argv=None) -> dict:
                    plan["speech_batch"], lrs(encoder=3e-4), rng, losses["speech"], "speech", train_lm)
         save_parts(model, out, args.seed)
 
+    if "ocr" in phases:
+        log("phase 2c: vision tower reads (dense per-cell characters)")
+        pretrain_ocr(model, processor, plan["ocr_steps"], plan["ocr_batch"], 2e-3, args.seed, losses["ocr"])
+        save_parts(model, out, args.seed)
+
     if "vision" in phases:
         log("phase 4: vision tower through the LM (temporary projector + LoRA)")
         vqa = read_manifest(corpora["documents"]["train"]) + read_manifest(corpora["charts"]["train"])
         vqa += reading_samples(plan["read_pages"], args.seed)
         through_lm(model, processor, vqa, ["vision_encoder", "vision_projector", "vision_lora"], plan["vision_steps"],
-                   plan["vision_batch"], lrs(encoder=2e-3), rng, losses["vision"], "vision", train_lm)
+                   plan["vision_batch"], lrs(encoder=3e-4), rng, losses["vision"], "vision", train_lm)
         save_parts(model, out, args.seed)
 
     if "mixed" in phases:
@@ -392,7 +486,8 @@ def main(argv=None) -> dict:
                    lrs(encoder=3e-4), rng, losses["mixed"], "mixed", train_lm)
 
     sd = save_parts(model, out, args.seed)
-    info = {"preset": "tiny", "seed": args.seed, "smoke": args.smoke, "plan": plan,
+    info = {"preset": "tiny", "seed": args.seed, "smoke": args.smoke, "plan": plan, "phases": phases,
+            "start_from": Path(args.start_from).name if args.start_from else None,
             "tensors": len(sd), "parameters": int(sum(v.numel() for v in sd.values())),
             "final_losses": {k: (round(float(np.mean(v[-20:])), 4) if v else None) for k, v in losses.items()},
             "seconds": round(time.perf_counter() - t0, 1)}
