@@ -71,6 +71,9 @@ class RoutingState:
     def snapshot(self) -> tuple:
         return (self.active, self.n_tokens, self.tokens, self.groups, self.shape)
 
+    def load(self, snap: tuple) -> None:
+        self.active, self.n_tokens, self.tokens, self.groups, self.shape = snap
+
     @contextmanager
     def restored(self, snap: tuple):
         """Re-enter a snapshot, e.g. while activation checkpointing recomputes a layer in backward."""

@@ -54,6 +54,8 @@ def _timeit(fn, repeats):
 
 
 def run_case(case: str, impl: str, preset: str, repeats: int, workdir: str, threads: int = 0) -> dict:
+    import conftest  # noqa: F401  (the test helpers set torch's thread count on import: set ours after)
+
     torch.set_num_threads(threads or os.cpu_count() or 2)
     # both sides: subnormal floats in backward made CPU step times swing 5x between runs
     torch.set_flush_denormal(True)
@@ -211,9 +213,9 @@ def _train(impl, cfg, repeats, workdir):
         for p in list(model.audio_embed.encoder.parameters()) + list(model.image_embed.img_processor.parameters()):
             p.requires_grad_(False)
 
-        def step():
+        def step():  # as molora's trainer calls it (stages/losses.py): loss only, no logits tensor
             model.zero_grad(set_to_none=True)
-            model(**batch).loss.backward()
+            model(**batch, return_logits=False).loss.backward()
     else:
         from peft import PeftModel
         from transformers import Phi4MultimodalForCausalLM

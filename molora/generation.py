@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import torch
-from transformers import DynamicCache
+
+from .kv_cache import GrowingCache
 
 
 def decode_loop(model, input_ids, attention_mask=None, *, max_new_tokens=32, eos_token_ids=None,
@@ -17,7 +18,7 @@ def decode_loop(model, input_ids, attention_mask=None, *, max_new_tokens=32, eos
                        device=device)
     pad = model.config.backbone.pad_token_id
     row_types = model.row_types(input_ids)
-    cache = DynamicCache()
+    cache = GrowingCache(reserve=max_new_tokens)  # decode steps write in place, no per-step concatenation
     out = model(input_ids, attention_mask, past_key_values=cache, use_cache=True, row_types=row_types,
                 logits_to_keep=1, **media)
     positions = attention_mask.long().sum(-1, keepdim=True) - 1

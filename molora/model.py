@@ -7,6 +7,7 @@ training and in generation.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -18,7 +19,7 @@ from .adapters.lora import RoutedLoRALinear, compact_token_blocks, inject_routed
 from .adapters.router import Router
 from .adapters.routing import RoutingState
 from .audio_embed import AudioEmbedder
-from .backbone import build_backbone
+from .backbone import LengthGroups, build_backbone
 from .config import MoLoRAConfig
 from .encoders.image_embed import ImageEmbedder
 from .errors import PlaceholderError
@@ -30,6 +31,8 @@ class MoLoRAOutput:
     loss: torch.Tensor | None = None
     past_key_values: object | None = None
     row_types: list[str] | None = None
+    # final hidden states; None when only the positions that feed the logits / the loss were computed
+    # (``logits_to_keep`` or ``labels`` with ``return_logits=False``: see MoLoRAModel._narrow_last_layer)
     hidden_states: torch.Tensor | None = None
 
 
@@ -184,9 +187,16 @@ class MoLoRAModel(nn.Module):
             row_adapter = self.router.adapter_index(row_types, device=input_ids.device)
             token_mask = None if attention_mask is None else attention_mask[:, -input_ids.shape[1]:].bool()
             ctx = self.routing.route(row_adapter, input_ids.shape[1], token_mask)
-        with ctx:
+        used = None if routing is not None else self._used_positions(labels, logits_to_keep, return_logits,
+                                                                     attention_mask, input_ids.shape)
+        extra = {}
+        if prefill and attention_mask is not None and input_ids.shape[1] >= 32 and embeds.device.type == "cpu":
+            groups = LengthGroups.plan(attention_mask)  # rows of very different lengths: attention per bucket
+            if groups is not None:
+                extra["length_groups"] = groups
+        with ctx, self._narrow_last_layer(row_adapter if used is not None else None, used):
             out = self.language_model(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids,
-                                      past_key_values=past_key_values, use_cache=use_cache)
+                                      past_key_values=past_key_values, use_cache=use_cache, **extra)
         hidden = out.last_hidden_state
         if self.routing.touch_all:  # see RoutingState.touch_all: unused encoders / projectors join with 0
             hidden = hidden + sum(0.0 * p.sum() for n, p in self.named_parameters()
@@ -202,7 +212,58 @@ class MoLoRAModel(nn.Module):
             else:
                 loss = self.labelled_loss(hidden, labels, reduction=loss_reduction)
         return MoLoRAOutput(logits=logits, loss=loss, past_key_values=out.past_key_values if use_cache else None,
-                            row_types=row_types, hidden_states=hidden)
+                            row_types=row_types, hidden_states=None if used is not None else hidden)
+
+    def _used_positions(self, labels, logits_to_keep, return_logits, attention_mask, shape):
+        """[B, T] bool of the positions whose final hidden state is read (the last ``logits_to_keep``,
+        or the labelled ones when no logits are returned), or None when all are (or when narrowing
+        does not apply: activation checkpointing recomputes layers outside this forward)."""
+        if self.language_model.gradient_checkpointing or self.routing.touch_all:
+            return None
+        B, T = shape
+        if labels is None and 0 < logits_to_keep < T:
+            used = torch.zeros(B, T, dtype=torch.bool, device=self.device)
+            used[:, -logits_to_keep:] = True
+        elif labels is not None and not return_logits and not logits_to_keep:
+            used = torch.zeros(B, T, dtype=torch.bool, device=self.device)
+            used[:, :-1] = labels[:, 1:].to(self.device) != -100
+        else:
+            return None
+        if attention_mask is not None:
+            used &= attention_mask[:, -T:].bool()
+        return used
+
+    @contextmanager
+    def _narrow_last_layer(self, row_adapter, used):
+        """Run the last decoder layer's attention output projection and MLP only on the positions in
+        ``used`` (its keys and values are still computed for every token, for attention and the
+        cache). Nothing after the last layer mixes positions, so the used positions get the same
+        values; the others hold partial sums that nobody reads. In generation's prefill that is
+        one position per row (the last layer's o_proj + MLP are ~1/9 of the prefill's matmuls); in
+        a training step with ``return_logits=False``, the labelled positions."""
+        if used is None:
+            yield
+            return
+        st = self.routing
+        with st.route(row_adapter, used.shape[1], used):
+            narrow = st.snapshot()
+        layer = self.language_model.layers[-1]
+        outer = []
+
+        def pre(_mod, _args):
+            outer.append(st.snapshot())
+            st.load(narrow)
+
+        def post(_mod, _args, _out):
+            if outer:
+                st.load(outer.pop())
+
+        hooks = [layer.self_attn.o_proj.register_forward_pre_hook(pre), layer.register_forward_hook(post)]
+        try:
+            yield
+        finally:
+            for h in hooks:
+                h.remove()
 
     def lm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         weight = self.language_model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight

@@ -3,7 +3,13 @@
 - routed LoRA linear as one hand-written autograd node (adapters on contiguous token spans)
   == the same computation through autograd's generic ops, forward and every gradient;
 - a padded mixed batch (tokens regrouped by adapter, padding dropped) trains exactly like its
-  rows run one at a time without padding (loss sum and every LoRA / projector gradient).
+  rows run one at a time without padding (loss sum and every LoRA / projector gradient);
+- the last decoder layer narrowed to the positions that are read (``logits_to_keep``, or the
+  labelled positions with ``return_logits=False``) == the full forward (logits, loss, gradients);
+- generation's in-place KV cache == transformers' DynamicCache (identical tokens);
+- attention per length bucket (rows of very different lengths) == attention over the padded batch;
+- the one-node SwiGLU gate, grouped-query SDPA on CPU and the conformer's channels-last first
+  convolution == the plain computations.
 """
 from __future__ import annotations
 
@@ -56,20 +62,7 @@ def _mixed(proc, synth_audio, drawn_image):
 def test_padded_mixed_batch_trains_like_solo_rows():
     from conftest import drawn_image, synth_audio
 
-    torch.manual_seed(0)
-    cfg = MoLoRAConfig.preset("tiny")
-    model = MoLoRAModel(cfg).double()
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            if ".lora_B." in n:
-                p.normal_(0, 0.1)
-    for p in model.audio_embed.audio_projection.parameters():
-        p.requires_grad_(True)
-    model.train()
-    for m in model.modules():  # no dropout: the two runs must see the same function
-        if isinstance(m, torch.nn.Dropout):
-            m.p = 0.0
-    proc = MoLoRAProcessor.from_config(cfg)
+    model, proc = _double_tiny(0)  # no dropout: the two runs must see the same function
     convs = _mixed(proc, synth_audio, drawn_image)
 
     def grads(batches):
@@ -112,3 +105,149 @@ def test_fused_dropout_gradients_match_the_masked_formula():
     ref = x @ w.t() + torch.nn.functional.pad((x[5:] * mask / (1 - p)) @ a.t() @ b.t() * 1.5, (0, 0, 5, 0))
     for g1, g2 in zip(got, torch.autograd.grad(ref, [x, a, b], up)):
         torch.testing.assert_close(g1, g2)
+
+
+def _double_tiny(seed=0):
+    torch.manual_seed(seed)
+    cfg = MoLoRAConfig.preset("tiny")
+    model = MoLoRAModel(cfg).double()
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if ".lora_B." in n:
+                p.normal_(0, 0.1)
+    for p in model.audio_embed.audio_projection.parameters():
+        p.requires_grad_(True)
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+    return model.train(), MoLoRAProcessor.from_config(cfg)
+
+
+def _as_double(batch):
+    return {k: v.double() if torch.is_tensor(v) and v.is_floating_point() else v for k, v in batch.items()}
+
+
+def test_narrowed_last_layer_matches_full_forward():
+    from conftest import drawn_image, synth_audio
+
+    model, proc = _double_tiny()
+    batch = _as_double(proc(_mixed(proc, synth_audio, drawn_image), return_labels=True))
+
+    def run(return_logits):
+        model.zero_grad(set_to_none=True)
+        loss = model(**batch, return_logits=return_logits).loss
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    full_loss, full_g = run(True)  # full logits: nothing narrowed
+    lean_loss, lean_g = run(False)  # labelled positions only in the last layer
+    torch.testing.assert_close(lean_loss, full_loss, rtol=1e-12, atol=0)
+    assert lean_g.keys() == full_g.keys()
+    for n in full_g:
+        torch.testing.assert_close(lean_g[n], full_g[n], rtol=1e-9, atol=1e-12, msg=n)
+    gen = {k: v for k, v in batch.items() if k != "labels"}
+    with torch.no_grad():
+        full = model.eval()(**gen).logits[:, -1:]
+        last = model(**gen, logits_to_keep=1).logits
+    torch.testing.assert_close(last, full, rtol=1e-12, atol=1e-12)
+
+
+def test_growing_kv_cache_generates_the_dynamic_cache_tokens(monkeypatch):
+    from conftest import drawn_image, synth_audio
+    from transformers import DynamicCache
+
+    import molora.generation as generation
+    from molora.kv_cache import GrowingCache
+
+    model, proc = _double_tiny(seed=3)
+    model.eval()
+    convs = [c[:1] for c in _mixed(proc, synth_audio, drawn_image)]
+    batch = _as_double(proc(convs))
+    kw = dict(max_new_tokens=12, eos_token_ids=[])
+    fast = model.generate(**batch, **kw)
+    monkeypatch.setattr(generation, "GrowingCache", lambda reserve: GrowingCache(reserve=0))  # grows by doubling
+    doubling = model.generate(**batch, **kw)
+    monkeypatch.setattr(generation, "GrowingCache", lambda reserve: DynamicCache())
+    plain = model.generate(**batch, **kw)
+    assert fast.shape == (len(convs), 12)
+    assert torch.equal(fast, plain) and torch.equal(doubling, plain)
+
+
+def test_swiglu_gate_matches_autograd():
+    from molora.swiglu import _SiluGate
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(7, 10, generator=g, dtype=torch.float64, requires_grad=True)
+    gate, up = x.chunk(2, dim=-1)
+    want = up * torch.nn.functional.silu(gate)
+    got = _SiluGate.apply(x)
+    assert torch.equal(got, want)
+    up_grad = torch.randn(7, 5, generator=g, dtype=torch.float64)
+    # the same kernels as autograd's: bit-identical
+    assert torch.equal(torch.autograd.grad(got, x, up_grad)[0], torch.autograd.grad(want, x, up_grad)[0])
+    assert torch.autograd.gradcheck(_SiluGate.apply, (x,))
+
+
+def test_gqa_sdpa_matches_repeated_heads():
+    from types import SimpleNamespace
+
+    from transformers.integrations.sdpa_attention import repeat_kv
+
+    from molora.backbone import sdpa_gqa_attention
+
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(3, 6, 9, 8, generator=g, dtype=torch.float64, requires_grad=True)
+    k = torch.randn(3, 2, 9, 8, generator=g, dtype=torch.float64, requires_grad=True)
+    v = torch.randn(3, 2, 9, 8, generator=g, dtype=torch.float64, requires_grad=True)
+    mask = torch.ones(9, 9, dtype=torch.bool).tril().expand(3, 1, 9, 9).clone()
+    mask[0, :, :, :2] = False
+    mask[0, :, :2, 0] = True  # every query sees a key
+    module = SimpleNamespace(num_key_value_groups=3, is_causal=True)
+    got, _ = sdpa_gqa_attention(module, q, k, v, mask, scaling=0.3)
+    want = torch.nn.functional.scaled_dot_product_attention(q, repeat_kv(k, 3), repeat_kv(v, 3), attn_mask=mask,
+                                                            scale=0.3).transpose(1, 2)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    up = torch.randn(got.shape, generator=g, dtype=torch.float64)
+    for a, b in zip(torch.autograd.grad(got, (q, k, v), up), torch.autograd.grad(want, (q, k, v), up)):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_conformer_first_conv_channels_last_matches_conv2d():
+    from molora.encoders.conformer import _first_conv_channels_last
+
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(1, 16, 3, stride=2, padding=1).double()
+    x = torch.randn(2, 1, 13, 10, dtype=torch.float64)
+    got = _first_conv_channels_last(conv, x)
+    assert got.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(got, conv(x), rtol=1e-12, atol=1e-12)
+
+
+def test_length_grouped_attention_matches_padded_attention(monkeypatch):
+    from conftest import drawn_image, synth_audio
+
+    from molora.backbone import LengthGroups
+
+    model, proc = _double_tiny(seed=5)
+    batch = _as_double(proc(_mixed(proc, synth_audio, drawn_image), return_labels=True))
+    plan = LengthGroups.plan(batch["attention_mask"])
+    assert plan is not None and len(plan.groups) >= 2  # the batch mixes short and long rows
+    # left padding (generation): the same buckets, windows at the right end
+    left = LengthGroups.plan(torch.tensor([[0] * 60 + [1] * 40, [1] * 100, [0] * 55 + [1] * 45]))
+    assert left is not None and [(g[0].tolist(), g[1], g[2]) for g in left.groups] == [([1], 0, 100),
+                                                                                       ([0, 2], 55, 100)]
+
+    def run():
+        model.zero_grad(set_to_none=True)
+        out = model(**batch)
+        out.loss.backward()
+        return out, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    grouped, g_grouped = run()
+    monkeypatch.setattr(LengthGroups, "plan", classmethod(lambda cls, mask, min_saving=0.2: None))
+    padded, g_padded = run()
+    real = batch["attention_mask"].bool()
+    torch.testing.assert_close(grouped.logits[real], padded.logits[real], rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(grouped.loss, padded.loss, rtol=1e-12, atol=0)
+    for n in g_padded:
+        torch.testing.assert_close(g_grouped[n], g_padded[n], rtol=1e-9, atol=1e-12, msg=n)

@@ -1,0 +1,52 @@
+"""The decoder MLP's gate: ``silu(gate) * up`` over the halves of ``gate_up_proj``'s output, as one
+autograd node that keeps only that output for backward (autograd's own version also keeps the
+``silu(gate)`` tensor: half a [tokens, 2 * intermediate] buffer per layer) and writes both
+halves of the input gradient into one buffer (no concatenation)."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from transformers.models.phi3.modeling_phi3 import Phi3MLP
+
+
+class _SiluGate(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, gate_up):
+        gate, up = gate_up.chunk(2, dim=-1)
+        ctx.save_for_backward(gate_up)
+        return up * F.silu(gate)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (gate_up,) = ctx.saved_tensors
+        gate, up = gate_up.chunk(2, dim=-1)
+        out = torch.empty_like(gate_up)
+        d_gate, d_up = out.chunk(2, dim=-1)
+        # the kernels autograd would run for ``up * silu(gate)`` (same numbers), written in place
+        torch.mul(grad, F.silu(gate), out=d_up)
+        torch.ops.aten.silu_backward.grad_input(grad * up, gate, grad_input=d_gate)
+        return out
+
+
+def silu_gate(gate_up: torch.Tensor) -> torch.Tensor:
+    if torch.is_grad_enabled() and gate_up.requires_grad:
+        return _SiluGate.apply(gate_up)
+    gate, up = gate_up.chunk(2, dim=-1)
+    return up * F.silu(gate)
+
+
+class SwiGLUMLP(Phi3MLP):
+    """Phi3MLP (same parameters and state-dict keys) with the gate as one autograd node."""
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(silu_gate(self.gate_up_proj(hidden_states)))
+
+
+def use_swiglu(model: torch.nn.Module) -> int:
+    """Switch every silu Phi3MLP in ``model`` to SwiGLUMLP in place; returns how many."""
+    n = 0
+    for m in model.modules():
+        if type(m) is Phi3MLP and m.config.hidden_act == "silu":
+            m.__class__ = SwiGLUMLP
+            n += 1
+    return n
