@@ -54,8 +54,6 @@ def _timeit(fn, repeats):
 
 
 def run_case(case: str, impl: str, preset: str, repeats: int, workdir: str, threads: int = 0) -> dict:
-    import conftest  # noqa: F401  (the test helpers set torch's thread count on import: set ours after)
-
     torch.set_num_threads(threads or os.cpu_count() or 2)
     # both sides: subnormal floats in backward made CPU step times swing 5x between runs
     torch.set_flush_denormal(True)

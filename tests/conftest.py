@@ -12,7 +12,11 @@ from PIL import Image, ImageDraw
 
 from molora import MoLoRAConfig
 
-torch.set_num_threads(2)
+
+def pytest_configure(config):
+    # the suite's thread count, set when pytest starts (not on import: benchmarks/ import the
+    # helpers below and choose their own thread count)
+    torch.set_num_threads(2)
 
 
 def tiny_config() -> MoLoRAConfig:
