@@ -10,7 +10,8 @@ the length of long image+speech rows, and this keeps that padding from costing m
 When padding is dropped, the kept tokens are ordered by adapter (row-major inside each
 adapter), so each adapter's tokens are one contiguous slice: the LoRA of an adapter reads a
 view of the kept tokens and adds into a view of the output, with no per-adapter copies and no
-scatter-add in backward.
+scatter-add in backward. A packed training batch (molora/packing.py) arrives with its rows
+already in adapter order and no padding: its groups are slices with no gather at all.
 """
 from __future__ import annotations
 
@@ -37,32 +38,42 @@ class RoutingState:
         self.groups: dict[str, torch.Tensor | slice | None] = {}
 
     def set(self, row_adapter: torch.Tensor | None, seq_len: int, token_mask: torch.Tensor | None = None) -> None:
-        """row_adapter: [B] adapter index per row (-1: none), or None (base only);
+        """row_adapter: [B] adapter index per row (-1: none), [B, T] per token, or None (base only);
         token_mask: [B, T] bool of real tokens, or None (all real)."""
         self.clear()
         if row_adapter is None:
             return
-        B = int(row_adapter.numel())
+        B = int(row_adapter.shape[0])
         self.active, self.n_tokens, self.shape = True, B * seq_len, (B, seq_len)
-        token_adapter = row_adapter[:, None].expand(B, seq_len).reshape(-1)
+        if row_adapter.dim() == 2:
+            token_adapter = row_adapter.reshape(-1)
+        else:
+            token_adapter = row_adapter[:, None].expand(B, seq_len).reshape(-1)
         if token_mask is not None and not bool(token_mask.all()):
             real = token_mask.reshape(-1)
             n_kept = int(real.sum())
             # real tokens sorted by adapter (stable), padding last: each adapter is one slice
             key = token_adapter.masked_fill(~real, len(self.adapter_names))
             self.tokens = torch.sort(key, stable=True).indices[:n_kept]
-            counts = torch.bincount(key[self.tokens] + 1, minlength=len(self.adapter_names) + 1).tolist()
-            start = counts[0]  # adapter -1 (none) sorts first
-            for name, c in zip(self.adapter_names, counts[1:]):
-                if c:
-                    self.groups[name] = None if c == n_kept else slice(start, start + c)
-                start += c
+            self._spans(key[self.tokens], n_kept)
             return
         n_kept = token_adapter.numel()
+        if n_kept > 1 and bool((token_adapter[1:] >= token_adapter[:-1]).all()):  # sorted (a packed batch)
+            self._spans(token_adapter, n_kept)
+            return
         for k, name in enumerate(self.adapter_names):
             sel = (token_adapter == k).nonzero().flatten()
             if sel.numel():
                 self.groups[name] = None if sel.numel() == n_kept else sel
+
+    def _spans(self, sorted_adapter: torch.Tensor, n_kept: int) -> None:
+        """Groups as slices of tokens already sorted by adapter index (-1, none, first)."""
+        counts = torch.bincount(sorted_adapter + 1, minlength=len(self.adapter_names) + 1).tolist()
+        start = counts[0]
+        for name, c in zip(self.adapter_names, counts[1:]):
+            if c:
+                self.groups[name] = None if c == n_kept else slice(start, start + c)
+            start += c
 
     @property
     def n_kept(self) -> int:

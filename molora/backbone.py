@@ -18,6 +18,9 @@ def sdpa_gqa_attention(module, query, key, value, attention_mask, dropout=0.0, s
     key/value heads as they are (``enable_gqa``) instead of copying them once per query head
     first: the same forward numbers (CPU flash attention reads head ``h // n_rep``), a faster
     backward, and no repeated K/V kept for it. Other devices use transformers' function."""
+    packed = kwargs.get("packed_rows")  # molora/packing.py: one padding-free sequence, attention per row
+    if packed is not None and query.shape[0] == 1 and query.shape[2] == key.shape[2] == packed.n:
+        return packed.attention(query, key, value, dropout, scaling), None
     n_rep = getattr(module, "num_key_value_groups", 1)
     if query.device.type != "cpu" or n_rep == 1 or kwargs.get("softcap") is not None \
             or kwargs.get("output_attentions") or kwargs.get("position_bias") is not None \

@@ -23,6 +23,7 @@ from .backbone import LengthGroups, build_backbone
 from .config import MoLoRAConfig
 from .encoders.image_embed import ImageEmbedder
 from .errors import PlaceholderError
+from .packing import PackedRows
 
 
 @dataclass
@@ -190,7 +191,13 @@ class MoLoRAModel(nn.Module):
         used = None if routing is not None else self._used_positions(labels, logits_to_keep, return_logits,
                                                                      attention_mask, input_ids.shape)
         extra = {}
-        if prefill and attention_mask is not None and input_ids.shape[1] >= 32 and embeds.device.type == "cpu":
+        packed = self._packing(row_adapter if routing is None else None, attention_mask, labels, used, use_cache, embeds)
+        if packed is not None:  # padding-free training forward (molora/packing.py)
+            embeds, position_ids = packed.pack(embeds), packed.pack(position_ids)
+            ctx = self.routing.route(packed.token_adapter[None], packed.n)
+            row_adapter, used, attention_mask = packed.token_adapter[None], packed.pack(used), None
+            extra["packed_rows"] = packed
+        elif prefill and attention_mask is not None and input_ids.shape[1] >= 32 and embeds.device.type == "cpu":
             groups = LengthGroups.plan(attention_mask)  # rows of very different lengths: attention per bucket
             if groups is not None:
                 extra["length_groups"] = groups
@@ -207,12 +214,24 @@ class MoLoRAModel(nn.Module):
         loss = None
         if labels is not None:
             labels = labels.to(hidden.device)
-            if logits is not None:
+            if packed is not None:
+                target = packed.pack(F.pad(labels[:, 1:], (0, 1), value=-100))[0]
+                keep = target != -100
+                loss = F.cross_entropy(self.lm_logits(hidden[0][keep]).float(), target[keep], reduction=loss_reduction)
+            elif logits is not None:
                 loss = causal_lm_loss(logits, labels, reduction=loss_reduction)
             else:
                 loss = self.labelled_loss(hidden, labels, reduction=loss_reduction)
         return MoLoRAOutput(logits=logits, loss=loss, past_key_values=out.past_key_values if use_cache else None,
                             row_types=row_types, hidden_states=None if used is not None else hidden)
+
+    def _packing(self, row_adapter, attention_mask, labels, used, use_cache, embeds):
+        """The packed layout for a CPU training forward with padding (labels, loss only, no cache),
+        or None: other forwards keep the padded layout (their outputs are per padded position)."""
+        if used is None or labels is None or row_adapter is None or attention_mask is None or use_cache \
+                or embeds.device.type != "cpu" or bool(attention_mask.all()):
+            return None
+        return PackedRows.plan(attention_mask, row_adapter)
 
     def _used_positions(self, labels, logits_to_keep, return_logits, attention_mask, shape):
         """[B, T] bool of the positions whose final hidden state is read (the last ``logits_to_keep``,

@@ -251,3 +251,50 @@ def test_length_grouped_attention_matches_padded_attention(monkeypatch):
     torch.testing.assert_close(grouped.loss, padded.loss, rtol=1e-12, atol=0)
     for n in g_padded:
         torch.testing.assert_close(g_grouped[n], g_padded[n], rtol=1e-9, atol=1e-12, msg=n)
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_packed_training_forward_matches_padded(monkeypatch, side):
+    """The padding-free training forward (molora/packing.py) gives the padded forward's loss and
+    gradients, with right or left padding and a row that has no labelled token."""
+    from conftest import drawn_image, synth_audio
+
+    from molora.packing import PackedRows
+
+    model, proc = _double_tiny(seed=7)
+    batch = _as_double(proc(_mixed(proc, synth_audio, drawn_image), return_labels=True))
+    batch["labels"][1] = -100  # a row with nothing to learn still packs (and adds nothing)
+    if side == "left":  # move every row's real tokens to the right end
+        mask = batch["attention_mask"].bool()
+        for k in ("input_ids", "attention_mask", "labels"):
+            t = batch[k]
+            fill = {"input_ids": proc.pad_token_id, "attention_mask": 0, "labels": -100}[k]
+            out = torch.full_like(t, fill)
+            for r in range(t.shape[0]):
+                n = int(mask[r].sum())
+                out[r, t.shape[1] - n:] = t[r][mask[r]]
+            batch[k] = out
+    plans = []
+    real_plan = PackedRows.plan
+    monkeypatch.setattr(PackedRows, "plan", classmethod(lambda cls, *a: plans.append(real_plan(*a)) or plans[-1]))
+
+    def run():
+        model.zero_grad(set_to_none=True)
+        loss = model(**batch, return_logits=False, loss_reduction="sum").loss
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    packed_loss, packed_g = run()
+    assert len(plans) == 1
+    plan = plans[0]
+    mask = batch["attention_mask"].bool()
+    assert plan.n == int(mask.sum()) and plan.spans[-1][1] == plan.n
+    assert bool((plan.token_adapter[1:] >= plan.token_adapter[:-1]).all())  # adapter spans
+    assert torch.equal(batch["input_ids"].flatten()[plan.index].sort().values,
+                       batch["input_ids"][mask].sort().values)
+    monkeypatch.setattr(MoLoRAModel, "_packing", lambda self, *a: None)
+    padded_loss, padded_g = run()
+    torch.testing.assert_close(packed_loss, padded_loss, rtol=1e-12, atol=0)
+    assert packed_g.keys() == padded_g.keys()
+    for n in padded_g:
+        torch.testing.assert_close(packed_g[n], padded_g[n], rtol=1e-9, atol=1e-12, msg=n)
