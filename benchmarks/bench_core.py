@@ -6,7 +6,7 @@ processors, and Phi4MultimodalForCausalLM + peft), same inputs and weights, in o
 Cases (each side runs in its own subprocess so peak RSS is its own):
   image    HD transform throughput (images/s) vs Phi4MultimodalImageProcessor
   audio    log-mel throughput (clips/s) vs Phi4MultimodalFeatureExtractor
-  train    one forward+backward of a mixed text/image/speech/image+speech batch (LoRAs and
+  train    one forward+backward+AdamW step of a mixed text/image/speech/image+speech batch (LoRAs and
            projectors trainable): molora routes per row in one pass; the reference must split
            the batch by modality (one pass per adapter / audio-projector choice)
 Prints each figure, the ratio molora / reference (higher is better) and peak RSS.
@@ -211,9 +211,12 @@ def _train(impl, cfg, repeats, workdir):
         for p in list(model.audio_embed.encoder.parameters()) + list(model.image_embed.img_processor.parameters()):
             p.requires_grad_(False)
 
+        opt = _optimizer(model)
+
         def step():  # as molora's trainer calls it (stages/losses.py): loss only, no logits tensor
             model.zero_grad(set_to_none=True)
             model(**batch, return_logits=False).loss.backward()
+            opt.step()
     else:
         from peft import PeftModel
         from transformers import Phi4MultimodalForCausalLM
@@ -234,6 +237,10 @@ def _train(impl, cfg, repeats, workdir):
             groups.setdefault(t, []).append(i)
         subs = {t: _sub_batch(batch, rows, cfg) for t, rows in groups.items()}
         n_tok = int((batch["labels"][:, 1:] != -100).sum())
+        for n, p in ref.named_parameters():
+            if ".lora_" in n:
+                p.requires_grad_(True)
+        opt = _optimizer(ref)
 
         def step():
             ref.zero_grad(set_to_none=True)
@@ -251,9 +258,16 @@ def _train(impl, cfg, repeats, workdir):
                     loss = ref(**sub).loss
                 if loss.requires_grad:  # a text-only group touches no trainable weight
                     (loss * n_sub / n_tok).backward()
+            opt.step()
     sec = _timeit(step, repeats)
     rows = batch["input_ids"].shape[0]
     return {"value": rows / sec, "unit": "samples/s", "step_s": sec}
+
+
+def _optimizer(model):
+    """The same optimizer on both sides: molora's trainer's AdamW settings (stages/optim.py)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    return torch.optim.AdamW(params, lr=1e-5, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.0, foreach=False)
 
 
 def _sub_batch(batch, rows, cfg):
