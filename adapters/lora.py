@@ -54,7 +54,7 @@ class RoutedLoRALinear(nn.Module):
         st = self.routing
         lead = x.shape[:-1]
         n = lead.numel()
-        if not st.active:
+        if not st.active or (not st.groups and st.tokens is None and not st.touch_all):  # no adapter, no padding
             return self.base_layer(x)
         padded = n == st.n_tokens  # [B, T, d] hidden states, maybe with padding tokens
         if not padded and n != st.n_kept:  # not a routed call: base weights only

@@ -352,8 +352,8 @@ def main():
             results[case] = row
             print(f"{case:8s} {m['value']:10.2f} {m['unit']:>3s} {r['value']:10.2f} {'':3s} {row['speedup']:7.2f}x "
                   f"{m['peak_rss_mb']:9.0f} / {r['peak_rss_mb']:.0f}")
-    meta = {"preset": args.preset, "torch": torch.__version__, "threads": os.cpu_count(),
-            "machine": os.uname().machine}
+    meta = {"preset": args.preset, "torch": torch.__version__, "threads": args.threads or os.cpu_count(),
+            "cpus": os.cpu_count(), "machine": os.uname().machine}
     old = json.loads(Path(args.json).read_text()) if Path(args.json).exists() else {}
     if old.get("meta", {}).get("preset") == args.preset:  # a run of some cases keeps the others
         results = {**old.get("results", {}), **results}
