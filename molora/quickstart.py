@@ -102,6 +102,16 @@ def evaluate(model, processor, samples) -> dict:
     return {k: round(float(m[k]), 4) for k in METRICS if k in m}
 
 
+def image_reliance(model, processor, samples) -> dict:
+    """Answer loss on the held-out document / chart rows with their own image vs another row's
+    (``stages.evaluation.media_reliance``): shows whether the model reads the image at all."""
+    from molora.stages.evaluation import media_reliance
+
+    vqa = [x for x in samples if x.kind == "vqa"]
+    return {name: media_reliance(model, processor, [x for x in vqa if ("chart" in x.source) == (name == "charts")])
+            for name in ("documents", "charts")}
+
+
 def stage_recipe(stage: str, model_path: str, train: str, seed: int, fast: bool):
     from molora.stages.recipe import build_recipe
 
@@ -200,6 +210,17 @@ def report_table(results: dict) -> list[str]:
     return lines
 
 
+def reliance_lines(results: dict) -> list[str]:
+    r = results.get("image_reliance")
+    if not r:
+        return []
+    return ["Does the final model read the image? Answer loss (nats per answer token) on the same held-out rows "
+            "with each row's own image and with another row's image (equal figures: the answers come from the "
+            "question alone):", "",
+            "| rows | own image | another row's image |", "|---|---|---|",
+            *[f"| {name} | {v['own']:.3f} | {v['swapped']:.3f} |" for name, v in r.items()]]
+
+
 def write_report(out: Path, results: dict, timings: dict, turns: list[dict], fast: bool, seed: int = 0) -> None:
     plots = write_plots(out, results)
     lines = ["# molora quickstart", "",
@@ -209,6 +230,7 @@ def write_report(out: Path, results: dict, timings: dict, turns: list[dict], fas
              "Held-out test rows: WER (%, leaderboard normaliser) on synthetic speech, ANLS on synthetic documents, "
              "relaxed accuracy on synthetic charts. Targets: WER <= 15%, ANLS >= 0.7, relaxed accuracy >= 0.6.", "",
              *report_table(results), "",
+             *reliance_lines(results), "",
              "| stage | steps | first loss | last loss | seconds |", "|---|---|---|---|---|"]
     for name, st in results["stages"].items():
         lines.append(f"| {name} | {st['steps']} | {st['loss_first']:.4f} | {st['loss_last']:.4f} | "
@@ -282,8 +304,10 @@ def run(output_dir: str | os.PathLike = "runs/quickstart", *, fast: bool = False
     for t in turns:
         _log(f"chat  user: [{Path(t['media']).name}] {t['user']}")
         _log(f"chat  assistant: {t['assistant']}   (reference: {t['reference']})")
+    reliance = image_reliance(model, processor, samples)
+    _log(f"image reliance (answer loss, own image vs another row's): {reliance}")
     results = {"before": before, "final": stages[STAGE_ORDER[-1]]["metrics"], "stages": stages,
-               "wall_seconds": round(time.perf_counter() - t0, 1)}
+               "image_reliance": reliance, "wall_seconds": round(time.perf_counter() - t0, 1)}
     (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
     write_report(out, results, timings, turns, fast, seed)
     _log(f"final: {results['final']}  wall {results['wall_seconds']:.0f} s")

@@ -45,3 +45,43 @@ def generation_metrics(model, processor, samples, *, batch_size: int = 8, max_ne
         out["relaxed_accuracy"] = sum(hits) / len(hits)
     out["predictions"] = preds
     return out
+
+
+@torch.no_grad()
+def media_reliance(model, processor, samples, *, batch_size: int = 16) -> dict:
+    """How much the answers depend on the media: mean answer loss (nats per answer token) with each
+    row's own image / audio, and with the media of the next row instead (rotated by one). A model
+    that reads its inputs does clearly worse with the wrong media; equal figures mean its answers
+    come from the question text alone. ``{"own", "swapped", "tokens"}``."""
+    import copy
+
+    def with_media_of(sample, donor):
+        msgs = copy.deepcopy(sample.messages)
+        donated = [c for m in donor.messages if isinstance(m["content"], list) for c in m["content"]
+                   if c.get("type") in ("image", "audio")]
+        for m in msgs:
+            if isinstance(m["content"], list):
+                for c in m["content"]:
+                    kind = c.get("type")
+                    match = next((d for d in donated if d.get("type") == kind), None)
+                    if match is not None:
+                        c[kind] = match[kind]
+                        donated.remove(match)
+        return msgs
+
+    was_training = model.training
+    model.eval()
+    totals = {"own": 0.0, "swapped": 0.0}
+    tokens = 0
+    n = len(samples)
+    for s in range(0, n, batch_size):
+        idx = range(s, min(n, s + batch_size))
+        for key, convs in (("own", [samples[i].messages for i in idx]),
+                           ("swapped", [with_media_of(samples[i], samples[(i + 1) % n]) for i in idx])):
+            batch = processor(convs, return_labels=True)
+            totals[key] += float(model(**batch, return_logits=False, loss_reduction="sum").loss)
+            if key == "own":
+                tokens += int((batch["labels"][:, 1:] != -100).sum())
+    model.train(was_training)
+    return {"own": round(totals["own"] / max(tokens, 1), 4), "swapped": round(totals["swapped"] / max(tokens, 1), 4),
+            "tokens": tokens}

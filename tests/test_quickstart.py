@@ -35,7 +35,11 @@ def test_quickstart_fast_runs_every_stage(tmp_path):
                         "--corpora-root", str(tmp_path / "syn")], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     res = json.loads((out / "results.json").read_text())
-    assert set(res) == {"before", "final", "stages", "wall_seconds"}
+    assert set(res) == {"before", "final", "stages", "image_reliance", "wall_seconds"}
+    for name in ("documents", "charts"):  # the same rows with another row's image give another loss
+        rel = res["image_reliance"][name]
+        assert rel["tokens"] > 0 and 0 < rel["own"] < 50 and 0 < rel["swapped"] < 50
+        assert rel["own"] != rel["swapped"]
     assert list(res["stages"]) == ["vision", "speech", "joint", "sft", "dpo"]
     for m in ("wer", "anls", "relaxed_accuracy"):
         assert m in res["before"] and m in res["final"]
@@ -60,6 +64,8 @@ def test_quickstart_fast_runs_every_stage(tmp_path):
             im.load()
             assert im.size[0] > 100 and im.size[1] > 100
     assert "Transcribe" in report and "## Chat" in report
+    for name, rel in res["image_reliance"].items():
+        assert f"| {name} | {rel['own']:.3f} | {rel['swapped']:.3f} |" in report
 
     again = tmp_path / "qs2"  # the same seed again: the same results.json but for wall_seconds
     r = subprocess.run([sys.executable, "-m", "molora.cli", "quickstart", "--fast", "--output-dir", str(again),
