@@ -97,6 +97,23 @@ def test_pretrain_script_smoke(tmp_path):
     assert set(info["final_losses"]) == set(info["phases"]) and None not in info["final_losses"].values()
 
 
+def test_text_lookup_probe_smoke():
+    """scripts/probe_text_lookup.py: its page-text questions carry their answer in the text, and
+    a couple of training steps run."""
+    sys.path.insert(0, str(REPO / "scripts"))
+    try:
+        import probe_text_lookup as probe
+    finally:
+        sys.path.pop(0)
+    rows = probe.text_rows(3, 6)
+    found = [any(a in t for a in answers) for t, _, answers in rows]
+    assert len(rows) >= 6 and sum(found) >= len(rows) // 2, list(zip(found, rows))
+    r = subprocess.run([sys.executable, str(REPO / "scripts" / "probe_text_lookup.py"), "--pages", "2",
+                        "--train-steps", "2", "--train-pages", "2"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "before: exact" in r.stdout and "after: exact" in r.stdout
+
+
 def test_from_pretrained_tiny_loads_shipped_parts():
     from molora import MoLoRAConfig, MoLoRAModel
     from molora.checkpoint import preset_weights

@@ -1,0 +1,95 @@
+"""Probe: can a model's backbone answer the synthetic document / chart questions when the page is
+given as *text* instead of an image? Every such question is an in-context look-up ("Name: Carla
+Smith ... What name is written on the form?"), so a backbone that cannot do it from text cannot
+do it from image tokens either.
+
+    python scripts/probe_text_lookup.py [--model tiny] [--pages 40] [--train-steps 0 --lr 3e-4]
+
+Prints held-out exact-match accuracy (generated answer equals one of the accepted answers), before
+and, with ``--train-steps N``, after training every decoder layer on such text questions from
+other pages (batch 16; a probe of how fast the backbone can learn look-up, not a recipe).
+Session 4 on the shipped tiny weights: 3 / 48 document questions before; 28 / 280 document and
+chart questions after 3000 steps at lr 3e-4.
+"""
+from __future__ import annotations
+
+import argparse
+import random
+import time
+
+import torch
+
+PROMPT = "{text}\n{question}\nAnswer the question using a single word or phrase."
+
+
+def text_rows(seed: int, pages: int) -> list[tuple[str, str, list[str]]]:
+    """(page text in drawing order, question, accepted answers) from freshly drawn pages."""
+    from molora.synthetic.charts import draw_chart
+    from molora.synthetic.documents import draw_document
+
+    rng = random.Random(f"probe-text-lookup-{seed}")
+    rows = []
+    for _ in range(pages):
+        page = draw_document(rng) if rng.random() < 0.5 else draw_chart(rng)
+        text = " ".join(label.text for label in page.labels)
+        rows += [(text, qa.question, qa.answers) for qa in page.qas]
+    return rows
+
+
+def conversation(text: str, question: str, answer: str | None = None) -> list[dict]:
+    conv = [{"role": "user", "content": PROMPT.format(text=text, question=question)}]
+    return conv + ([{"role": "assistant", "content": answer}] if answer is not None else [])
+
+
+@torch.no_grad()
+def exact_match(model, processor, rows, batch: int = 16) -> tuple[int, int]:
+    model.eval()
+    hits = 0
+    for k in range(0, len(rows), batch):
+        chunk = rows[k:k + batch]
+        enc = processor([conversation(t, q) for t, q, _ in chunk])
+        for pred, (_, _, answers) in zip(processor.batch_decode(model.generate(**enc, max_new_tokens=16)), chunk):
+            hits += pred.strip() in answers
+    return hits, len(rows)
+
+
+def train_lookup(model, processor, rows, steps: int, lr: float, seed: int) -> None:
+    for name, p in model.named_parameters():
+        p.requires_grad_(name.startswith("language_model.layers."))
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+    rng, t0 = random.Random(seed), time.time()
+    model.train()
+    for step in range(steps):
+        enc = processor([conversation(t, q, a[0]) for t, q, a in rng.sample(rows, min(16, len(rows)))], return_labels=True)
+        loss = model(**enc, return_logits=False).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if step % 250 == 0 or step == steps - 1:
+            print(f"step {step + 1}/{steps} loss {loss.item():.3f} ({time.time() - t0:.0f} s)", flush=True)
+
+
+def main() -> None:
+    from molora import MoLoRAModel, MoLoRAProcessor
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default="tiny", help="preset name or checkpoint directory")
+    ap.add_argument("--pages", type=int, default=40, help="held-out pages (a few questions each)")
+    ap.add_argument("--train-steps", type=int, default=0)
+    ap.add_argument("--train-pages", type=int, default=3000)
+    ap.add_argument("--lr", type=float, default=3e-4)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    model, processor = MoLoRAModel.from_pretrained(args.model), MoLoRAProcessor.from_pretrained(args.model)
+    held_out = text_rows(args.seed + 1000, args.pages)
+    print("before: exact %d / %d" % exact_match(model, processor, held_out))
+    if args.train_steps:
+        train_lookup(model, processor, text_rows(args.seed, args.train_pages), args.train_steps, args.lr, args.seed)
+        print("after: exact %d / %d" % exact_match(model, processor, held_out))
+
+
+if __name__ == "__main__":
+    main()
