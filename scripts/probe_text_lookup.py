@@ -3,7 +3,7 @@ given as *text* instead of an image? Every such question is an in-context look-u
 Smith ... What name is written on the form?"), so a backbone that cannot do it from text cannot
 do it from image tokens either.
 
-    python scripts/probe_text_lookup.py [--model tiny] [--pages 40] [--train-steps 0 --lr 3e-4]
+    python scripts/probe_text_lookup.py [--model tiny] [--pages 40] [--train-steps 0 --lr 3e-4 --eval-every 0]
 
 Prints held-out exact-match accuracy (generated answer equals one of the accepted answers), before
 and, with ``--train-steps N``, after training every decoder layer on such text questions from
@@ -53,20 +53,25 @@ def exact_match(model, processor, rows, batch: int = 16) -> tuple[int, int]:
     return hits, len(rows)
 
 
-def train_lookup(model, processor, rows, steps: int, lr: float, seed: int) -> None:
+def train_lookup(model, processor, rows, steps: int, lr: float, seed: int, held_out=None,
+                 eval_every: int = 0) -> None:
     for name, p in model.named_parameters():
         p.requires_grad_(name.startswith("language_model.layers."))
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
     rng, t0 = random.Random(seed), time.time()
     model.train()
     for step in range(steps):
-        enc = processor([conversation(t, q, a[0]) for t, q, a in rng.sample(rows, min(16, len(rows)))], return_labels=True)
+        chunk = rng.sample(rows, min(16, len(rows)))
+        enc = processor([conversation(t, q, a[0]) for t, q, a in chunk], return_labels=True)
         loss = model(**enc, return_logits=False).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         if step % 250 == 0 or step == steps - 1:
             print(f"step {step + 1}/{steps} loss {loss.item():.3f} ({time.time() - t0:.0f} s)", flush=True)
+        if held_out and eval_every and (step + 1) % eval_every == 0 and step + 1 < steps:
+            print(f"step {step + 1}: exact %d / %d" % exact_match(model, processor, held_out), flush=True)
+            model.train()
 
 
 def main() -> None:
@@ -78,6 +83,7 @@ def main() -> None:
     ap.add_argument("--train-steps", type=int, default=0)
     ap.add_argument("--train-pages", type=int, default=3000)
     ap.add_argument("--lr", type=float, default=3e-4)
+    ap.add_argument("--eval-every", type=int, default=0, help="held-out exact match every N training steps")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
@@ -87,7 +93,8 @@ def main() -> None:
     held_out = text_rows(args.seed + 1000, args.pages)
     print("before: exact %d / %d" % exact_match(model, processor, held_out))
     if args.train_steps:
-        train_lookup(model, processor, text_rows(args.seed, args.train_pages), args.train_steps, args.lr, args.seed)
+        train_lookup(model, processor, text_rows(args.seed, args.train_pages), args.train_steps, args.lr, args.seed,
+                     held_out, args.eval_every)
         print("after: exact %d / %d" % exact_match(model, processor, held_out))
 
 

@@ -109,9 +109,10 @@ def test_text_lookup_probe_smoke():
     found = [any(a in t for a in answers) for t, _, answers in rows]
     assert len(rows) >= 6 and sum(found) >= len(rows) // 2, list(zip(found, rows))
     r = subprocess.run([sys.executable, str(REPO / "scripts" / "probe_text_lookup.py"), "--pages", "2",
-                        "--train-steps", "2", "--train-pages", "2"], capture_output=True, text=True, timeout=300)
+                        "--train-steps", "2", "--train-pages", "2", "--eval-every", "1"],
+                       capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "before: exact" in r.stdout and "after: exact" in r.stdout
+    assert "before: exact" in r.stdout and "step 1: exact" in r.stdout and "after: exact" in r.stdout
 
 
 def test_from_pretrained_tiny_loads_shipped_parts():
