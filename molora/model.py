@@ -191,9 +191,11 @@ class MoLoRAModel(nn.Module):
         used = None if routing is not None else self._used_positions(labels, logits_to_keep, return_logits,
                                                                      attention_mask, input_ids.shape)
         extra = {}
-        packed = self._packing(row_adapter if routing is None else None, attention_mask, labels, used, use_cache, embeds)
+        packed = None
+        if prefill and past_key_values is None and routing is None:
+            packed = self._packing(row_adapter, attention_mask, labels, used, use_cache, embeds)
         if packed is not None:  # padding-free training forward (molora/packing.py)
-            embeds, position_ids = packed.pack(embeds), packed.pack(position_ids)
+            embeds, position_ids = packed.pack(embeds), packed.pack(position_ids.expand(input_ids.shape))
             ctx = self.routing.route(packed.token_adapter[None], packed.n)
             row_adapter, used, attention_mask = packed.token_adapter[None], packed.pack(used), None
             extra["packed_rows"] = packed
@@ -228,8 +230,8 @@ class MoLoRAModel(nn.Module):
     def _packing(self, row_adapter, attention_mask, labels, used, use_cache, embeds):
         """The packed layout for a CPU training forward with padding (labels, loss only, no cache),
         or None: other forwards keep the padded layout (their outputs are per padded position)."""
-        if used is None or labels is None or row_adapter is None or attention_mask is None or use_cache \
-                or embeds.device.type != "cpu" or bool(attention_mask.all()):
+        if used is None or labels is None or attention_mask is None or use_cache or embeds.device.type != "cpu" \
+                or attention_mask.shape != embeds.shape[:2] or bool(attention_mask.all()):
             return None
         return PackedRows.plan(attention_mask, row_adapter)
 
