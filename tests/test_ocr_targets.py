@@ -115,3 +115,43 @@ def test_dense_reading_loss_trains_the_tower():
         opt.step()
         first = first if first is not None else float(loss)
     assert float(loss) < 0.5 * first and 0.0 <= acc <= 1.0 and 0.0 <= exact <= 1.0
+
+
+def _pretrain_module():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "pretrain_tiny.py"
+    spec = importlib.util.spec_from_file_location("pretrain_tiny", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_reading_crops_answer_is_the_drawn_text():
+    """The crops curriculum's rows: a small crop of a page and exactly the string(s) drawn in it."""
+    rows = _pretrain_module().reading_crops(12, seed=3)
+    assert len(rows) == 12
+    for r in rows:
+        user, answer = r.messages[0]["content"], r.messages[1]["content"]
+        image = next(c["image"] for c in user if c["type"] == "image")
+        assert r.answers == [answer] and answer.strip()
+        assert image.size[0] <= 340 and image.size[1] <= 200  # a crop, not a page
+        assert min(image.convert("L").getextrema()) < 128  # ink in it
+
+
+def test_rescale_tower_multiplies_the_features_exactly():
+    from molora import MoLoRAModel
+
+    torch.manual_seed(0)
+    model = MoLoRAModel(MoLoRAConfig.preset("tiny")).eval()
+    rng = random.Random(1)
+    pages = [draw_document(rng).image for _ in range(3)] + [draw_chart(rng).image for _ in range(3)]
+    b = ImageTransform(model.config.vision)(pages)
+    px, mask = b["image_pixel_values"].flatten(0, 1), b["image_attention_mask"].flatten(0, 1).bool()
+    with torch.no_grad():
+        before = model.image_embed.crop_features(px, mask)
+        c = _pretrain_module().rescale_tower(model, 6.0, seed=1)
+        after = model.image_embed.crop_features(px, mask)
+    assert c != 1.0
+    torch.testing.assert_close(after, before * c, rtol=1e-4, atol=1e-5)
