@@ -39,13 +39,12 @@ class PackedRows:
         mask = attention_mask.bool()
         B, T = mask.shape
         order = torch.sort(row_adapter, stable=True).indices
-        lens = mask.sum(-1)
         keep = mask[order]  # [B, T] rows in packed order
+        lens = keep.sum(-1)
         index = (order[:, None] * T + torch.arange(T, device=mask.device)[None, :])[keep]
-        ends = lens[order].cumsum(0).tolist()
-        spans = [(e - int(n), e) for e, n in zip(ends, lens[order].tolist())]
-        token_adapter = row_adapter[order].repeat_interleave(lens[order])
-        return cls(index, spans, token_adapter, (B, T))
+        ends = lens.cumsum(0).tolist()
+        spans = [(e - n, e) for e, n in zip(ends, lens.tolist())]
+        return cls(index, spans, row_adapter[order].repeat_interleave(lens), (B, T))
 
     def pack(self, x: torch.Tensor) -> torch.Tensor:
         """[B, T, ...] -> [1, N, ...] (gradient flows back to the real positions)."""

@@ -117,9 +117,9 @@ def text_conversations(corpora: dict, seed: int) -> list[list[dict]]:
     return convs
 
 
-def page_text(labels) -> str:
-    """A page's text in reading order: labels grouped into lines by their vertical centre
-    (within 0.6 of the font size), each line left to right."""
+def text_lines(labels) -> list[list]:
+    """Labels grouped into lines by their vertical centre (within 0.6 of the font size), top to
+    bottom, each line left to right."""
     centre = lambda lab: (lab.box[1] + lab.box[3]) / 2  # noqa: E731
     lines: list[list] = []
     for lab in sorted(labels, key=lambda lab: (centre(lab), lab.box[0])):
@@ -127,7 +127,12 @@ def page_text(labels) -> str:
             lines[-1].append(lab)
         else:
             lines.append([lab])
-    return "\n".join(" ".join(lab.text for lab in sorted(line, key=lambda lab: lab.box[0])) for line in lines)
+    return [sorted(line, key=lambda lab: lab.box[0]) for line in lines]
+
+
+def page_text(labels) -> str:
+    """A page's text in reading order (``text_lines``)."""
+    return "\n".join(" ".join(lab.text for lab in line) for line in text_lines(labels))
 
 
 READ_PROMPTS = {"document": "Read the text on the page.", "chart": "Convert the chart to a table.",
@@ -167,27 +172,20 @@ def reading_samples(n: int, seed: int) -> list:
 
 def reading_crops(n: int, seed: int) -> list:
     """``n`` "read the text" rows on small crops of fresh pages (documents and charts from a
-    pretraining-only seed): one drawn string or one text line (the labels page_text groups into a
-    line), with 2-8 px of margin; the answer is the exact string. A crop is a handful of image
-    tokens, so the LM learns to read characters out of the tokens before it has to find them on a
-    whole page (curriculum: crops, then pages)."""
+    pretraining-only seed): one drawn string or one text line (``text_lines``), with 2-8 px of
+    margin; the answer is the exact string. A crop is a handful of image tokens, so the LM learns
+    to read characters out of the tokens before it has to find them on a whole page (curriculum:
+    crops, then pages)."""
     from molora.stages.manifest import Sample
     from molora.synthetic.charts import draw_chart
     from molora.synthetic.documents import draw_document
 
     rng = random.Random(f"pretrain-crops-{seed}")
-    centre = lambda lab: (lab.box[1] + lab.box[3]) / 2  # noqa: E731
     rows = []
     while len(rows) < n:
         page = draw_document(rng) if rng.random() < 0.5 else draw_chart(rng)
         labs = [lab for lab in page.labels if lab.text.strip()]
-        lines: list[list] = []
-        for lab in sorted(labs, key=lambda lab: (centre(lab), lab.box[0])):
-            if lines and abs(centre(lab) - centre(lines[-1][0])) <= 0.6 * lab.size:
-                lines[-1].append(lab)
-            else:
-                lines.append([lab])
-        units = [[lab] for lab in labs] + [sorted(ln, key=lambda lab: lab.box[0]) for ln in lines if len(ln) > 1]
+        units = [[lab] for lab in labs] + [ln for ln in text_lines(labs) if len(ln) > 1]
         w, h = page.image.size
         for u in rng.sample(units, min(len(units), 4)):
             box = (max(0, min(lab.box[0] for lab in u) - rng.randint(2, 8)),
