@@ -10,6 +10,12 @@ pretrained before molora's stages ever run, and the stages then start from them:
    the byte tokenizer's ids kept, digits single);
 1. backbone: a causal LM on the corpora's text (transcripts, questions and answers rendered with
    the chat template, plain sentences), every token labelled;
+1b. (``lookup``) backbone: in-context look-up from text drills (``molora/synthetic/lookup.py``: a
+   freshly drawn page given as text + one of its questions, key-value recall, repeat-the-text),
+   loss on the answers. Every document / chart question is a look-up, and the LM of phase 1 does
+   not learn look-up from the corpora's few answer tokens; with the drills the probe
+   (``scripts/probe_text_lookup.py --drills``) goes from 26 to 128 / 304 held-out questions in
+   6000 steps. The mixed phase (5) keeps drill rows in its batches;
 2. conformer: global CMVN statistics from the training clips, then word-level CTC over the
    closed vocabulary of the speech corpus (a linear head on the encoder output, thrown away
    afterwards; greedy CTC WER on the dev split is logged), then (2b) a pass through the LM with
@@ -56,6 +62,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from molora.synthetic.lookup import lookup_conversations, page_text, text_lines
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "molora" / "weights" / "tiny"
 SHIPPED = re.compile(r"^(language_model\.(?!.*\.lora_[AB]\.)|lm_head\.|image_embed\.img_processor\.|audio_embed\.encoder\.)")
@@ -63,10 +71,12 @@ SHIPPED = re.compile(r"^(language_model\.(?!.*\.lora_[AB]\.)|lm_head\.|image_emb
 FULL = {"lm_steps": 600, "lm_batch": 48, "ctc_steps": 2500, "ctc_batch": 32, "speech_steps": 2000,
         "speech_batch": 16, "vision_steps": 2500, "vision_batch": 16, "mixed_steps": 1500, "mixed_batch": 16,
         "ocr_steps": 6000, "ocr_batch": 16, "read_pages": 3000,
-        "crops_steps": 3000, "crops_batch": 32, "crops_rows": 20000}
+        "crops_steps": 3000, "crops_batch": 32, "crops_rows": 20000,
+        "lookup_steps": 4000, "lookup_batch": 32, "lookup_rows": 60000, "mixed_lookup_rows": 3000}
 SMOKE = {"lm_steps": 3, "lm_batch": 4, "ctc_steps": 3, "ctc_batch": 4, "speech_steps": 2, "speech_batch": 4,
          "vision_steps": 2, "vision_batch": 4, "mixed_steps": 2, "mixed_batch": 4, "ocr_steps": 3, "ocr_batch": 2,
-         "read_pages": 4, "crops_steps": 2, "crops_batch": 2, "crops_rows": 8}
+         "read_pages": 4, "crops_steps": 2, "crops_batch": 2, "crops_rows": 8,
+         "lookup_steps": 2, "lookup_batch": 4, "lookup_rows": 12, "mixed_lookup_rows": 6}
 
 
 def _update(loss, params, opt) -> float:
@@ -115,24 +125,6 @@ def text_conversations(corpora: dict, seed: int) -> list[list[dict]]:
     sents = [s for s in generate_sentences(4000, seed=seed + 7) if sentence_split(s, seed) == "train"]
     convs += [[{"role": "assistant", "content": s}] for s in sents]
     return convs
-
-
-def text_lines(labels) -> list[list]:
-    """Labels grouped into lines by their vertical centre (within 0.6 of the font size), top to
-    bottom, each line left to right."""
-    centre = lambda lab: (lab.box[1] + lab.box[3]) / 2  # noqa: E731
-    lines: list[list] = []
-    for lab in sorted(labels, key=lambda lab: (centre(lab), lab.box[0])):
-        if lines and abs(centre(lab) - centre(lines[-1][0])) <= 0.6 * lab.size:
-            lines[-1].append(lab)
-        else:
-            lines.append([lab])
-    return [sorted(line, key=lambda lab: lab.box[0]) for line in lines]
-
-
-def page_text(labels) -> str:
-    """A page's text in reading order (``text_lines``)."""
-    return "\n".join(" ".join(lab.text for lab in line) for line in text_lines(labels))
 
 
 READ_PROMPTS = {"document": "Read the text on the page.", "chart": "Convert the chart to a table.",
@@ -252,6 +244,28 @@ def pretrain_lm(model, processor, convs, steps: int, batch: int, lr: float, rng:
         losses.append(_update(loss, params, opt))
         if step % 100 == 0 or step == steps - 1:
             log(f"lm step {step + 1}/{steps} loss {float(loss):.3f}")
+
+
+def pretrain_lookup(model, processor, convs, steps: int, batch: int, lr: float, rng: random.Random, losses: list):
+    """Phase 1b: the backbone learns in-context look-up from text drills (``molora/synthetic/lookup.py``:
+    page-as-text questions, key-value recall, repeat-the-text), loss on the answers only."""
+    from molora.stages.freeze import component_of
+
+    params = [p for n, p in model.named_parameters() if component_of(n) == "llm"]
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for p in params:
+        p.requires_grad_(True)
+    opt = _optim(params, lr)
+    model.train()
+    for step in range(steps):
+        for g in opt.param_groups:
+            g["lr"] = lr * cosine(step, steps, warm=100)
+        b = processor([convs[rng.randrange(len(convs))] for _ in range(batch)], return_labels=True)
+        loss = model(**b, return_logits=False).loss
+        losses.append(_update(loss, params, opt))
+        if step % 250 == 0 or step == steps - 1:
+            log(f"lookup step {step + 1}/{steps} loss {losses[-1]:.3f}")
 
 
 def _audio_features(processor, samples):
@@ -486,7 +500,7 @@ def main(argv=None) -> dict:
 
     torch.set_num_threads(args.threads)
     from molora import MoLoRAConfig, MoLoRAModel, MoLoRAProcessor
-    from molora.stages.manifest import read_manifest
+    from molora.stages.manifest import Sample, read_manifest
     from molora.synthetic.build import build_corpora
     from molora.synthetic.sentences import _vocabulary
     from molora.tokenizer import TINY_BPE_FILE, train_bpe_tokenizer
@@ -517,11 +531,17 @@ def main(argv=None) -> dict:
         from safetensors.torch import load_file
 
         model.load_state_dict(load_file(args.start_from), strict=False)
-    losses: dict[str, list] = {"lm": [], "ctc": [], "ocr": [], "crops": [], "speech": [], "vision": [], "mixed": []}
+    losses: dict[str, list] = {"lm": [], "lookup": [], "ctc": [], "ocr": [], "crops": [], "speech": [], "vision": [], "mixed": []}
 
     if "lm" in phases:
         log("phase 1: backbone (text LM)")
         pretrain_lm(model, processor, convs, plan["lm_steps"], plan["lm_batch"], 3e-3, rng, losses["lm"])
+        save_parts(model, out, args.seed)
+
+    if "lookup" in phases:
+        log("phase 1b: backbone learns look-up (text drills)")
+        pretrain_lookup(model, processor, lookup_conversations(plan["lookup_rows"], args.seed), plan["lookup_steps"],
+                        plan["lookup_batch"], 1e-3, rng, losses["lookup"])
         save_parts(model, out, args.seed)
 
     speech = read_manifest(corpora["speech"]["train"])
@@ -570,6 +590,9 @@ def main(argv=None) -> dict:
         log("phase 5: speech and vision rows mixed in every batch (so neither path is forgotten)")
         rows = read_manifest(corpora["documents"]["train"]) + read_manifest(corpora["charts"]["train"]) + speech
         rows += reading_samples(plan["read_pages"], args.seed + 1)
+        if "lookup" in phases:  # keep the look-up drills in the mix, so the backbone does not forget them
+            rows += [Sample(c, "chat", f"pretrain-lookup:{i}") for i, c in
+                     enumerate(lookup_conversations(plan["mixed_lookup_rows"], args.seed + 1))]
         through_lm(model, processor, rows, ["audio_encoder", "speech_projector", "speech_lora", "vision_encoder",
                                             "vision_projector", "vision_lora"], plan["mixed_steps"], plan["mixed_batch"],
                    lrs(encoder=3e-4), rng, losses["mixed"], "mixed", train_lm)

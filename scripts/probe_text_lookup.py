@@ -15,6 +15,7 @@ after 2k ... 12k steps -- look-up is learnable, slowly.
 from __future__ import annotations
 
 import argparse
+import math
 import random
 import time
 
@@ -55,18 +56,40 @@ def exact_match(model, processor, rows, batch: int = 16) -> tuple[int, int]:
 
 
 def train_lookup(model, processor, rows, steps: int, lr: float, seed: int, held_out=None,
-                 eval_every: int = 0) -> None:
+                 eval_every: int = 0, drills: bool = False, batch: int = 16) -> None:
+    """Plain: every decoder layer, constant ``lr``, page rows only. ``drills``: the recipe of
+    ``scripts/pretrain_tiny.py``'s look-up phase -- a third each of page rows, key-value recall and
+    repeat-the-text rows (``molora/synthetic/lookup.py``), every backbone weight (embeddings and
+    head too), 100 warm-up steps then cosine to a tenth, gradients clipped at 1."""
+    from molora.synthetic.lookup import drill_row
+
     for name, p in model.named_parameters():
-        p.requires_grad_(name.startswith("language_model.layers."))
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+        p.requires_grad_(name.startswith("language_model.layers.") or drills and (
+            name.startswith(("language_model.", "lm_head.")) and ".lora_" not in name))
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.98) if drills else (0.9, 0.999), weight_decay=0.0)
     rng, t0 = random.Random(seed), time.time()
     model.train()
     for step in range(steps):
-        chunk = rng.sample(rows, min(16, len(rows)))
-        enc = processor([conversation(t, q, a[0]) for t, q, a in chunk], return_labels=True)
+        if drills:
+            for g in opt.param_groups:
+                g["lr"] = lr * min(1.0, (step + 1) / 100) * (0.1 + 0.45 * (1 + math.cos(math.pi * step / steps)))
+            convs = []
+            for _ in range(batch):
+                kind = rng.choice(("page", "keys", "repeat"))
+                if kind == "page":
+                    t, q, a = rows[rng.randrange(len(rows))]
+                    convs.append(conversation(t, q, a[0]))
+                else:
+                    convs.append(drill_row(kind, rng))
+        else:
+            convs = [conversation(t, q, a[0]) for t, q, a in rng.sample(rows, min(batch, len(rows)))]
+        enc = processor(convs, return_labels=True)
         loss = model(**enc, return_logits=False).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        if drills:
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         if step % 250 == 0 or step == steps - 1:
             print(f"step {step + 1}/{steps} loss {loss.item():.3f} ({time.time() - t0:.0f} s)", flush=True)
@@ -85,6 +108,8 @@ def main() -> None:
     ap.add_argument("--train-pages", type=int, default=3000)
     ap.add_argument("--lr", type=float, default=3e-4)
     ap.add_argument("--eval-every", type=int, default=0, help="held-out exact match every N training steps")
+    ap.add_argument("--drills", action="store_true", help="train with the look-up phase's recipe (see train_lookup)")
+    ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
@@ -95,7 +120,7 @@ def main() -> None:
     print("before: exact %d / %d" % exact_match(model, processor, held_out))
     if args.train_steps:
         train_lookup(model, processor, text_rows(args.seed, args.train_pages), args.train_steps, args.lr, args.seed,
-                     held_out, args.eval_every)
+                     held_out, args.eval_every, args.drills, args.batch)
         print("after: exact %d / %d" % exact_match(model, processor, held_out))
 
 

@@ -79,7 +79,7 @@ def test_quickstart_fast_runs_every_stage(tmp_path):
 def test_pretrain_script_smoke(tmp_path):
     r = subprocess.run([sys.executable, str(REPO / "scripts" / "pretrain_tiny.py"), "--smoke", "--out",
                         str(tmp_path / "w"), "--corpora-root", str(tmp_path / "syn"),
-                        "--phases", "lm,ctc,speech,ocr,crops,vision,mixed", "--tower-feature-norm", "6"],
+                        "--phases", "lm,lookup,ctc,speech,ocr,crops,vision,mixed", "--tower-feature-norm", "6"],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     from safetensors.torch import load_file
@@ -93,7 +93,7 @@ def test_pretrain_script_smoke(tmp_path):
     assert {"audio_embed.encoder", "image_embed.img_processor"} <= prefixes
     assert any(k.startswith("language_model.") for k in sd) and not any("lora_" in k for k in sd)
     info = json.loads((tmp_path / "w" / "pretrain.json").read_text())
-    assert info["smoke"] and info["phases"] == ["lm", "ctc", "speech", "ocr", "crops", "vision", "mixed"]
+    assert info["smoke"] and info["phases"] == ["lm", "lookup", "ctc", "speech", "ocr", "crops", "vision", "mixed"]
     assert set(info["final_losses"]) == set(info["phases"]) and None not in info["final_losses"].values()
 
 
@@ -108,11 +108,12 @@ def test_text_lookup_probe_smoke():
     rows = probe.text_rows(3, 6)
     found = [any(a in t for a in answers) for t, _, answers in rows]
     assert len(rows) >= 6 and sum(found) >= len(rows) // 2, list(zip(found, rows))
-    r = subprocess.run([sys.executable, str(REPO / "scripts" / "probe_text_lookup.py"), "--pages", "2",
-                        "--train-steps", "2", "--train-pages", "2", "--eval-every", "1"],
-                       capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert "before: exact" in r.stdout and "step 1: exact" in r.stdout and "after: exact" in r.stdout
+    for extra in ([], ["--drills", "--batch", "4"]):  # the plain probe, and the look-up phase's recipe
+        r = subprocess.run([sys.executable, str(REPO / "scripts" / "probe_text_lookup.py"), "--pages", "2",
+                            "--train-steps", "2", "--train-pages", "2", "--eval-every", "1", *extra],
+                           capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert "before: exact" in r.stdout and "step 1: exact" in r.stdout and "after: exact" in r.stdout
 
 
 def test_from_pretrained_tiny_loads_shipped_parts():

@@ -259,3 +259,40 @@ def test_second_build_reuses_the_cache(built):
     assert again == out
     after = {p: p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()}
     assert after == before
+
+
+def test_lookup_drills_answers_are_in_the_text_by_construction():
+    """molora/synthetic/lookup.py: key-value rows answer with the value written after the key (or
+    the key before the value), repeat rows with the text itself, page rows with an accepted answer
+    of the drawn page; the same seed gives the same rows, another seed other rows."""
+    import re
+
+    from molora.synthetic.lookup import PROMPT, lookup_conversations
+
+    rows = lookup_conversations(60, seed=5)
+    assert rows == lookup_conversations(60, seed=5) and rows != lookup_conversations(60, seed=6)
+    head, _, tail = PROMPT.partition("{text}")
+    kinds = {"page": 0, "keys": 0, "repeat": 0}
+    for k, (user, assistant) in enumerate(rows):
+        assert user["role"] == "user" and assistant["role"] == "assistant"
+        q, a = user["content"], assistant["content"]
+        kind = ("page", "keys", "repeat")[k % 3]
+        kinds[kind] += 1
+        if kind == "repeat":
+            assert q == a + "\nRepeat the text."
+            continue
+        text, question = q.rsplit("\n", 2)[0], q.rsplit("\n", 2)[1]
+        if kind == "keys":
+            pairs = re.findall(r"([A-Z][a-z]+)(?:: | = | )(\S+)", text)
+            m = re.fullmatch(r"What is the (\w+)\?", question)
+            if m:
+                assert (m.group(1).title(), a) in pairs, (text, question, a)
+            else:
+                value = re.fullmatch(r"Which has (\S+)\?", question).group(1)
+                assert (a, value) in pairs, (text, question, a)
+        elif not re.search(r"difference|sum|total .* combined|add|average|exceed|more|greater|highest|lowest|"
+                           r"most|least", question):
+            assert a.lstrip("$") in text, (text, question, a)
+    assert all(v >= 20 for v in kinds.values())
+    with pytest.raises(ValueError, match="look-up drill kinds"):
+        lookup_conversations(3, seed=0, kinds=("pages",))
