@@ -1,7 +1,13 @@
 """Pretrain the tiny preset's parts on the synthetic corpora and write them to ``molora/weights/tiny/``.
 
-    python scripts/pretrain_tiny.py                       # full run: the shipped weights (~10 min, 1 thread)
+    python scripts/pretrain_tiny.py                       # one full run of the default phases (~30 min, 1 thread)
     python scripts/pretrain_tiny.py --smoke --out /tmp/w  # a few steps of every phase (tests)
+    scripts/pretrain_tiny_recipe.sh OUT                   # the shipped weights: three runs (~90 min, 1 thread)
+
+The shipped weights come from three runs, each starting from the previous one's weights
+(``scripts/pretrain_tiny_recipe.sh``; ``molora/weights/tiny/pretrain.json`` lists them): the default
+phases; then ``lookup,ocr,crops,vision,mixed``; then ``speech,mixed`` (after ~10k steps of pages the
+backbone had drifted from the speech path: quickstart WER 38%; with the third run 4.1%).
 
 Like the real model's parts (Phi-4-mini, SigLIP, the speech encoder) the tiny ones are
 pretrained before molora's stages ever run, and the stages then start from them:
@@ -13,21 +19,22 @@ pretrained before molora's stages ever run, and the stages then start from them:
 1b. (``lookup``) backbone: in-context look-up from text drills (``molora/synthetic/lookup.py``: a
    freshly drawn page given as text + one of its questions, key-value recall, repeat-the-text),
    loss on the answers. Every document / chart question is a look-up, and the LM of phase 1 does
-   not learn look-up from the corpora's few answer tokens; with the drills the probe
-   (``scripts/probe_text_lookup.py --drills``) goes from 26 to 128 / 304 held-out questions in
-   6000 steps. The mixed phase (5) keeps drill rows in its batches;
+   not learn look-up from the corpora's few answer tokens; with the drills the probe's held-out
+   exact match goes from 26 to 128 / 304 in 6000 steps (``molora/synthetic/lookup.py``), and
+   the crops phase learns much faster after it (loss 0.24 after 4000 steps vs 0.49 without).
+   The mixed phase (5) keeps drill rows in its batches;
 2. conformer: global CMVN statistics from the training clips, then word-level CTC over the
    closed vocabulary of the speech corpus (a linear head on the encoder output, thrown away
    afterwards; greedy CTC WER on the dev split is logged), then (2b) a pass through the LM with
    a temporary speech projector + LoRA;
-2c. (opt-in: ``--phases lm,ctc,speech,ocr,vision,mixed``; not used for the shipped weights) vision
+2c. (``ocr``, not in the default phases; in the shipped recipe's second run, 3000 steps) vision
    tower, alone: dense reading. Every pooled cell of the HD crop grid (one image token) predicts
    the characters drawn inside it, in reading order (``molora/synthetic/ocr.py``: the generators
    record every string they draw, so the targets are exact), through a small MLP head thrown away
    afterwards; held-out character accuracy is logged (97.3% after 6000 steps, 12 min). The tower
    then reads, but the tiny LM did not learn to use it within 4500 through-LM steps (cells hold
-   3-4 characters each; see the CHANGELOG), so the shipped weights do not include it yet;
-2d. (opt-in: ``crops`` before ``vision``) reading small crops through the LM: one drawn
+   3-4 characters each; see the CHANGELOG) -- the look-up drills and crops below were missing;
+2d. (``crops`` before ``vision``; in the shipped recipe's second run, 4000 steps) reading small crops through the LM: one drawn
    string or one text line of a fresh page, "Read the text." -> the exact string
    (``reading_crops``). A crop is ~10-20 image tokens, so the LM learns to pull characters out of
    the tokens before it has to find a field on a whole page (held-out crop ANLS 0.28 / 0.48 / 0.67
