@@ -231,30 +231,10 @@ def _optim(params, lr):
     return torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.98), weight_decay=0.0, foreach=False)
 
 
-def pretrain_lm(model, processor, convs, steps: int, batch: int, lr: float, rng: random.Random, losses: list):
-    from molora.stages.freeze import component_of
-
-    params = [p for n, p in model.named_parameters() if component_of(n) == "llm"]
-    for p in model.parameters():
-        p.requires_grad_(False)
-    for p in params:
-        p.requires_grad_(True)
-    opt = _optim(params, lr)
-    model.train()
-    for step in range(steps):
-        for g in opt.param_groups:
-            g["lr"] = lr * cosine(step, steps)
-        rows = [convs[rng.randrange(len(convs))] for _ in range(batch)]
-        b = processor(rows, add_generation_prompt=False)
-        labels = b["input_ids"].masked_fill(b["attention_mask"] == 0, -100)
-        loss = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], labels=labels).loss
-        losses.append(_update(loss, params, opt))
-        if step % 100 == 0 or step == steps - 1:
-            log(f"lm step {step + 1}/{steps} loss {float(loss):.3f}")
-
-
-def pretrain_lookup(model, processor, convs, steps: int, batch: int, lr: float, rng: random.Random, losses: list):
-    """Phase 1b: the backbone learns in-context look-up from text drills (``molora/synthetic/lookup.py``:
+def pretrain_text(model, processor, convs, steps: int, batch: int, lr: float, rng: random.Random, losses: list,
+                  tag: str = "lm", answers_only: bool = False, warm: int = 20, every: int = 100):
+    """Train the backbone alone on text conversations. Phase 1 (``lm``): every token labelled.
+    Phase 1b (``lookup``, ``answers_only``): the look-up drills (``molora/synthetic/lookup.py``:
     page-as-text questions, key-value recall, repeat-the-text), loss on the answers only."""
     from molora.stages.freeze import component_of
 
@@ -267,12 +247,17 @@ def pretrain_lookup(model, processor, convs, steps: int, batch: int, lr: float, 
     model.train()
     for step in range(steps):
         for g in opt.param_groups:
-            g["lr"] = lr * cosine(step, steps, warm=100)
-        b = processor([convs[rng.randrange(len(convs))] for _ in range(batch)], return_labels=True)
-        loss = model(**b, return_logits=False).loss
+            g["lr"] = lr * cosine(step, steps, warm)
+        rows = [convs[rng.randrange(len(convs))] for _ in range(batch)]
+        if answers_only:
+            loss = model(**processor(rows, return_labels=True), return_logits=False).loss
+        else:
+            b = processor(rows, add_generation_prompt=False)
+            labels = b["input_ids"].masked_fill(b["attention_mask"] == 0, -100)
+            loss = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], labels=labels).loss
         losses.append(_update(loss, params, opt))
-        if step % 250 == 0 or step == steps - 1:
-            log(f"lookup step {step + 1}/{steps} loss {losses[-1]:.3f}")
+        if step % every == 0 or step == steps - 1:
+            log(f"{tag} step {step + 1}/{steps} loss {losses[-1]:.3f}")
 
 
 def _audio_features(processor, samples):
@@ -542,13 +527,14 @@ def main(argv=None) -> dict:
 
     if "lm" in phases:
         log("phase 1: backbone (text LM)")
-        pretrain_lm(model, processor, convs, plan["lm_steps"], plan["lm_batch"], 3e-3, rng, losses["lm"])
+        pretrain_text(model, processor, convs, plan["lm_steps"], plan["lm_batch"], 3e-3, rng, losses["lm"])
         save_parts(model, out, args.seed)
 
     if "lookup" in phases:
         log("phase 1b: backbone learns look-up (text drills)")
-        pretrain_lookup(model, processor, lookup_conversations(plan["lookup_rows"], args.seed), plan["lookup_steps"],
-                        plan["lookup_batch"], 1e-3, rng, losses["lookup"])
+        pretrain_text(model, processor, lookup_conversations(plan["lookup_rows"], args.seed), plan["lookup_steps"],
+                      plan["lookup_batch"], 1e-3, rng, losses["lookup"], "lookup", answers_only=True, warm=100,
+                      every=250)
         save_parts(model, out, args.seed)
 
     speech = read_manifest(corpora["speech"]["train"])

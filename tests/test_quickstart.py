@@ -2,6 +2,7 @@
 the tiny pretraining script runs a few steps; the shipped tiny parts load."""
 from __future__ import annotations
 
+import os
 import json
 import re
 import subprocess
@@ -130,3 +131,19 @@ def test_from_pretrained_tiny_loads_shipped_parts():
     assert all(torch.equal(a[k], v) for k, v in shipped.items())
     rnd = MoLoRAModel(MoLoRAConfig.preset("tiny")).state_dict()  # the bare preset stays a random model
     assert any(not torch.equal(rnd[k], v) for k, v in shipped.items())
+
+
+def test_pretrain_recipe_chains_three_runs(tmp_path):
+    """scripts/pretrain_tiny_recipe.sh (how the shipped weights were made): three runs, each
+    starting from the previous one's weights, with the phases the shipped pretrain.json lists."""
+    env = dict(os.environ, PYTHON=sys.executable, OCR_STEPS="2", CROPS_STEPS="2",
+               EXTRA=f"--smoke --corpora-root {tmp_path / 'syn'}")
+    r = subprocess.run(["bash", str(REPO / "scripts" / "pretrain_tiny_recipe.sh"), str(tmp_path / "out")],
+                       capture_output=True, text=True, timeout=600, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    runs = [json.loads((tmp_path / "out" / str(k) / "pretrain.json").read_text()) for k in (1, 2, 3)]
+    assert [r["start_from"] for r in runs] == [None, "model.safetensors", "model.safetensors"]
+    assert runs[1]["plan"]["ocr_steps"] == 2 and runs[1]["plan"]["crops_steps"] == 2
+    shipped = json.loads((REPO / "molora" / "weights" / "tiny" / "pretrain.json").read_text())
+    assert [r["phases"] for r in runs] == [r["phases"] for r in shipped["runs"]]
+    assert shipped["runs"][1]["plan"]["ocr_steps"] == 3000 and shipped["runs"][1]["plan"]["crops_steps"] == 4000
