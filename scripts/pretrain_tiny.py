@@ -34,8 +34,8 @@ pretrained before molora's stages ever run, and the stages then start from them:
    afterwards; held-out character accuracy is logged (97.3% after 6000 steps, 12 min). The tower
    then reads, but the tiny LM did not learn to use it within 4500 through-LM steps (cells hold
    3-4 characters each; see the CHANGELOG) -- the look-up drills and crops below were missing;
-2d. (``crops`` before ``vision``; in the shipped recipe's second run, 4000 steps) reading small crops through the LM: one drawn
-   string or one text line of a fresh page, "Read the text." -> the exact string
+2d. (``crops`` before ``vision``; in the shipped recipe's second run, 4000 steps) reading small
+   crops through the LM: one drawn string or one text line of a fresh page, "Read the text." -> the exact string
    (``reading_crops``). A crop is ~10-20 image tokens, so the LM learns to pull characters out of
    the tokens before it has to find a field on a whole page (held-out crop ANLS 0.28 / 0.48 / 0.67
    after 1000 / 2000 / 3000 steps, still rising). ``--tower-feature-norm 6`` with ``ocr`` first
@@ -69,7 +69,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from molora.synthetic.lookup import lookup_conversations, page_text, text_lines
+from molora.synthetic.lookup import lookup_conversations, page_as_text, page_text, text_lines
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "molora" / "weights" / "tiny"
@@ -156,7 +156,7 @@ def reading_samples(n: int, seed: int) -> list:
             prompt = READ_PROMPTS["document"]
         else:
             page = draw_chart(rng)
-            read = "\n".join([page.theme.title] + [f"{c} {v}" for c, v in page.data.items()])
+            read = page_as_text(page)
             qas, prompt = page.qas, READ_PROMPTS["chart"]
         image = page.image
         rows.append(Sample([{"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": prompt}]},
@@ -523,7 +523,7 @@ def main(argv=None) -> dict:
         from safetensors.torch import load_file
 
         model.load_state_dict(load_file(args.start_from), strict=False)
-    losses: dict[str, list] = {"lm": [], "lookup": [], "ctc": [], "ocr": [], "crops": [], "speech": [], "vision": [], "mixed": []}
+    losses: dict[str, list] = {k: [] for k in ("lm", "lookup", "ctc", "ocr", "crops", "speech", "vision", "mixed")}
 
     if "lm" in phases:
         log("phase 1: backbone (text LM)")
