@@ -20,7 +20,7 @@ pretrained before molora's stages ever run, and the stages then start from them:
    freshly drawn page given as text + one of its questions, key-value recall, repeat-the-text),
    loss on the answers. Every document / chart question is a look-up, and the LM of phase 1 does
    not learn look-up from the corpora's few answer tokens; with the drills the probe's held-out
-   exact match goes from 26 to 128 / 304 in 6000 steps (``molora/synthetic/lookup.py``), and
+   exact match goes from 26 to 133 / 304 in 6000 steps (``molora/synthetic/lookup.py``), and
    the crops phase learns much faster after it (loss 0.24 after 4000 steps vs 0.49 without).
    The mixed phase (5) keeps drill rows in its batches;
 2. conformer: global CMVN statistics from the training clips, then word-level CTC over the

@@ -11,10 +11,10 @@ text-only chat conversations (no media), deterministic for a seed:
   copy, so induction heads form quickly.
 
 Measured from the session-3 tiny backbone on ``scripts/probe_text_lookup.py``'s held-out 304
-questions (26 right before; batch 32, lr 1e-3 cosine, every backbone weight; an experiment run
-with a slightly smaller word list than ``_WORDS``): ``page`` rows alone reached 34 / 304 exact after
-1500 steps and 41 after 3000; the three kinds mixed reached 70, 87, 111 and 128 after 1500, 3000,
-4500 and 6000 steps.
+questions (26 right before; one core): ``--drills --batch 32 --lr 1e-3 --train-steps 6000
+--eval-every 1500`` reached 67, 76, 115 and 133 / 304 exact after 1500, 3000, 4500 and 6000 steps
+(777 s of training); an earlier experiment with ``page`` rows alone reached 34 after 1500 steps and 41 after
+3000.
 """
 from __future__ import annotations
 
