@@ -57,10 +57,13 @@ def exact_match(model, processor, rows, batch: int = 16) -> tuple[int, int]:
 
 def train_lookup(model, processor, rows, steps: int, lr: float, seed: int, held_out=None,
                  eval_every: int = 0, drills: bool = False, batch: int = 16) -> None:
-    """Plain: every decoder layer, constant ``lr``, page rows only. ``drills``: the recipe of
+    """Plain: every decoder layer, constant ``lr``, page rows only. ``drills``: close to
     ``scripts/pretrain_tiny.py``'s look-up phase -- a third each of page rows, key-value recall and
     repeat-the-text rows (``molora/synthetic/lookup.py``), every backbone weight (embeddings and
-    head too), 100 warm-up steps then cosine to a tenth, gradients clipped at 1."""
+    head too), 100 warm-up steps then cosine to a tenth, gradients clipped at 1. It differs from
+    the phase in two ways, kept so that the figures quoted in ``lookup.py`` stay reproducible:
+    page rows are this probe's (labels in drawing order, not ``page_as_text``), and the phase's
+    cosine ends at 0.05 instead of 0.1."""
     from molora.synthetic.lookup import drill_row
 
     for name, p in model.named_parameters():
