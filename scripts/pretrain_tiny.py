@@ -79,11 +79,28 @@ FULL = {"lm_steps": 600, "lm_batch": 48, "ctc_steps": 2500, "ctc_batch": 32, "sp
         "speech_batch": 16, "vision_steps": 2500, "vision_batch": 16, "mixed_steps": 1500, "mixed_batch": 16,
         "ocr_steps": 6000, "ocr_batch": 16, "read_pages": 3000,
         "crops_steps": 3000, "crops_batch": 32, "crops_rows": 20000,
-        "lookup_steps": 4000, "lookup_batch": 32, "lookup_rows": 60000, "mixed_lookup_rows": 3000}
+        "lookup_steps": 4000, "lookup_batch": 32, "lookup_rows": 60000, "mixed_lookup_rows": 3000,
+        "keep_drills": 0, "keep_speech": 0}
 SMOKE = {"lm_steps": 3, "lm_batch": 4, "ctc_steps": 3, "ctc_batch": 4, "speech_steps": 2, "speech_batch": 4,
          "vision_steps": 2, "vision_batch": 4, "mixed_steps": 2, "mixed_batch": 4, "ocr_steps": 3, "ocr_batch": 2,
          "read_pages": 4, "crops_steps": 2, "crops_batch": 2, "crops_rows": 8,
-         "lookup_steps": 2, "lookup_batch": 4, "lookup_rows": 12, "mixed_lookup_rows": 6}
+         "lookup_steps": 2, "lookup_batch": 4, "lookup_rows": 12, "mixed_lookup_rows": 6,
+         "keep_drills": 0, "keep_speech": 0}
+
+
+def alongside(main: list, extras: list[tuple[list, int]]) -> list:
+    """``main`` plus rows of each ``(pool, percent)`` so that the pool makes up about ``percent`` %
+    of the result (pool rows reused in turn when the pool is small). Used to keep look-up drills and
+    speech rows in the crops / vision phases, which otherwise wear those skills away."""
+    total = sum(pct for pool, pct in extras if pool)
+    if total >= 100:
+        raise ValueError(f"extra rows would make up {total}% of the phase: keep the shares under 100")
+    out = list(main)
+    for pool, pct in extras:
+        if pool and pct:
+            k = round(len(main) * pct / (100 - total))
+            out += [pool[i % len(pool)] for i in range(k)]
+    return out
 
 
 def _update(loss, params, opt) -> float:
@@ -538,6 +555,18 @@ def main(argv=None) -> dict:
         save_parts(model, out, args.seed)
 
     speech = read_manifest(corpora["speech"]["train"])
+    vision_parts = ["vision_encoder", "vision_projector", "vision_lora"]
+    speech_parts = ["audio_encoder", "speech_projector", "speech_lora"]
+
+    def kept(rows: list, offset: int) -> tuple[list, list]:
+        """A vision phase's rows and trained parts, with ``keep_drills`` % look-up drill rows and
+        ``keep_speech`` % speech rows alongside (both 0 by default; the speech parts then train too)."""
+        drills = [Sample(c, "chat", f"pretrain-lookup:{offset}:{i}") for i, c in
+                  enumerate(lookup_conversations(plan["mixed_lookup_rows"], args.seed + offset))] \
+            if plan["keep_drills"] else []
+        rows = alongside(rows, [(drills, plan["keep_drills"]), (speech, plan["keep_speech"])])
+        return rows, vision_parts + (speech_parts if plan["keep_speech"] else [])
+
     if "ctc" in phases:
         log("phase 2: conformer (word CTC)")
         feats = _audio_features(processor, speech)
@@ -552,7 +581,7 @@ def main(argv=None) -> dict:
 
     if "speech" in phases:
         log("phase 3: conformer through the LM (temporary speech projector + LoRA)")
-        through_lm(model, processor, speech, ["audio_encoder", "speech_projector", "speech_lora"], plan["speech_steps"],
+        through_lm(model, processor, speech, speech_parts, plan["speech_steps"],
                    plan["speech_batch"], lrs(encoder=3e-4), rng, losses["speech"], "speech", train_lm)
         save_parts(model, out, args.seed)
 
@@ -565,17 +594,17 @@ def main(argv=None) -> dict:
 
     if "crops" in phases:
         log("phase 3b: reading small crops (one string / one line) through the LM")
-        through_lm(model, processor, reading_crops(plan["crops_rows"], args.seed),
-                   ["vision_encoder", "vision_projector", "vision_lora"], plan["crops_steps"], plan["crops_batch"],
+        rows, parts = kept(reading_crops(plan["crops_rows"], args.seed), 2)
+        through_lm(model, processor, rows, parts, plan["crops_steps"], plan["crops_batch"],
                    lrs(encoder=3e-4), rng, losses["crops"], "crops", train_lm)
         save_parts(model, out, args.seed)
 
     if "vision" in phases:
         log("phase 4: vision tower through the LM (temporary projector + LoRA)")
         vqa = read_manifest(corpora["documents"]["train"]) + read_manifest(corpora["charts"]["train"])
-        vqa += reading_samples(plan["read_pages"], args.seed)
-        through_lm(model, processor, vqa, ["vision_encoder", "vision_projector", "vision_lora"], plan["vision_steps"],
-                   plan["vision_batch"], lrs(encoder=3e-4 if "ocr" in phases else 2e-3), rng, losses["vision"], "vision",
+        vqa, parts = kept(vqa + reading_samples(plan["read_pages"], args.seed), 3)
+        through_lm(model, processor, vqa, parts, plan["vision_steps"],
+                   plan["vision_batch"], lrs(encoder=3e-4 if "ocr" in phases or args.start_from else 2e-3), rng, losses["vision"], "vision",
                    train_lm)
         save_parts(model, out, args.seed)
 
@@ -586,8 +615,7 @@ def main(argv=None) -> dict:
         if "lookup" in phases:  # keep the look-up drills in the mix, so the backbone does not forget them
             rows += [Sample(c, "chat", f"pretrain-lookup:{i}") for i, c in
                      enumerate(lookup_conversations(plan["mixed_lookup_rows"], args.seed + 1))]
-        through_lm(model, processor, rows, ["audio_encoder", "speech_projector", "speech_lora", "vision_encoder",
-                                            "vision_projector", "vision_lora"], plan["mixed_steps"], plan["mixed_batch"],
+        through_lm(model, processor, rows, speech_parts + vision_parts, plan["mixed_steps"], plan["mixed_batch"],
                    lrs(encoder=3e-4), rng, losses["mixed"], "mixed", train_lm)
 
     sd = save_parts(model, out, args.seed)

@@ -80,7 +80,8 @@ def test_quickstart_fast_runs_every_stage(tmp_path):
 def test_pretrain_script_smoke(tmp_path):
     r = subprocess.run([sys.executable, str(REPO / "scripts" / "pretrain_tiny.py"), "--smoke", "--out",
                         str(tmp_path / "w"), "--corpora-root", str(tmp_path / "syn"),
-                        "--phases", "lm,lookup,ctc,speech,ocr,crops,vision,mixed", "--tower-feature-norm", "6"],
+                        "--phases", "lm,lookup,ctc,speech,ocr,crops,vision,mixed", "--tower-feature-norm", "6",
+                        "--set", "keep_drills=25", "--set", "keep_speech=15"],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     from safetensors.torch import load_file
@@ -96,6 +97,23 @@ def test_pretrain_script_smoke(tmp_path):
     info = json.loads((tmp_path / "w" / "pretrain.json").read_text())
     assert info["smoke"] and info["phases"] == ["lm", "lookup", "ctc", "speech", "ocr", "crops", "vision", "mixed"]
     assert set(info["final_losses"]) == set(info["phases"]) and None not in info["final_losses"].values()
+
+
+def test_pretrain_alongside_keeps_the_shares():
+    """pretrain_tiny.alongside: drill / speech rows make up the asked share of a phase's rows."""
+    sys.path.insert(0, str(REPO / "scripts"))
+    try:
+        from pretrain_tiny import alongside
+    finally:
+        sys.path.pop(0)
+    main, drills, speech = [("m", i) for i in range(600)], [("d", i) for i in range(7)], [("s", i) for i in range(500)]
+    rows = alongside(main, [(drills, 25), (speech, 15)])
+    share = {k: sum(r[0] == k for r in rows) / len(rows) for k in "mds"}
+    assert rows[:600] == main and abs(share["d"] - 0.25) < 0.01 and abs(share["s"] - 0.15) < 0.01
+    assert {r for r in rows if r[0] == "d"} == set(drills)  # a small pool is reused in turn
+    assert alongside(main, [([], 30), (speech, 0)]) == main  # empty pool / zero share: nothing added
+    with pytest.raises(ValueError, match="under 100"):
+        alongside(main, [(drills, 60), (speech, 40)])
 
 
 def test_text_lookup_probe_smoke():
