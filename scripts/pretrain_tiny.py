@@ -477,12 +477,17 @@ def through_lm(model, processor, samples, components, steps: int, batch: int, lr
             log(f"{tag} step {step + 1}/{steps} loss {losses[-1]:.3f}")
 
 
-def save_parts(model, out: Path, seed: int) -> dict:
-    """Write the shipped parts (backbone, vision tower, conformer) to ``out/model.safetensors``."""
+def save_parts(model, out: Path, seed: int, processor=None) -> dict:
+    """Write the shipped parts (backbone, vision tower, conformer) to ``out/model.safetensors``;
+    with ``processor`` also the whole model as it stands (temporary projectors and LoRAs included)
+    to ``out/full/``, a checkpoint ``from_pretrained`` loads (for evaluating a phase's end state)."""
     from safetensors.torch import save_file
 
     sd = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items() if SHIPPED.match(k)}
     save_file(sd, str(out / "model.safetensors"), metadata={"preset": "tiny", "seed": str(seed)})
+    if processor is not None:
+        model.save_pretrained(out / "full")
+        processor.save_pretrained(out / "full")
     return sd
 
 
@@ -502,6 +507,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--tower-feature-norm", type=float, default=0.0,
                     help="ocr phase: first rescale the tower (exactly) so its pooled features have this mean norm "
                          "(e.g. 6)")
+    ap.add_argument("--save-full", action="store_true",
+                    help="after every phase also write the whole model (temporary projectors / LoRAs included) to "
+                         "OUT/full, loadable with MoLoRAModel.from_pretrained")
     ap.add_argument("--scale", type=float, default=1.0, help="multiply every phase's steps")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=N",
                     help="override one plan entry after --scale, e.g. --set vision_steps=4500 (repeatable)")
@@ -545,14 +553,14 @@ def main(argv=None) -> dict:
     if "lm" in phases:
         log("phase 1: backbone (text LM)")
         pretrain_text(model, processor, convs, plan["lm_steps"], plan["lm_batch"], 3e-3, rng, losses["lm"])
-        save_parts(model, out, args.seed)
+        save_parts(model, out, args.seed, processor if args.save_full else None)
 
     if "lookup" in phases:
         log("phase 1b: backbone learns look-up (text drills)")
         pretrain_text(model, processor, lookup_conversations(plan["lookup_rows"], args.seed), plan["lookup_steps"],
                       plan["lookup_batch"], 1e-3, rng, losses["lookup"], "lookup", answers_only=True, warm=100,
                       every=250)
-        save_parts(model, out, args.seed)
+        save_parts(model, out, args.seed, processor if args.save_full else None)
 
     speech = read_manifest(corpora["speech"]["train"])
     vision_parts = ["vision_encoder", "vision_projector", "vision_lora"]
@@ -577,27 +585,27 @@ def main(argv=None) -> dict:
         held_out = (_audio_features(processor, dev), [s.messages[-1]["content"] for s in dev])
         pretrain_ctc(model, feats, texts, vocab, plan["ctc_steps"], plan["ctc_batch"], 2e-3, rng, losses["ctc"],
                      held_out)
-        save_parts(model, out, args.seed)
+        save_parts(model, out, args.seed, processor if args.save_full else None)
 
     if "speech" in phases:
         log("phase 3: conformer through the LM (temporary speech projector + LoRA)")
         through_lm(model, processor, speech, speech_parts, plan["speech_steps"],
                    plan["speech_batch"], lrs(encoder=3e-4), rng, losses["speech"], "speech", train_lm)
-        save_parts(model, out, args.seed)
+        save_parts(model, out, args.seed, processor if args.save_full else None)
 
     if "ocr" in phases:
         log("phase 2c: vision tower reads (dense per-cell characters)")
         if args.tower_feature_norm:
             rescale_tower(model, args.tower_feature_norm, args.seed)
         pretrain_ocr(model, processor, plan["ocr_steps"], plan["ocr_batch"], 2e-3, args.seed, losses["ocr"])
-        save_parts(model, out, args.seed)
+        save_parts(model, out, args.seed, processor if args.save_full else None)
 
     if "crops" in phases:
         log("phase 3b: reading small crops (one string / one line) through the LM")
         rows, parts = kept(reading_crops(plan["crops_rows"], args.seed), 2)
         through_lm(model, processor, rows, parts, plan["crops_steps"], plan["crops_batch"],
                    lrs(encoder=3e-4), rng, losses["crops"], "crops", train_lm)
-        save_parts(model, out, args.seed)
+        save_parts(model, out, args.seed, processor if args.save_full else None)
 
     if "vision" in phases:
         log("phase 4: vision tower through the LM (temporary projector + LoRA)")
@@ -606,7 +614,7 @@ def main(argv=None) -> dict:
         through_lm(model, processor, vqa, parts, plan["vision_steps"],
                    plan["vision_batch"], lrs(encoder=3e-4 if "ocr" in phases or args.start_from else 2e-3), rng, losses["vision"], "vision",
                    train_lm)
-        save_parts(model, out, args.seed)
+        save_parts(model, out, args.seed, processor if args.save_full else None)
 
     if "mixed" in phases:
         log("phase 5: speech and vision rows mixed in every batch (so neither path is forgotten)")
@@ -618,7 +626,7 @@ def main(argv=None) -> dict:
         through_lm(model, processor, rows, speech_parts + vision_parts, plan["mixed_steps"], plan["mixed_batch"],
                    lrs(encoder=3e-4), rng, losses["mixed"], "mixed", train_lm)
 
-    sd = save_parts(model, out, args.seed)
+    sd = save_parts(model, out, args.seed, processor if args.save_full else None)
     info = {"preset": "tiny", "seed": args.seed, "smoke": args.smoke, "plan": plan, "phases": phases,
             "start_from": Path(args.start_from).name if args.start_from else None,
             "tensors": len(sd), "parameters": int(sum(v.numel() for v in sd.values())),
