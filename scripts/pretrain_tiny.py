@@ -80,12 +80,12 @@ FULL = {"lm_steps": 600, "lm_batch": 48, "ctc_steps": 2500, "ctc_batch": 32, "sp
         "ocr_steps": 6000, "ocr_batch": 16, "read_pages": 3000,
         "crops_steps": 3000, "crops_batch": 32, "crops_rows": 20000,
         "lookup_steps": 4000, "lookup_batch": 32, "lookup_rows": 60000, "mixed_lookup_rows": 3000,
-        "keep_drills": 0, "keep_speech": 0}
+        "keep_drills": 0, "keep_speech": 0, "regions_steps": 2000, "regions_batch": 32, "regions_rows": 20000}
 SMOKE = {"lm_steps": 3, "lm_batch": 4, "ctc_steps": 3, "ctc_batch": 4, "speech_steps": 2, "speech_batch": 4,
          "vision_steps": 2, "vision_batch": 4, "mixed_steps": 2, "mixed_batch": 4, "ocr_steps": 3, "ocr_batch": 2,
          "read_pages": 4, "crops_steps": 2, "crops_batch": 2, "crops_rows": 8,
          "lookup_steps": 2, "lookup_batch": 4, "lookup_rows": 12, "mixed_lookup_rows": 6,
-         "keep_drills": 0, "keep_speech": 0}
+         "keep_drills": 0, "keep_speech": 0, "regions_steps": 2, "regions_batch": 2, "regions_rows": 6}
 
 
 def alongside(main: list, extras: list[tuple[list, int]]) -> list:
@@ -213,6 +213,46 @@ def reading_crops(n: int, seed: int) -> list:
                                                              {"type": "text", "text": READ_PROMPTS["crop"]}]},
                                 {"role": "assistant", "content": text}], "vqa", f"pretrain-crop:{len(rows)}",
                                answers=[text]))
+    return rows[:n]
+
+
+def answer_band(page, qa, rng: random.Random):
+    """The crop box of a band of ``page``'s text lines around ``qa``'s answer: its line(s) with 0-2
+    lines above and below, a table's header line kept, full width, 2-8 px of margin; ``None`` when
+    the answer is not a drawn label."""
+    lines = text_lines([lab for lab in page.labels if lab.text.strip()])
+    at = [i for i, ln in enumerate(lines) for lab in ln if lab.key == qa.key or lab.text in qa.answers]
+    if not at:
+        return None
+    header = [i for i, ln in enumerate(lines) if any(lab.role == "header" for lab in ln)]
+    lo, hi = max(0, min(at) - rng.randint(0, 2)), min(len(lines) - 1, max(at) + rng.randint(0, 2))
+    if header:
+        lo = min(lo, header[0])
+    band = [lab for ln in lines[lo:hi + 1] for lab in ln]
+    w, h = page.image.size
+    return (0, max(0, min(lab.box[1] for lab in band) - rng.randint(2, 8)),
+            w, min(h, max(lab.box[3] for lab in band) + rng.randint(2, 8)))
+
+
+def region_rows(n: int, seed: int) -> list:
+    """``n`` question rows on bands of fresh documents (pretraining-only seed; ``answer_band``), with
+    the band's question. Between crops (read one string) and whole pages (find the field among
+    ~110 image tokens): the LM learns to find a field among a few lines of image tokens first."""
+    from molora.stages.manifest import VQA_SUFFIX, Sample
+    from molora.synthetic.documents import draw_document
+
+    rng = random.Random(f"pretrain-regions-{seed}")
+    rows = []
+    while len(rows) < n:
+        page = draw_document(rng)
+        for qa in rng.sample(page.qas, min(2, len(page.qas))):
+            box = answer_band(page, qa, rng)
+            if box is None:
+                continue
+            rows.append(Sample([{"role": "user", "content": [{"type": "image", "image": page.image.crop(box)},
+                                                             {"type": "text", "text": qa.question + VQA_SUFFIX}]},
+                                {"role": "assistant", "content": qa.answers[0]}], "vqa", f"pretrain-region:{len(rows)}",
+                               answers=list(qa.answers)))
     return rows[:n]
 
 
@@ -548,7 +588,8 @@ def main(argv=None) -> dict:
         from safetensors.torch import load_file
 
         model.load_state_dict(load_file(args.start_from), strict=False)
-    losses: dict[str, list] = {k: [] for k in ("lm", "lookup", "ctc", "ocr", "crops", "speech", "vision", "mixed")}
+    losses: dict[str, list] = {k: [] for k in ("lm", "lookup", "ctc", "ocr", "crops", "regions", "speech", "vision",
+                                                 "mixed")}
 
     if "lm" in phases:
         log("phase 1: backbone (text LM)")
@@ -605,6 +646,13 @@ def main(argv=None) -> dict:
         rows, parts = kept(reading_crops(plan["crops_rows"], args.seed), 2)
         through_lm(model, processor, rows, parts, plan["crops_steps"], plan["crops_batch"],
                    lrs(encoder=3e-4), rng, losses["crops"], "crops", train_lm)
+        save_parts(model, out, args.seed, processor if args.save_full else None)
+
+    if "regions" in phases:
+        log("phase 3c: questions on bands of a few text lines through the LM")
+        rows, parts = kept(region_rows(plan["regions_rows"], args.seed), 4)
+        through_lm(model, processor, rows, parts, plan["regions_steps"], plan["regions_batch"],
+                   lrs(encoder=3e-4), rng, losses["regions"], "regions", train_lm)
         save_parts(model, out, args.seed, processor if args.save_full else None)
 
     if "vision" in phases:

@@ -80,7 +80,7 @@ def test_quickstart_fast_runs_every_stage(tmp_path):
 def test_pretrain_script_smoke(tmp_path):
     r = subprocess.run([sys.executable, str(REPO / "scripts" / "pretrain_tiny.py"), "--smoke", "--out",
                         str(tmp_path / "w"), "--corpora-root", str(tmp_path / "syn"),
-                        "--phases", "lm,lookup,ctc,speech,ocr,crops,vision,mixed", "--tower-feature-norm", "6",
+                        "--phases", "lm,lookup,ctc,speech,ocr,crops,regions,vision,mixed", "--tower-feature-norm", "6",
                         "--set", "keep_drills=25", "--set", "keep_speech=15"],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -95,7 +95,8 @@ def test_pretrain_script_smoke(tmp_path):
     assert {"audio_embed.encoder", "image_embed.img_processor"} <= prefixes
     assert any(k.startswith("language_model.") for k in sd) and not any("lora_" in k for k in sd)
     info = json.loads((tmp_path / "w" / "pretrain.json").read_text())
-    assert info["smoke"] and info["phases"] == ["lm", "lookup", "ctc", "speech", "ocr", "crops", "vision", "mixed"]
+    assert info["smoke"] and info["phases"] == ["lm", "lookup", "ctc", "speech", "ocr", "crops", "regions", "vision",
+                                             "mixed"]
     assert set(info["final_losses"]) == set(info["phases"]) and None not in info["final_losses"].values()
 
 
@@ -114,6 +115,32 @@ def test_pretrain_alongside_keeps_the_shares():
     assert alongside(main, [([], 30), (speech, 0)]) == main  # empty pool / zero share: nothing added
     with pytest.raises(ValueError, match="under 100"):
         alongside(main, [(drills, 60), (speech, 40)])
+
+
+def test_pretrain_answer_band_holds_the_answer():
+    """pretrain_tiny.answer_band: the band around a question's answer contains the label drawn for
+    that answer (and a table's header line), by construction, for every question of fresh pages."""
+    import random
+
+    from molora.synthetic.documents import draw_document
+
+    sys.path.insert(0, str(REPO / "scripts"))
+    try:
+        from pretrain_tiny import answer_band
+    finally:
+        sys.path.pop(0)
+    rng, checked = random.Random(5), 0
+    for _ in range(30):
+        page = draw_document(rng)
+        for qa in page.qas:
+            box = answer_band(page, qa, rng)
+            assert box is not None, qa
+            inside = [lab for lab in page.labels if box[1] <= lab.box[1] and lab.box[3] <= box[3]]
+            assert any(lab.text in qa.answers for lab in inside), (qa, box)
+            if page.kind == "table":
+                assert any(lab.role == "header" for lab in inside)
+            checked += 1
+    assert checked > 60
 
 
 def test_text_lookup_probe_smoke():
