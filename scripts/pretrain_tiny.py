@@ -668,7 +668,7 @@ def main(argv=None) -> dict:
         log("phase 5: speech and vision rows mixed in every batch (so neither path is forgotten)")
         rows = read_manifest(corpora["documents"]["train"]) + read_manifest(corpora["charts"]["train"]) + speech
         rows += reading_samples(plan["read_pages"], args.seed + 1)
-        if "lookup" in phases:  # keep the look-up drills in the mix, so the backbone does not forget them
+        if "lookup" in phases or plan["keep_drills"]:  # keep the look-up drills, so the backbone does not forget them
             rows += [Sample(c, "chat", f"pretrain-lookup:{i}") for i, c in
                      enumerate(lookup_conversations(plan["mixed_lookup_rows"], args.seed + 1))]
         through_lm(model, processor, rows, speech_parts + vision_parts, plan["mixed_steps"], plan["mixed_batch"],
