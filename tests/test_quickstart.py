@@ -178,22 +178,22 @@ def test_from_pretrained_tiny_loads_shipped_parts():
     assert any(not torch.equal(rnd[k], v) for k, v in shipped.items())
 
 
-def test_pretrain_recipe_chains_five_runs(tmp_path):
-    """scripts/pretrain_tiny_recipe.sh (how the shipped weights were made): five runs, each
+def test_pretrain_recipe_chains_four_runs(tmp_path):
+    """scripts/pretrain_tiny_recipe.sh (how the shipped weights were made): four runs, each
     starting from the previous one's weights, with the phases and step overrides the shipped
     pretrain.json lists."""
     env = dict(os.environ, PYTHON=sys.executable, SMOKE="1", EXTRA=f"--smoke --corpora-root {tmp_path / 'syn'}")
     r = subprocess.run(["bash", str(REPO / "scripts" / "pretrain_tiny_recipe.sh"), str(tmp_path / "out")],
                        capture_output=True, text=True, timeout=600, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
-    runs = [json.loads((tmp_path / "out" / str(k) / "pretrain.json").read_text()) for k in (1, 2, 3, 4, 5)]
-    assert [r["start_from"] for r in runs] == [None] + ["model.safetensors"] * 4
-    assert runs[1]["plan"]["ocr_steps"] == 2 and runs[4]["plan"]["regions_steps"] == 2
-    assert runs[4]["plan"]["keep_drills"] == 25 and runs[0]["plan"]["keep_drills"] == 0
+    runs = [json.loads((tmp_path / "out" / str(k) / "pretrain.json").read_text()) for k in (1, 2, 3, 4)]
+    assert [r["start_from"] for r in runs] == [None] + ["model.safetensors"] * 3
+    assert runs[1]["plan"]["ocr_steps"] == 2 and runs[3]["plan"]["lookup_steps"] == 2
+    assert runs[3]["plan"]["keep_drills"] == 25 and runs[0]["plan"]["keep_drills"] == 0
     shipped = json.loads((REPO / "molora" / "weights" / "tiny" / "pretrain.json").read_text())
     assert [r["phases"] for r in runs] == [r["phases"] for r in shipped["runs"]]
     for k, (mine, theirs) in enumerate(zip(runs, shipped["runs"])):  # the same plan keys, same kept shares
         assert set(mine["plan"]) >= set(theirs["plan"]), k
         assert all(mine["plan"][key] == theirs["plan"].get(key, 0) for key in ("keep_drills", "keep_speech")), k
     assert shipped["runs"][1]["plan"]["ocr_steps"] == 3000 and shipped["runs"][1]["plan"]["crops_steps"] == 4000
-    assert shipped["runs"][4]["plan"]["regions_steps"] == 3000 and shipped["runs"][4]["plan"]["keep_speech"] == 15
+    assert shipped["runs"][3]["plan"]["lookup_steps"] == 6000 and shipped["runs"][3]["plan"]["keep_speech"] == 15
