@@ -653,19 +653,20 @@ def main(argv=None) -> dict:
         pretrain_ocr(model, processor, plan["ocr_steps"], plan["ocr_batch"], 2e-3, args.seed, losses["ocr"])
         save_parts(model, out, args.seed, processor if args.save_full else None)
 
+    def small_images(name: str, make_rows, offset: int) -> None:
+        """A phase on small images (crops, regions) through the LM, with the kept rows."""
+        rows, parts = kept(make_rows(plan[f"{name}_rows"], args.seed), offset)
+        through_lm(model, processor, rows, parts, plan[f"{name}_steps"], plan[f"{name}_batch"],
+                   lrs(encoder=3e-4), rng, losses[name], name, train_lm)
+        save_parts(model, out, args.seed, processor if args.save_full else None)
+
     if "crops" in phases:
         log("phase 3b: reading small crops (one string / one line) through the LM")
-        rows, parts = kept(reading_crops(plan["crops_rows"], args.seed), 2)
-        through_lm(model, processor, rows, parts, plan["crops_steps"], plan["crops_batch"],
-                   lrs(encoder=3e-4), rng, losses["crops"], "crops", train_lm)
-        save_parts(model, out, args.seed, processor if args.save_full else None)
+        small_images("crops", reading_crops, 2)
 
     if "regions" in phases:
         log("phase 3c: questions on bands of a few text lines through the LM")
-        rows, parts = kept(region_rows(plan["regions_rows"], args.seed), 4)
-        through_lm(model, processor, rows, parts, plan["regions_steps"], plan["regions_batch"],
-                   lrs(encoder=3e-4), rng, losses["regions"], "regions", train_lm)
-        save_parts(model, out, args.seed, processor if args.save_full else None)
+        small_images("regions", region_rows, 4)
 
     if "vision" in phases:
         log("phase 4: vision tower through the LM (temporary projector + LoRA)")
