@@ -47,9 +47,10 @@ pretrained before molora's stages ever run, and the stages then start from them:
 2e. (``regions``, not in the default phases nor in the shipped recipe) questions
    on bands of a document: the text lines around one question's answer (0-2 lines above and below,
    a table's header kept; ``answer_band``), so the LM learns to find a field among a few lines of
-   image tokens before a whole page's ~110. From the same start, 2000 region steps + 1500 page steps
-   took held-out document ANLS (with the phase's own projector and LoRA) from 0.29 to 0.35 and chart
-   relaxed accuracy from 0.14 to 0.19 (names, cities and dates on forms became readable), but after
+   image tokens before a whole page's ~110. From the fourth run's state after its vision phase,
+   2000 region steps + 1500 page steps took held-out document ANLS (with the phase's own projector
+   and LoRA) from 0.29 to 0.35 and chart relaxed accuracy from 0.14 to 0.19 (names, cities and
+   dates on forms became readable; 2000 mixed steps instead gave 0.30 / 0.10), but after
    the quickstart's stages (fresh projector and LoRA) neither these weights nor a fifth run
    ``regions,vision,mixed`` beat the shipped ones (ANLS 0.29 / 0.26 vs 0.30), so it is not shipped;
 3. vision tower: "read the field" through the LM: tower + a temporary projector + a
@@ -603,17 +604,20 @@ def main(argv=None) -> dict:
     losses: dict[str, list] = {k: [] for k in ("lm", "lookup", "ctc", "ocr", "crops", "regions", "speech", "vision",
                                                  "mixed")}
 
+    def save() -> dict:
+        return save_parts(model, out, args.seed, processor if args.save_full else None)
+
     if "lm" in phases:
         log("phase 1: backbone (text LM)")
         pretrain_text(model, processor, convs, plan["lm_steps"], plan["lm_batch"], 3e-3, rng, losses["lm"])
-        save_parts(model, out, args.seed, processor if args.save_full else None)
+        save()
 
     if "lookup" in phases:
         log("phase 1b: backbone learns look-up (text drills)")
         pretrain_text(model, processor, lookup_conversations(plan["lookup_rows"], args.seed), plan["lookup_steps"],
                       plan["lookup_batch"], 1e-3, rng, losses["lookup"], "lookup", answers_only=True, warm=100,
                       every=250)
-        save_parts(model, out, args.seed, processor if args.save_full else None)
+        save()
 
     speech = read_manifest(corpora["speech"]["train"])
     vision_parts = ["vision_encoder", "vision_projector", "vision_lora"]
@@ -638,27 +642,27 @@ def main(argv=None) -> dict:
         held_out = (_audio_features(processor, dev), [s.messages[-1]["content"] for s in dev])
         pretrain_ctc(model, feats, texts, vocab, plan["ctc_steps"], plan["ctc_batch"], 2e-3, rng, losses["ctc"],
                      held_out)
-        save_parts(model, out, args.seed, processor if args.save_full else None)
+        save()
 
     if "speech" in phases:
         log("phase 3: conformer through the LM (temporary speech projector + LoRA)")
         through_lm(model, processor, speech, speech_parts, plan["speech_steps"],
                    plan["speech_batch"], lrs(encoder=3e-4), rng, losses["speech"], "speech", train_lm)
-        save_parts(model, out, args.seed, processor if args.save_full else None)
+        save()
 
     if "ocr" in phases:
         log("phase 2c: vision tower reads (dense per-cell characters)")
         if args.tower_feature_norm:
             rescale_tower(model, args.tower_feature_norm, args.seed)
         pretrain_ocr(model, processor, plan["ocr_steps"], plan["ocr_batch"], 2e-3, args.seed, losses["ocr"])
-        save_parts(model, out, args.seed, processor if args.save_full else None)
+        save()
 
     def small_images(name: str, make_rows, offset: int) -> None:
         """A phase on small images (crops, regions) through the LM, with the kept rows."""
         rows, parts = kept(make_rows(plan[f"{name}_rows"], args.seed), offset)
         through_lm(model, processor, rows, parts, plan[f"{name}_steps"], plan[f"{name}_batch"],
                    lrs(encoder=3e-4), rng, losses[name], name, train_lm)
-        save_parts(model, out, args.seed, processor if args.save_full else None)
+        save()
 
     if "crops" in phases:
         log("phase 3b: reading small crops (one string / one line) through the LM")
@@ -672,10 +676,10 @@ def main(argv=None) -> dict:
         log("phase 4: vision tower through the LM (temporary projector + LoRA)")
         vqa = read_manifest(corpora["documents"]["train"]) + read_manifest(corpora["charts"]["train"])
         vqa, parts = kept(vqa + reading_samples(plan["read_pages"], args.seed), 3)
-        through_lm(model, processor, vqa, parts, plan["vision_steps"],
-                   plan["vision_batch"], lrs(encoder=3e-4 if "ocr" in phases or args.start_from else 2e-3), rng, losses["vision"], "vision",
-                   train_lm)
-        save_parts(model, out, args.seed, processor if args.save_full else None)
+        tower_lr = 3e-4 if "ocr" in phases or args.start_from else 2e-3  # 2e-3 only for a fresh tower
+        through_lm(model, processor, vqa, parts, plan["vision_steps"], plan["vision_batch"], lrs(encoder=tower_lr),
+                   rng, losses["vision"], "vision", train_lm)
+        save()
 
     if "mixed" in phases:
         log("phase 5: speech and vision rows mixed in every batch (so neither path is forgotten)")
@@ -687,7 +691,7 @@ def main(argv=None) -> dict:
         through_lm(model, processor, rows, speech_parts + vision_parts, plan["mixed_steps"], plan["mixed_batch"],
                    lrs(encoder=3e-4), rng, losses["mixed"], "mixed", train_lm)
 
-    sd = save_parts(model, out, args.seed, processor if args.save_full else None)
+    sd = save()
     info = {"preset": "tiny", "seed": args.seed, "smoke": args.smoke, "plan": plan, "phases": phases,
             "start_from": Path(args.start_from).name if args.start_from else None,
             "tensors": len(sd), "parameters": int(sum(v.numel() for v in sd.values())),

@@ -81,7 +81,7 @@ def test_pretrain_script_smoke(tmp_path):
     r = subprocess.run([sys.executable, str(REPO / "scripts" / "pretrain_tiny.py"), "--smoke", "--out",
                         str(tmp_path / "w"), "--corpora-root", str(tmp_path / "syn"),
                         "--phases", "lm,lookup,ctc,speech,ocr,crops,regions,vision,mixed", "--tower-feature-norm", "6",
-                        "--set", "keep_drills=25", "--set", "keep_speech=15"],
+                        "--set", "keep_drills=25", "--set", "keep_speech=15", "--save-full"],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     from safetensors.torch import load_file
@@ -98,6 +98,12 @@ def test_pretrain_script_smoke(tmp_path):
     assert info["smoke"] and info["phases"] == ["lm", "lookup", "ctc", "speech", "ocr", "crops", "regions", "vision",
                                              "mixed"]
     assert set(info["final_losses"]) == set(info["phases"]) and None not in info["final_losses"].values()
+    full = load_file(str(tmp_path / "w" / "full" / "model.safetensors"))  # --save-full: the whole model
+    assert all(torch.equal(full[k], v) for k, v in sd.items())
+    trained = [k for k in full if k not in sd]  # the temporary projectors and LoRAs, trained (lora_B starts at 0)
+    assert any(k.startswith("audio_embed.audio_projection.") for k in trained)
+    assert any(".lora_B.vision." in k and full[k].abs().sum() > 0 for k in trained)
+    MoLoRAModel.from_pretrained(str(tmp_path / "w" / "full"))
 
 
 def test_pretrain_alongside_keeps_the_shares():
