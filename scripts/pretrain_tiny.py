@@ -164,6 +164,21 @@ def text_conversations(corpora: dict, seed: int) -> list[list[dict]]:
     return convs
 
 
+def image_row(image, prompt: str, answers: list[str], source: str):
+    """One VQA training row: ``image`` + ``prompt`` -> ``answers[0]`` (all of ``answers`` accepted)."""
+    from molora.stages.manifest import Sample
+
+    return Sample([{"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": prompt}]},
+                   {"role": "assistant", "content": answers[0]}], "vqa", source, answers=list(answers))
+
+
+def drill_rows(n: int, seed: int) -> list:
+    """``n`` look-up drill conversations (``lookup_conversations``) as text-only training rows."""
+    from molora.stages.manifest import Sample
+
+    return [Sample(c, "chat", f"pretrain-lookup:{seed}:{i}") for i, c in enumerate(lookup_conversations(n, seed))]
+
+
 READ_PROMPTS = {"document": "Read the text on the page.", "chart": "Convert the chart to a table.",
                 "crop": "Read the text."}
 
@@ -173,7 +188,7 @@ def reading_samples(n: int, seed: int) -> list:
     pages), each as a page-reading row (documents: the text in reading order; charts: title, then
     ``category value`` per line, chart-to-table style) and all of its questions as VQA rows.
     More supervision per image than the corpora's two questions per page: the tower learns to read."""
-    from molora.stages.manifest import VQA_SUFFIX, Sample
+    from molora.stages.manifest import VQA_SUFFIX
     from molora.synthetic.charts import draw_chart
     from molora.synthetic.documents import draw_document
 
@@ -189,13 +204,9 @@ def reading_samples(n: int, seed: int) -> list:
             read = page_as_text(page)
             qas, prompt = page.qas, READ_PROMPTS["chart"]
         image = page.image
-        rows.append(Sample([{"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": prompt}]},
-                            {"role": "assistant", "content": read}], "vqa", f"pretrain-read:{i}", answers=[read]))
-        for q, qa in enumerate(qas):
-            rows.append(Sample([{"role": "user", "content": [{"type": "image", "image": image},
-                                                             {"type": "text", "text": qa.question + VQA_SUFFIX}]},
-                                {"role": "assistant", "content": qa.answers[0]}], "vqa", f"pretrain-read:{i}:{q}",
-                               answers=list(qa.answers)))
+        rows.append(image_row(image, prompt, [read], f"pretrain-read:{i}"))
+        rows += [image_row(image, qa.question + VQA_SUFFIX, qa.answers, f"pretrain-read:{i}:{q}")
+                 for q, qa in enumerate(qas)]
     return rows
 
 
@@ -205,7 +216,6 @@ def reading_crops(n: int, seed: int) -> list:
     margin; the answer is the exact string. A crop is a handful of image tokens, so the LM learns
     to read characters out of the tokens before it has to find them on a whole page (curriculum:
     crops, then pages)."""
-    from molora.stages.manifest import Sample
     from molora.synthetic.charts import draw_chart
     from molora.synthetic.documents import draw_document
 
@@ -222,10 +232,7 @@ def reading_crops(n: int, seed: int) -> list:
                    min(w, max(lab.box[2] for lab in u) + rng.randint(2, 8)),
                    min(h, max(lab.box[3] for lab in u) + rng.randint(2, 8)))
             text = " ".join(lab.text for lab in u)
-            rows.append(Sample([{"role": "user", "content": [{"type": "image", "image": page.image.crop(box)},
-                                                             {"type": "text", "text": READ_PROMPTS["crop"]}]},
-                                {"role": "assistant", "content": text}], "vqa", f"pretrain-crop:{len(rows)}",
-                               answers=[text]))
+            rows.append(image_row(page.image.crop(box), READ_PROMPTS["crop"], [text], f"pretrain-crop:{len(rows)}"))
     return rows[:n]
 
 
@@ -251,7 +258,7 @@ def region_rows(n: int, seed: int) -> list:
     """``n`` question rows on bands of fresh documents (pretraining-only seed; ``answer_band``), with
     the band's question. Between crops (read one string) and whole pages (find the field among
     ~110 image tokens): the LM learns to find a field among a few lines of image tokens first."""
-    from molora.stages.manifest import VQA_SUFFIX, Sample
+    from molora.stages.manifest import VQA_SUFFIX
     from molora.synthetic.documents import draw_document
 
     rng = random.Random(f"pretrain-regions-{seed}")
@@ -262,10 +269,8 @@ def region_rows(n: int, seed: int) -> list:
             box = answer_band(page, qa, rng)
             if box is None:
                 continue
-            rows.append(Sample([{"role": "user", "content": [{"type": "image", "image": page.image.crop(box)},
-                                                             {"type": "text", "text": qa.question + VQA_SUFFIX}]},
-                                {"role": "assistant", "content": qa.answers[0]}], "vqa", f"pretrain-region:{len(rows)}",
-                               answers=list(qa.answers)))
+            rows.append(image_row(page.image.crop(box), qa.question + VQA_SUFFIX, qa.answers,
+                                  f"pretrain-region:{len(rows)}"))
     return rows[:n]
 
 
@@ -570,7 +575,7 @@ def main(argv=None) -> dict:
 
     torch.set_num_threads(args.threads)
     from molora import MoLoRAConfig, MoLoRAModel, MoLoRAProcessor
-    from molora.stages.manifest import Sample, read_manifest
+    from molora.stages.manifest import read_manifest
     from molora.synthetic.build import build_corpora
     from molora.synthetic.sentences import _vocabulary
     from molora.tokenizer import TINY_BPE_FILE, train_bpe_tokenizer
@@ -626,9 +631,7 @@ def main(argv=None) -> dict:
     def kept(rows: list, offset: int) -> tuple[list, list]:
         """A vision phase's rows and trained parts, with ``keep_drills`` % look-up drill rows and
         ``keep_speech`` % speech rows alongside (both 0 by default; the speech parts then train too)."""
-        drills = [Sample(c, "chat", f"pretrain-lookup:{offset}:{i}") for i, c in
-                  enumerate(lookup_conversations(plan["mixed_lookup_rows"], args.seed + offset))] \
-            if plan["keep_drills"] else []
+        drills = drill_rows(plan["mixed_lookup_rows"], args.seed + offset) if plan["keep_drills"] else []
         rows = alongside(rows, [(drills, plan["keep_drills"]), (speech, plan["keep_speech"])])
         return rows, vision_parts + (speech_parts if plan["keep_speech"] else [])
 
@@ -686,8 +689,7 @@ def main(argv=None) -> dict:
         rows = read_manifest(corpora["documents"]["train"]) + read_manifest(corpora["charts"]["train"]) + speech
         rows += reading_samples(plan["read_pages"], args.seed + 1)
         if "lookup" in phases or plan["keep_drills"]:  # keep the look-up drills, so the backbone does not forget them
-            rows += [Sample(c, "chat", f"pretrain-lookup:{i}") for i, c in
-                     enumerate(lookup_conversations(plan["mixed_lookup_rows"], args.seed + 1))]
+            rows += drill_rows(plan["mixed_lookup_rows"], args.seed + 1)
         through_lm(model, processor, rows, speech_parts + vision_parts, plan["mixed_steps"], plan["mixed_batch"],
                    lrs(encoder=3e-4), rng, losses["mixed"], "mixed", train_lm)
 
