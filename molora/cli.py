@@ -116,6 +116,10 @@ def main(argv: list[str] | None = None) -> int:
 
     add_eval_parser(sub)
 
+    from .convert import add_parser as add_convert_parser
+
+    add_convert_parser(sub)
+
     args, extra = ap.parse_known_args(argv)
     # key=value overrides may come before or after the options
     stray = [e for e in extra if e.startswith("-") or "=" not in e]

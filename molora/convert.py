@@ -1,0 +1,120 @@
+"""`molora convert`: rewrite a checkpoint in another layout and / or dtype.
+
+    molora convert SRC DST [--layout molora|phi4mm|phi4_multimodal] [--dtype auto|float32|bfloat16|float16]
+
+SRC is anything ``MoLoRAModel.from_pretrained`` reads: a directory in any of the three layouts, a
+hub id, or a preset name (``tiny`` writes the shipped tiny weights). DST gets the model in the
+chosen layout (written to a temporary folder, then renamed), the PEFT adapter folders
+(``vision-lora/``, ``speech-lora/``) and the processor files when SRC has them. ``--dtype auto``
+keeps the dtype SRC's weights are stored in.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from .errors import CheckpointError
+
+__all__ = ["LAYOUTS", "DTYPES", "convert", "stored_dtype", "add_parser"]
+
+LAYOUTS = ("molora", "phi4mm", "phi4_multimodal")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}
+
+
+def stored_dtype(directory: Path) -> torch.dtype | None:
+    """The dtype of the first floating-point tensor in ``directory``'s weights (None: none found)."""
+    from safetensors import safe_open
+
+    for f in sorted(Path(directory).glob("*.safetensors")):
+        with safe_open(str(f), framework="pt") as fh:
+            for key in fh.keys():
+                dtype = _SAFETENSORS_DTYPES.get(fh.get_slice(key).get_dtype())
+                if dtype is not None:
+                    return dtype
+    return None
+
+
+def _is_empty_dir(p: Path) -> bool:
+    return p.is_dir() and not any(p.iterdir())
+
+
+def convert(src: str, dst: str | Path, layout: str = "molora", dtype: str = "auto", *, force: bool = False,
+            processor: bool = True) -> dict:
+    """Load ``src`` (any layout, hub id or preset) and write it to ``dst`` in ``layout``; returns a summary."""
+    from .checkpoint import detect_layout, resolve_path
+    from .model import MoLoRAModel
+    from .presets import PRESETS
+    from .processor import MoLoRAProcessor
+
+    t0 = time.perf_counter()
+    if layout not in LAYOUTS:
+        raise CheckpointError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}", str(dst))
+    if dtype != "auto" and dtype not in DTYPES:
+        raise CheckpointError(f"unknown dtype {dtype!r}; choose auto or one of {', '.join(DTYPES)}", str(dst))
+    dst = Path(dst).expanduser()
+    if dst.exists() and not dst.is_dir():
+        raise CheckpointError("the destination is a file, not a directory", str(dst))
+    if dst.exists() and not _is_empty_dir(dst) and not force:
+        raise CheckpointError("the destination exists and is not empty; pass --force to replace it", str(dst))
+    preset = str(src) in PRESETS and not Path(str(src)).expanduser().exists()
+    if preset:
+        source_layout, source_dtype = f"preset:{src}", torch.float32
+    else:
+        directory = resolve_path(src)
+        if dst.exists() and dst.resolve() == directory.resolve():
+            raise CheckpointError("the destination is the source checkpoint itself; write to another directory",
+                                  str(dst))
+        source_layout, source_dtype = detect_layout(directory), stored_dtype(directory) or torch.float32
+    target = source_dtype if dtype == "auto" else DTYPES[dtype]
+    model = MoLoRAModel.from_pretrained(str(src), dtype=target)
+    model.save_pretrained(dst, layout=layout)
+    wrote_processor, processor_note = False, "not asked for"
+    if processor:
+        try:
+            MoLoRAProcessor.from_pretrained(str(src)).save_pretrained(dst)
+            wrote_processor, processor_note = True, "written"
+        except Exception as e:  # e.g. an official checkpoint copied without its tokenizer files
+            processor_note = f"not written ({type(e).__name__}: {e})"
+    params = list(model.state_dict().values())
+    return {"source": str(src), "source_layout": source_layout, "destination": str(dst), "layout": layout,
+            "dtype": str(target).removeprefix("torch."), "tensors": len(params),
+            "parameters": sum(p.numel() for p in params),
+            "bytes": sum(p.numel() * p.element_size() for p in params),
+            "adapters": sorted(model.config.adapters), "processor": wrote_processor,
+            "processor_note": processor_note, "seconds": round(time.perf_counter() - t0, 3)}
+
+
+def _run(args) -> int:
+    summary = convert(args.src, args.dst, layout=args.layout, dtype=args.dtype, force=args.force,
+                      processor=not args.no_processor)
+    print(f"molora convert: {summary['source']} ({summary['source_layout']}) -> {summary['destination']} "
+          f"({summary['layout']}, {summary['dtype']}): {summary['tensors']} tensors, "
+          f"{summary['parameters'] / 1e6:.2f} M parameters, {summary['bytes'] / 2**20:.1f} MiB; "
+          f"adapters {', '.join(summary['adapters']) or 'none'} (PEFT folders written); "
+          f"processor {summary['processor_note']}; {summary['seconds']:.1f} s")
+    if args.summary_json:
+        Path(args.summary_json).write_text(json.dumps(summary, indent=1))
+    return 0
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("convert", help="rewrite a checkpoint in another layout (molora, phi4mm, phi4_multimodal) "
+                                       "and / or dtype",
+                       description="molora convert SRC DST [--layout L] [--dtype D]: SRC in any layout (or a hub "
+                                   "id, or a preset name); DST gets the model, its PEFT adapter folders and the "
+                                   "processor files.")
+    p.add_argument("src", help="checkpoint directory (any layout), hub id, or preset name (tiny)")
+    p.add_argument("dst", help="output directory (must be absent or empty unless --force)")
+    p.add_argument("--layout", choices=LAYOUTS, default="molora",
+                   help="molora (default), phi4mm (the official Phi-4-multimodal-instruct layout), or "
+                        "phi4_multimodal (transformers-native + vision-lora/ speech-lora/ PEFT folders)")
+    p.add_argument("--dtype", choices=("auto", *DTYPES), default="auto",
+                   help="weights dtype (auto: as stored in SRC)")
+    p.add_argument("--force", action="store_true", help="replace a non-empty DST")
+    p.add_argument("--no-processor", action="store_true", help="write the model only")
+    p.add_argument("--summary-json", metavar="PATH", help="also write the summary as JSON here")
+    p.set_defaults(func=_run)
