@@ -23,6 +23,7 @@ from .backbone import LengthGroups, build_backbone
 from .config import MoLoRAConfig
 from .encoders.image_embed import ImageEmbedder
 from .errors import PlaceholderError
+from .frozen_rows import row_subset, split_rows
 from .packing import PackedRows
 
 
@@ -50,6 +51,9 @@ class MoLoRAModel(nn.Module):
         self.routing = RoutingState(config.adapter_names)
         inject_routed_lora(self.language_model, config.adapters, self.routing)
         compact_token_blocks(self.language_model.layers, self.routing)
+        # a loss-only training forward runs text-only rows of a frozen backbone without autograd
+        # (molora/frozen_rows.py); False: one pass for every row
+        self.split_frozen_rows = True
         self.freeze_base()
 
     # -- construction / IO -------------------------------------------------------------
@@ -172,6 +176,16 @@ class MoLoRAModel(nn.Module):
             attention_mask = attention_mask.to(self.device)
         if row_types is None:
             row_types = self.row_types(input_ids)
+        if labels is not None and not return_logits and not logits_to_keep and past_key_values is None \
+                and not use_cache and routing is None and position_ids is None and torch.is_grad_enabled() \
+                and loss_reduction in ("mean", "sum"):
+            split = split_rows(self, input_ids, row_types) if self.split_frozen_rows else None
+            if split is not None:  # text-only rows of a frozen backbone: no backward for them
+                media = {"image_pixel_values": image_pixel_values, "image_sizes": image_sizes,
+                         "image_attention_mask": image_attention_mask, "audio_input_features": audio_input_features,
+                         "audio_embed_sizes": audio_embed_sizes, "audio_attention_mask": audio_attention_mask}
+                batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels, **media}
+                return self._forward_split(batch, row_types, *split, loss_reduction)
         prefill = past_key_values is None or past_key_values.get_seq_length() == 0
         if prefill:
             embeds = self.embed(input_ids, row_types, image_pixel_values, image_sizes, image_attention_mask,
@@ -226,6 +240,22 @@ class MoLoRAModel(nn.Module):
                 loss = self.labelled_loss(hidden, labels, reduction=loss_reduction)
         return MoLoRAOutput(logits=logits, loss=loss, past_key_values=out.past_key_values if use_cache else None,
                             row_types=row_types, hidden_states=None if used is not None else hidden)
+
+    def _forward_split(self, batch: dict, row_types: list[str], frozen: list[int], rest: list[int],
+                       reduction: str) -> MoLoRAOutput:
+        """The loss of ``frozen`` rows (no trainable weight reaches them: ``molora/frozen_rows.py``)
+        without autograd plus the loss of the ``rest`` with it; the same value and gradients as one pass."""
+        if batch["attention_mask"] is None:
+            batch["attention_mask"] = torch.ones_like(batch["input_ids"])
+        with torch.no_grad():
+            fixed = self(**row_subset(batch, frozen, with_media=False), row_types=[row_types[i] for i in frozen],
+                         return_logits=False, loss_reduction="sum").loss
+        loss = self(**row_subset(batch, rest, with_media=True), row_types=[row_types[i] for i in rest],
+                    return_logits=False, loss_reduction="sum").loss
+        loss = loss + fixed
+        if reduction == "mean":
+            loss = loss / (batch["labels"][:, 1:] != -100).sum().to(loss.device)
+        return MoLoRAOutput(logits=None, loss=loss, row_types=row_types)
 
     def _packing(self, row_adapter, attention_mask, labels, used, use_cache, embeds):
         """The packed layout for a CPU training forward with padding (labels, loss only, no cache),

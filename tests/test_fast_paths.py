@@ -9,7 +9,9 @@
 - generation's in-place KV cache == transformers' DynamicCache (identical tokens);
 - attention per length bucket (rows of very different lengths) == attention over the padded batch;
 - the one-node SwiGLU gate, grouped-query SDPA on CPU and the conformer's channels-last first
-  convolution == the plain computations.
+  convolution == the plain computations;
+- text-only rows of a frozen backbone run without autograd (``molora/frozen_rows.py``) == one pass
+  for all rows (loss and every gradient).
 """
 from __future__ import annotations
 
@@ -262,6 +264,7 @@ def test_packed_training_forward_matches_padded(monkeypatch, side):
     from molora.packing import PackedRows
 
     model, proc = _double_tiny(seed=7)
+    model.split_frozen_rows = False  # one packed pass for all rows (the split is tested below)
     batch = _as_double(proc(_mixed(proc, synth_audio, drawn_image), return_labels=True))
     batch["labels"][1] = -100  # a row with nothing to learn still packs (and adds nothing)
     if side == "left":  # move every row's real tokens to the right end
@@ -298,3 +301,42 @@ def test_packed_training_forward_matches_padded(monkeypatch, side):
     assert packed_g.keys() == padded_g.keys()
     for n in padded_g:
         torch.testing.assert_close(packed_g[n], padded_g[n], rtol=1e-9, atol=1e-12, msg=n)
+
+
+@pytest.mark.parametrize("side, reduction", [("right", "mean"), ("left", "sum"), ("right", "sum")])
+def test_frozen_text_rows_without_autograd_match_one_pass(monkeypatch, side, reduction):
+    """Text-only rows (no adapter, no media) of a frozen backbone run under no_grad beside the other
+    rows: the same loss and every gradient as one pass; nothing is split once the backbone trains."""
+    from conftest import drawn_image, synth_audio
+
+    model, proc = _double_tiny(seed=11)
+    batch = _as_double(proc(_mixed(proc, synth_audio, drawn_image), return_labels=True, padding_side=side))
+    splits = []
+    real = MoLoRAModel._forward_split
+    monkeypatch.setattr(MoLoRAModel, "_forward_split", lambda self, b, t, f, r, red: splits.append((f, r)) or
+                        real(self, b, t, f, r, red))
+
+    def run(split):
+        model.split_frozen_rows = split
+        model.zero_grad(set_to_none=True)
+        loss = model(**batch, return_logits=False, loss_reduction=reduction).loss
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    split_loss, split_g = run(True)
+    assert splits == [([0, 4], [1, 2, 3])]  # the two text rows, then image / speech / image+speech
+    one_loss, one_g = run(False)
+    assert len(splits) == 1
+    torch.testing.assert_close(split_loss, one_loss, rtol=1e-6, atol=0)  # the loss is fp32 (summation order)
+    assert split_g.keys() == one_g.keys() and len(one_g) > 0
+    for n in one_g:
+        torch.testing.assert_close(split_g[n], one_g[n], rtol=1e-9, atol=1e-12, msg=n)
+    # a backbone that trains: every row's loss has a gradient, nothing is split
+    model.language_model.norm.weight.requires_grad_(True)
+    run(True)
+    assert len(splits) == 1 and model.language_model.norm.weight.grad is not None
+    model.language_model.norm.weight.requires_grad_(False)
+    with torch.no_grad():  # evaluation: no split either
+        model.split_frozen_rows = True
+        model(**batch, return_logits=False)
+    assert len(splits) == 1
