@@ -93,7 +93,11 @@ def test_preset_converts_with_its_tokenizer(tmp_path):
                        MoLoRAProcessor.from_pretrained("tiny")(text=text)["input_ids"])
 
 
-def test_bad_requests_name_the_item(source, tmp_path, capsys):
+def test_bad_requests_name_the_item(source, tmp_path, capsys, monkeypatch):
+    import huggingface_hub.constants as hub
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(hub, "HF_HUB_OFFLINE", True)
     src, _ = source
     busy = tmp_path / "busy"
     busy.mkdir()
@@ -104,6 +108,11 @@ def test_bad_requests_name_the_item(source, tmp_path, capsys):
     assert (busy / "keep.txt").read_text() == "mine"  # nothing lost
     assert cli(["convert", str(tmp_path / "nowhere"), str(tmp_path / "x")]) == 2
     assert "nowhere" in capsys.readouterr().err
+    assert cli(["convert", str(src), str(src), "--force"]) == 2
+    assert "source checkpoint itself" in capsys.readouterr().err
+    assert cli(["convert", "nobody-offline/no-such-model", str(tmp_path / "z")]) == 2  # a hub id, offline
+    err = capsys.readouterr().err
+    assert "nobody-offline/no-such-model" in err and "hub" in err and not (tmp_path / "z").exists()
     assert cli(["convert", str(src), str(src), "--force"]) == 2
     assert "source checkpoint itself" in capsys.readouterr().err
     assert cli(["convert", str(src), str(busy), "--force"]) == 0  # asked for: replaced
