@@ -77,6 +77,27 @@ def weight_shapes(directory: Path) -> dict[str, tuple]:
     return out
 
 
+_SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}
+
+
+def stored_dtype(directory: Path) -> torch.dtype | None:
+    """The dtype of the first floating-point tensor in a safetensors checkpoint (headers only; None: none)."""
+    for f in sorted(Path(directory).glob("*.safetensors")):
+        with safe_open(str(f), framework="pt") as fh:
+            for k in fh.keys():
+                dtype = _SAFETENSORS_DTYPES.get(fh.get_slice(k).get_dtype())
+                if dtype is not None:
+                    return dtype
+    return None
+
+
+def is_preset(path_or_id) -> bool:
+    """A preset name (``tiny``, ...) that is not also a local path."""
+    from .presets import PRESETS
+
+    return str(path_or_id) in PRESETS and not Path(str(path_or_id)).expanduser().exists()
+
+
 def _read_json(path: Path) -> dict:
     try:
         return json.loads(path.read_text())
@@ -218,9 +239,7 @@ def load_preset(name: str, dtype: torch.dtype | None = None, device: str | torch
 
 
 def load_model(path_or_id, dtype: torch.dtype | None = None, device: str | torch.device | None = None):
-    from .presets import PRESETS
-
-    if str(path_or_id) in PRESETS and not Path(str(path_or_id)).exists():
+    if is_preset(path_or_id):
         return load_preset(str(path_or_id), dtype=dtype, device=device)
     directory = resolve_path(path_or_id)
     layout = detect_layout(directory)

@@ -18,36 +18,15 @@ import torch
 
 from .errors import CheckpointError
 
-__all__ = ["LAYOUTS", "DTYPES", "convert", "stored_dtype", "add_parser"]
+__all__ = ["LAYOUTS", "DTYPES", "convert", "add_parser"]
 
 LAYOUTS = ("molora", "phi4mm", "phi4_multimodal")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-_SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}
-
-
-def stored_dtype(directory: Path) -> torch.dtype | None:
-    """The dtype of the first floating-point tensor in ``directory``'s weights (None: none found)."""
-    from safetensors import safe_open
-
-    for f in sorted(Path(directory).glob("*.safetensors")):
-        with safe_open(str(f), framework="pt") as fh:
-            for key in fh.keys():
-                dtype = _SAFETENSORS_DTYPES.get(fh.get_slice(key).get_dtype())
-                if dtype is not None:
-                    return dtype
-    return None
-
-
-def _is_empty_dir(p: Path) -> bool:
-    return p.is_dir() and not any(p.iterdir())
-
-
 def convert(src: str, dst: str | Path, layout: str = "molora", dtype: str = "auto", *, force: bool = False,
             processor: bool = True) -> dict:
     """Load ``src`` (any layout, hub id or preset) and write it to ``dst`` in ``layout``; returns a summary."""
-    from .checkpoint import detect_layout, resolve_path
+    from .checkpoint import detect_layout, is_preset, resolve_path, stored_dtype
     from .model import MoLoRAModel
-    from .presets import PRESETS
     from .processor import MoLoRAProcessor
 
     t0 = time.perf_counter()
@@ -58,10 +37,9 @@ def convert(src: str, dst: str | Path, layout: str = "molora", dtype: str = "aut
     dst = Path(dst).expanduser()
     if dst.exists() and not dst.is_dir():
         raise CheckpointError("the destination is a file, not a directory", str(dst))
-    if dst.exists() and not _is_empty_dir(dst) and not force:
+    if dst.exists() and any(dst.iterdir()) and not force:
         raise CheckpointError("the destination exists and is not empty; pass --force to replace it", str(dst))
-    preset = str(src) in PRESETS and not Path(str(src)).expanduser().exists()
-    if preset:
+    if is_preset(src):
         source_layout, source_dtype = f"preset:{src}", torch.float32
     else:
         directory = resolve_path(src)

@@ -10,9 +10,9 @@ from safetensors.torch import load_file
 
 from conftest import eager_vision, randomize_, tiny_config
 from molora import MoLoRAModel, MoLoRAProcessor
-from molora.checkpoint import detect_layout
+from molora.checkpoint import detect_layout, stored_dtype
 from molora.cli import main as cli
-from molora.convert import convert, stored_dtype
+from molora.convert import convert
 
 
 @pytest.fixture(scope="module")
