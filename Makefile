@@ -1,16 +1,21 @@
-# molora: `make test` and `make demo` set everything up on a fresh machine (Python 3.11 needed).
+# molora: `make test` and `make demo` set everything up on a fresh machine (Python 3.11, Linux x86-64).
+# The virtual env is installed from requirements.lock (every package, exact versions and hashes):
+# a clone installs what was tested. `make lock` regenerates the lock from pyproject.toml's ranges.
 PYTHON ?= python3.11
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+LOCK   := requirements.lock
+UV     := uv==0.13.9
 
-.PHONY: install test test-fast demo bench clean
+.PHONY: install test test-fast test-latest demo bench lock clean
 
-$(STAMP): pyproject.toml
+$(STAMP): $(LOCK) pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "needs $(PYTHON) on PATH"; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m pip install -q --require-hashes --no-deps -r $(LOCK)
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	$(PY) -m pip check
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -19,7 +24,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -p no:cacheprovider -m "not slow"
 
 demo: $(STAMP)
 	$(PY) -m molora.cli quickstart
@@ -27,5 +32,21 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/bench_core.py --repeats 5
 
+# The lock: pyproject's ranges (+ the test extra and the build tools), resolved for CPython 3.11 on
+# Linux x86-64 by uv (run from a throwaway venv so the lock does not depend on what is installed).
+lock:
+	test -x .venv-lock/bin/uv || { $(PYTHON) -m venv .venv-lock && .venv-lock/bin/pip install -q $(UV); }
+	.venv-lock/bin/uv pip compile pyproject.toml requirements-build.in --extra test -c constraints-lock.txt \
+	    --python-version 3.11 --python-platform x86_64-manylinux_2_28 --generate-hashes --upgrade -o $(LOCK)
+
+# Not in CI: the newest versions pyproject's ranges allow, in a separate venv, then the suite.
+# The way a maintainer learns early that a new release breaks molora (see README, "Environment").
+test-latest:
+	rm -rf .venv-latest && $(PYTHON) -m venv .venv-latest
+	.venv-latest/bin/pip install -q --upgrade pip
+	.venv-latest/bin/pip install -q --upgrade --upgrade-strategy eager -e ".[test]"
+	.venv-latest/bin/pip freeze --exclude-editable > .venv-latest/freeze.txt
+	.venv-latest/bin/python -m pytest -q -p no:cacheprovider
+
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) .venv-latest .venv-lock runs .pytest_cache

@@ -19,7 +19,7 @@ def decode_loop(model, input_ids, attention_mask=None, *, max_new_tokens=32, eos
     pad = model.config.backbone.pad_token_id
     row_types = model.row_types(input_ids)
     cache = GrowingCache(reserve=max_new_tokens)  # decode steps write in place, no per-step concatenation
-    out = model(input_ids, attention_mask, past_key_values=cache, use_cache=True, row_types=row_types,
+    out = model(input_ids, attention_mask, cache=cache, use_cache=True, row_types=row_types,
                 logits_to_keep=1, **media)
     positions = attention_mask.long().sum(-1, keepdim=True) - 1
     step_route = model.step_routing(row_types)
@@ -41,6 +41,6 @@ def decode_loop(model, input_ids, attention_mask=None, *, max_new_tokens=32, eos
         history = torch.cat([history, nxt[:, None]], 1)
         attention_mask = torch.cat([attention_mask, torch.ones_like(attention_mask[:, :1])], 1)
         positions = positions + 1
-        out = model(nxt[:, None], attention_mask, position_ids=positions, past_key_values=out.past_key_values,
+        out = model(nxt[:, None], attention_mask, position_ids=positions, cache=out.cache,
                     use_cache=True, row_types=row_types, routing=step_route)
     return torch.stack(generated, 1) if generated else input_ids.new_zeros(B, 0)

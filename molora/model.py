@@ -24,6 +24,7 @@ from .config import MoLoRAConfig
 from .encoders.image_embed import ImageEmbedder
 from .errors import PlaceholderError
 from .frozen_rows import row_subset, split_rows
+from .loss import causal_lm_loss, loss_precision
 from .packing import PackedRows
 
 
@@ -31,11 +32,16 @@ from .packing import PackedRows
 class MoLoRAOutput:
     logits: torch.Tensor
     loss: torch.Tensor | None = None
-    past_key_values: object | None = None
+    cache: object | None = None  # the KV cache (transformers >= 5.24 names it ``cache``)
     row_types: list[str] | None = None
     # final hidden states; None when only the positions that feed the logits / the loss were computed
     # (``logits_to_keep`` or ``labels`` with ``return_logits=False``: see MoLoRAModel._narrow_last_layer)
     hidden_states: torch.Tensor | None = None
+
+    @property
+    def past_key_values(self):
+        """The KV cache under its pre-5.24 transformers name."""
+        return self.cache
 
 
 class MoLoRAModel(nn.Module):
@@ -96,8 +102,8 @@ class MoLoRAModel(nn.Module):
         def context_fn():
             return contextlib.nullcontext(), routing.restored(routing.snapshot())
 
-        self.language_model.gradient_checkpointing_enable(
-            gradient_checkpointing_kwargs={"use_reentrant": False, "context_fn": context_fn})
+        self.language_model.activation_checkpointing_enable(
+            activation_checkpointing_kwargs={"use_reentrant": False, "context_fn": context_fn})
         if hasattr(self.audio_embed.encoder, "gradient_checkpointing"):
             self.audio_embed.encoder.gradient_checkpointing = True
 
@@ -165,12 +171,14 @@ class MoLoRAModel(nn.Module):
                 image_pixel_values=None, image_sizes=None, image_attention_mask=None,
                 audio_input_features=None, audio_embed_sizes=None, audio_attention_mask=None,
                 labels: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
-                past_key_values=None, use_cache: bool = False, row_types: list[str] | None = None,
+                cache=None, use_cache: bool = False, row_types: list[str] | None = None,
                 logits_to_keep: int = 0, return_logits: bool = True, loss_reduction: str = "mean",
-                routing: tuple | None = None, **unused) -> MoLoRAOutput:
-        """``return_logits=False`` with ``labels``: the loss is computed from the labelled positions
+                routing: tuple | None = None, past_key_values=None, **unused) -> MoLoRAOutput:
+        """``cache`` is the KV cache (``past_key_values``, its pre-5.24 transformers name, is accepted too).
+        ``return_logits=False`` with ``labels``: the loss is computed from the labelled positions
         only (logits of the other positions are never formed: with a 200k vocabulary they are most
         of a training step's memory); ``loss_reduction`` is "mean" (over labelled tokens) or "sum"."""
+        past_key_values = cache if cache is not None else past_key_values
         input_ids = input_ids.to(self.device)
         if attention_mask is not None:
             attention_mask = attention_mask.to(self.device)
@@ -219,7 +227,7 @@ class MoLoRAModel(nn.Module):
                 extra["length_groups"] = groups
         with ctx, self._narrow_last_layer(row_adapter if used is not None else None, used):
             out = self.language_model(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids,
-                                      past_key_values=past_key_values, use_cache=use_cache, **extra)
+                                      cache=past_key_values, use_cache=use_cache, **extra)
         hidden = out.last_hidden_state
         if self.routing.touch_all:  # see RoutingState.touch_all: unused encoders / projectors join with 0
             hidden = hidden + sum(0.0 * p.sum() for n, p in self.named_parameters()
@@ -233,12 +241,12 @@ class MoLoRAModel(nn.Module):
             if packed is not None:
                 target = packed.pack(F.pad(labels[:, 1:], (0, 1), value=-100))[0]
                 keep = target != -100
-                loss = F.cross_entropy(self.lm_logits(hidden[0][keep]).float(), target[keep], reduction=loss_reduction)
+                loss = F.cross_entropy(loss_precision(self.lm_logits(hidden[0][keep])), target[keep], reduction=loss_reduction)
             elif logits is not None:
                 loss = causal_lm_loss(logits, labels, reduction=loss_reduction)
             else:
                 loss = self.labelled_loss(hidden, labels, reduction=loss_reduction)
-        return MoLoRAOutput(logits=logits, loss=loss, past_key_values=out.past_key_values if use_cache else None,
+        return MoLoRAOutput(logits=logits, loss=loss, cache=out.cache if use_cache else None,
                             row_types=row_types, hidden_states=None if used is not None else hidden)
 
     def _forward_split(self, batch: dict, row_types: list[str], frozen: list[int], rest: list[int],
@@ -269,7 +277,7 @@ class MoLoRAModel(nn.Module):
         """[B, T] bool of the positions whose final hidden state is read (the last ``logits_to_keep``,
         or the labelled ones when no logits are returned), or None when all are (or when narrowing
         does not apply: activation checkpointing recomputes layers outside this forward)."""
-        if self.language_model.gradient_checkpointing or self.routing.touch_all:
+        if self.language_model.is_activation_checkpointing or self.routing.touch_all:
             return None
         B, T = shape
         if labels is None and 0 < logits_to_keep < T:
@@ -325,7 +333,7 @@ class MoLoRAModel(nn.Module):
         target = labels[:, 1:]
         keep = target != -100
         logits = self.lm_logits(hidden[:, :-1][keep])
-        return F.cross_entropy(logits.float(), target[keep], reduction=reduction)
+        return F.cross_entropy(loss_precision(logits), target[keep], reduction=reduction)
 
     def step_routing(self, row_types: list[str]) -> tuple:
         """The routing snapshot of a one-token-per-row decode step (reused for every step)."""
@@ -367,11 +375,3 @@ class MoLoRAModel(nn.Module):
             counts[key] = counts.get(key, 0) + p.numel()
         return counts
 
-
-def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100,
-                   reduction: str = "mean") -> torch.Tensor:
-    """Next-token cross-entropy over the labelled tokens (mean: transformers' convention)."""
-    shift_logits = logits[:, :-1].float()
-    shift_labels = labels[:, 1:]
-    return F.cross_entropy(shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1),
-                           ignore_index=ignore_index, reduction=reduction)

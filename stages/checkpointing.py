@@ -7,6 +7,7 @@ import os
 import random
 import re
 import shutil
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -70,7 +71,19 @@ def save_checkpoint(root: Path, step: int, *, weights: dict, optimizer_state: di
         for _, old in list_checkpoints(root)[:-keep_last] if keep_last > 0 else []:
             shutil.rmtree(old, ignore_errors=True)
     barrier()
+    _fault_hook(step)
     return final
+
+
+# For tests of crash recovery only: a process that has just committed checkpoint N kills itself
+# (SIGKILL: no cleanup, as with an OOM kill or a power cut), so a resume test kills at a known step.
+KILL_AFTER_ENV = "MOLORA_TEST_SIGKILL_AFTER_CHECKPOINT"
+
+
+def _fault_hook(step: int) -> None:
+    at = os.environ.get(KILL_AFTER_ENV)
+    if at and int(at) == step:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def load_checkpoint(path: Path, rank: int) -> dict:

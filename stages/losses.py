@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import torch
 
+from molora.loss import loss_precision
+
 MODEL_KEYS = ("input_ids", "attention_mask", "image_pixel_values", "image_sizes", "image_attention_mask",
               "audio_input_features", "audio_embed_sizes", "audio_attention_mask")
 
@@ -25,7 +27,7 @@ def lm_loss_sum(model, batch: dict, forward=None) -> torch.Tensor:
 
 def sequence_logps(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Per-row sum of log p(label) over labelled tokens: [B]."""
-    lp = logits[:, :-1].float().log_softmax(-1)
+    lp = loss_precision(logits[:, :-1]).log_softmax(-1)
     tgt = labels[:, 1:]
     mask = tgt != -100
     picked = lp.gather(-1, tgt.clamp(min=0).unsqueeze(-1)).squeeze(-1)

@@ -113,8 +113,8 @@ def test_dense_reading_loss_trains_the_tower():
         loss.backward()
         assert model.image_embed.img_processor.embeddings.patch_embedding.weight.grad.abs().sum() > 0
         opt.step()
-        first = first if first is not None else float(loss)
-    assert float(loss) < 0.5 * first and 0.0 <= acc <= 1.0 and 0.0 <= exact <= 1.0
+        first = first if first is not None else loss.item()
+    assert loss.item() < 0.5 * first and 0.0 <= acc <= 1.0 and 0.0 <= exact <= 1.0
 
 
 def _pretrain_module():

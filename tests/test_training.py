@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -72,14 +71,14 @@ def test_sigkill_and_resume_is_bit_identical(tmp_path):
               "training.micro_batch_size=4", "training.spec_augment={freq_mask_param: 8, time_mask_param: 5}"]
     full = _run_cli([*common, "--output-dir", str(tmp_path / "full")])
     assert full.wait(timeout=600) == 0, full.stdout.read()
-    victim = _run_cli([*common, "--output-dir", str(tmp_path / "killed")])
-    ck = tmp_path / "killed" / "checkpoints"
-    deadline = time.time() + 300
-    while time.time() < deadline and not (ck / "step-12").exists():
-        time.sleep(0.05)
-    os.kill(victim.pid, signal.SIGKILL)
-    victim.wait()
-    assert not (tmp_path / "killed" / "final").exists(), "killed too late to test resume"
+    from molora.stages.checkpointing import KILL_AFTER_ENV
+
+    victim = _run_cli([*common, "--output-dir", str(tmp_path / "killed")], env={KILL_AFTER_ENV: "12"})
+    victim.wait(timeout=600)
+    assert victim.returncode == -signal.SIGKILL, victim.stdout.read()
+    steps = [r["step"] for r in metrics(tmp_path / "killed")]
+    assert steps == list(range(1, 13)), steps  # killed right after the step-12 checkpoint, nothing later
+    assert not (tmp_path / "killed" / "final").exists()
     resumed = _run_cli([*common, "--output-dir", str(tmp_path / "killed"), "--resume"])
     assert resumed.wait(timeout=600) == 0, resumed.stdout.read()
     a = load_file(str(tmp_path / "full" / "final" / "model.safetensors"))
