@@ -27,18 +27,17 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
 
 
 def _images(n=16):
-    from conftest import drawn_image
+    from molora.synthetic.media import drawn_image
 
     sizes = [(448, 448), (1024, 768), (300, 1200), (1600, 400), (640, 480), (2000, 1500), (224, 224), (800, 800)]
     return [drawn_image(*sizes[i % len(sizes)], seed=i) for i in range(n)]
 
 
 def _clips(n=16):
-    from conftest import synth_audio
+    from molora.synthetic.media import synth_audio
 
     return [synth_audio(2.0 + (i % 5) * 1.5, seed=i) for i in range(n)]
 
@@ -176,7 +175,7 @@ def _decode(case, impl, cfg, repeats, workdir):
 
 
 def _mixed_batch(proc):
-    from conftest import drawn_image, synth_audio
+    from molora.synthetic.media import drawn_image, synth_audio
 
     def user(parts, answer):
         content = []

@@ -1,4 +1,4 @@
-"""`make demo` (until the quickstart lands): the model core end to end, offline.
+"""`molora demo`: the model core alone, end to end, offline (`make demo` runs `molora quickstart`).
 
 Builds the tiny preset, draws an image with Pillow, speaks a sentence with espeak-ng, runs one
 padded batch that mixes text / image / speech / image+speech conversations through the

@@ -5,42 +5,20 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image, ImageDraw
 
 from molora import MoLoRAConfig
+from molora.synthetic.media import drawn_image, synth_audio  # noqa: F401 (tests import them from here)
 
 
 def pytest_configure(config):
-    # the suite's thread count, set when pytest starts (not on import: benchmarks/ import the
-    # helpers below and choose their own thread count)
+    # the suite's thread count, set when pytest starts
     torch.set_num_threads(2)
 
 
 def tiny_config() -> MoLoRAConfig:
     return MoLoRAConfig.preset("tiny")
-
-
-def drawn_image(w: int, h: int, seed: int = 0) -> Image.Image:
-    rng = np.random.default_rng(seed)
-    img = Image.new("RGB", (w, h), tuple(int(c) for c in rng.integers(0, 255, 3)))
-    d = ImageDraw.Draw(img)
-    for _ in range(6):
-        x0, y0 = int(rng.integers(0, w)), int(rng.integers(0, h))
-        x1, y1 = x0 + int(rng.integers(1, max(2, w))), y0 + int(rng.integers(1, max(2, h)))
-        d.rectangle([x0, y0, x1, y1], fill=tuple(int(c) for c in rng.integers(0, 255, 3)))
-    d.text((1, 1), "42", fill=(0, 0, 0))
-    return img
-
-
-def synth_audio(seconds: float, sr: int = 16000, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    t = np.arange(int(seconds * sr)) / sr
-    f0 = 200 + 100 * seed
-    x = 0.3 * np.sin(2 * np.pi * (f0 + 300 * t) * t) + 0.05 * rng.standard_normal(t.shape)
-    return x.astype(np.float32)
 
 
 def user_content(*parts) -> list[dict]:
