@@ -22,7 +22,7 @@ What one clip goes through (``AudioFeatureExtractor.__call__``):
    the tail that does not fill a frame is dropped: ``frames = (n - 400) // 160 + 1``);
    pre-emphasis 0.97 inside each frame (the first sample is differenced with itself);
    x32768; symmetric Hamming window; ``rfft(n=512)`` in float32 (the reference computes it in
-   float64: the log-mel differs by ~1e-5, and float32 halves the time); power ``|S|**2``; 80 mel filters 0..7690 Hz; ``clamp(min=1)``; natural log.
+   float64; see ``docs/audio-front-end.md``); power ``|S|**2``; 80 mel filters 0..7690 Hz; ``clamp(min=1)``; natural log.
    No dither, no normalisation (the model holds global mean / inverse std buffers).
    How it runs: only real frames are transformed (all clips' frames stacked, no padding to the
    longest clip); pre-emphasis is applied once per sample of each waveform and the
@@ -46,16 +46,9 @@ Mel filter banks (``AudioConfig.mel_filter``):
   mel_scale="kaldi")``: the same triangles evaluated on all bins 0..256 in float64 (cast to
   float32 when applied).
 
-Measured difference (16 kHz, n_fft 512, 80 bins; ``tests/test_audio_features.py`` pins it):
-the banks differ in exactly one weight: FFT bin 246 (7687.5 Hz) of the top filter (79),
-which ``speechlib_mel`` leaves out (its bin range stops below round(7690 * 512 / 16000) = 246)
-and transformers sets to 0.00972, so max |w_original - w_transformers| = 0.00972; every other
-weight agrees to < 3e-8 (float32 rounding). On a 2 s synthetic clip (exponential chirp
-50 Hz -> 7.9 kHz at amplitude 0.5 plus white noise of std 0.025, seed 0) the max |log-mel
-difference| is 0.0117, in mel bin 79 only (bins 0..78 are bit-identical). Small, but not
-zero, and the checkpoint was trained on the original bank, so ``"original"`` is the
-default; ``"transformers"`` reproduces transformers' ``Phi4MultimodalFeatureExtractor``
-(valid frames within 1e-3, the contract, and far closer in our tests).
+The two banks differ in one weight (FFT bin 246 of the top filter, ``docs/audio-front-end.md``):
+``"original"`` is the default because the checkpoint was trained with it; ``"transformers"``
+reproduces transformers' ``Phi4MultimodalFeatureExtractor`` (valid frames within 1e-3).
 
 One deliberate difference from transformers' extractor in padded batches: frames past a
 clip's end are exactly 0.0 here (as in the original processor, which padded per-clip

@@ -4,67 +4,28 @@
     python scripts/pretrain_tiny.py --smoke --out /tmp/w  # a few steps of every phase (tests)
     scripts/pretrain_tiny_recipe.sh OUT                   # the shipped weights: four runs (~2.2 h, 1 thread)
 
-The shipped weights come from four runs, each starting from the previous one's weights
-(``scripts/pretrain_tiny_recipe.sh``; ``molora/weights/tiny/pretrain.json`` lists them): the default
-phases; then ``lookup,ocr,crops,vision,mixed``; then ``speech,mixed`` (after ~10k steps of pages the
-backbone had drifted from the speech path: quickstart WER 38%; with the third run 4.1%); then
-``lookup,speech,crops,vision,mixed`` with ``keep_drills=25`` and ``keep_speech=15`` (look-up drill
-rows and speech rows kept alongside in the crops / vision phases, which otherwise wear look-up and
-speech away: the backbone answers 116 / 304 of the probe's text look-ups after this run against 33
-after the third).
+Like the real model's parts (Phi-4-mini, SigLIP, the speech encoder) the tiny ones are pretrained
+before molora's stages run, and the stages then start from them. Phases (``--phases``, in order):
 
-Like the real model's parts (Phi-4-mini, SigLIP, the speech encoder) the tiny ones are
-pretrained before molora's stages ever run, and the stages then start from them:
+- tokenizer: byte-level BPE learned from the corpora's text (the byte tokenizer's ids kept, digits single);
+- ``lm``: the backbone as a causal LM on the corpora's text, every token labelled;
+- ``lookup``: in-context look-up from text drills (``molora/synthetic/lookup.py``), loss on the answers;
+- ``ctc`` / ``speech``: global CMVN for the conformer, word-level CTC over the speech corpus's closed
+  vocabulary (a throw-away linear head), then a pass through the LM with a temporary projector + LoRA;
+- ``ocr``: dense reading: every pooled cell of the HD crop grid predicts the characters drawn inside it
+  (``molora/synthetic/ocr.py``), through a throw-away MLP head;
+- ``crops``: read small crops of a page through the LM ("Read the text." -> the exact string);
+- ``regions``: questions on bands of a document around the answer (``answer_band``);
+- ``vision``: answer the documents / charts questions through the LM (temporary projector + vision LoRA);
+- ``mixed``: speech and VQA rows (and drills with ``keep_drills``) in every batch, so neither is forgotten.
 
-0. tokenizer: byte-level BPE learned from the corpora's text (``molora/weights/tiny/tokenizer.json``;
-   the byte tokenizer's ids kept, digits single);
-1. backbone: a causal LM on the corpora's text (transcripts, questions and answers rendered with
-   the chat template, plain sentences), every token labelled;
-1b. (``lookup``) backbone: in-context look-up from text drills (``molora/synthetic/lookup.py``: a
-   freshly drawn page given as text + one of its questions, key-value recall, repeat-the-text),
-   loss on the answers. Every document / chart question is a look-up, and the LM of phase 1 does
-   not learn look-up from the corpora's few answer tokens; with the drills the probe's held-out
-   exact match goes from 26 to 133 / 304 in 6000 steps (``molora/synthetic/lookup.py``), and
-   the crops phase learns much faster after it (loss 0.24 after 4000 steps vs 0.49 without).
-   The mixed phase (5) keeps drill rows in its batches;
-2. conformer: global CMVN statistics from the training clips, then word-level CTC over the
-   closed vocabulary of the speech corpus (a linear head on the encoder output, thrown away
-   afterwards; greedy CTC WER on the dev split is logged), then (2b) a pass through the LM with
-   a temporary speech projector + LoRA;
-2c. (``ocr``, not in the default phases; in the shipped recipe's second run, 3000 steps) vision
-   tower, alone: dense reading. Every pooled cell of the HD crop grid (one image token) predicts
-   the characters drawn inside it, in reading order (``molora/synthetic/ocr.py``: the generators
-   record every string they draw, so the targets are exact), through a small MLP head thrown away
-   afterwards; held-out character accuracy is logged (97.3% after 6000 steps, 12 min). The tower
-   then reads, but the tiny LM did not learn to use it within 4500 through-LM steps (cells hold
-   3-4 characters each; see the CHANGELOG) -- the look-up drills and crops below were missing;
-2d. (``crops`` before ``vision``; in the shipped recipe's second run, 4000 steps) reading small
-   crops through the LM: one drawn string or one text line of a fresh page, "Read the text." -> the exact string
-   (``reading_crops``). A crop is ~10-20 image tokens, so the LM learns to pull characters out of
-   the tokens before it has to find a field on a whole page (held-out crop ANLS 0.28 / 0.48 / 0.67
-   after 1000 / 2000 / 3000 steps, still rising). ``--tower-feature-norm 6`` with ``ocr`` first
-   rescales the tower exactly (``rescale_tower``) so image tokens start near the text scale;
-2e. (``regions``, not in the default phases nor in the shipped recipe) questions
-   on bands of a document: the text lines around one question's answer (0-2 lines above and below,
-   a table's header kept; ``answer_band``), so the LM learns to find a field among a few lines of
-   image tokens before a whole page's ~110. From the fourth run's state after its vision phase,
-   2000 region steps + 1500 page steps took held-out document ANLS (with the phase's own projector
-   and LoRA) from 0.29 to 0.35 and chart relaxed accuracy from 0.14 to 0.19 (names, cities and
-   dates on forms became readable; 2000 mixed steps instead gave 0.30 / 0.10), but after
-   the quickstart's stages (fresh projector and LoRA) neither these weights nor a fifth run
-   ``regions,vision,mixed`` beat the shipped ones (ANLS 0.29 / 0.26 vs 0.30), so it is not shipped;
-3. vision tower: "read the field" through the LM: tower + a temporary projector + a
-   temporary vision LoRA trained on the documents / charts training questions;
-4. both paths together (speech and VQA rows mixed in every batch), so that neither is forgotten.
-
-In phases 2b-4 the backbone trains too (``--text-only-backbone`` keeps it frozen there): a
-backbone pretrained on text alone and then frozen ignores the audio (the issue's planning
-notes), so the tiny backbone is pretrained multimodally, as a reader of its encoders' features.
-
-Only the tokenizer, the backbone, the vision tower and the conformer are written
-(``tokenizer.json``, ``model.safetensors`` -- rewritten after every phase, so a later phase can
-restart from it with ``--start-from`` -- and ``pretrain.json`` with the recipe and the losses); projectors and LoRAs are thrown away, so the
-quickstart's stages still have to align them. Deterministic for a given seed and thread count.
+In the phases after ``lm`` the backbone trains too (``--text-only-backbone`` keeps it frozen): a backbone
+pretrained on text alone and then frozen ignores the audio. Only the tokenizer, the backbone, the vision
+tower and the conformer are written (``tokenizer.json``, ``model.safetensors`` after every phase, so a
+later run can start from it with ``--start-from``, and ``pretrain.json`` with the recipe and the losses);
+projectors and LoRAs are thrown away, so the quickstart's stages still have to align them. Deterministic
+for a given seed and thread count. What each phase measured, and how the shipped recipe was arrived at:
+``docs/tiny-pretraining.md``.
 """
 from __future__ import annotations
 
