@@ -277,7 +277,7 @@ class MoLoRAModel(nn.Module):
         """[B, T] bool of the positions whose final hidden state is read (the last ``logits_to_keep``,
         or the labelled ones when no logits are returned), or None when all are (or when narrowing
         does not apply: activation checkpointing recomputes layers outside this forward)."""
-        if self.language_model.is_activation_checkpointing or self.routing.touch_all:
+        if self.language_model.is_activation_checkpointing:
             return None
         B, T = shape
         if labels is None and 0 < logits_to_keep < T:

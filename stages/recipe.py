@@ -46,6 +46,9 @@ class Training:
     eval_every: int = 0
     parallel: str = "dp"  # dp: every process holds the model | fsdp2: parameters/grads/optimiser sharded
     eval_generate: bool = False  # also greedy-decode the eval rows: WER / ANLS / relaxed accuracy
+    # text-only rows of a frozen backbone without autograd (molora/frozen_rows.py); always off under
+    # fsdp2, whose collectives need the same forwards on every process
+    split_frozen_rows: bool = True
 
 
 @dataclass

@@ -193,6 +193,7 @@ def train(recipe: Recipe, output_dir: str | Path, *, resume: bool = False, stric
     model.to(dist.device)
     t = recipe.training
     sharded = dist.world > 1 and (t.parallel == "fsdp2" or os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true")
+    model.split_frozen_rows = t.split_frozen_rows and not sharded
     if recipe.training.activation_checkpointing:
         model.enable_activation_checkpointing()
 
@@ -313,7 +314,7 @@ def train(recipe: Recipe, output_dir: str | Path, *, resume: bool = False, stric
             dist.average_gradients(trainable)
         if scaler:
             scaler.unscale_(optimizer)
-        gnorm = _as_float(torch.nn.utils.clip_grad_norm_(trainable, t.max_grad_norm)) if t.max_grad_norm else 0.0
+        gnorm = clip_gradients(trainable, t.max_grad_norm, dist, sharded) if t.max_grad_norm else 0.0
         if total > 0 and scaler is not None:
             scaler.step(optimizer)
             scaler.update()
@@ -373,8 +374,24 @@ def train(recipe: Recipe, output_dir: str | Path, *, resume: bool = False, stric
     return summary
 
 
-def _as_float(x) -> float:
-    return float(x.full_tensor() if hasattr(x, "full_tensor") else x)
+@torch.no_grad()
+def clip_gradients(params: list[torch.nn.Parameter], max_norm: float, dist: Distributed, sharded: bool) -> float:
+    """Scale gradients so their global L2 norm is at most ``max_norm``; returns the norm before.
+
+    The norm is summed in float64 (squares of float32 values are exact there) and the scale is
+    rounded to the gradients' dtype once, so a run whose gradients are sharded over processes
+    (FSDP2: each process sums the squares of its shards, then the sums are added) and a run that
+    holds them whole get the same scale, bit for bit, and hence the same steps."""
+    grads = [p.grad for p in params if p.grad is not None]
+    local = [g.to_local() if hasattr(g, "to_local") else g for g in grads]
+    sq = sum((g.double().square().sum() for g in local), torch.zeros((), dtype=torch.float64, device=dist.device))
+    total = dist.all_sum([float(sq)])[0] if sharded else float(sq)
+    norm = total ** 0.5
+    coef = max_norm / (norm + 1e-6)
+    if coef < 1.0:
+        for g in local:
+            g.mul_(torch.tensor(coef, dtype=torch.float64).to(g.dtype))
+    return norm
 
 
 def _training_state(model, optimizer, names: list[str], sharded: bool) -> tuple[dict, dict]:
