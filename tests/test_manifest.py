@@ -12,7 +12,8 @@ import soundfile as sf
 
 from conftest import drawn_image, synth_audio
 from molora.errors import MoLoRAError
-from molora.stages.manifest import ASR_PROMPT, VQA_SUFFIX, ManifestError, Sample, read_manifest
+from molora.stages.manifest import (ASR_PROMPT, AUDIO_TOKENS_UNKNOWN, IMAGE_TOKENS_UNKNOWN, VQA_SUFFIX, ManifestError,
+                                    Sample, read_manifest)
 
 
 def write_manifest(root: Path, rows: list, name: str = "train.jsonl") -> Path:
@@ -62,8 +63,13 @@ def test_each_row_kind_parses(data_root):
     assert s[4].messages == [{"role": "user", "content": "pick"}]
     assert (s[4].chosen, s[4].rejected) == ("good", "bad")
     # lengths: text + media estimates; the 0.8 s clip is ~10 audio tokens (header probe, no decode)
-    assert s[0].length == len("hello world") + len(ASR_PROMPT) + 10 + 8
-    assert all(x.length > 0 for x in s)
+    # (4 per message + its text; 0.8 s of audio = ceil(0.8 * 12.5) = 10 tokens; the 60x40 image is
+    # one 448 crop: 273 global + 272 crop tokens; a preference row counts its longer answer)
+    assert s[0].length == 4 + 10 + len(ASR_PROMPT) + 4 + len("hello world")
+    assert s[1].length == 4 + 10 + len("Transcribe in French.") + 4 + len("bonjour")
+    assert s[2].length == 4 + len("be brief") + 4 + 545 + len("what?") + 4 + len("a box")
+    assert s[3].length == 4 + 545 + len("How many?" + VQA_SUFFIX) + 4 + len("3")
+    assert s[4].length == 4 + len("pick") + len("good")
 
 
 @pytest.mark.parametrize("line, reason", [
@@ -97,7 +103,9 @@ def test_missing_files_are_not_checked_here(tmp_path):
                                                                        "answers": ["a"]}])
     s = read_manifest(m)
     assert s[0].messages[0]["content"][0]["audio"] == str(tmp_path.resolve() / "nope.wav")
-    assert s[0].length > 0 and s[1].length > 0  # constant estimates when the header cannot be read
+    # constant estimates when the header cannot be read (~10 s of audio, a few HD crops)
+    assert s[0].length == 4 + AUDIO_TOKENS_UNKNOWN + len(ASR_PROMPT) + 4 + len("x")
+    assert s[1].length == 4 + IMAGE_TOKENS_UNKNOWN + len("q" + VQA_SUFFIX) + 4 + len("a")
 
 
 def test_paths_outside_root_are_refused_unless_allowed(tmp_path):
