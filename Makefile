@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 LOCK   := requirements.lock
 UV     := uv==0.13.9
 
-.PHONY: install test test-fast test-latest demo bench lock clean
+.PHONY: install test test-fast test-latest test-numerics demo bench lock clean
 
 $(STAMP): $(LOCK) pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "needs $(PYTHON) on PATH"; exit 1; }
@@ -25,6 +25,10 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider -m "not slow"
+
+# Not in CI: the numeric tests with other threads / denormal mode / CPU kernels (scripts/test_numerics.sh).
+test-numerics: $(STAMP)
+	PY=$(PY) scripts/test_numerics.sh
 
 demo: $(STAMP)
 	$(PY) -m molora.cli quickstart

@@ -13,8 +13,13 @@ from molora.synthetic.media import drawn_image, synth_audio  # noqa: F401 (tests
 
 
 def pytest_configure(config):
-    # the suite's thread count, set when pytest starts
-    torch.set_num_threads(2)
+    # the suite's thread count, set when pytest starts; `make test-numerics` varies it and the
+    # denormal mode to show that no tolerance depends on one machine's rounding
+    import os
+
+    torch.set_num_threads(int(os.environ.get("MOLORA_TEST_THREADS", "2")))
+    if os.environ.get("MOLORA_TEST_FLUSH_DENORMAL") == "1":
+        torch.set_flush_denormal(True)
 
 
 def tiny_config() -> MoLoRAConfig:
