@@ -15,8 +15,8 @@ from PIL import Image, ImageDraw
 
 from molora import MoLoRAConfig, MoLoRAModel, MoLoRAProcessor
 from molora.cli import main as cli
-from molora.eval import NORMALIZER_VERSION, anls, mean_anls, relaxed_accuracy, word_error_rate
-from molora.eval.asr import PROTOCOLS, evaluate_asr, resolve_sets, score_rows
+from molora.eval import anls, mean_anls, normalizer_name, relaxed_accuracy, word_error_rate
+from molora.eval.asr import PROTOCOLS, evaluate_asr, join_chunks, resolve_sets, score_rows
 from molora.eval.chartqa import evaluate_chartqa
 from molora.eval.docvqa import evaluate_docvqa
 
@@ -79,10 +79,12 @@ def test_asr_manifest_run_is_leaderboard_format_and_recomputable(tiny, asr_manif
     s = summary["sets"]["clips"]
     expected = word_error_rate([r["text"] for r in rows], [r["pred_text"] for r in rows])
     assert s["wer"] == round(expected, 2)
-    assert s["rtfx"] == round(sum(durations) / sum(r["time"] for r in rows), 2)
+    assert s["rtfx"] == round(sum(durations) / sum(r["time"] for r in rows), 4)     # the leaderboard's 4 decimals
     assert s["dropped_before_inference"] == 1 and s["items"] == 4
     assert summary["average_wer"] == s["wer"]
-    assert summary["normalizer"] == NORMALIZER_VERSION
+    # own data is scored with the default (current) protocol, named with the code it reproduces
+    assert summary["normalizer"] == normalizer_name("open-asr-2026")
+    assert summary["scoring"]["reproduces"] == "huggingface/open_asr_leaderboard@d1e99b25524814332d6868a5645e568670834cfb"
     assert summary["settings"]["batch_size"] == 2 and summary["settings"]["device"] == "cpu"
     assert summary["settings"]["dtype"] == "float32" and summary["protocol"] == "custom"
     assert "warm-up" in summary["timing"]
@@ -91,7 +93,7 @@ def test_asr_manifest_run_is_leaderboard_format_and_recomputable(tiny, asr_manif
 
 def test_asr_resumes_after_a_crash_without_redoing_items(tiny, asr_manifest, tmp_path):
     model, processor, _ = tiny
-    (sets_label, complete, sets) = resolve_sets(manifests=[str(asr_manifest)])
+    sets = resolve_sets(manifests=[str(asr_manifest)]).sets
     out = tmp_path / "out"
     real_generate = model.generate
     calls = {"n": 0, "crash_at": 3}
@@ -137,7 +139,10 @@ def test_unknown_set_is_a_clear_error(capsys):
     assert cli(["eval", "asr", "--model", "tiny", "--sets", "librispeech_test.clean,nosuchset",
                 "--output-dir", "x"]) == 2
     err = capsys.readouterr().err
-    assert "nosuchset" in err and "ami_test" in err and "open-asr-2026" in err
+    assert "nosuchset" in err and "ami_test" in err and "ami_cleaned_test" in err and "open-asr-2026" in err
+    # sets of two protocols cannot be scored together
+    assert cli(["eval", "asr", "--model", "tiny", "--sets", "tedlium_test,ami_cleaned_test", "--output-dir", "x"]) == 2
+    assert "cannot be scored together" in capsys.readouterr().err
 
 
 def test_unreachable_hub_set_names_what_to_download(monkeypatch, tmp_path, capsys):
@@ -149,9 +154,16 @@ def test_unreachable_hub_set_names_what_to_download(monkeypatch, tmp_path, capsy
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
     assert cli(["eval", "asr", "--model", "tiny", "--sets", "librispeech_test.clean",
                 "--output-dir", str(tmp_path)]) == 2
-    err = capsys.readouterr().err
-    assert "hf-audio/esb-datasets-test-only-sorted" in err and "save_to_disk" in err
+    err = capsys.readouterr().err     # a set of both protocols: the current one's dataset
+    assert "hf-audio/open-asr-leaderboard" in err and "save_to_disk" in err
     assert "--data DIR --sets librispeech_test.clean" in err
+    assert cli(["eval", "asr", "--model", "tiny", "--sets", "ami_test", "--output-dir", str(tmp_path)]) == 2
+    assert "hf-audio/esb-datasets-test-only-sorted" in capsys.readouterr().err    # classic only
+    assert cli(["eval", "asr", "--model", "tiny", "--sets", "earnings22_cleaned_aa_chunked_test",
+                "--output-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "ArtificialAnalysis/Earnings22-Cleaned-AA-chunked" in err and "ArtificialAnalysis/Earnings22-Cleaned-AA" in err
+    assert "save_chunked_set" in err
 
 
 def test_manifest_row_without_text_names_file_and_line(tmp_path, capsys):
@@ -163,14 +175,28 @@ def test_manifest_row_without_text_names_file_and_line(tmp_path, capsys):
 
 
 def test_protocol_sets():
-    label, complete, sets = resolve_sets("open-asr")
-    assert complete and label == "open-asr" and len(sets) == 8
+    label, complete, sets, protocol = resolve_sets("open-asr")
+    assert complete and label == protocol == "open-asr" and len(sets) == 8
     assert {s.dataset for s in sets} == {"hf-audio/esb-datasets-test-only-sorted"}
     assert [s.prompt for s in sets if s.config == "earnings22"] == ["Transcribe the audio clip to English text."]
-    label, complete, sets = resolve_sets("open-asr-2026")
+    label, complete, sets, protocol = resolve_sets("open-asr-2026")
     assert complete and len(sets) == 7 and not any(s.config == "tedlium" for s in sets)
-    label, complete, sets = resolve_sets("librispeech_test.other,ami_test")
-    assert not complete and [s.name for s in sets] == ["librispeech_test.other", "ami_test"]
+    # the leaderboard's current set list (eval_utils' "public" family at d1e99b2) and where each set comes from
+    assert sorted(s.name for s in sets) == ["ami_cleaned_test", "earnings22_cleaned_aa_chunked_test",
+                                            "gigaspeech_cleaned_test", "librispeech_test.clean",
+                                            "librispeech_test.other", "spgispeech_test", "voxpopuli_cleaned_aa_test"]
+    chunked = next(s for s in sets if s.name == "earnings22_cleaned_aa_chunked_test")
+    assert chunked.dataset == "ArtificialAnalysis/Earnings22-Cleaned-AA-chunked"
+    assert chunked.transcripts == "ArtificialAnalysis/Earnings22-Cleaned-AA"
+    assert {s.dataset for s in sets if s is not chunked} == {"hf-audio/open-asr-leaderboard"}
+    assert resolve_sets().protocol == "open-asr-2026"                    # the default: the leaderboard today
+    # --sets X picks X's protocol; a name both protocols have takes --protocol (default: the current one)
+    sel = resolve_sets("librispeech_test.other,ami_test")
+    assert sel.protocol == "open-asr" and not sel.complete
+    assert [s.name for s in sel.sets] == ["librispeech_test.other", "ami_test"]
+    assert resolve_sets("librispeech_test.other").protocol == "open-asr-2026"
+    assert resolve_sets("librispeech_test.other", protocol="open-asr").sets[0].dataset == \
+        "hf-audio/esb-datasets-test-only-sorted"
     assert set(PROTOCOLS) == {"open-asr", "open-asr-2026"}
 
 
@@ -183,6 +209,10 @@ def test_chunked_predictions_are_joined_per_call_in_chunk_order():
     # joined in chunk order: "good morning everyone" vs the call's text -> 0 errors; "hello" -> 0
     s = score_rows(rows)
     assert s["wer"] == 0.0 and s["reference_words"] == 4 and s["scored_utterances"] == 2
+    # the leaderboard strips each chunk's prediction and leaves empty ones out before joining
+    rows[0]["pred_text"], rows[1]["pred_text"] = "  everyone ", " good  morning"
+    rows.append(dict(rows[0], chunk_index=2, pred_text="   "))
+    assert join_chunks(rows) == (["hello", "good morning everyone"], ["hello", "good  morning everyone"])
 
 
 # ----------------------------------------------------------------------------------------
@@ -326,6 +356,6 @@ def test_asr_protocol_set_from_a_local_datasets_dir(tiny, asr_manifest, tmp_path
     assert all(r["duration"] == pytest.approx(sf.info(root / f"clip{'abc'.index(r['id'])}.wav").duration)
                for r in rows)
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["protocol"] == "open-asr (subset: librispeech_test.clean)" and not summary["complete_protocol"]
+    assert summary["protocol"] == "open-asr-2026 (subset: librispeech_test.clean)" and not summary["complete_protocol"]
     assert summary["sets"]["librispeech_test.clean"]["wer"] == round(
         word_error_rate([r["text"] for r in rows], [r["pred_text"] for r in rows]), 2)
