@@ -10,10 +10,8 @@ import json
 
 import pytest
 import soundfile as sf
-import torch
-from PIL import Image, ImageDraw
 
-from molora import MoLoRAConfig, MoLoRAModel, MoLoRAProcessor
+from evalkit import Scripted, page, read_rows, save_tiny
 from molora.cli import main as cli
 from molora.eval import anls, mean_anls, normalizer_name, relaxed_accuracy, word_error_rate
 from molora.eval.asr import PROTOCOLS, evaluate_asr, join_chunks, resolve_sets, score_rows
@@ -25,12 +23,8 @@ CLIPS = ["the cat sat on the mat", "hello world", "twenty five red apples", "goo
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    torch.manual_seed(0)
-    model = MoLoRAModel(MoLoRAConfig.preset("tiny")).eval()
-    processor = MoLoRAProcessor.from_config(model.config)
     d = tmp_path_factory.mktemp("model") / "tiny"
-    model.save_pretrained(d)
-    processor.save_pretrained(d)
+    model, processor = save_tiny(d)
     return model, processor, d
 
 
@@ -48,16 +42,6 @@ def asr_manifest(tmp_path_factory):
     return path
 
 
-def _rows(path):
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def _image(i: int) -> Image.Image:
-    img = Image.new("RGB", (64, 48), "white")
-    ImageDraw.Draw(img).text((4, 4), str(7 * i), fill="black")
-    return img
-
-
 # ----------------------------------------------------------------------------------------
 # ASR
 # ----------------------------------------------------------------------------------------
@@ -67,7 +51,7 @@ def test_asr_manifest_run_is_leaderboard_format_and_recomputable(tiny, asr_manif
     rc = cli(["eval", "asr", "--model", str(model_dir), "--manifest", str(asr_manifest), "--output-dir", str(out),
               "--batch-size", "2", "--max-new-tokens", "6", "--device", "cpu"])
     assert rc == 0
-    rows = _rows(out / "clips.jsonl")
+    rows = read_rows(out / "clips.jsonl")
     # "[noise]" normalises to "" and is dropped before inference
     assert len(rows) == 4 and {r["text"] for r in rows} == set(CLIPS[:4])
     for r in rows:
@@ -109,7 +93,7 @@ def test_asr_resumes_after_a_crash_without_redoing_items(tiny, asr_manifest, tmp
         # call 1 = warm-up, call 2 = first timed batch (2 clips written), call 3 crashes
         with pytest.raises(RuntimeError, match="simulated crash"):
             evaluate_asr(model, processor, sets, out, batch_size=2, max_new_tokens=4)
-        first = _rows(out / "clips.jsonl")
+        first = read_rows(out / "clips.jsonl")
         assert len(first) == 2
         with open(out / "clips.jsonl", "a") as f:       # a row cut short by the crash
             f.write('{"id": "clip3.wav", "audio_fi')
@@ -119,7 +103,7 @@ def test_asr_resumes_after_a_crash_without_redoing_items(tiny, asr_manifest, tmp
         model.generate = real_generate
     # 2 clips left -> 1 warm-up + 1 batch; the finished rows are untouched
     assert calls["n"] == 2
-    rows = _rows(out / "clips.jsonl")
+    rows = read_rows(out / "clips.jsonl")
     assert len(rows) == 4 and len({r["id"] for r in rows}) == 4
     assert rows[:2] == first
     assert summary["sets"]["clips"]["generated_this_run"] == 2
@@ -218,20 +202,6 @@ def test_chunked_predictions_are_joined_per_call_in_chunk_order():
 # ----------------------------------------------------------------------------------------
 # DocVQA and ChartQA
 # ----------------------------------------------------------------------------------------
-class Scripted:
-    """The real processor, but ``batch_decode`` returns scripted answers in item order, so the
-    scores are known by hand (the tiny model still runs every batch)."""
-
-    def __init__(self, processor, outputs):
-        self.processor, self.outputs = processor, iter(outputs)
-
-    def __call__(self, *a, **k):
-        return self.processor(*a, **k)
-
-    def batch_decode(self, ids, **k):
-        return [next(self.outputs) for _ in range(ids.shape[0])]
-
-
 def test_docvqa_local_dataset_anls_and_submission(tiny, tmp_path):
     import datasets
 
@@ -240,7 +210,7 @@ def test_docvqa_local_dataset_anls_and_submission(tiny, tmp_path):
     feats = datasets.Features({"image": datasets.Image(), "question": datasets.Value("string"),
                                "answers": datasets.Sequence(datasets.Value("string")),
                                "questionId": datasets.Value("int64")})
-    ds = datasets.Dataset.from_dict({"image": [_image(i) for i in range(4)],
+    ds = datasets.Dataset.from_dict({"image": [page(i) for i in range(4)],
                                      "question": [f"question {i}?" for i in range(4)], "answers": answers,
                                      "questionId": [50 + i for i in range(4)]}, features=feats)
     ds.save_to_disk(tmp_path / "val")
@@ -249,7 +219,7 @@ def test_docvqa_local_dataset_anls_and_submission(tiny, tmp_path):
     out = tmp_path / "out"
     s = evaluate_docvqa(model, Scripted(processor, preds), str(tmp_path / "val"), out, batch_size=3,
                         max_new_tokens=4)
-    rows = _rows(out / "predictions.jsonl")
+    rows = read_rows(out / "predictions.jsonl")
     assert [r["id"] for r in rows] == ["50", "51", "52", "53"] and [r["prediction"] for r in rows] == preds
     assert [r["anls"] for r in rows] == pytest.approx([1.0, 0.5, 0.9, 0.0])
     assert s["anls"] == pytest.approx(2.4 / 4)
@@ -266,14 +236,14 @@ def test_docvqa_local_dataset_anls_and_submission(tiny, tmp_path):
 def test_docvqa_cli_over_a_manifest(tiny, tmp_path):
     _, _, model_dir = tiny
     for i in range(3):
-        _image(i).save(tmp_path / f"doc{i}.png")
+        page(i).save(tmp_path / f"doc{i}.png")
     (tmp_path / "qa.jsonl").write_text("".join(
         json.dumps({"image": f"doc{i}.png", "question": "what number?", "answers": [str(7 * i)], "id": f"q{i}"})
         + "\n" for i in range(3)))
     out = tmp_path / "out"
     assert cli(["eval", "docvqa", "--model", str(model_dir), "--data", str(tmp_path / "qa.jsonl"),
                 "--output-dir", str(out), "--batch-size", "2", "--max-new-tokens", "4"]) == 0
-    rows = _rows(out / "predictions.jsonl")
+    rows = read_rows(out / "predictions.jsonl")
     summary = json.loads((out / "summary.json").read_text())
     assert [r["id"] for r in rows] == ["q0", "q1", "q2"]
     assert summary["anls"] == pytest.approx(mean_anls([r["prediction"] for r in rows], [r["answers"] for r in rows]))
@@ -288,7 +258,7 @@ def test_chartqa_subsets_from_a_column(tiny, tmp_path):
     types = ["human_test", "human_test", "augmented_test", "augmented_test", "human_test"]
     feats = datasets.Features({"image": datasets.Image(), "question": datasets.Value("string"),
                                "answer": datasets.Value("string"), "type": datasets.Value("string")})
-    datasets.Dataset.from_dict({"image": [_image(i) for i in range(5)], "question": [f"q{i}?" for i in range(5)],
+    datasets.Dataset.from_dict({"image": [page(i) for i in range(5)], "question": [f"q{i}?" for i in range(5)],
                                "answer": targets, "type": types}, features=feats).to_parquet(tmp_path / "c.parquet")
     preds = ["104", "Yes.", "45%", "1995.", "paris"]
     # by hand: 104 vs 100 -> 4 % ok; "Yes." != "yes"; 0.45 vs 45 wrong; 1995.0 == 1995 ok; case-insensitive ok
@@ -296,7 +266,7 @@ def test_chartqa_subsets_from_a_column(tiny, tmp_path):
     out = tmp_path / "out"
     s = evaluate_chartqa(model, Scripted(processor, preds), [(str(tmp_path / "c.parquet"), None)], out,
                          batch_size=2, max_new_tokens=3)
-    rows = _rows(out / "predictions.jsonl")
+    rows = read_rows(out / "predictions.jsonl")
     assert [r["subset"] for r in rows] == ["human", "human", "augmented", "augmented", "human"]
     assert [r["correct"] for r in rows] == [True, False, False, True, True]
     sc = s["scores"]
@@ -309,7 +279,7 @@ def test_chartqa_subsets_from_a_column(tiny, tmp_path):
 def test_chartqa_cli_two_manifests(tiny, tmp_path):
     _, _, model_dir = tiny
     for i in range(4):
-        _image(i).save(tmp_path / f"c{i}.png")
+        page(i).save(tmp_path / f"c{i}.png")
     for name, idx in (("human", [0, 1]), ("augmented", [2, 3])):
         (tmp_path / f"{name}.jsonl").write_text("".join(
             json.dumps({"image": f"c{i}.png", "question": "value?", "answers": [str(i)], "id": i % 2}) + "\n"
@@ -318,7 +288,7 @@ def test_chartqa_cli_two_manifests(tiny, tmp_path):
     assert cli(["eval", "chartqa", "--model", str(model_dir), "--human", str(tmp_path / "human.jsonl"),
                 "--augmented", str(tmp_path / "augmented.jsonl"), "--output-dir", str(out),
                 "--max-new-tokens", "3"]) == 0
-    rows = _rows(out / "predictions.jsonl")
+    rows = read_rows(out / "predictions.jsonl")
     assert sorted(r["id"] for r in rows) == ["augmented/0", "augmented/1", "human/0", "human/1"]
     sc = json.loads((out / "summary.json").read_text())["scores"]
     assert sc["human"]["questions"] == 2 and sc["augmented"]["questions"] == 2 and sc["overall"]["questions"] == 4
@@ -350,7 +320,7 @@ def test_asr_protocol_set_from_a_local_datasets_dir(tiny, asr_manifest, tmp_path
     assert cli(["eval", "asr", "--model", str(model_dir), "--data", str(tmp_path / "data"), "--sets",
                 "librispeech_test.clean", "--output-dir", str(out), "--max-new-tokens", "3",
                 "--warmup-batches", "0"]) == 0
-    rows = _rows(out / "librispeech_test.clean.jsonl")
+    rows = read_rows(out / "librispeech_test.clean.jsonl")
     assert sorted(r["id"] for r in rows) == ["a", "b", "c"]
     # no length column: durations come from the audio headers
     assert all(r["duration"] == pytest.approx(sf.info(root / f"clip{'abc'.index(r['id'])}.wav").duration)
