@@ -215,9 +215,11 @@ def asr_items(s: AsrSet, limit: int | None = None, *, protocol: str = DEFAULT_PR
     else:
         rows, name = load_rows(s.dataset, split=s.split, config=s.config, media_column="audio", limit=limit,
                                hint=_download_hint(s))
+    if not len(rows):
+        raise SourceError(f"the dataset holds no rows (split {s.split!r})", name)
     cols = column_names(rows)
     text_col = first_column(cols, TEXT_FALLBACKS)
-    if len(rows) and text_col is None:
+    if text_col is None:
         raise SourceError(f"no transcript column (tried {list(TEXT_FALLBACKS)}); columns: {cols}", name)
     len_col, id_col = first_column(cols, LENGTH_COLUMNS), first_column(cols, ID_COLUMNS)
     seen: dict[str, int] = {}
@@ -249,6 +251,8 @@ def _manifest_items(s: AsrSet, limit: int | None, protocol: str, allow_outside_r
     from molora.encoders.audio_features import load_audio
 
     pairs = manifest_rows(s.path, allow_outside_root=allow_outside_root)
+    if not pairs:
+        raise SourceError("the manifest holds no rows", str(Path(s.path).expanduser().resolve()))
     if limit is not None:
         pairs = pairs[:limit]
     items, dropped, seen = [], 0, {}

@@ -89,6 +89,8 @@ class RunRecord:
 
     def claim(self, overwrite: bool = False, extra_outputs: tuple[str, ...] = ()) -> None:
         """Check the folder against this run (refuse a mismatch unless ``overwrite``), then write the record."""
+        if self.out.exists() and not self.out.is_dir():
+            raise ConfigError("is a file; the output folder must be a directory (created when missing)", str(self.out))
         old = json.loads(self.path.read_text(encoding="utf-8")) if self.path.exists() else None
         results = self._existing_results(old)
         problems: list[str] = []

@@ -68,6 +68,8 @@ def vqa_items(source: str, *, split: str, config: str | None, suffix: str, limit
     items: list[Item] = []
     if layout == "manifest":
         pairs = manifest_rows(source, allow_outside_root=allow_outside_root)
+        if not pairs:
+            raise SourceError("the manifest holds no rows", str(Path(source).expanduser().resolve()))
         for i, (sample, raw) in enumerate(pairs[:limit] if limit is not None else pairs):
             if sample.kind != "vqa":
                 raise SourceError(f"a VQA manifest row needs 'image', 'question' and 'answers' (this row is a "
@@ -79,6 +81,8 @@ def vqa_items(source: str, *, split: str, config: str | None, suffix: str, limit
         return items
     if layout in ("docvqa-json", "chartqa-json", "chartqa-release"):
         records = official_records(layout, files, allow_outside_root=allow_outside_root)
+        if not records:
+            raise SourceError("the annotation file holds no questions", ", ".join(map(str, files)))
         for r in records[:limit] if limit is not None else records:
             try:
                 if "error" in r:
@@ -97,13 +101,15 @@ def vqa_items(source: str, *, split: str, config: str | None, suffix: str, limit
         if Path(source).expanduser().exists():   # a local source `datasets` cannot read either
             raise SourceError(f"{e.reason}. Accepted layouts: {ACCEPTED_LAYOUTS}", e.item) from e
         raise
+    if not len(rows):
+        raise SourceError(f"the dataset holds no rows (split {split!r})", name)
     cols = column_names(rows)
     q_col, a_col = first_column(cols, QUESTION_COLUMNS), first_column(cols, ANSWER_COLUMNS)
     id_col, s_col = first_column(cols, ID_COLUMNS), first_column(cols, SUBSET_COLUMNS)
-    if len(rows) and q_col is None:
+    if q_col is None:
         raise SourceError(f"no question column (tried {list(QUESTION_COLUMNS)}); columns: {cols}. Accepted layouts: "
                           f"{ACCEPTED_LAYOUTS}", name)
-    if len(rows) and a_col is None and require_answers:
+    if a_col is None and require_answers:
         raise SourceError(f"no answers column (tried {list(ANSWER_COLUMNS)}); columns: {cols}", name)
 
     def make(row, i):

@@ -18,8 +18,11 @@ Usage (the checkout holds at least ``normalizer/`` of huggingface/open_asr_leade
     git -C MIRROR archive d1e99b2 normalizer | tar -x -C /tmp/oal-d1e99b2
     python scripts/open_asr_reference.py --protocol open-asr-2026 --checkout /tmp/oal-d1e99b2 --commit d1e99b2...
     git -C MIRROR archive 228bb78 normalizer | tar -x -C /tmp/oal-228bb78
+    git -C EVALUATE_MIRROR archive b39b266 metrics/wer | tar -x -C /tmp/evaluate   # evaluate.load("wer")'s code
     python scripts/open_asr_reference.py --protocol open-asr --checkout /tmp/oal-228bb78 --commit 228bb78... \
-        --evaluate-wer /tmp/evaluate-wer      # huggingface/evaluate's metrics/wer (evaluate.load("wer"))
+        --evaluate-wer /tmp/evaluate/metrics/wer --evaluate-commit b39b266...
+
+with HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 HF_EVALUATE_OFFLINE=1 (nothing is downloaded).
 
 Run it with the leaderboard's scoring requirements (regex, kaldialign, jiwer, num2words, evaluate, datasets),
 not with molora: nothing here imports molora. The generator is seeded; the same checkout gives the same files.

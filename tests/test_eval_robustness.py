@@ -215,3 +215,31 @@ def test_allow_outside_root_in_every_entry_point(models, tmp_path, capsys, task)
     assert f"{m}:1" in err and "outside the data root" in err
     assert "--allow-outside-root" in err and "allow_outside_root=True" not in err
     assert run(task, "--model", a, flag, m, "--output-dir", tmp_path / "out", "--allow-outside-root") == 0
+
+
+# ----------------------------------------------------------------------------------------
+# siblings: the same classes of mistake before anything loads
+# ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("args, words", [
+    (["--batch-size", "0"], ("--batch-size", "at least 1")),
+    (["--limit", "-1"], ("--limit", "at least 1")),
+    (["--max-new-tokens", "0"], ("--max-new-tokens", "at least 1")),
+])
+def test_numbers_out_of_range_are_named(tmp_path, capsys, args, words):
+    m = vqa_manifest(tmp_path / "data", n=1)
+    assert cli(["eval", "docvqa", "--model", "tiny", "--data", str(m), "--output-dir", str(tmp_path / "o"), *args]) == 2
+    err = capsys.readouterr().err
+    assert all(w in err for w in words)
+
+
+def test_output_dir_that_is_a_file_and_empty_sources(tmp_path, capsys):
+    m = asr_manifest(tmp_path / "data")
+    (tmp_path / "taken").write_text("x")
+    assert cli(["eval", "asr", "--model", "tiny", "--manifest", str(m), "--output-dir", str(tmp_path / "taken")]) == 2
+    assert "is a file" in capsys.readouterr().err
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    for task, flag in (("asr", "--manifest"), ("docvqa", "--data"), ("chartqa", "--data")):
+        assert cli(["eval", task, "--model", "tiny", flag, str(empty), "--output-dir", str(tmp_path / "o")]) == 2
+        err = capsys.readouterr().err
+        assert str(empty) in err and "no rows" in err
