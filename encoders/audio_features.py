@@ -252,7 +252,11 @@ def load_audio(path: str | os.PathLike, mono: bool = True) -> tuple[np.ndarray, 
             data = np.asarray(data, dtype=np.float32)
             data = data[:, None] if data.ndim == 1 else data.T
         except Exception:  # noqa: BLE001
-            reason = str(first).replace(str(p), "").strip(" :'")
+            # libsndfile says "Error opening '<path>': <reason>"; the error names the file already
+            reason = str(first)
+            for name in (repr(str(path)), repr(str(p)), str(path), str(p)):
+                reason = reason.replace(f"Error opening {name}:", "").replace(name, "the file")
+            reason = reason.strip(" :")
             raise AudioError(f"cannot decode audio file ({reason or type(first).__name__})", item) from None
     _check_wav_complete(p, item)
     if data.shape[0] == 0:
