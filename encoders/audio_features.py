@@ -2,10 +2,18 @@
 
 What one clip goes through (``AudioFeatureExtractor.__call__``):
 
-1. **Input.** A 1-D array/tensor (mono), a 2-D one (multichannel: ``[C, T]`` or ``[T, C]``
-   with C <= 8, down-mixed by the mean over channels), an ``(array, sampling_rate)`` tuple,
-   or a path (read with soundfile, librosa as fallback, see :func:`load_audio`). Integer PCM
-   arrays are scaled to [-1, 1) by their full scale (int16 / 32768, ...), as soundfile does.
+1. **Input.** One clip is a 1-D array/tensor (mono samples at ``sampling_rate``), an
+   ``(array, sampling_rate)`` tuple, a ``{"array", "sampling_rate"}`` dict (what ``datasets``
+   yields for a decoded ``Audio`` column; a ``{"path"}`` / ``{"bytes"}`` dict of an undecoded one
+   is read too), a torchcodec ``AudioDecoder``, or a path (read with soundfile, librosa as
+   fallback, see :func:`load_audio`; URLs are refused: molora works offline). Integer PCM arrays
+   are scaled to [-1, 1) by their full scale (int16 / 32768, ...), as soundfile does.
+   **2-D arrays, the rule** (``as_clip_list``): a top-level 2-D array/tensor is a *batch*,
+   one clip per row (``[3, 800]`` is three clips of 800 samples), as transformers'
+   ``Phi4MultimodalFeatureExtractor`` reads it; a top-level 3-D one is ``[B, T, C]``, each clip
+   down-mixed over its last axis (transformers again). Multichannel audio for *one* clip comes
+   inside a tuple, a dict or a list: its 2-D array is ``[C, T]`` or ``[T, C]`` with C <= 8 (the
+   shorter axis), down-mixed by the mean over channels.
 2. **Checks** (``AudioError`` naming ``audio[i]`` or the path): wrong number of dimensions,
    empty, NaN/inf samples, sampling rate not an integer or below 8000, longer than
    ``config.max_audio_seconds``, shorter than one 25 ms frame.
@@ -244,7 +252,11 @@ def load_audio(path: str | os.PathLike, mono: bool = True) -> tuple[np.ndarray, 
             data = np.asarray(data, dtype=np.float32)
             data = data[:, None] if data.ndim == 1 else data.T
         except Exception:  # noqa: BLE001
-            reason = str(first).replace(str(p), "").strip(" :'")
+            # libsndfile says "Error opening '<path>': <reason>"; the error names the file already
+            reason = str(first)
+            for name in (repr(str(path)), repr(str(p)), str(path), str(p)):
+                reason = reason.replace(f"Error opening {name}:", "").replace(name, "the file")
+            reason = reason.strip(" :")
             raise AudioError(f"cannot decode audio file ({reason or type(first).__name__})", item) from None
     _check_wav_complete(p, item)
     if data.shape[0] == 0:
@@ -265,8 +277,53 @@ def _is_clip_tuple(x: Any) -> bool:
             and not isinstance(x[1], _SAMPLES + (list, tuple, os.PathLike)))
 
 
-def _is_single_clip(x: Any) -> bool:
-    return isinstance(x, _SAMPLES + (str, os.PathLike)) or _is_clip_tuple(x)
+def _is_clip_dict(x: Any) -> bool:
+    return isinstance(x, dict) and any(k in x for k in ("array", "path", "bytes"))
+
+
+def is_single_clip(x: Any) -> bool:
+    """One clip (module docstring, "Input"), as opposed to a batch of clips."""
+    if isinstance(x, _SAMPLES):
+        return x.ndim <= 1
+    return isinstance(x, (str, os.PathLike)) or _is_clip_tuple(x) or _is_clip_dict(x) or \
+        hasattr(x, "get_all_samples")
+
+
+def as_clip_list(audios: Any) -> list:
+    """A batch of clips as a list, by the rule of the module docstring: a 2-D array/tensor is one clip
+    per row, a 3-D one ``[B, T, C]`` is down-mixed over its last axis, a list/tuple of clips is as given,
+    one clip is a batch of one."""
+    if isinstance(audios, _SAMPLES) and audios.ndim == 2:
+        return list(audios)
+    if isinstance(audios, _SAMPLES) and audios.ndim == 3:
+        return [clip.mean(-1) if isinstance(clip, torch.Tensor) else clip.mean(axis=-1) for clip in audios]
+    if is_single_clip(audios):
+        return [audios]
+    return list(audios)
+
+
+def _from_dict(value: dict, sampling_rate, item: str) -> tuple[Any, Any]:
+    """``(samples, rate)`` of a ``datasets`` audio dict: decoded (``array`` + ``sampling_rate``), or a
+    ``path`` / encoded ``bytes`` to read."""
+    if value.get("array") is not None:
+        rate = value.get("sampling_rate", sampling_rate)
+        return value["array"], rate
+    if value.get("bytes") is not None:
+        import io
+
+        import soundfile as sf
+
+        try:
+            data, rate = sf.read(io.BytesIO(value["bytes"]), dtype="float32", always_2d=True)
+        except Exception as e:  # noqa: BLE001 - any format libsndfile cannot decode
+            raise AudioError(f"cannot decode the audio bytes ({e})", item) from None
+        return data.mean(axis=1, dtype=np.float32), rate
+    if value.get("path"):
+        from molora.encoders.image_transform import refuse_url
+
+        refuse_url(str(value["path"]), str(value["path"]), AudioError)
+        return load_audio(value["path"], mono=True)
+    raise AudioError("an audio dict needs 'array' and 'sampling_rate' (or 'path' / 'bytes')", item)
 
 
 def _to_float_tensor(x: Any, item: str) -> torch.Tensor:
@@ -318,8 +375,19 @@ class AudioFeatureExtractor:
     def prepare(self, audio: Any, sampling_rate: int = MODEL_RATE, item: str = "audio[0]") -> tuple[torch.Tensor, int]:
         """Validate one clip -> (1-D float32 CPU tensor, rate in {8000, 16000})."""
         if isinstance(audio, (str, os.PathLike)):
+            from molora.encoders.image_transform import refuse_url
+
             item = str(audio)
+            refuse_url(item, item, AudioError)
             audio, sampling_rate = load_audio(audio, mono=True)
+        elif isinstance(audio, dict):
+            audio, sampling_rate = _from_dict(audio, sampling_rate, item)
+        elif hasattr(audio, "get_all_samples"):   # torchcodec AudioDecoder (datasets >= 4)
+            try:
+                decoded = audio.get_all_samples()
+            except Exception as e:  # noqa: BLE001
+                raise AudioError(f"cannot decode audio ({e})", item) from None
+            audio, sampling_rate = decoded.data, decoded.sample_rate
         elif isinstance(audio, tuple):
             if len(audio) != 2:
                 raise AudioError(f"a tuple must be (samples, sampling_rate), got {len(audio)} items", item)
@@ -363,13 +431,13 @@ class AudioFeatureExtractor:
     # -- batch ------------------------------------------------------------------------------
     def __call__(self, audios: Any, sampling_rate: int | None = MODEL_RATE, *, return_attention_mask: bool = True,
                  device: str | torch.device | None = None, **_: Any) -> dict[str, torch.Tensor]:
-        """Featurise one clip or a list of clips (arrays/tensors, ``(array, sr)`` tuples, paths).
+        """Featurise one clip or a batch (arrays/tensors, ``(array, sr)`` tuples, ``datasets`` dicts, paths).
 
-        ``sampling_rate`` (None = 16000) applies to bare arrays; tuples and files carry their own. A
-        top-level array/tensor is one clip (2-D = multichannel); pass a list for a batch.
+        ``sampling_rate`` (None = 16000) applies to bare arrays; tuples, dicts and files carry their own.
+        A top-level 1-D array is one clip, a 2-D one a batch of rows (``as_clip_list``, as transformers).
         """
         sampling_rate = MODEL_RATE if sampling_rate is None else sampling_rate
-        items: Sequence[Any] = [audios] if _is_single_clip(audios) else list(audios)
+        items: Sequence[Any] = as_clip_list(audios)
         if len(items) == 0:
             raise AudioError("no audio clips given", "audio")
         clips = [self.prepare(a, sampling_rate, f"audio[{i}]") for i, a in enumerate(items)]
@@ -454,6 +522,8 @@ class AudioFeatureExtractor:
 
 __all__ = [
     "AudioFeatureExtractor",
+    "as_clip_list",
+    "is_single_clip",
     "audio_frame_count",
     "audio_token_count",
     "load_audio",

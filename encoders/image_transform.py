@@ -1,8 +1,19 @@
 """Image loading and the Phi-4-multimodal HD transform (dynamic crops + global view).
 
-``load_image`` turns a path or PIL image into an RGB PIL image, or raises ``ImageError``
+``load_image`` turns an image as people hold it into an RGB PIL image, or raises ``ImageError``
 naming the item and the reason (missing, corrupt, truncated, unsupported mode, too many
-pixels). ``ImageTransform`` produces exactly what transformers' ``Phi4MultimodalImageProcessor``
+pixels, a URL). Accepted:
+
+* a path (``str`` / ``PathLike``); URLs are refused (molora works offline: download the file);
+* a PIL image (any mode; alpha composited on white, 16-bit scaled to 8 bits);
+* a numpy array or torch tensor, as transformers' image processors take them: ``[H, W]``
+  (grey), ``[C, H, W]`` or ``[H, W, C]`` with C in 1, 3, 4 (channels first when the first axis
+  could be channels, as transformers infers them; C = 4 is RGBA). ``uint8`` (and other integer
+  types holding 0..255) is used as is; floating point must hold values in [0, 1] (the torchvision
+  convention: ``x / 255``) and is mapped to ``round(255 x)``, so ``arr / 255`` gives exactly the PIL
+  result; anything else (bool, complex, NaN, floats above 1) is refused.
+
+``as_image_list`` reads a batch: a list or tuple, or a 4-D array / tensor ``[N, ...]``. ``ImageTransform`` produces exactly what transformers' ``Phi4MultimodalImageProcessor``
 produces (same keys, shapes, dtypes and values), written as whole-tensor operations:
 
 1. pick a crop grid: ``ceil(W/S) x ceil(H/S)`` crops of ``S`` pixels, or, past ``dynamic_hd``
@@ -15,6 +26,8 @@ produces (same keys, shapes, dtypes and values), written as whole-tensor operati
 from __future__ import annotations
 
 import math
+import os
+import re
 import threading
 import warnings
 from dataclasses import dataclass
@@ -30,7 +43,16 @@ from torchvision.transforms.v2 import functional as tvF
 from molora.config import VisionConfig
 from molora.errors import ImageError
 
-__all__ = ["load_image", "ImageTransform", "CropPlan"]
+__all__ = ["load_image", "as_image_list", "ImageTransform", "CropPlan", "refuse_url"]
+
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def refuse_url(value, item: str, error=ImageError) -> None:
+    """Raise ``error`` when ``value`` is a URL string: molora never downloads media."""
+    if isinstance(value, str) and _URL.match(value.strip()):
+        raise error("is a URL; molora does not download media (it runs offline): download the file and pass "
+                    "its local path", item)
 
 # Modes PIL would "convert" to RGB without meaning: float images and CIELAB are refused.
 _REFUSED_MODES = {"F", "LAB"}
@@ -101,17 +123,66 @@ def _to_rgb(img: Image.Image, item: str) -> Image.Image:
         raise ImageError(f"unsupported image mode {mode!r} ({e})", item) from None
 
 
-def load_image(image: str | Path | Image.Image, *, max_pixels: int | None = VisionConfig.max_image_pixels,
+def _array_to_pil(image, item: str) -> Image.Image:
+    """A numpy array / torch tensor (module docstring rules) -> PIL image (L, RGB or RGBA)."""
+    if isinstance(image, torch.Tensor):
+        t = image.detach().cpu()
+        arr = (t.float() if t.dtype == torch.bfloat16 else t).numpy()
+    else:
+        arr = np.asarray(image)
+    if arr.ndim == 3:
+        if arr.shape[0] in (1, 3, 4):
+            arr = np.moveaxis(arr, 0, -1)
+        elif arr.shape[-1] not in (1, 3, 4):
+            raise ImageError(f"cannot tell the channel axis of an array of shape {tuple(arr.shape)} (expected "
+                             "[H, W], [C, H, W] or [H, W, C] with C in 1, 3, 4)", item)
+        if arr.shape[-1] == 1:
+            arr = arr[..., 0]
+    elif arr.ndim != 2:
+        raise ImageError(f"an image array must be [H, W], [C, H, W] or [H, W, C], got shape {tuple(arr.shape)}", item)
+    kind = arr.dtype.kind
+    if kind == "f":
+        if not np.isfinite(arr).all():
+            raise ImageError("image array holds NaN or infinite values", item)
+        lo, hi = float(arr.min(initial=0.0)), float(arr.max(initial=0.0))
+        if lo < 0.0 or hi > 1.0:
+            raise ImageError(f"a floating-point image must hold values in [0, 1] (got {lo:g}..{hi:g}); divide by "
+                             "255 or pass uint8", item)
+        arr = np.rint(arr.astype(np.float64) * 255.0).astype(np.uint8)
+    elif kind in "iu":
+        if arr.dtype != np.uint8:
+            if arr.size and (int(arr.min()) < 0 or int(arr.max()) > 255):
+                raise ImageError(f"an integer image must hold values in 0..255 (got {int(arr.min())}..{int(arr.max())}"
+                                 f", dtype {arr.dtype})", item)
+            arr = arr.astype(np.uint8)
+    else:
+        raise ImageError(f"unsupported image array dtype {arr.dtype} (use uint8, or floats in [0, 1])", item)
+    return Image.fromarray(np.ascontiguousarray(arr))   # uint8 [H, W] / [H, W, 3] / [H, W, 4]: L / RGB / RGBA
+
+
+def as_image_list(images: Any) -> list:
+    """A batch of images as a list: a list / tuple as given, a 4-D array or tensor split on its first
+    axis, anything else as one image."""
+    if isinstance(images, (list, tuple)):
+        return list(images)
+    if isinstance(images, (np.ndarray, torch.Tensor)) and images.ndim == 4:
+        return list(images)
+    return [images]
+
+
+def load_image(image, *, max_pixels: int | None = VisionConfig.max_image_pixels,
                item: str | None = None) -> Image.Image:
-    """An RGB PIL image from a path or a PIL image, or ``ImageError(reason, item)``.
+    """An RGB PIL image from a path, a PIL image, a numpy array or a torch tensor (module docstring), or
+    ``ImageError(reason, item)``.
 
     Transparency is composited on white; L, LA, P, PA, CMYK, YCbCr, 1-bit and 16-bit
     images are converted (16-bit scaled to 8 bits); float (``F``) and ``LAB`` are refused.
     ``max_pixels`` (W*H) is checked on the file header, before any pixel is decoded.
-    Paths get their EXIF orientation applied; PIL images are used as given.
+    Paths get their EXIF orientation applied; PIL images and arrays are used as given.
     """
-    if isinstance(image, (str, Path)):
+    if isinstance(image, (str, os.PathLike)):
         item = item or str(image)
+        refuse_url(str(image), item)
         img = _open(Path(image), item, max_pixels)
     elif isinstance(image, Image.Image):
         item = item or "image"
@@ -121,8 +192,13 @@ def load_image(image: str | Path | Image.Image, *, max_pixels: int | None = Visi
             img.load()
         except (OSError, SyntaxError, ValueError, EOFError) as e:
             raise ImageError(f"corrupt or truncated image data ({e})", item) from None
+    elif isinstance(image, (np.ndarray, torch.Tensor)):
+        item = item or "image"
+        img = _array_to_pil(image, item)
+        _check_pixels(img, item, max_pixels)
     else:
-        raise ImageError(f"expected a path or a PIL image, got {type(image).__name__}", item or "image")
+        raise ImageError(f"expected a path, a PIL image, a numpy array or a torch tensor, got {type(image).__name__}",
+                         item or "image")
     return _to_rgb(img, item)
 
 
@@ -226,7 +302,8 @@ def _as_uint8_chw(img: Image.Image) -> torch.Tensor:
 class ImageTransform:
     """The Phi-4-multimodal HD image transform, equal to transformers' ``Phi4MultimodalImageProcessor``.
 
-    ``ImageTransform(config)(images)`` with one image or a list (PIL images or paths) returns
+    ``ImageTransform(config)(images)`` with one image or a batch (PIL images, paths, arrays, tensors:
+    ``load_image``; a list or a 4-D array / tensor) returns
     ``image_pixel_values`` float32 [N, C, 3, S, S] (C = 1 + most crops in the batch; slot 0 is
     the global view, unused slots are zeros), ``image_sizes`` int64 [N, 2] (padded canvas
     height, width), ``image_attention_mask`` float32 [N, C, S/p, S/p] (1 = real patch; unused
@@ -255,9 +332,10 @@ class ImageTransform:
         return self.plan(width, height).num_tokens
 
     def load(self, images: Any) -> tuple[list[Image.Image], list[str]]:
-        """RGB PIL images and their item names ("image[k]" or the path) for one image or a list."""
-        raw = list(images) if isinstance(images, (list, tuple)) else [images]
-        names = [str(im) if isinstance(im, (str, Path)) else f"image[{k}]" for k, im in enumerate(raw)]
+        """RGB PIL images and their item names ("image[k]" or the path) for one image or a batch
+        (``as_image_list``)."""
+        raw = as_image_list(images)
+        names = [str(im) if isinstance(im, (str, os.PathLike)) else f"image[{k}]" for k, im in enumerate(raw)]
         pils = [load_image(im, max_pixels=self.max_image_pixels, item=name) for im, name in zip(raw, names)]
         return pils, names
 

@@ -1,12 +1,15 @@
 """ANLS (Average Normalised Levenshtein Similarity), the DocVQA metric.
 
-Per question, as the common implementations (the DocVQA/ST-VQA evaluation scripts and the
-harnesses derived from them) compute it:
+Per question, exactly as the official DocVQA / InfographicVQA evaluation script computes it
+(and lmms-eval, which carries it: EvolvingLMMs-Lab/lmms-eval@75571cf, ``lmms_eval/api/metrics.py``
+``anls``):
 
 * each string is lowercased, stripped, and its internal whitespace collapsed to one space;
-* for each ground-truth answer ``gt``: ``NL = levenshtein(gt', pred') / max(len(gt), len(pred))``
-  where ``gt'``/``pred'`` are the cleaned strings and the lengths are those of the *raw*
-  strings (before cleaning); when both raw strings are empty, NL = 0;
+* for each ground-truth answer ``gt``: ``NL = levenshtein(gt', pred') / max(len(gt.upper()),
+  len(pred.upper()))`` where ``gt'``/``pred'`` are the cleaned strings (edit distance over code
+  points) and the lengths are those of the *raw* strings upper-cased: the same as the raw lengths
+  for ASCII, longer for characters whose upper case is longer ("ß" -> "SS", "ﬁ" -> "FI",
+  "ΐ" -> three code points); when both are empty, NL = 0;
 * ``score = max over answers of (1 - NL)``, then set to 0 when ``score < 0.5`` (threshold
   ``tau = 0.5``). Equivalently: 0 when NL > 0.5; a question at exactly NL = 0.5 keeps 0.5
   (the implementations test ``1 - NL < 0.5``, so the boundary is kept).
@@ -20,9 +23,11 @@ from typing import Sequence
 
 from .wer import MetricError
 
-__all__ = ["anls", "mean_anls", "ANLS_THRESHOLD"]
+__all__ = ["anls", "mean_anls", "ANLS_THRESHOLD", "ANLS_REFERENCE"]
 
 ANLS_THRESHOLD = 0.5
+ANLS_REFERENCE = ("official DocVQA / InfographicVQA ANLS rule, as in EvolvingLMMs-Lab/lmms-eval@75571cf "
+                  "lmms_eval/api/metrics.py anls (length rule max(len(gt.upper()), len(pred.upper())))")
 
 
 def _clean(s: str) -> str:
@@ -42,7 +47,7 @@ def anls(prediction: str, answers: Sequence[str] | str, threshold: float = ANLS_
     best = 0.0
     for gt_raw in answers:
         gt_raw = str(gt_raw)
-        length = max(len(gt_raw), len(prediction))
+        length = max(len(gt_raw.upper()), len(prediction.upper()))
         nl = 0.0 if length == 0 else Levenshtein.distance(_clean(gt_raw), pred) / length
         best = max(best, 1.0 - nl)
     return 0.0 if best < threshold else best

@@ -1,9 +1,13 @@
 """`molora eval asr`: WER and RTFx on the Open ASR leaderboard sets (or any ASR data), leaderboard style.
 
+    molora eval asr --model DIR --sets open-asr-2026 --output-dir runs/asr26     # the current 7 sets (default)
     molora eval asr --model DIR --sets open-asr --output-dir runs/asr            # the classic 8 sets
-    molora eval asr --model DIR --sets open-asr-2026 --output-dir runs/asr26     # the current 7 sets
     molora eval asr --model DIR --sets librispeech_test.clean,ami_test --data DATA --output-dir OUT
-    molora eval asr --model DIR --manifest clips.jsonl --output-dir OUT
+    molora eval asr --model DIR --manifest clips.jsonl --output-dir OUT [--protocol open-asr]
+
+Scoring follows a protocol (``molora.eval.protocols``): ``--sets X`` scores with X's protocol (a set
+name that both protocols have, like ``librispeech_test.clean``, takes ``--protocol``, default
+``open-asr-2026``); your own data (``--manifest`` / ``--data``) is scored with ``--protocol``.
 
 Per set: references whose normalised text is empty (and TED-LIUM's
 ``ignore_time_segment_in_scoring``) are dropped *before* inference, as the leaderboard does;
@@ -11,132 +15,105 @@ the rest are sorted longest first and decoded greedily in batches; feature extra
 generate + decode are timed per batch (dataset decoding excluded) after one warm-up batch.
 ``OUT/<set>.jsonl`` receives one leaderboard-format row per clip (``id``, ``audio_filepath``,
 ``duration``, ``time``, ``text``, ``pred_text``), appended and flushed per batch; a re-run
-skips clips already there. ``OUT/summary.json`` / ``summary.md``: per-set WER (corpus level,
-rounded to 2 decimals), the unweighted mean of the rounded WERs, per-set and composite RTFx,
-batch size, dtype, device, normaliser version and protocol.
+skips clips already there. ``OUT/run.json`` records the model and settings that produced them: a
+run of another model or with other settings is refused unless ``--overwrite``. A clip that cannot
+be used (missing, corrupt, NaN samples) is skipped and listed (``--strict`` stops instead).
+``OUT/summary.json`` / ``summary.md``: per-set WER (corpus level, rounded to 2 decimals), the
+unweighted mean of the rounded WERs, per-set and composite RTFx, batch size, dtype, device, and the
+protocol with the exact code it reproduces.
 
 Chunked sets (rows with ``chunk_index`` and ``parent_id``, the current protocol's Earnings22):
-predictions are joined per ``parent_id`` in ``chunk_index`` order before scoring; the reference
-is the chunks' common text when every chunk carries the whole call's text, else the chunk texts
-joined in the same order.
+predictions are joined per ``parent_id`` in ``chunk_index`` order (stripped, empty ones left out)
+before scoring, against the call's transcript (the leaderboard's ``merge_chunked_manifest``).
 """
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
+from typing import NamedTuple
 
 from molora.errors import ConfigError
 
 from .data import Item, SourceError, column_names, dataset_items, encoded_audio_seconds, first_column, load_rows, \
     manifest_rows, media_of, unique_key
-from .normalizer import NORMALIZER_VERSION
-from .report import ResultFile, markdown_table, run_settings, write_summary
+from .identity import RunRecord, producer_of
+from .normalizer import normalizer_name
+from .protocols import ASR_PROMPT, DEFAULT_PROTOCOL, EARNINGS22_PROMPT, PROTOCOLS, AsrSet, get_protocol
+from .report import ResultFile, markdown_table, run_settings, skip_fields, skip_note, write_summary
+from .skips import SkipList, print_skips
 from .wer import average_wer, is_scored_reference, rtfx, wer_details
 
-__all__ = ["AsrSet", "PROTOCOLS", "resolve_sets", "prepare_sets", "asr_items", "score_rows", "evaluate_asr",
-           "add_arguments", "main", "ASR_PROMPT", "EARNINGS22_PROMPT"]
+__all__ = ["AsrSet", "PROTOCOLS", "Selection", "resolve_sets", "prepare_sets", "asr_items", "score_rows",
+           "join_chunks", "attach_call_transcripts", "save_chunked_set", "evaluate_asr", "add_arguments", "main", "ASR_PROMPT",
+           "EARNINGS22_PROMPT"]
 
-ASR_PROMPT = "Transcribe the audio clip into text."
-EARNINGS22_PROMPT = "Transcribe the audio clip to English text."   # the classic scripts' Earnings22 prompt
 LENGTH_COLUMNS = ("audio_length_s", "duration", "audio_duration")
 ID_COLUMNS = ("id", "audio_id", "segment_id", "utterance_id")
 
 
-@dataclass(frozen=True)
-class AsrSet:
-    name: str
-    dataset: str | None = None          # hub id, or local dataset path (source "data")
-    config: str | None = None
-    split: str = "test"
-    prompt: str = ASR_PROMPT
-    source: str = "hub"                 # "hub" | "data" | "manifest"
-    path: str | None = None             # local dataset or manifest path
-
-
-@dataclass(frozen=True)
-class Protocol:
-    name: str
-    dataset: str
-    description: str
-    sets: tuple[AsrSet, ...]
-
-
-def _sets(dataset: str, pairs, earnings_prompt: bool) -> tuple[AsrSet, ...]:
-    return tuple(AsrSet(f"{c}_{s}", dataset, c, s,
-                        EARNINGS22_PROMPT if earnings_prompt and c.startswith("earnings22") else ASR_PROMPT)
-                 for c, s in pairs)
-
-
-_ESB = "hf-audio/esb-datasets-test-only-sorted"
-_OASR = "hf-audio/open-asr-leaderboard"
-PROTOCOLS: dict[str, Protocol] = {
-    "open-asr": Protocol(
-        "open-asr", _ESB, "Open ASR leaderboard, classic protocol (8 ESB sets; the published "
-        "Phi-4-multimodal and Whisper numbers)",
-        _sets(_ESB, [("ami", "test"), ("earnings22", "test"), ("gigaspeech", "test"), ("librispeech", "test.clean"),
-                     ("librispeech", "test.other"), ("spgispeech", "test"), ("tedlium", "test"),
-                     ("voxpopuli", "test")], earnings_prompt=True)),
-    "open-asr-2026": Protocol(
-        "open-asr-2026", _OASR, "Open ASR leaderboard, current protocol (7 sets, TED-LIUM dropped, "
-        "chunked Earnings22); averages are not comparable with the classic protocol",
-        _sets(_OASR, [("ami_cleaned", "test"), ("gigaspeech_cleaned", "test"), ("voxpopuli_cleaned_aa", "test"),
-                      ("librispeech", "test.clean"), ("librispeech", "test.other"), ("spgispeech", "test"),
-                      ("earnings22_cleaned_aa_chunked", "test")], earnings_prompt=False)),
-}
+class Selection(NamedTuple):
+    label: str                  # what the summary calls the run ("open-asr-2026", "open-asr (subset: ...)", "custom")
+    complete: bool              # every set of the protocol
+    sets: list[AsrSet]
+    protocol: str               # the scoring protocol
 
 
 # ----------------------------------------------------------------------------------------
 # which sets
 # ----------------------------------------------------------------------------------------
+def _owners(name: str) -> set[str]:
+    return {p.name for p in PROTOCOLS.values() if any(s.name == name for s in p.sets)}
+
+
 def resolve_sets(sets: str | None = None, *, protocol: str | None = None, data: str | None = None,
                  manifests: list[str] | None = None, split: str = "test", config: str | None = None,
-                 prompt: str | None = None) -> tuple[str, bool, list[AsrSet]]:
-    """``(protocol label, complete protocol?, sets)`` from the CLI choices (see ``add_arguments``)."""
-    if protocol is not None and protocol not in PROTOCOLS:
-        raise ConfigError(f"unknown protocol {protocol!r} (known: {', '.join(PROTOCOLS)})", "--protocol")
+                 prompt: str | None = None) -> Selection:
+    """The sets to run and the protocol that scores them, from the CLI choices (see ``add_arguments``)."""
+    if protocol is not None:
+        get_protocol(protocol)
     if manifests:
         if sets or data:
             raise ConfigError("--manifest cannot be combined with --sets or --data", "--manifest")
-        out = []
-        for m in manifests:
-            out.append(AsrSet(Path(m).stem, source="manifest", path=str(m), prompt=prompt or ASR_PROMPT))
+        out = [AsrSet(Path(m).stem, source="manifest", path=str(m), prompt=prompt or ASR_PROMPT) for m in manifests]
         _check_unique(out)
-        return "custom", False, out
+        return Selection("custom", False, out, protocol or DEFAULT_PROTOCOL)
     if data and not sets:
         p = Path(data).expanduser()
         name = p.stem if p.is_file() else p.name
-        return "custom", False, [AsrSet(name, str(p), config, split, prompt or ASR_PROMPT, "data", str(p))]
-    tokens = [t.strip() for t in (sets or "open-asr").split(",") if t.strip()]
+        return Selection("custom", False, [AsrSet(name, str(p), config, split, prompt or ASR_PROMPT, "data", str(p))],
+                         protocol or DEFAULT_PROTOCOL)
+    tokens = [t.strip() for t in (sets or protocol or DEFAULT_PROTOCOL).split(",") if t.strip()]
+    candidates = set(PROTOCOLS) if protocol is None else {protocol}
     names: list[str] = []
+    unknown = []
     for t in tokens:
-        if t in PROTOCOLS:
-            if protocol is not None and protocol != t:
-                raise ConfigError(f"--sets {t} and --protocol {protocol} disagree", "--sets")
-            protocol = t
-            names += [s.name for s in PROTOCOLS[t].sets]
-        else:
-            names.append(t)
-    proto = PROTOCOLS[protocol or "open-asr"]
-    known = {s.name: s for s in proto.sets}
-    unknown = [n for n in names if n not in known]
+        owners = {t} if t in PROTOCOLS else _owners(t)
+        if not owners:
+            unknown.append(t)
+            continue
+        if not owners & candidates:
+            raise ConfigError(f"{t!r} belongs to protocol {', '.join(sorted(owners))}, not to "
+                              f"{', '.join(sorted(candidates))}: sets of two protocols cannot be scored together",
+                              "--sets")
+        candidates &= owners
+        names += [s.name for s in PROTOCOLS[t].sets] if t in PROTOCOLS else [t]
     if unknown:
-        other = [f"{n!r} is a set of {p.name} (add --protocol {p.name})" for n in unknown
-                 for p in PROTOCOLS.values() if p is not proto and any(s.name == n for s in p.sets)]
-        raise ConfigError(
-            f"unknown set(s) {', '.join(map(repr, unknown))} for protocol {proto.name}. Known sets: "
-            f"{', '.join(known)}; protocols: {', '.join(PROTOCOLS)}" + (f" ({'; '.join(other)})" if other else "")
-            + ". For your own data use --data PATH or --manifest FILE.jsonl", "--sets")
+        known = "; ".join(f"{p.name}: {', '.join(s.name for s in p.sets)}" for p in PROTOCOLS.values())
+        raise ConfigError(f"unknown set(s) {', '.join(map(repr, unknown))}. Protocols and their sets: {known}. "
+                          "For your own data use --data PATH or --manifest FILE.jsonl", "--sets")
+    proto = PROTOCOLS[DEFAULT_PROTOCOL if DEFAULT_PROTOCOL in candidates else sorted(candidates)[0]]
+    known_sets = {s.name: s for s in proto.sets}
     names = list(dict.fromkeys(names))
-    chosen = [known[n] for n in names]
+    chosen = [known_sets[n] for n in names]
     if prompt:
         chosen = [replace(s, prompt=prompt) for s in chosen]
     if data:
         root = Path(data).expanduser()
         chosen = [replace(s, source="data", path=str(root / s.name)) for s in chosen]
-    complete = set(names) == set(known)
+    complete = set(names) == set(known_sets)
     label = proto.name if complete else f"{proto.name} (subset: {', '.join(names)})"
-    return label, complete, chosen
+    return Selection(label, complete, chosen, proto.name)
 
 
 def _check_unique(sets: list[AsrSet]) -> None:
@@ -148,6 +125,11 @@ def _check_unique(sets: list[AsrSet]) -> None:
 
 
 def _download_hint(s: AsrSet) -> str:
+    if s.transcripts:
+        return (f"Set {s.name} is the leaderboard's chunked set {s.dataset} (split {s.split}) with one transcript "
+                f"per call in {s.transcripts}. Where there is network, save it with the transcripts attached: "
+                "`python -c \"import molora.eval.asr as a; a.save_chunked_set('DIR')\"`, then run with "
+                f"`--data DIR --sets {s.name}`")
     cfg = f"'{s.config}', " if s.config else ""
     return (f"Set {s.name} comes from the Hugging Face dataset {s.dataset} (config {s.config}, split {s.split}). "
             "Download it where there is network, e.g. `python -c \"import datasets; datasets.load_dataset("
@@ -156,13 +138,65 @@ def _download_hint(s: AsrSet) -> str:
 
 
 # ----------------------------------------------------------------------------------------
+# the chunked Earnings22 set
+# ----------------------------------------------------------------------------------------
+def attach_call_transcripts(chunks, calls, audio_root: str | Path, audio_dir: str = "audio"):
+    """The leaderboard's chunked set made whole: each chunk row of ``chunks`` (``file_name``, ``parent_id``,
+    ``chunk_index``) gets ``text`` = its call's transcript from ``calls`` (rows ``id`` + transcript) and
+    ``audio`` = ``audio_root/audio_dir/file_name``. Both are ``datasets.Dataset``; returns a Dataset with
+    an ``Audio`` column. A chunk whose call has no transcript is an error naming the call ids."""
+    import datasets
+
+    from molora.stages.hf_datasets import TEXT_FALLBACKS
+
+    text_col = first_column(calls.column_names, TEXT_FALLBACKS)
+    if text_col is None or "id" not in calls.column_names:
+        raise SourceError(f"the transcripts need 'id' and a transcript column; columns: {calls.column_names}", "calls")
+    text = dict(zip(calls["id"], calls[text_col]))
+    missing = sorted(set(chunks["parent_id"]) - set(text))
+    if missing:
+        raise SourceError(f"no transcript for call id(s) {missing[:10]}: the chunked set and its transcripts are "
+                          "out of sync", "chunks")
+    root = Path(audio_root) / audio_dir
+    out = chunks.map(lambda r: {"audio": str(root / r["file_name"]), "text": text[r["parent_id"]]},
+                     load_from_cache_file=False)
+    return out.cast_column("audio", datasets.Audio(decode=False))
+
+
+def _chunked_from_hub(s: AsrSet):
+    """The chunked set from the hub, as the leaderboard loads it: chunk metadata, the calls' transcripts,
+    and the chunk audio downloaded from the set's ``audio/`` folder (network needed)."""
+    import datasets
+    from huggingface_hub import snapshot_download
+
+    calls = datasets.load_dataset(s.transcripts, split=s.split)
+    chunks = datasets.load_dataset(s.dataset, split=s.split)
+    if "audio" in chunks.column_names:
+        chunks = chunks.remove_columns("audio")
+    root = snapshot_download(repo_id=s.dataset, repo_type="dataset", allow_patterns=["audio/*"])
+    return attach_call_transcripts(chunks, calls, root)
+
+
+def save_chunked_set(directory: str | Path, name: str = "earnings22_cleaned_aa_chunked_test") -> Path:
+    """Download the current protocol's chunked Earnings22 (needs network) and save it, transcripts attached,
+    as ``directory/<name>`` for ``--data directory --sets <name>``."""
+    s = next(s for s in PROTOCOLS["open-asr-2026"].sets if s.name == name)
+    out = Path(directory).expanduser() / name
+    _chunked_from_hub(s).save_to_disk(str(out))
+    return out
+
+
+# ----------------------------------------------------------------------------------------
 # items
 # ----------------------------------------------------------------------------------------
-def asr_items(s: AsrSet, limit: int | None = None) -> tuple[list[Item], int]:
+def asr_items(s: AsrSet, limit: int | None = None, *, protocol: str = DEFAULT_PROTOCOL,
+              allow_outside_root: bool = False, skips: SkipList | None = None) -> tuple[list[Item], int]:
     """``(items, dropped)`` of one set: clips with a scored reference, and how many were dropped
-    (empty after normalisation / TED-LIUM ignore) before inference."""
+    (empty after ``protocol``'s normalisation / TED-LIUM ignore) before inference. Rows with unusable
+    values go to ``skips`` (or raise when it is None)."""
+    skips = skips if skips is not None else SkipList(strict=True)
     if s.source == "manifest":
-        return _manifest_items(s, limit)
+        return _manifest_items(s, limit, protocol, allow_outside_root)
     from molora.stages.hf_datasets import TEXT_FALLBACKS
 
     if s.source == "data":
@@ -171,12 +205,21 @@ def asr_items(s: AsrSet, limit: int | None = None) -> tuple[list[Item], int]:
                               f"the set. " + (_download_hint(s) if s.dataset and s.dataset != s.path else ""), s.path)
         rows, name = load_rows(s.path, split=s.split, config=None if s.dataset != s.path else s.config,
                                media_column="audio", limit=limit)
+    elif s.transcripts:
+        try:
+            rows, name = _chunked_from_hub(s), s.dataset
+        except Exception as e:  # noqa: BLE001 - offline, hub unreachable ...
+            raise SourceError(f"cannot load it ({type(e).__name__}: {e}). {_download_hint(s)}", s.dataset) from e
+        if limit is not None and limit < len(rows):
+            rows = rows.select(range(limit))
     else:
         rows, name = load_rows(s.dataset, split=s.split, config=s.config, media_column="audio", limit=limit,
                                hint=_download_hint(s))
+    if not len(rows):
+        raise SourceError(f"the dataset holds no rows (split {s.split!r})", name)
     cols = column_names(rows)
     text_col = first_column(cols, TEXT_FALLBACKS)
-    if len(rows) and text_col is None:
+    if text_col is None:
         raise SourceError(f"no transcript column (tried {list(TEXT_FALLBACKS)}); columns: {cols}", name)
     len_col, id_col = first_column(cols, LENGTH_COLUMNS), first_column(cols, ID_COLUMNS)
     seen: dict[str, int] = {}
@@ -187,7 +230,7 @@ def asr_items(s: AsrSet, limit: int | None = None) -> tuple[list[Item], int]:
         text = row[text_col]
         if not isinstance(text, str):
             raise SourceError(f"transcript must be a string, got {text!r}", f"{name}:{i}")
-        if not is_scored_reference(text):
+        if not is_scored_reference(text, protocol=protocol):
             dropped += 1
             return None
         key = unique_key(row[id_col] if id_col else i, seen)
@@ -198,24 +241,27 @@ def asr_items(s: AsrSet, limit: int | None = None) -> tuple[list[Item], int]:
             meta.update(chunk_index=int(row["chunk_index"]), parent_id=str(row["parent_id"]))
         return {"key": key, "prompt": s.prompt, "meta": meta, "length": duration}
 
-    items = dataset_items(rows, name, media="audio", media_column="audio", make=make)
+    items = dataset_items(rows, name, media="audio", media_column="audio", make=make, skips=skips)
     return items, dropped
 
 
-def _manifest_items(s: AsrSet, limit: int | None) -> tuple[list[Item], int]:
+def _manifest_items(s: AsrSet, limit: int | None, protocol: str, allow_outside_root: bool) -> tuple[list[Item], int]:
     import soundfile as sf
 
     from molora.encoders.audio_features import load_audio
 
-    pairs = manifest_rows(s.path)
+    pairs = manifest_rows(s.path, allow_outside_root=allow_outside_root)
+    if not pairs:
+        raise SourceError("the manifest holds no rows", str(Path(s.path).expanduser().resolve()))
     if limit is not None:
         pairs = pairs[:limit]
     items, dropped, seen = [], 0, {}
     for sample, raw in pairs:
         if sample.kind != "asr":
-            raise SourceError(f"an ASR manifest row needs 'audio' and 'text' (this row is a {sample.kind} row)", sample.source)
+            raise SourceError(f"an ASR manifest row needs 'audio' and 'text' (this row is a {sample.kind} row)",
+                              sample.source)
         text = raw["text"]
-        if not is_scored_reference(text):
+        if not is_scored_reference(text, protocol=protocol):
             dropped += 1
             continue
         path = media_of(sample, "audio")
@@ -228,7 +274,7 @@ def _manifest_items(s: AsrSet, limit: int | None) -> tuple[list[Item], int]:
                 duration = 0.0
         meta = {"id": key, "audio_filepath": raw["audio"], "duration": float(duration), "text": text}
         items.append(Item(key, raw.get("prompt") or s.prompt, "audio", lambda p=path: load_audio(p), meta,
-                          float(duration)))
+                          float(duration), source=sample.source, media=path))
     return items, dropped
 
 
@@ -236,7 +282,10 @@ def _manifest_items(s: AsrSet, limit: int | None) -> tuple[list[Item], int]:
 # scoring
 # ----------------------------------------------------------------------------------------
 def join_chunks(rows: list[dict]) -> tuple[list[str], list[str]]:
-    """References and hypotheses for scoring; chunked rows are joined per ``parent_id`` (module doc)."""
+    """References and hypotheses for scoring. Chunked rows are joined per ``parent_id``: predictions in
+    ``chunk_index`` order, each stripped, empty ones left out, joined by one space; the reference is the
+    first chunk's text (every chunk carries its call's transcript), or, for data whose chunks carry their
+    own texts, those texts joined in the same order."""
     refs, hyps, groups = [], [], {}
     for r in rows:
         if "chunk_index" in r and r.get("parent_id") is not None:
@@ -244,26 +293,27 @@ def join_chunks(rows: list[dict]) -> tuple[list[str], list[str]]:
         else:
             refs.append(r["text"])
             hyps.append(r["pred_text"])
-    for chunks in groups.values():
-        chunks = sorted(chunks, key=lambda r: int(r["chunk_index"]))
+    for parent in sorted(groups):
+        chunks = sorted(groups[parent], key=lambda r: int(r["chunk_index"]))
         texts = [r["text"] for r in chunks]
         refs.append(texts[0] if len(set(texts)) == 1 else " ".join(texts))
-        hyps.append(" ".join(r["pred_text"] for r in chunks if r["pred_text"]))
+        hyps.append(" ".join(p for r in chunks if (p := (r["pred_text"] or "").strip())))
     return refs, hyps
 
 
-def score_rows(rows: list[dict]) -> dict:
-    """Per-set numbers from leaderboard-format rows: WER (rounded to 2 and unrounded), its counts,
-    audio seconds, timed seconds, RTFx (rounded to 2)."""
+def score_rows(rows: list[dict], protocol: str = DEFAULT_PROTOCOL) -> dict:
+    """Per-set numbers from leaderboard-format rows under ``protocol``: WER (rounded as the protocol rounds,
+    and unrounded), its counts, audio seconds, timed seconds, RTFx (rounded as the protocol rounds)."""
+    proto = get_protocol(protocol)
     refs, hyps = join_chunks(rows)
-    d = wer_details(refs, hyps)
+    d = wer_details(refs, hyps, protocol=protocol)
     audio = sum(float(r["duration"]) for r in rows)
     spent = sum(float(r["time"]) for r in rows)
-    return {"wer": round(d["wer"], 2), "wer_unrounded": d["wer"],
+    return {"wer": round(d["wer"], proto.wer_decimals), "wer_unrounded": d["wer"],
             **{k: d[k] for k in ("substitutions", "deletions", "insertions", "hits", "reference_words")},
             "dropped_at_scoring": d["dropped"], "items": len(rows), "scored_utterances": len(refs),
             "audio_seconds": round(audio, 3), "inference_seconds": round(spent, 6),
-            "rtfx": round(rtfx(audio, spent), 2) if spent > 0 else None}
+            "rtfx": round(rtfx(audio, spent), proto.rtfx_decimals) if spent > 0 else None}
 
 
 def row_of(item: Item, prediction: str, seconds: float) -> dict:
@@ -279,35 +329,58 @@ def row_of(item: Item, prediction: str, seconds: float) -> dict:
 # ----------------------------------------------------------------------------------------
 # the run
 # ----------------------------------------------------------------------------------------
-def prepare_sets(sets: list[AsrSet], limit: int | None = None) -> list[tuple[AsrSet, list[Item], int]]:
+def prepare_sets(sets: list[AsrSet], limit: int | None = None, *, protocol: str = DEFAULT_PROTOCOL,
+                 allow_outside_root: bool = False, skips: SkipList | None = None) -> list[tuple[AsrSet, list[Item], int]]:
     """``[(set, items, dropped)]``: every source opened and listed (no audio decoded) before any
     model is loaded, so an unreachable set fails fast."""
     _check_unique(sets)
-    return [(s, *asr_items(s, limit)) for s in sets]
+    return [(s, *asr_items(s, limit, protocol=protocol, allow_outside_root=allow_outside_root, skips=skips))
+            for s in sets]
+
+
+def _source_record(s: AsrSet) -> dict:
+    return {"source": s.path or s.dataset, "config": s.config, "split": s.split, "prompt": s.prompt}
 
 
 def evaluate_asr(model, processor, sets: list[AsrSet], output_dir, *, protocol: str = "custom",
                  complete: bool = False, batch_size: int = 16, max_new_tokens: int = 128, limit: int | None = None,
                  warmup_batches: int = 1, model_name: str | None = None, dtype: str | None = None,
-                 device: str | None = None, prepared: list | None = None) -> dict:
-    """Run and score ``sets``; writes ``OUT/<set>.jsonl`` and ``OUT/summary.{json,md}``; returns the summary.
-    ``prepared``: the output of ``prepare_sets(sets, limit)`` when the caller has it already."""
+                 device: str | None = None, prepared: list | None = None, scoring: str | None = None,
+                 overwrite: bool = False, strict: bool = False, allow_outside_root: bool = False,
+                 skips: SkipList | None = None) -> dict:
+    """Run and score ``sets``; writes ``OUT/<set>.jsonl``, ``OUT/run.json`` and ``OUT/summary.{json,md}``;
+    returns the summary. ``protocol``: the label of the run; ``scoring``: the protocol that scores it
+    (default: the label's protocol, else ``open-asr-2026``). ``prepared`` / ``skips``: from
+    ``prepare_sets(...)`` when the caller has them already. Results of another model or other settings in
+    ``output_dir`` are refused unless ``overwrite``; bad clips are skipped and listed (``strict``: the first
+    one stops the run)."""
     from .generate import Generator, run_items
 
+    label_protocol = protocol.split(" ")[0]
+    scoring = scoring or (label_protocol if label_protocol in PROTOCOLS else DEFAULT_PROTOCOL)
+    proto = get_protocol(scoring)
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    prepared = prepared if prepared is not None else prepare_sets(sets, limit)
+    skips = skips if skips is not None else SkipList(strict)
+    prepared = prepared if prepared is not None else prepare_sets(sets, limit, protocol=scoring,
+                                                                  allow_outside_root=allow_outside_root, skips=skips)
+    producer = producer_of(model, model_name, batch_size=batch_size, max_new_tokens=max_new_tokens)
+    producer["settings"]["scoring_protocol"] = scoring
+    record = RunRecord(out, "asr", producer, {f"{s.name}.jsonl": _source_record(s) for s, _, _ in prepared})
+    record.claim(overwrite)
     generator = Generator(model, processor, max_new_tokens)
     per_set: dict[str, dict] = {}
     for s, items, dropped in prepared:
         results = ResultFile(out / f"{s.name}.jsonl", key_field="id")
+        before = len(skips)
         done_now = run_items(items, results, generator, make_row=row_of, batch_size=batch_size,
-                             warmup_batches=warmup_batches, desc=s.name, sort_by_length=True)
+                             warmup_batches=warmup_batches, desc=s.name, sort_by_length=True, skips=skips)
         rows = results.select([it.key for it in items])
         entry = {"manifest": results.path.name, "source": s.path or s.dataset, "config": s.config, "split": s.split,
-                 "prompt": s.prompt, "dropped_before_inference": dropped, "generated_this_run": done_now}
+                 "prompt": s.prompt, "dropped_before_inference": dropped, "generated_this_run": done_now,
+                 "skipped_this_run": len(skips) - before}
         if rows:
-            entry.update(score_rows(rows))
+            entry.update(score_rows(rows, scoring))
         per_set[s.name] = entry
     scored = {k: v for k, v in per_set.items() if "wer" in v}
     audio = sum(v["audio_seconds"] for v in scored.values())
@@ -315,26 +388,29 @@ def evaluate_asr(model, processor, sets: list[AsrSet], output_dir, *, protocol: 
     summary = {
         "task": "asr",
         "protocol": protocol,
-        "protocol_description": PROTOCOLS[protocol.split(" ")[0]].description if protocol.split(" ")[0] in PROTOCOLS
-        else "custom data",
-        "complete_protocol": complete,
+        "protocol_description": PROTOCOLS[label_protocol].description if label_protocol in PROTOCOLS
+        else f"custom data, scored with the {scoring} protocol",
+        "complete_protocol": complete and not skips.entries,
+        "scoring": proto.describe(),
         "model": model_name,
-        "normalizer": NORMALIZER_VERSION,
+        "normalizer": normalizer_name(scoring),
         "metric": "WER % per set, corpus level (sum S+D+I / sum reference words x100), rounded to 2 decimals; "
                   "average = unweighted mean of the rounded per-set WERs",
-        "settings": run_settings({"batch_size": batch_size, "dtype": str(dtype), "device": str(device),
-                                  "max_new_tokens": max_new_tokens, "decoding": "greedy",
-                                  "warmup_batches": warmup_batches, "limit": limit}),
+        "settings": run_settings({"batch_size": batch_size, "batch_sizes_used": record.batch_sizes,
+                                  "dtype": str(dtype), "device": str(device), "max_new_tokens": max_new_tokens,
+                                  "decoding": "greedy", "warmup_batches": warmup_batches, "limit": limit}),
         "timing": "per batch: feature extraction + generate + decode (dataset decoding excluded), after "
                   f"{warmup_batches} warm-up batch(es); RTFx = audio seconds / timed seconds; composite = all audio "
                   "/ all time",
         "sets": per_set,
         "average_wer": average_wer([v["wer"] for v in scored.values()]) if scored else None,
-        "composite_rtfx": round(rtfx(audio, spent), 2) if spent > 0 else None,
+        "composite_rtfx": round(rtfx(audio, spent), proto.composite_rtfx_decimals) if spent > 0 else None,
         "audio_seconds": round(audio, 3),
         "inference_seconds": round(spent, 6),
+        **skip_fields(skips),
     }
-    write_summary(out, summary, _markdown(summary))
+    write_summary(out, summary, _markdown(summary) + skip_note(skips))
+    print_skips(skips.entries, str(out / "summary.json"))
     return summary
 
 
@@ -346,6 +422,7 @@ def _markdown(s: dict) -> str:
         "\nThe average covers only the sets above; it is not a leaderboard average.\n"
     return (f"# ASR evaluation: {s['model']}\n\n"
             f"Protocol: **{s['protocol']}**: {s['protocol_description']}\n\n"
+            f"Scoring reproduces {s['scoring']['reproduces']} ({s['scoring']['wer']}).\n\n"
             + markdown_table(["set", "WER %", "RTFx", "clips", "dropped", "audio s"], rows)
             + f"\n**Average WER: {s['average_wer']}** (unweighted mean of the rounded per-set WERs); "
               f"composite RTFx {s['composite_rtfx']}\n{note}\n"
@@ -363,22 +440,28 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--model", required=True, help="checkpoint directory, hub id or preset name")
     g.add_argument("--dtype", default="auto", help="auto (bfloat16 on CUDA, float32 on CPU), float32, bfloat16, float16")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
-    g = p.add_argument_group("what to evaluate (default: --sets open-asr from the hub)")
-    g.add_argument("--sets", help="open-asr (classic 8 sets), open-asr-2026 (current 7), or comma-separated set "
-                                  "names, e.g. librispeech_test.clean,ami_test")
-    g.add_argument("--protocol", choices=sorted(PROTOCOLS), help="protocol the set names of --sets belong to "
-                                                                 "(default open-asr)")
+    g = p.add_argument_group(f"what to evaluate (default: --sets {DEFAULT_PROTOCOL} from the hub)")
+    g.add_argument("--sets", help="open-asr-2026 (current 7 sets), open-asr (classic 8), or comma-separated set "
+                                  "names, e.g. librispeech_test.clean,ami_test; scored with their protocol")
+    g.add_argument("--protocol", choices=sorted(PROTOCOLS),
+                   help=f"scoring protocol of --manifest / --data, and of set names both protocols have "
+                        f"(default {DEFAULT_PROTOCOL})")
     g.add_argument("--data", help="local data: with --sets, a directory holding one saved dataset per set (DIR/<set>); "
                                   "without, one dataset (save_to_disk dir, parquet/JSON file or directory)")
     g.add_argument("--split", default="test", help="split of a single --data dataset (default test)")
     g.add_argument("--config", help="config of a single --data dataset")
     g.add_argument("--manifest", action="append", help="ASR JSONL manifest ({\"audio\": PATH, \"text\": ...}); "
                                                        "repeat for several sets")
+    g.add_argument("--allow-outside-root", action="store_true",
+                   help="let a manifest name audio outside its own folder (the quickstart's manifests do)")
     g = p.add_argument_group("how")
-    g.add_argument("--output-dir", required=True, help="per-set JSONL manifests and summary.json/.md go here; "
-                                                       "re-running resumes")
+    g.add_argument("--output-dir", required=True, help="per-set JSONL manifests, run.json and summary.json/.md go "
+                                                       "here; re-running resumes")
+    g.add_argument("--overwrite", action="store_true",
+                   help="replace results in --output-dir made by another model or with other settings")
+    g.add_argument("--strict", action="store_true", help="stop at the first bad clip instead of skipping it")
     g.add_argument("--batch-size", type=int, default=16, help="clips per batch (published Phi-4-multimodal runs: "
-                                                              "128-160 on one GPU)")
+                                                              "32 classic, 160 current, on one GPU)")
     g.add_argument("--max-new-tokens", type=int, default=128)
     g.add_argument("--prompt", help="override the prompt (default: the reference prompt of each set)")
     g.add_argument("--limit", type=int, help="evaluate only the first N clips of each set (smoke runs)")
@@ -388,17 +471,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def main(args) -> int:
     from .generate import load_model_and_processor
 
-    protocol, complete, sets = resolve_sets(args.sets, protocol=args.protocol, data=args.data,
-                                            manifests=args.manifest, split=args.split, config=args.config,
-                                            prompt=args.prompt)
-    prepared = prepare_sets(sets, args.limit)
+    sel = resolve_sets(args.sets, protocol=args.protocol, data=args.data, manifests=args.manifest, split=args.split,
+                       config=args.config, prompt=args.prompt)
+    skips = SkipList(args.strict)
+    prepared = prepare_sets(sel.sets, args.limit, protocol=sel.protocol, allow_outside_root=args.allow_outside_root,
+                            skips=skips)
     model, processor, device, dtype = load_model_and_processor(args.model, args.dtype, args.device)
-    summary = evaluate_asr(model, processor, sets, args.output_dir, protocol=protocol, complete=complete,
+    summary = evaluate_asr(model, processor, sel.sets, args.output_dir, protocol=sel.label, complete=sel.complete,
                            batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, limit=args.limit,
                            warmup_batches=args.warmup_batches, model_name=args.model,
-                           dtype=str(dtype).replace("torch.", ""), device=device, prepared=prepared)
+                           dtype=str(dtype).replace("torch.", ""), device=device, prepared=prepared,
+                           scoring=sel.protocol, overwrite=args.overwrite, skips=skips)
     for name, v in summary["sets"].items():
         print(f"{name}: WER {v.get('wer')}  RTFx {v.get('rtfx')}  ({v.get('items', 0)} clips)")
-    print(f"average WER {summary['average_wer']} ({summary['protocol']}); composite RTFx {summary['composite_rtfx']}")
+    print(f"average WER {summary['average_wer']} ({summary['protocol']}; scoring reproduces "
+          f"{summary['scoring']['reproduces']}); composite RTFx {summary['composite_rtfx']}")
     print(f"results: {Path(args.output_dir) / 'summary.md'}")
     return 0

@@ -1,12 +1,20 @@
 """`molora eval chartqa`: relaxed accuracy on ChartQA, human / augmented / overall.
 
     molora eval chartqa --model DIR --output-dir OUT                               # lmms-lab/ChartQA test
-    molora eval chartqa --model DIR --data chartqa_test/ --output-dir OUT          # a local copy
+    molora eval chartqa --model DIR --data "ChartQA Dataset/test" --output-dir OUT # the release layout
+    molora eval chartqa --model DIR --data HuggingFaceM4_ChartQA/ --output-dir OUT # a local copy (save_to_disk)
     molora eval chartqa --model DIR --human h.jsonl --augmented a.jsonl --output-dir OUT
 
+Sources: any layout of ``molora.eval.vqa_layouts`` (ChartQA's release folder: ``png/`` +
+``test_human.json`` / ``test_augmented.json`` with ``imgname`` / ``query`` / ``label``; the hub's
+HuggingFaceM4/ChartQA and lmms-lab/ChartQA; local datasets; manifests). Re-running resumes; results of
+another model or other settings in OUT are refused unless ``--overwrite``; a bad image is skipped and
+listed in the summary (``--strict`` stops instead).
+
 The subset of each question comes from a column (``type`` / ``source`` / ``subset`` holding
-human_test / augmented_test, or HuggingFaceM4's ``human_or_machine`` 0/1), or from the
-manifest it was read from (``--human`` / ``--augmented``). Prompt: question +
+human_test / augmented_test, or HuggingFaceM4's ``human_or_machine`` 0/1), from the release file
+it was read from (``*_human.json`` / ``*_augmented.json``), or from the manifest it was read from
+(``--human`` / ``--augmented``). Prompt: question +
 "\\nAnswer the question with a single word.", greedy, 16 new tokens. ``OUT/predictions.jsonl``
 rows: ``id``, ``subset``, ``question``, ``answers``, ``prediction``, ``correct``; summary:
 accuracy (0..1) per subset and overall (over all questions; x100 in the Markdown).
@@ -18,9 +26,10 @@ from pathlib import Path
 
 from molora.errors import ConfigError
 
-from .relaxed import RELATIVE_TOLERANCE, relaxed_accuracy_any
-from .report import markdown_table, run_settings, write_summary
-from .vqa import add_common_arguments, download_hint, load_for_args, run_vqa, vqa_items
+from .relaxed import RELATIVE_TOLERANCE, RELAXED_REFERENCE, relaxed_accuracy_any
+from .report import markdown_table, run_settings, skip_fields, skip_note, write_summary
+from .skips import SkipList, print_skips
+from .vqa import add_common_arguments, download_hint, load_for_args, run_vqa, vqa_items, vqa_record
 
 __all__ = ["CHARTQA_SUFFIX", "chartqa_items", "evaluate_chartqa", "add_arguments", "main", "accuracy_by_subset"]
 
@@ -43,13 +52,14 @@ def accuracy_by_subset(rows: list[dict]) -> dict:
 
 
 def chartqa_items(sources: list[tuple[str, str | None]], *, split: str = "test", config: str | None = None,
-                  limit: int | None = None):
-    """The questions of ``sources`` (``[(data, subset)]``; subset None: from the subset column)."""
+                  limit: int | None = None, allow_outside_root: bool = False, skips: SkipList | None = None):
+    """The questions of ``sources`` (``[(data, subset)]``; subset None: from the subset column or file)."""
     items = []
     for data, subset in sources:
         hub = not Path(data).expanduser().exists()
         items += vqa_items(data, split=split, config=config if hub else None, suffix=CHARTQA_SUFFIX, limit=limit,
-                           subset=subset, hint=download_hint(data, split, config) if hub else None)
+                           subset=subset, hint=download_hint(data, split, config) if hub else None,
+                           allow_outside_root=allow_outside_root, skips=skips)
     keys = [it.key for it in items]
     if len(set(keys)) != len(keys):  # two manifests with the same ids: qualify by subset
         for it in items:
@@ -60,27 +70,41 @@ def chartqa_items(sources: list[tuple[str, str | None]], *, split: str = "test",
 def evaluate_chartqa(model, processor, sources: list[tuple[str, str | None]], output_dir, *, split: str = "test",
                      config: str | None = None, batch_size: int = 8, max_new_tokens: int = 16,
                      limit: int | None = None, warmup_batches: int = 0, model_name: str | None = None,
-                     dtype: str | None = None, device: str | None = None, items=None) -> dict:
+                     dtype: str | None = None, device: str | None = None, items=None, overwrite: bool = False,
+                     strict: bool = False, allow_outside_root: bool = False, skips: SkipList | None = None) -> dict:
     """Run ChartQA over ``sources`` (``[(data, subset)]``; subset None means "from the subset column");
-    ``items``: ``chartqa_items(...)`` when the caller has listed them already."""
-    items = items if items is not None else chartqa_items(sources, split=split, config=config, limit=limit)
+    ``items`` / ``skips``: from ``chartqa_items(...)`` when the caller has listed them already. Results of
+    another model or other settings in ``output_dir`` are refused unless ``overwrite``; bad items are
+    skipped and listed (``strict``: the first one stops the run)."""
+    skips = skips if skips is not None else SkipList(strict)
+    if items is None:
+        items = chartqa_items(sources, split=split, config=config, limit=limit, allow_outside_root=allow_outside_root,
+                              skips=skips)
+    record = vqa_record(output_dir, "chartqa", model, model_name, batch_size=batch_size,
+                        max_new_tokens=max_new_tokens, sources=[f"{d} ({s or 'subset column'})" for d, s in sources],
+                        split=split, config=config, suffix=CHARTQA_SUFFIX)
     rows = run_vqa(model, processor, items, output_dir,
                    score=lambda p, a: {"correct": relaxed_accuracy_any(p, a)},
                    batch_size=batch_size, max_new_tokens=max_new_tokens, warmup_batches=warmup_batches,
-                   desc="chartqa")
+                   desc="chartqa", record=record, overwrite=overwrite, skips=skips)
     scores = accuracy_by_subset(rows)
     summary = {"task": "chartqa", "model": model_name, "data": [d for d, _ in sources], "split": split,
                "metric": f"relaxed accuracy: numeric answers within {RELATIVE_TOLERANCE:.0%} of the target "
                          "(relative to the target; trailing % divides by 100; zero target -> exact), "
                          "else case-insensitive exact match",
+               "reproduces": RELAXED_REFERENCE,
                "prompt_suffix": CHARTQA_SUFFIX, "scores": scores,
-               "settings": run_settings({"batch_size": batch_size, "dtype": str(dtype), "device": str(device),
-                                         "max_new_tokens": max_new_tokens, "decoding": "greedy", "limit": limit})}
+               "settings": run_settings({"batch_size": batch_size, "batch_sizes_used": record.batch_sizes,
+                                         "dtype": str(dtype), "device": str(device), "max_new_tokens": max_new_tokens,
+                                         "decoding": "greedy", "limit": limit}),
+               **skip_fields(skips)}
     md = (f"# ChartQA {split}: {model_name}\n\n"
           + markdown_table(["subset", "relaxed accuracy (x100)", "questions"],
                            [(k, 100 * v["accuracy"], v["questions"]) for k, v in scores.items()])
-          + f"\nbatch size {batch_size}, dtype {dtype}, device {device}, greedy, max_new_tokens {max_new_tokens}\n")
+          + f"\nbatch size {batch_size}, dtype {dtype}, device {device}, greedy, max_new_tokens {max_new_tokens}\n"
+          + skip_note(skips))
     write_summary(output_dir, summary, md)
+    print_skips(skips.entries, str(Path(output_dir) / "summary.json"))
     return summary
 
 
@@ -98,12 +122,14 @@ def main(args) -> int:
         sources = [(args.human, "human"), (args.augmented, "augmented")]
     else:
         sources = [(args.data, None)]
-    items = chartqa_items(sources, split=args.split, config=args.config, limit=args.limit)
+    skips = SkipList(args.strict)
+    items = chartqa_items(sources, split=args.split, config=args.config, limit=args.limit,
+                          allow_outside_root=args.allow_outside_root, skips=skips)
     model, processor, device, dtype = load_for_args(args)
     s = evaluate_chartqa(model, processor, sources, args.output_dir, split=args.split, config=args.config,
                          batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, limit=args.limit,
                          warmup_batches=args.warmup_batches, model_name=args.model, dtype=dtype, device=device,
-                         items=items)
+                         items=items, overwrite=args.overwrite, skips=skips)
     for k, v in s["scores"].items():
         print(f"ChartQA {k}: relaxed accuracy {100 * v['accuracy']:.2f} ({v['questions']} questions)")
     return 0

@@ -15,9 +15,29 @@ _RUNNERS = {
 }
 
 
+_AT_LEAST = {"batch_size": ("--batch-size", 1), "max_new_tokens": ("--max-new-tokens", 1), "limit": ("--limit", 1),
+             "warmup_batches": ("--warmup-batches", 0)}
+
+
+def check_arguments(args) -> None:
+    """Numbers out of range and an --output-dir that is a file are errors before anything loads."""
+    from pathlib import Path
+
+    from molora.errors import ConfigError
+
+    for name, (flag, low) in _AT_LEAST.items():
+        value = getattr(args, name, None)
+        if value is not None and value < low:
+            raise ConfigError(f"must be at least {low}, got {value}", flag)
+    out = Path(args.output_dir).expanduser()
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{out} is a file; --output-dir takes a folder (created when missing)", "--output-dir")
+
+
 def _run(args) -> int:
     import importlib
 
+    check_arguments(args)
     return importlib.import_module(_RUNNERS[args.eval_task][1]).main(args)
 
 

@@ -3,9 +3,12 @@
 
 An ``Item`` is one question or clip: a unique ``key`` (resume is keyed on it), the text
 prompt, a ``load()`` that decodes its medium (called outside the timer: dataset decoding is
-not inference), ``meta`` that goes into the result row, and a ``length`` used for sorting
-(audio seconds). Nothing is decoded while items are listed; map-style datasets are read by
-index when a batch needs them, so a whole test set is never held in memory.
+not inference), ``meta`` that goes into the result row, a ``length`` used for sorting
+(audio seconds), and where it comes from: ``source`` (``file:line`` / ``dataset:index``) and
+``media`` (the media file, when there is one), which name it in errors and skip lists. Nothing
+is decoded while items are listed; map-style datasets are read by index when a batch needs
+them, so a whole test set is never held in memory. A row whose values are unusable (a
+non-string transcript, answers that are not strings) is skipped and listed like bad media.
 """
 from __future__ import annotations
 
@@ -18,7 +21,10 @@ from typing import Any, Callable
 
 from molora.errors import MoLoRAError
 
-__all__ = ["Item", "load_rows", "dataset_items", "manifest_rows", "unique_key", "SourceError"]
+__all__ = ["Item", "load_rows", "dataset_items", "manifest_rows", "unique_key", "SourceError", "OUTSIDE_ROOT_HINT"]
+
+# how `molora eval` lets manifest media live outside the manifest's folder (the quickstart's caches do)
+OUTSIDE_ROOT_HINT = "add --allow-outside-root to the molora eval command to permit this"
 
 
 class SourceError(MoLoRAError):
@@ -33,6 +39,8 @@ class Item:
     load: Callable[[], Any]         # -> (samples, sampling_rate) | PIL image
     meta: dict = field(default_factory=dict)
     length: float = 0.0
+    source: str = ""                # "file:line" or "dataset:index"
+    media: str = ""                 # the media file, when the medium is one
 
 
 def unique_key(key: Any, seen: dict[str, int]) -> str:
@@ -94,9 +102,10 @@ def first_column(names, candidates: tuple[str, ...]) -> str | None:
 
 
 def dataset_items(rows, name: str, *, media: str, media_column: str,
-                  make: Callable[[dict, int], dict | None]) -> list[Item]:
+                  make: Callable[[dict, int], dict | None], skips=None) -> list[Item]:
     """Items over ``rows`` (see ``load_rows``). ``make(row, index)`` returns the item's fields
-    (``key``, ``prompt``, ``meta``; or None to skip the row); media are decoded lazily by index."""
+    (``key``, ``prompt``, ``meta``; or None to leave the row out); media are decoded lazily by index.
+    A ``MoLoRAError`` from ``make`` (a bad value in that row) goes to ``skips`` (a ``SkipList``) when given."""
     from molora.stages.hf_datasets import decode_audio_value, decode_image_value
 
     names = column_names(rows)
@@ -108,10 +117,16 @@ def dataset_items(rows, name: str, *, media: str, media_column: str,
         ({k: v for k, v in r.items() if k != media_column} for r in rows)
     items = []
     for i, row in enumerate(light):
-        fields = make(row, i)
+        where = f"{name}:{i}"
+        try:
+            fields = make(row, i)
+        except MoLoRAError as e:
+            if skips is None:
+                raise
+            skips.add(where, "", e)
+            continue
         if fields is None:
             continue
-        where = f"{name}:{i}"
 
         def load(i=i, where=where):
             full = rows[i]
@@ -120,7 +135,7 @@ def dataset_items(rows, name: str, *, media: str, media_column: str,
             return decode_image_value(full[media_column], where)
 
         items.append(Item(fields["key"], fields["prompt"], media, load, fields.get("meta", {}),
-                          fields.get("length", 0.0)))
+                          fields.get("length", 0.0), source=where))
     return items
 
 
@@ -144,13 +159,14 @@ def encoded_audio_seconds(value: Any) -> float:
 # ----------------------------------------------------------------------------------------
 # manifests
 # ----------------------------------------------------------------------------------------
-def manifest_rows(path: str | os.PathLike) -> list[tuple[Any, dict]]:
+def manifest_rows(path: str | os.PathLike, allow_outside_root: bool = False) -> list[tuple[Any, dict]]:
     """``[(Sample, raw_row)]`` of a JSONL manifest: ``read_manifest`` validates every line (errors
-    name ``file:line``) and resolves media paths; the raw row gives the fields a Sample does not
-    keep (``id``, ``duration``, ``type``...)."""
+    name ``file:line``) and resolves media paths (inside the manifest's folder unless
+    ``allow_outside_root``); the raw row gives the fields a Sample does not keep (``id``,
+    ``duration``, ``type``...)."""
     from molora.stages.manifest import read_manifest
 
-    samples = read_manifest(path)
+    samples = read_manifest(path, allow_outside_root=allow_outside_root, outside_root_hint=OUTSIDE_ROOT_HINT)
     raw: dict[int, dict] = {}
     with open(Path(path).expanduser(), "rb") as f:
         for lineno, line in enumerate(f, start=1):

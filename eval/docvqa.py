@@ -1,9 +1,16 @@
 """`molora eval docvqa`: ANLS on DocVQA validation, or the test-split submission file.
 
     molora eval docvqa --model DIR --output-dir OUT                          # lmms-lab/DocVQA validation
-    molora eval docvqa --model DIR --data docvqa_val/ --output-dir OUT       # a local copy
+    molora eval docvqa --model DIR --data val/val_v1.0.json --output-dir OUT # the official release layout
+    molora eval docvqa --model DIR --data docvqa_val/ --output-dir OUT       # a local copy (save_to_disk, parquet)
     molora eval docvqa --model DIR --data qa.jsonl --output-dir OUT          # a VQA manifest
     molora eval docvqa --model DIR --split test --output-dir OUT             # OUT/submission.json
+
+Sources: any layout of ``molora.eval.vqa_layouts`` (the official ``val_v1.0.json`` with its
+``documents/`` folder, or the folder holding it; the hub's lmms-lab/DocVQA; local datasets;
+manifests). ANLS is the official DocVQA rule (``molora.eval.anls``). Re-running resumes; results of
+another model or other settings in OUT are refused unless ``--overwrite``; a bad image is skipped and
+listed in the summary (``--strict`` stops instead).
 
 Prompt: question + "\\nAnswer the question using a single word or phrase.", greedy, 32 new
 tokens (the common harnesses). ``OUT/predictions.jsonl``: one row per question (``id``,
@@ -17,9 +24,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .anls import ANLS_THRESHOLD, anls, mean_anls
-from .report import markdown_table, run_settings, write_json, write_summary
-from .vqa import add_common_arguments, download_hint, load_for_args, run_vqa, vqa_items
+from .anls import ANLS_REFERENCE, ANLS_THRESHOLD, anls, mean_anls
+from .report import markdown_table, run_settings, skip_fields, skip_note, write_json, write_summary
+from .skips import SkipList, print_skips
+from .vqa import add_common_arguments, download_hint, load_for_args, run_vqa, vqa_items, vqa_record
 
 __all__ = ["DOCVQA_SUFFIX", "docvqa_items", "evaluate_docvqa", "add_arguments", "main"]
 
@@ -28,31 +36,44 @@ DEFAULT_DATA, DEFAULT_CONFIG = "lmms-lab/DocVQA", "DocVQA"
 
 
 def docvqa_items(data: str, *, split: str = "validation", config: str | None = DEFAULT_CONFIG,
-                 limit: int | None = None):
+                 limit: int | None = None, allow_outside_root: bool = False, skips: SkipList | None = None):
     """The questions of ``data`` (answers required unless ``split == "test"``); nothing decoded yet."""
     hub = not Path(data).expanduser().exists()
     return vqa_items(data, split=split, config=config if hub else None, suffix=DOCVQA_SUFFIX, limit=limit,
-                     require_answers=split != "test", hint=download_hint(data, split, config) if hub else None)
+                     require_answers=split != "test", hint=download_hint(data, split, config) if hub else None,
+                     allow_outside_root=allow_outside_root, skips=skips)
 
 
 def evaluate_docvqa(model, processor, data: str, output_dir, *, split: str = "validation",
                     config: str | None = DEFAULT_CONFIG, batch_size: int = 8, max_new_tokens: int = 32,
                     limit: int | None = None, warmup_batches: int = 0, model_name: str | None = None,
-                    dtype: str | None = None, device: str | None = None, items=None) -> dict:
+                    dtype: str | None = None, device: str | None = None, items=None, overwrite: bool = False,
+                    strict: bool = False, allow_outside_root: bool = False, skips: SkipList | None = None) -> dict:
     """Run DocVQA over ``data``; writes predictions, summary (and the submission file for the test split).
-    ``items``: ``docvqa_items(...)`` when the caller has listed them already."""
+    ``items`` / ``skips``: from ``docvqa_items(...)`` when the caller has listed them already. Results of
+    another model or other settings in ``output_dir`` are refused unless ``overwrite``; bad items are
+    skipped and listed (``strict``: the first one stops the run)."""
     test = split == "test"
-    items = items if items is not None else docvqa_items(data, split=split, config=config, limit=limit)
+    skips = skips if skips is not None else SkipList(strict)
+    if items is None:
+        items = docvqa_items(data, split=split, config=config, limit=limit, allow_outside_root=allow_outside_root,
+                             skips=skips)
     score = (lambda p, a: {}) if test else (lambda p, a: {"anls": anls(p, a)})
+    record = vqa_record(output_dir, "docvqa", model, model_name, batch_size=batch_size, max_new_tokens=max_new_tokens,
+                        sources=[data], split=split, config=config, suffix=DOCVQA_SUFFIX)
     rows = run_vqa(model, processor, items, output_dir, score=score, batch_size=batch_size,
-                   max_new_tokens=max_new_tokens, warmup_batches=warmup_batches, desc="docvqa")
+                   max_new_tokens=max_new_tokens, warmup_batches=warmup_batches, desc="docvqa", record=record,
+                   overwrite=overwrite, skips=skips)
     summary = {"task": "docvqa", "model": model_name, "data": data, "split": split, "questions": len(rows),
                "metric": f"ANLS (0..1): mean over questions of max over answers of 1 - NL, 0 below "
                          f"{ANLS_THRESHOLD} (exactly {ANLS_THRESHOLD} kept); lowercased, stripped, whitespace "
-                         "collapsed; raw lengths in the denominator",
+                         "collapsed; NL = edit distance / max(len(gt.upper()), len(pred.upper())) of the raw strings",
+               "reproduces": ANLS_REFERENCE,
                "prompt_suffix": DOCVQA_SUFFIX,
-               "settings": run_settings({"batch_size": batch_size, "dtype": str(dtype), "device": str(device),
-                                         "max_new_tokens": max_new_tokens, "decoding": "greedy", "limit": limit})}
+               "settings": run_settings({"batch_size": batch_size, "batch_sizes_used": record.batch_sizes,
+                                         "dtype": str(dtype), "device": str(device), "max_new_tokens": max_new_tokens,
+                                         "decoding": "greedy", "limit": limit}),
+               **skip_fields(skips)}
     out = Path(output_dir)
     if test:
         submission = [{"questionId": _qid(r["id"]), "answer": r["prediction"]} for r in rows]
@@ -66,7 +87,8 @@ def evaluate_docvqa(model, processor, data: str, output_dir, *, split: str = "va
               + markdown_table(["questions", "ANLS (x100)"],
                                [(len(rows), None if summary["anls"] is None else 100 * summary["anls"])])
               + f"\nbatch size {batch_size}, dtype {dtype}, device {device}, greedy, max_new_tokens {max_new_tokens}\n")
-    write_summary(out, summary, md)
+    write_summary(out, summary, md + skip_note(skips))
+    print_skips(skips.entries, str(out / "summary.json"))
     return summary
 
 
@@ -80,12 +102,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args) -> int:
-    items = docvqa_items(args.data, split=args.split, config=args.config, limit=args.limit)
+    skips = SkipList(args.strict)
+    items = docvqa_items(args.data, split=args.split, config=args.config, limit=args.limit,
+                         allow_outside_root=args.allow_outside_root, skips=skips)
     model, processor, device, dtype = load_for_args(args)
     s = evaluate_docvqa(model, processor, args.data, args.output_dir, split=args.split, config=args.config,
                         batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, limit=args.limit,
                         warmup_batches=args.warmup_batches, model_name=args.model, dtype=dtype, device=device,
-                        items=items)
+                        items=items, overwrite=args.overwrite, skips=skips)
     if s.get("anls") is not None:
         print(f"DocVQA {args.split}: ANLS {100 * s['anls']:.2f} over {s['questions']} questions")
     else:

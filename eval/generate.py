@@ -4,7 +4,8 @@
 (resume), cut the rest into batches, decode each batch's media *outside* the timer, then time
 processor (feature extraction + tokenisation) + ``model.generate`` + ``batch_decode``, and
 append one result row per item (flushed per batch). One warm-up batch (the first batch still
-to do) runs untimed before the first timed batch.
+to do) runs untimed before the first timed batch. Items whose media cannot be used are skipped
+and listed (``molora.eval.skips``), never the end of the run unless it is strict.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import Callable, Sequence
 
 from .data import Item
 from .report import ResultFile
+from .skips import SkipList
 
 __all__ = ["Generator", "run_items", "resolve_device", "resolve_dtype", "load_model_and_processor", "conversation"]
 
@@ -93,14 +95,50 @@ class Generator:
         return [t.strip() for t in texts], time.perf_counter() - t0
 
 
+def _load(item: Item, skips: SkipList):
+    """The item's medium, or None after recording why it cannot be used."""
+    from molora.errors import MediaError
+
+    try:
+        return item.load()
+    except MediaError as e:
+        skips.add(item.source or item.key, item.media or str(e.item or ""), e)
+        return None
+
+
+def _generate(generator: Generator, batch: list[tuple[Item, object]], skips: SkipList):
+    """``generator`` over the batch; when the processor refuses a medium (``MediaError``, e.g. NaN
+    samples), the culprits are found one conversation at a time (untimed), recorded, and the rest of
+    the batch is generated again (timed afresh). Returns ``(items, texts, seconds)``."""
+    from molora.errors import MediaError
+
+    try:
+        texts, seconds = generator([conversation(it, m) for it, m in batch])
+        return [it for it, _ in batch], texts, seconds
+    except MediaError:
+        pass
+    good = []
+    for it, medium in batch:
+        try:
+            generator.processor([conversation(it, medium)])
+            good.append((it, medium))
+        except MediaError as e:
+            skips.add(it.source or it.key, it.media or it.key, e)
+    if not good:
+        return [], [], 0.0
+    texts, seconds = generator([conversation(it, m) for it, m in good])
+    return [it for it, _ in good], texts, seconds
+
+
 def run_items(items: Sequence[Item], results: ResultFile, generator: Generator, *,
               make_row: Callable[[Item, str, float], dict], batch_size: int, warmup_batches: int = 1,
-              desc: str = "eval", sort_by_length: bool = False) -> int:
+              desc: str = "eval", sort_by_length: bool = False, skips: SkipList | None = None) -> int:
     """Generate for every item whose key is not yet in ``results``; returns how many were done now.
 
     ``make_row(item, prediction, seconds)`` builds the result row (``seconds`` = the batch's timed
     seconds / batch size, the leaderboard's per-item ``time``). ``sort_by_length`` orders the
-    remaining items longest first before batching.
+    remaining items longest first before batching. An item whose medium cannot be used is left out
+    and recorded in ``skips`` (with ``skips.strict`` the run stops there; rows already written stay).
     """
     from tqdm.auto import tqdm
 
@@ -108,19 +146,26 @@ def run_items(items: Sequence[Item], results: ResultFile, generator: Generator, 
         from molora.errors import ConfigError
 
         raise ConfigError(f"batch size must be >= 1, got {batch_size}", "--batch-size")
+    skips = skips if skips is not None else SkipList()
     todo = [it for it in items if it.key not in results.done]
     if sort_by_length:
         todo.sort(key=lambda it: -it.length)  # stable: ties keep source order
     batches = [todo[i:i + batch_size] for i in range(0, len(todo), batch_size)]
-    if batches and warmup_batches > 0:
-        convs = [conversation(it, it.load()) for it in batches[0]]
-        for _ in range(warmup_batches):
-            generator(convs)
+    done = 0
     with tqdm(total=len(items), initial=len(items) - len(todo), desc=desc, unit="item", dynamic_ncols=True) as bar:
+        warm = warmup_batches
         for batch in batches:
-            convs = [conversation(it, it.load()) for it in batch]   # dataset decoding: not timed
-            texts, seconds = generator(convs)
-            per_item = seconds / len(batch)
-            results.append([make_row(it, text, per_item) for it, text in zip(batch, texts)])
+            loaded = [(it, m) for it in batch if (m := _load(it, skips)) is not None]   # decoding: not timed
+            if loaded and warm > 0:   # untimed warm-up on the first batch (its bad media are found here)
+                for _ in range(warm):
+                    kept = {id(it) for it in _generate(generator, loaded, skips)[0]}
+                    loaded = [(it, m) for it, m in loaded if id(it) in kept]
+                warm = 0
+            if loaded:
+                kept, texts, seconds = _generate(generator, loaded, skips)
+                if kept:
+                    per_item = seconds / len(kept)
+                    results.append([make_row(it, text, per_item) for it, text in zip(kept, texts)])
+                    done += len(kept)
             bar.update(len(batch))
-    return len(todo)
+    return done

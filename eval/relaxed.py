@@ -19,9 +19,11 @@ from __future__ import annotations
 
 from typing import Sequence
 
-__all__ = ["relaxed_accuracy", "relaxed_accuracy_any", "RELATIVE_TOLERANCE"]
+__all__ = ["relaxed_accuracy", "relaxed_accuracy_any", "RELATIVE_TOLERANCE", "RELAXED_REFERENCE"]
 
 RELATIVE_TOLERANCE = 0.05
+RELAXED_REFERENCE = ("relaxed_correctness of pix2struct / Qwen-VL eval_mm/evaluate_vqa.py, as in "
+                     "EvolvingLMMs-Lab/lmms-eval@75571cf lmms_eval/tasks/chartqa/utils.py")
 
 
 def _to_float(text: str) -> float | None:

@@ -15,7 +15,8 @@ from typing import Iterable, Sequence
 
 from molora.errors import MoLoRAError
 
-__all__ = ["ResultFile", "read_jsonl", "write_json", "write_text", "write_summary", "markdown_table"]
+__all__ = ["ResultFile", "read_jsonl", "write_json", "write_text", "write_summary", "markdown_table", "skip_fields",
+           "skip_note"]
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
@@ -127,3 +128,16 @@ def run_settings(args_like: dict) -> dict:
     name = torch.cuda.get_device_name(device) if device.startswith("cuda") and torch.cuda.is_available() else \
         "cpu"
     return {**args_like, "device_name": name, "torch": torch.__version__}
+
+
+def skip_fields(skips) -> dict:
+    """The summary fields of a ``SkipList``: ``skipped_count`` and ``skipped`` (every entry)."""
+    return {"skipped_count": len(skips.entries), "skipped": list(skips.entries)}
+
+
+def skip_note(skips) -> str:
+    """A Markdown paragraph saying how many items were skipped (empty when none)."""
+    if not skips.entries:
+        return ""
+    return (f"\n**{len(skips.entries)} bad item(s) skipped** (listed in summary.json): the score covers the other "
+            "items only, so it is not comparable with a complete run.\n")

@@ -1,5 +1,6 @@
-"""What the DocVQA and ChartQA runners share: VQA items from a dataset or manifest, the common
-CLI options, and the generate-and-record loop over ``OUT/predictions.jsonl`` (resume by id)."""
+"""What the DocVQA and ChartQA runners share: VQA items from any accepted layout
+(``molora.eval.vqa_layouts``), the common CLI options, and the generate-and-record loop over
+``OUT/predictions.jsonl`` (resume by id, outputs keyed by ``OUT/run.json``, bad items skipped and listed)."""
 from __future__ import annotations
 
 import argparse
@@ -8,7 +9,10 @@ from typing import Callable
 
 from .data import Item, SourceError, column_names, dataset_items, first_column, load_rows, manifest_rows, media_of, \
     unique_key
+from .identity import RunRecord, producer_of
 from .report import ResultFile
+from .skips import SkipList
+from .vqa_layouts import ACCEPTED_LAYOUTS, detect_layout, official_records
 
 __all__ = ["vqa_items", "subset_of", "run_vqa", "add_common_arguments", "load_for_args"]
 
@@ -46,37 +50,66 @@ def _answers(value, where: str, required: bool) -> list[str] | None:
     raise SourceError(f"answers must be a string or a list of strings, got {value!r}", where)
 
 
-def vqa_items(source: str, *, split: str, config: str | None, suffix: str, limit: int | None = None,
-              require_answers: bool = True, subset: str | None = None, hint: str | None = None) -> list[Item]:
-    """Items of a VQA source: a ``.jsonl`` manifest (rows ``{"image", "question", "answers"}``, optional
-    ``id`` / ``type``) or a dataset (columns image, question|query, answers|answer|label, optional
-    questionId|question_id|id and type|source|subset|human_or_machine). The prompt is
-    ``question + suffix``. ``meta`` = ``{"id", "question", "answers", "subset"}``."""
+def _image_item(key: str, prompt: str, path: str, meta: dict, source: str) -> Item:
     from molora.encoders.image_transform import load_image
 
+    return Item(key, prompt, "image", lambda p=path: load_image(p), meta, source=source, media=path)
+
+
+def vqa_items(source: str, *, split: str, config: str | None, suffix: str, limit: int | None = None,
+              require_answers: bool = True, subset: str | None = None, hint: str | None = None,
+              allow_outside_root: bool = False, skips: SkipList | None = None) -> list[Item]:
+    """Items of a VQA source in any accepted layout (``molora.eval.vqa_layouts``). The prompt is
+    ``question + suffix``; ``meta`` = ``{"id", "question", "answers", "subset"}``. Rows with unusable
+    values go to ``skips`` (or raise when it is None)."""
+    skips = skips if skips is not None else SkipList(strict=True)
+    layout, files = detect_layout(source, split)
     seen: dict[str, int] = {}
     items: list[Item] = []
-    if str(source).endswith(".jsonl"):
-        pairs = manifest_rows(source)
-        if limit is not None:
-            pairs = pairs[:limit]
-        for i, (sample, raw) in enumerate(pairs):
+    if layout == "manifest":
+        pairs = manifest_rows(source, allow_outside_root=allow_outside_root)
+        if not pairs:
+            raise SourceError("the manifest holds no rows", str(Path(source).expanduser().resolve()))
+        for i, (sample, raw) in enumerate(pairs[:limit] if limit is not None else pairs):
             if sample.kind != "vqa":
                 raise SourceError(f"a VQA manifest row needs 'image', 'question' and 'answers' (this row is a "
                                   f"{sample.kind} row)", sample.source)
             key = unique_key(raw.get("id", raw.get("questionId", i)), seen)
-            path = media_of(sample, "image")
             meta = {"id": key, "question": raw["question"], "answers": list(raw["answers"]),
                     "subset": subset or subset_of(next((raw[c] for c in SUBSET_COLUMNS if c in raw), None))}
-            items.append(Item(key, raw["question"] + suffix, "image", lambda p=path: load_image(p), meta))
+            items.append(_image_item(key, raw["question"] + suffix, media_of(sample, "image"), meta, sample.source))
         return items
-    rows, name = load_rows(source, split=split, config=config, media_column="image", limit=limit, hint=hint)
+    if layout in ("docvqa-json", "chartqa-json", "chartqa-release"):
+        records = official_records(layout, files, allow_outside_root=allow_outside_root)
+        if not records:
+            raise SourceError("the annotation file holds no questions", ", ".join(map(str, files)))
+        for r in records[:limit] if limit is not None else records:
+            try:
+                if "error" in r:
+                    raise r["error"]
+                answers = _answers(r["answers"], r["where"], require_answers)
+            except SourceError as e:
+                skips.add(r["where"], "", e)
+                continue
+            key = unique_key(r["id"] if r["subset"] is None else f"{r['subset']}/{r['id']}", seen)
+            meta = {"id": key, "question": r["question"], "answers": answers, "subset": subset or r["subset"]}
+            items.append(_image_item(key, r["question"] + suffix, r["image"], meta, r["where"]))
+        return items
+    try:
+        rows, name = load_rows(source, split=split, config=config, media_column="image", limit=limit, hint=hint)
+    except SourceError as e:
+        if Path(source).expanduser().exists():   # a local source `datasets` cannot read either
+            raise SourceError(f"{e.reason}. Accepted layouts: {ACCEPTED_LAYOUTS}", e.item) from e
+        raise
+    if not len(rows):
+        raise SourceError(f"the dataset holds no rows (split {split!r})", name)
     cols = column_names(rows)
     q_col, a_col = first_column(cols, QUESTION_COLUMNS), first_column(cols, ANSWER_COLUMNS)
     id_col, s_col = first_column(cols, ID_COLUMNS), first_column(cols, SUBSET_COLUMNS)
-    if len(rows) and q_col is None:
-        raise SourceError(f"no question column (tried {list(QUESTION_COLUMNS)}); columns: {cols}", name)
-    if len(rows) and a_col is None and require_answers:
+    if q_col is None:
+        raise SourceError(f"no question column (tried {list(QUESTION_COLUMNS)}); columns: {cols}. Accepted layouts: "
+                          f"{ACCEPTED_LAYOUTS}", name)
+    if a_col is None and require_answers:
         raise SourceError(f"no answers column (tried {list(ANSWER_COLUMNS)}); columns: {cols}", name)
 
     def make(row, i):
@@ -84,21 +117,26 @@ def vqa_items(source: str, *, split: str, config: str | None, suffix: str, limit
         question = row[q_col]
         if not isinstance(question, str):
             raise SourceError(f"question must be a string, got {question!r}", where)
+        answers = _answers(row.get(a_col) if a_col else None, where, require_answers)
         key = unique_key(row[id_col] if id_col else i, seen)
-        meta = {"id": key, "question": question,
-                "answers": _answers(row.get(a_col) if a_col else None, where, require_answers),
+        meta = {"id": key, "question": question, "answers": answers,
                 "subset": subset or subset_of(row[s_col] if s_col else None)}
         return {"key": key, "prompt": question + suffix, "meta": meta}
 
-    return dataset_items(rows, name, media="image", media_column="image", make=make)
+    return dataset_items(rows, name, media="image", media_column="image", make=make, skips=skips)
 
 
 def run_vqa(model, processor, items: list[Item], output_dir, *, score: Callable[[str, list[str] | None], dict],
-            batch_size: int, max_new_tokens: int, warmup_batches: int = 0, desc: str = "vqa") -> list[dict]:
+            batch_size: int, max_new_tokens: int, warmup_batches: int = 0, desc: str = "vqa",
+            record: RunRecord | None = None, overwrite: bool = False, skips: SkipList | None = None) -> list[dict]:
     """Generate for the items not yet in ``OUT/predictions.jsonl``; returns the rows of ``items`` in order.
-    Each row: ``id``, ``subset`` (when known), ``question``, ``answers``, ``prediction`` + ``score(...)``."""
+    Each row: ``id``, ``subset`` (when known), ``question``, ``answers``, ``prediction`` + ``score(...)``.
+    ``record`` (``RunRecord``) is claimed first: results of another model or other settings are refused
+    unless ``overwrite``."""
     from .generate import Generator, run_items
 
+    if record is not None:
+        record.claim(overwrite, extra_outputs=("submission.json",))
     results = ResultFile(Path(output_dir) / "predictions.jsonl", key_field="id")
 
     def make_row(item: Item, prediction: str, seconds: float) -> dict:
@@ -111,8 +149,17 @@ def run_vqa(model, processor, items: list[Item], output_dir, *, score: Callable[
         return row
 
     run_items(items, results, Generator(model, processor, max_new_tokens), make_row=make_row,
-              batch_size=batch_size, warmup_batches=warmup_batches, desc=desc)
+              batch_size=batch_size, warmup_batches=warmup_batches, desc=desc, skips=skips)
     return results.select([it.key for it in items])
+
+
+def vqa_record(output_dir, task: str, model, model_name: str | None, *, batch_size: int, max_new_tokens: int,
+               sources: list, split: str, config: str | None, suffix: str) -> RunRecord:
+    """The ``RunRecord`` of a VQA run: one result file, ``predictions.jsonl``, and what it was read from."""
+    return RunRecord(output_dir, task, producer_of(model, model_name, batch_size=batch_size,
+                                                   max_new_tokens=max_new_tokens),
+                     {"predictions.jsonl": {"data": [str(s) for s in sources], "split": split, "config": config,
+                                            "prompt_suffix": suffix}})
 
 
 def add_common_arguments(p: argparse.ArgumentParser, *, default_data: str, default_split: str,
@@ -123,14 +170,19 @@ def add_common_arguments(p: argparse.ArgumentParser, *, default_data: str, defau
     g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     g = p.add_argument_group("data")
     g.add_argument("--data", default=default_data,
-                   help=f"hub id, local dataset (save_to_disk dir, parquet/JSON file or dir) or a VQA JSONL manifest "
-                        f"(default {default_data})")
+                   help=f"hub id, local dataset (save_to_disk dir, parquet/JSON file or dir), the official release "
+                        f"layout (file or folder) or a VQA JSONL manifest (default {default_data})")
     g.add_argument("--split", default=default_split, help=f"dataset split (default {default_split})")
     g.add_argument("--config", default=default_config, help=f"dataset config (default {default_config})")
     g.add_argument("--limit", type=int, help="evaluate only the first N questions")
+    g.add_argument("--allow-outside-root", action="store_true",
+                   help="let a manifest / annotation file name images outside its own folder")
     g = p.add_argument_group("how")
-    g.add_argument("--output-dir", required=True, help="predictions.jsonl and summary.json/.md go here; re-running "
-                                                       "resumes")
+    g.add_argument("--output-dir", required=True, help="predictions.jsonl, run.json and summary.json/.md go here; "
+                                                       "re-running resumes")
+    g.add_argument("--overwrite", action="store_true",
+                   help="replace results in --output-dir made by another model or with other settings")
+    g.add_argument("--strict", action="store_true", help="stop at the first bad item instead of skipping it")
     g.add_argument("--batch-size", type=int, default=8)
     g.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
     g.add_argument("--warmup-batches", type=int, default=0, help="untimed batches first (default 0: not timed runs)")

@@ -1,18 +1,21 @@
 """Word error rate (corpus level, in percent) and RTFx, as the Open ASR leaderboard computes them.
 
-Definitions (exact):
+Definitions (exact), per scoring protocol (``molora.eval.protocols``; default ``open-asr-2026``):
 
-* Each reference and hypothesis is normalised with ``normalize_english`` (unless
+* Each reference and hypothesis is normalised with ``normalize_english(text, protocol)`` (unless
   ``normalize=False``; then texts are only split on whitespace).
 * A pair is **dropped** (reference and hypothesis together) when the normalised reference is
-  empty, or when the reference is TED-LIUM's placeholder ``ignore_time_segment_in_scoring``
-  (raw, or its normalised form "ignore time segment in scoring").
-* Over the remaining pairs jiwer aligns words (Levenshtein on word lists) and counts
-  substitutions S, deletions D, insertions I and hits H; N = sum of reference words = S + D + H.
-* ``WER = 100 * (S + D + I) / N``: corpus level (errors summed over the set, then divided),
-  not a mean of per-utterance rates. Not rounded here; the leaderboard reports it rounded
-  to 2 decimals (``round(wer, 2)``), and its average is the unweighted mean of those rounded
-  per-set numbers (``average_wer``).
+  empty, or is TED-LIUM's placeholder ``ignore_time_segment_in_scoring`` (raw, or normalised to
+  "ignore time segment in scoring"): the leaderboard filters these when it prepares the data.
+* Over the remaining pairs words are aligned per pair and the errors counted:
+  ``open-asr``: jiwer (what ``evaluate.load("wer")`` runs), substitutions S, deletions D,
+  insertions I, hits H, N = S + D + H reference words;
+  ``open-asr-2026``: ``kaldialign.batch_error_rate(refs, hyps, merge_compounds=True)``: the same
+  counts, except that a compound split on one side and joined on the other ("white paper" /
+  "whitepaper") is no error; N = reference words.
+* ``WER = 100 * (S + D + I) / N``: corpus level (errors summed over the set, then divided), not a
+  mean of per-utterance rates. Not rounded here; the leaderboard reports ``round(WER, 2)``, and its
+  average is the unweighted mean of those rounded per-set numbers (``average_wer``).
 * An empty hypothesis is allowed (all its reference words are deletions). If every pair is
   dropped, N = 0 and WER is undefined: ``MetricError``.
 
@@ -26,6 +29,7 @@ from typing import Sequence
 from molora.errors import MoLoRAError
 
 from .normalizer import normalize_english
+from .protocols import DEFAULT_PROTOCOL, get_protocol
 
 __all__ = ["word_error_rate", "wer_details", "rtfx", "average_wer", "is_scored_reference", "MetricError",
            "TEDLIUM_IGNORE"]
@@ -38,24 +42,40 @@ class MetricError(MoLoRAError):
     """A metric cannot be computed from the given inputs (length mismatch, nothing to score)."""
 
 
-def is_scored_reference(reference: str, normalize: bool = True) -> bool:
+def is_scored_reference(reference: str, normalize: bool = True, protocol: str = DEFAULT_PROTOCOL) -> bool:
     """False for references the leaderboard drops: empty after normalisation, or TED-LIUM's
     ``ignore_time_segment_in_scoring``."""
     if reference.strip() == TEDLIUM_IGNORE:
         return False
-    ref = normalize_english(reference) if normalize else " ".join(reference.split())
+    ref = normalize_english(reference, protocol) if normalize else " ".join(reference.split())
     return ref != "" and ref != _TEDLIUM_IGNORE_NORMALIZED
 
 
-def wer_details(references: Sequence[str], hypotheses: Sequence[str], normalize: bool = True) -> dict:
-    """Corpus-level WER and its counts.
+def _counts(refs: list[str], hyps: list[str], algorithm: str) -> tuple[int, int, int, int, float]:
+    """``(S, D, I, N, error rate)`` of normalised pairs, with the protocol's algorithm."""
+    if algorithm == "kaldialign-merge-compounds":
+        import kaldialign
 
-    Returns ``{"wer": percent (unrounded), "substitutions": S, "deletions": D, "insertions": I,
-    "hits": H, "reference_words": N, "dropped": number of pairs dropped}``.
-    Raises ``MetricError`` when the lists differ in length or nothing is left to score.
-    """
+        r = kaldialign.batch_error_rate([tuple(x.split()) for x in refs], [tuple(x.split()) for x in hyps],
+                                        merge_compounds=True)
+        return r["sub"], r["del"], r["ins"], r["ref_len"], r["err_rate"]
     import jiwer
 
+    out = jiwer.process_words(refs, hyps)
+    s, d, i = out.substitutions, out.deletions, out.insertions
+    n = s + d + out.hits
+    return s, d, i, n, (s + d + i) / n
+
+
+def wer_details(references: Sequence[str], hypotheses: Sequence[str], normalize: bool = True,
+                protocol: str = DEFAULT_PROTOCOL) -> dict:
+    """Corpus-level WER and its counts under ``protocol``.
+
+    Returns ``{"wer": percent (unrounded), "error_rate": fraction, "substitutions": S, "deletions": D,
+    "insertions": I, "hits": H, "reference_words": N, "dropped": number of pairs dropped, "protocol"}``.
+    Raises ``MetricError`` when the lists differ in length or nothing is left to score.
+    """
+    algorithm = get_protocol(protocol).wer
     references, hypotheses = list(references), list(hypotheses)
     if len(references) != len(hypotheses):
         raise MetricError(f"{len(references)} references but {len(hypotheses)} hypotheses", "word_error_rate")
@@ -65,24 +85,24 @@ def wer_details(references: Sequence[str], hypotheses: Sequence[str], normalize:
                 raise MetricError(f"{what} {i} must be a string, got {type(t).__name__}", "word_error_rate")
     refs, hyps, dropped = [], [], 0
     for ref, hyp in zip(references, hypotheses):
-        if not is_scored_reference(ref, normalize):
+        if not is_scored_reference(ref, normalize, protocol):
             dropped += 1
             continue
-        refs.append(normalize_english(ref) if normalize else " ".join(ref.split()))
-        hyps.append(normalize_english(hyp) if normalize else " ".join(hyp.split()))
+        refs.append(normalize_english(ref, protocol) if normalize else " ".join(ref.split()))
+        hyps.append(normalize_english(hyp, protocol) if normalize else " ".join(hyp.split()))
     if not refs:
         raise MetricError(f"no reference words to score (all {dropped} reference(s) are empty after "
                           "normalisation or ignored)", "word_error_rate")
-    out = jiwer.process_words(refs, hyps)
-    s, d, i, h = out.substitutions, out.deletions, out.insertions, out.hits
-    n = s + d + h
-    return {"wer": 100.0 * (s + d + i) / n, "substitutions": s, "deletions": d, "insertions": i, "hits": h,
-            "reference_words": n, "dropped": dropped}
+    s, d, i, n, rate = _counts(refs, hyps, algorithm)
+    # 100 * (errors / N), as the leaderboard multiplies its error rate (the rounding then agrees bit for bit)
+    return {"wer": 100 * rate, "error_rate": rate, "substitutions": s, "deletions": d, "insertions": i,
+            "hits": n - s - d, "reference_words": n, "dropped": dropped, "protocol": protocol}
 
 
-def word_error_rate(references: Sequence[str], hypotheses: Sequence[str], normalize: bool = True) -> float:
-    """Corpus-level WER in percent (6.14 means 6.14%), unrounded; see the module docstring."""
-    return wer_details(references, hypotheses, normalize)["wer"]
+def word_error_rate(references: Sequence[str], hypotheses: Sequence[str], normalize: bool = True,
+                    protocol: str = DEFAULT_PROTOCOL) -> float:
+    """Corpus-level WER in percent (6.14 means 6.14%), unrounded, under ``protocol`` (module docstring)."""
+    return wer_details(references, hypotheses, normalize, protocol)["wer"]
 
 
 def average_wer(per_set_wer: Sequence[float]) -> float:

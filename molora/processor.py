@@ -5,6 +5,13 @@ strings with ``<|image_N|>`` / ``<|audio_N|>`` placeholders plus flat ``images=`
 lists in order of appearance (transformers' processor convention). Output: a dict whose keys
 are the forward keywords of both MoLoRAModel and transformers' Phi4MultimodalForCausalLM.
 
+Media as people hold them: images as PIL images, numpy arrays / torch tensors (``[H, W]``,
+``[C, H, W]``, ``[H, W, C]``; uint8, or floats in [0, 1]) or paths (``load_image``); audio as 1-D
+arrays / tensors (at ``sampling_rate``), ``(array, rate)`` tuples, ``{"array", "sampling_rate"}``
+dicts as ``datasets`` yields them, or paths (``AudioFeatureExtractor``). URLs are refused: molora
+works offline. ``images=`` may be a 4-D array (a batch); ``audios=`` a 2-D array is a batch of
+clips, one per row, as transformers reads it (``as_clip_list``).
+
 Generation batches are left-padded; training batches (``return_labels=True``) are
 right-padded and labelled only on assistant turns (content and its ``<|end|>``).
 """
@@ -17,14 +24,15 @@ from typing import Any
 import torch
 
 from .config import MoLoRAConfig
-from .encoders.audio_features import AudioFeatureExtractor
-from .encoders.image_transform import ImageTransform
+from .encoders.audio_features import AudioFeatureExtractor, as_clip_list
+from .encoders.image_transform import ImageTransform, as_image_list
 from .errors import MoLoRAError, PlaceholderError
 
 PLACEHOLDER = re.compile(r"<\|(image|audio)_(\d+)\|>")
 ROLES = ("system", "user", "assistant")
 IGNORE = -100
-MEDIA_HINT = {"image": "PIL image or path", "audio": "path or (array, sampling_rate)"}
+MEDIA_HINT = {"image": "PIL image, numpy array, torch tensor or path",
+              "audio": "path, array, (array, sampling_rate) or {'array', 'sampling_rate'}"}
 
 
 class MoLoRAProcessor:
@@ -156,9 +164,8 @@ class MoLoRAProcessor:
                 rows.append(self.render(conv, c, add_generation_prompt))
         elif text is not None:
             texts = [text] if isinstance(text, str) else list(text)
-            imgs = list(images) if isinstance(images, (list, tuple)) else ([] if images is None else [images])
-            auds = list(audios) if isinstance(audios, (list, tuple)) and not _is_audio_tuple(audios) else (
-                [] if audios is None else [audios])
+            imgs = [] if images is None else as_image_list(images)
+            auds = [] if audios is None else as_clip_list(audios)
             for c, t in enumerate(texts):
                 ni = len([m for m in PLACEHOLDER.finditer(t) if m.group(1) == "image"])
                 na = len([m for m in PLACEHOLDER.finditer(t) if m.group(1) == "audio"])
@@ -236,6 +243,3 @@ class MoLoRAProcessor:
     def decode(self, ids, skip_special_tokens: bool = True) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)
 
-
-def _is_audio_tuple(x) -> bool:
-    return isinstance(x, tuple) and len(x) == 2 and isinstance(x[1], (int, float)) and not isinstance(x[0], (str, Path))

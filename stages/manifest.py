@@ -125,8 +125,9 @@ def estimate_length(messages: list[dict], extra_text: str = "", *, probe_media: 
 # parsing
 # ----------------------------------------------------------------------------------------
 class _Row:
-    def __init__(self, where: str, root: Path, allow_outside_root: bool):
+    def __init__(self, where: str, root: Path, allow_outside_root: bool, outside_root_hint: str | None = None):
         self.where, self.root, self.allow = where, root, allow_outside_root
+        self.hint = outside_root_hint or "pass allow_outside_root=True to permit this"
 
     def fail(self, reason: str):
         raise ManifestError(reason, self.where)
@@ -151,7 +152,7 @@ class _Row:
         resolved = p.resolve()  # follows symlinks and '..' (the file need not exist)
         if not self.allow and not resolved.is_relative_to(self.root):
             self.fail(f"{field} {value!r} resolves to {resolved}, outside the data root {self.root} "
-                      "(pass allow_outside_root=True to permit this)")
+                      f"({self.hint})")
         return str(resolved)
 
     def messages(self, value: Any) -> list[dict]:
@@ -193,9 +194,10 @@ class _Row:
 
 
 def parse_row(row: Any, where: str, root: Path, *, allow_outside_root: bool = False,
-              probe_media: bool = True) -> Sample:
-    """One decoded JSON row -> Sample (``where`` is "file:line", ``root`` the resolved data root)."""
-    r = _Row(where, root, allow_outside_root)
+              probe_media: bool = True, outside_root_hint: str | None = None) -> Sample:
+    """One decoded JSON row -> Sample (``where`` is "file:line", ``root`` the resolved data root;
+    ``outside_root_hint`` says how the calling entry point permits media outside the root)."""
+    r = _Row(where, root, allow_outside_root, outside_root_hint)
     if not isinstance(row, dict):
         r.fail(f"a row must be a JSON object, got {type(row).__name__}")
     if "chosen" in row or "rejected" in row:
@@ -247,7 +249,7 @@ def parse_row(row: Any, where: str, root: Path, *, allow_outside_root: bool = Fa
 
 
 def read_manifest(path: str | os.PathLike, *, allow_outside_root: bool = False,
-                  probe_media: bool = True) -> list[Sample]:
+                  probe_media: bool = True, outside_root_hint: str | None = None) -> list[Sample]:
     """Read a JSONL manifest -> list of Sample (see the module docstring for row shapes).
 
     Raises ``ManifestError`` naming ``file:line`` on the first malformed line. ``probe_media``
@@ -273,5 +275,5 @@ def read_manifest(path: str | os.PathLike, *, allow_outside_root: bool = False,
             except json.JSONDecodeError as e:
                 raise ManifestError(f"invalid JSON ({e.msg} at column {e.colno})", where) from None
             samples.append(parse_row(row, where, root, allow_outside_root=allow_outside_root,
-                                     probe_media=probe_media))
+                                     probe_media=probe_media, outside_root_hint=outside_root_hint))
     return samples

@@ -164,11 +164,32 @@ def test_other_rates_are_resampled_to_16k(ext, sr):
 
 
 def test_multichannel_is_mean_of_channels(ext):
+    # one clip's channels come inside a list, an (array, rate) tuple or a dict: [C, T] or [T, C]
     rng = np.random.default_rng(5)
     left, right = chirp(16000, 0.5), (0.1 * rng.standard_normal(8000)).astype(np.float32)
     mono = ext((left + right) / 2)["audio_input_features"]
-    assert torch.allclose(ext(np.stack([left, right]))["audio_input_features"], mono, atol=1e-5)  # [C, T]
+    assert torch.allclose(ext([np.stack([left, right])])["audio_input_features"], mono, atol=1e-5)  # [C, T]
     assert torch.allclose(ext([np.stack([left, right], 1)])["audio_input_features"], mono, atol=1e-5)  # [T, C]
+    assert torch.allclose(ext((np.stack([left, right]), 16000))["audio_input_features"], mono, atol=1e-5)
+    assert torch.allclose(ext({"array": np.stack([left, right], 1), "sampling_rate": 16000})["audio_input_features"],
+                          mono, atol=1e-5)
+
+
+def test_top_level_2d_array_is_a_batch_of_rows_as_in_transformers(ext):
+    # transformers' Phi4MultimodalFeatureExtractor reads a 2-D array [3, 800] as three clips of 800 samples
+    from transformers import Phi4MultimodalFeatureExtractor
+
+    clips = np.stack([chirp(16000, 0.25, f0=100 * (k + 1)) for k in range(3)])
+    ours = ext(clips)
+    one_by_one = ext(list(clips))
+    assert ours["audio_input_features"].shape[0] == 3
+    assert torch.equal(ours["audio_input_features"], one_by_one["audio_input_features"])
+    theirs = Phi4MultimodalFeatureExtractor()(clips, sampling_rate=16000, return_tensors="pt")
+    assert theirs["audio_input_features"].shape[0] == 3
+    assert ours["audio_embed_sizes"].tolist() == theirs["audio_embed_sizes"].tolist()
+    # a 3-D array is [B, T, C]: each clip down-mixed over its last axis (transformers again)
+    stereo = np.stack([clips, clips[::-1]], -1)
+    assert torch.allclose(ext(stereo)["audio_input_features"], ext(list(stereo.mean(-1)))["audio_input_features"])
 
 
 def test_input_forms_agree(ext, tmp_path):
@@ -273,7 +294,9 @@ def test_missing_file(ext, tmp_path):
 def test_corrupt_file(ext, tmp_path):
     p = tmp_path / "corrupt.wav"
     p.write_bytes(b"RIFF" + np.random.default_rng(0).bytes(400))
-    _raises(ext, [p], str(p), "cannot decode")
+    err = _raises(ext, [p], str(p), "cannot decode")
+    # libsndfile's own reason, without an empty "Error opening ''" where the path was cut out
+    assert "''" not in err.reason and "Error opening" not in err.reason and len(err.reason) > len("cannot decode ()")
 
 
 def test_truncated_wav(ext, tmp_path):

@@ -10,13 +10,11 @@ import json
 
 import pytest
 import soundfile as sf
-import torch
-from PIL import Image, ImageDraw
 
-from molora import MoLoRAConfig, MoLoRAModel, MoLoRAProcessor
+from evalkit import Scripted, page, read_rows, save_tiny
 from molora.cli import main as cli
-from molora.eval import NORMALIZER_VERSION, anls, mean_anls, relaxed_accuracy, word_error_rate
-from molora.eval.asr import PROTOCOLS, evaluate_asr, resolve_sets, score_rows
+from molora.eval import anls, mean_anls, normalizer_name, relaxed_accuracy, word_error_rate
+from molora.eval.asr import PROTOCOLS, evaluate_asr, join_chunks, resolve_sets, score_rows
 from molora.eval.chartqa import evaluate_chartqa
 from molora.eval.docvqa import evaluate_docvqa
 
@@ -25,12 +23,8 @@ CLIPS = ["the cat sat on the mat", "hello world", "twenty five red apples", "goo
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    torch.manual_seed(0)
-    model = MoLoRAModel(MoLoRAConfig.preset("tiny")).eval()
-    processor = MoLoRAProcessor.from_config(model.config)
     d = tmp_path_factory.mktemp("model") / "tiny"
-    model.save_pretrained(d)
-    processor.save_pretrained(d)
+    model, processor = save_tiny(d)
     return model, processor, d
 
 
@@ -48,16 +42,6 @@ def asr_manifest(tmp_path_factory):
     return path
 
 
-def _rows(path):
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def _image(i: int) -> Image.Image:
-    img = Image.new("RGB", (64, 48), "white")
-    ImageDraw.Draw(img).text((4, 4), str(7 * i), fill="black")
-    return img
-
-
 # ----------------------------------------------------------------------------------------
 # ASR
 # ----------------------------------------------------------------------------------------
@@ -67,7 +51,7 @@ def test_asr_manifest_run_is_leaderboard_format_and_recomputable(tiny, asr_manif
     rc = cli(["eval", "asr", "--model", str(model_dir), "--manifest", str(asr_manifest), "--output-dir", str(out),
               "--batch-size", "2", "--max-new-tokens", "6", "--device", "cpu"])
     assert rc == 0
-    rows = _rows(out / "clips.jsonl")
+    rows = read_rows(out / "clips.jsonl")
     # "[noise]" normalises to "" and is dropped before inference
     assert len(rows) == 4 and {r["text"] for r in rows} == set(CLIPS[:4])
     for r in rows:
@@ -79,10 +63,12 @@ def test_asr_manifest_run_is_leaderboard_format_and_recomputable(tiny, asr_manif
     s = summary["sets"]["clips"]
     expected = word_error_rate([r["text"] for r in rows], [r["pred_text"] for r in rows])
     assert s["wer"] == round(expected, 2)
-    assert s["rtfx"] == round(sum(durations) / sum(r["time"] for r in rows), 2)
+    assert s["rtfx"] == round(sum(durations) / sum(r["time"] for r in rows), 4)     # the leaderboard's 4 decimals
     assert s["dropped_before_inference"] == 1 and s["items"] == 4
     assert summary["average_wer"] == s["wer"]
-    assert summary["normalizer"] == NORMALIZER_VERSION
+    # own data is scored with the default (current) protocol, named with the code it reproduces
+    assert summary["normalizer"] == normalizer_name("open-asr-2026")
+    assert summary["scoring"]["reproduces"] == "huggingface/open_asr_leaderboard@d1e99b25524814332d6868a5645e568670834cfb"
     assert summary["settings"]["batch_size"] == 2 and summary["settings"]["device"] == "cpu"
     assert summary["settings"]["dtype"] == "float32" and summary["protocol"] == "custom"
     assert "warm-up" in summary["timing"]
@@ -91,7 +77,7 @@ def test_asr_manifest_run_is_leaderboard_format_and_recomputable(tiny, asr_manif
 
 def test_asr_resumes_after_a_crash_without_redoing_items(tiny, asr_manifest, tmp_path):
     model, processor, _ = tiny
-    (sets_label, complete, sets) = resolve_sets(manifests=[str(asr_manifest)])
+    sets = resolve_sets(manifests=[str(asr_manifest)]).sets
     out = tmp_path / "out"
     real_generate = model.generate
     calls = {"n": 0, "crash_at": 3}
@@ -107,7 +93,7 @@ def test_asr_resumes_after_a_crash_without_redoing_items(tiny, asr_manifest, tmp
         # call 1 = warm-up, call 2 = first timed batch (2 clips written), call 3 crashes
         with pytest.raises(RuntimeError, match="simulated crash"):
             evaluate_asr(model, processor, sets, out, batch_size=2, max_new_tokens=4)
-        first = _rows(out / "clips.jsonl")
+        first = read_rows(out / "clips.jsonl")
         assert len(first) == 2
         with open(out / "clips.jsonl", "a") as f:       # a row cut short by the crash
             f.write('{"id": "clip3.wav", "audio_fi')
@@ -117,7 +103,7 @@ def test_asr_resumes_after_a_crash_without_redoing_items(tiny, asr_manifest, tmp
         model.generate = real_generate
     # 2 clips left -> 1 warm-up + 1 batch; the finished rows are untouched
     assert calls["n"] == 2
-    rows = _rows(out / "clips.jsonl")
+    rows = read_rows(out / "clips.jsonl")
     assert len(rows) == 4 and len({r["id"] for r in rows}) == 4
     assert rows[:2] == first
     assert summary["sets"]["clips"]["generated_this_run"] == 2
@@ -137,7 +123,10 @@ def test_unknown_set_is_a_clear_error(capsys):
     assert cli(["eval", "asr", "--model", "tiny", "--sets", "librispeech_test.clean,nosuchset",
                 "--output-dir", "x"]) == 2
     err = capsys.readouterr().err
-    assert "nosuchset" in err and "ami_test" in err and "open-asr-2026" in err
+    assert "nosuchset" in err and "ami_test" in err and "ami_cleaned_test" in err and "open-asr-2026" in err
+    # sets of two protocols cannot be scored together
+    assert cli(["eval", "asr", "--model", "tiny", "--sets", "tedlium_test,ami_cleaned_test", "--output-dir", "x"]) == 2
+    assert "cannot be scored together" in capsys.readouterr().err
 
 
 def test_unreachable_hub_set_names_what_to_download(monkeypatch, tmp_path, capsys):
@@ -149,9 +138,16 @@ def test_unreachable_hub_set_names_what_to_download(monkeypatch, tmp_path, capsy
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
     assert cli(["eval", "asr", "--model", "tiny", "--sets", "librispeech_test.clean",
                 "--output-dir", str(tmp_path)]) == 2
-    err = capsys.readouterr().err
-    assert "hf-audio/esb-datasets-test-only-sorted" in err and "save_to_disk" in err
+    err = capsys.readouterr().err     # a set of both protocols: the current one's dataset
+    assert "hf-audio/open-asr-leaderboard" in err and "save_to_disk" in err
     assert "--data DIR --sets librispeech_test.clean" in err
+    assert cli(["eval", "asr", "--model", "tiny", "--sets", "ami_test", "--output-dir", str(tmp_path)]) == 2
+    assert "hf-audio/esb-datasets-test-only-sorted" in capsys.readouterr().err    # classic only
+    assert cli(["eval", "asr", "--model", "tiny", "--sets", "earnings22_cleaned_aa_chunked_test",
+                "--output-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "ArtificialAnalysis/Earnings22-Cleaned-AA-chunked" in err and "ArtificialAnalysis/Earnings22-Cleaned-AA" in err
+    assert "save_chunked_set" in err
 
 
 def test_manifest_row_without_text_names_file_and_line(tmp_path, capsys):
@@ -163,14 +159,28 @@ def test_manifest_row_without_text_names_file_and_line(tmp_path, capsys):
 
 
 def test_protocol_sets():
-    label, complete, sets = resolve_sets("open-asr")
-    assert complete and label == "open-asr" and len(sets) == 8
+    label, complete, sets, protocol = resolve_sets("open-asr")
+    assert complete and label == protocol == "open-asr" and len(sets) == 8
     assert {s.dataset for s in sets} == {"hf-audio/esb-datasets-test-only-sorted"}
     assert [s.prompt for s in sets if s.config == "earnings22"] == ["Transcribe the audio clip to English text."]
-    label, complete, sets = resolve_sets("open-asr-2026")
+    label, complete, sets, protocol = resolve_sets("open-asr-2026")
     assert complete and len(sets) == 7 and not any(s.config == "tedlium" for s in sets)
-    label, complete, sets = resolve_sets("librispeech_test.other,ami_test")
-    assert not complete and [s.name for s in sets] == ["librispeech_test.other", "ami_test"]
+    # the leaderboard's current set list (eval_utils' "public" family at d1e99b2) and where each set comes from
+    assert sorted(s.name for s in sets) == ["ami_cleaned_test", "earnings22_cleaned_aa_chunked_test",
+                                            "gigaspeech_cleaned_test", "librispeech_test.clean",
+                                            "librispeech_test.other", "spgispeech_test", "voxpopuli_cleaned_aa_test"]
+    chunked = next(s for s in sets if s.name == "earnings22_cleaned_aa_chunked_test")
+    assert chunked.dataset == "ArtificialAnalysis/Earnings22-Cleaned-AA-chunked"
+    assert chunked.transcripts == "ArtificialAnalysis/Earnings22-Cleaned-AA"
+    assert {s.dataset for s in sets if s is not chunked} == {"hf-audio/open-asr-leaderboard"}
+    assert resolve_sets().protocol == "open-asr-2026"                    # the default: the leaderboard today
+    # --sets X picks X's protocol; a name both protocols have takes --protocol (default: the current one)
+    sel = resolve_sets("librispeech_test.other,ami_test")
+    assert sel.protocol == "open-asr" and not sel.complete
+    assert [s.name for s in sel.sets] == ["librispeech_test.other", "ami_test"]
+    assert resolve_sets("librispeech_test.other").protocol == "open-asr-2026"
+    assert resolve_sets("librispeech_test.other", protocol="open-asr").sets[0].dataset == \
+        "hf-audio/esb-datasets-test-only-sorted"
     assert set(PROTOCOLS) == {"open-asr", "open-asr-2026"}
 
 
@@ -183,25 +193,15 @@ def test_chunked_predictions_are_joined_per_call_in_chunk_order():
     # joined in chunk order: "good morning everyone" vs the call's text -> 0 errors; "hello" -> 0
     s = score_rows(rows)
     assert s["wer"] == 0.0 and s["reference_words"] == 4 and s["scored_utterances"] == 2
+    # the leaderboard strips each chunk's prediction and leaves empty ones out before joining
+    rows[0]["pred_text"], rows[1]["pred_text"] = "  everyone ", " good  morning"
+    rows.append(dict(rows[0], chunk_index=2, pred_text="   "))
+    assert join_chunks(rows) == (["hello", "good morning everyone"], ["hello", "good  morning everyone"])
 
 
 # ----------------------------------------------------------------------------------------
 # DocVQA and ChartQA
 # ----------------------------------------------------------------------------------------
-class Scripted:
-    """The real processor, but ``batch_decode`` returns scripted answers in item order, so the
-    scores are known by hand (the tiny model still runs every batch)."""
-
-    def __init__(self, processor, outputs):
-        self.processor, self.outputs = processor, iter(outputs)
-
-    def __call__(self, *a, **k):
-        return self.processor(*a, **k)
-
-    def batch_decode(self, ids, **k):
-        return [next(self.outputs) for _ in range(ids.shape[0])]
-
-
 def test_docvqa_local_dataset_anls_and_submission(tiny, tmp_path):
     import datasets
 
@@ -210,7 +210,7 @@ def test_docvqa_local_dataset_anls_and_submission(tiny, tmp_path):
     feats = datasets.Features({"image": datasets.Image(), "question": datasets.Value("string"),
                                "answers": datasets.Sequence(datasets.Value("string")),
                                "questionId": datasets.Value("int64")})
-    ds = datasets.Dataset.from_dict({"image": [_image(i) for i in range(4)],
+    ds = datasets.Dataset.from_dict({"image": [page(i) for i in range(4)],
                                      "question": [f"question {i}?" for i in range(4)], "answers": answers,
                                      "questionId": [50 + i for i in range(4)]}, features=feats)
     ds.save_to_disk(tmp_path / "val")
@@ -219,7 +219,7 @@ def test_docvqa_local_dataset_anls_and_submission(tiny, tmp_path):
     out = tmp_path / "out"
     s = evaluate_docvqa(model, Scripted(processor, preds), str(tmp_path / "val"), out, batch_size=3,
                         max_new_tokens=4)
-    rows = _rows(out / "predictions.jsonl")
+    rows = read_rows(out / "predictions.jsonl")
     assert [r["id"] for r in rows] == ["50", "51", "52", "53"] and [r["prediction"] for r in rows] == preds
     assert [r["anls"] for r in rows] == pytest.approx([1.0, 0.5, 0.9, 0.0])
     assert s["anls"] == pytest.approx(2.4 / 4)
@@ -236,14 +236,14 @@ def test_docvqa_local_dataset_anls_and_submission(tiny, tmp_path):
 def test_docvqa_cli_over_a_manifest(tiny, tmp_path):
     _, _, model_dir = tiny
     for i in range(3):
-        _image(i).save(tmp_path / f"doc{i}.png")
+        page(i).save(tmp_path / f"doc{i}.png")
     (tmp_path / "qa.jsonl").write_text("".join(
         json.dumps({"image": f"doc{i}.png", "question": "what number?", "answers": [str(7 * i)], "id": f"q{i}"})
         + "\n" for i in range(3)))
     out = tmp_path / "out"
     assert cli(["eval", "docvqa", "--model", str(model_dir), "--data", str(tmp_path / "qa.jsonl"),
                 "--output-dir", str(out), "--batch-size", "2", "--max-new-tokens", "4"]) == 0
-    rows = _rows(out / "predictions.jsonl")
+    rows = read_rows(out / "predictions.jsonl")
     summary = json.loads((out / "summary.json").read_text())
     assert [r["id"] for r in rows] == ["q0", "q1", "q2"]
     assert summary["anls"] == pytest.approx(mean_anls([r["prediction"] for r in rows], [r["answers"] for r in rows]))
@@ -258,7 +258,7 @@ def test_chartqa_subsets_from_a_column(tiny, tmp_path):
     types = ["human_test", "human_test", "augmented_test", "augmented_test", "human_test"]
     feats = datasets.Features({"image": datasets.Image(), "question": datasets.Value("string"),
                                "answer": datasets.Value("string"), "type": datasets.Value("string")})
-    datasets.Dataset.from_dict({"image": [_image(i) for i in range(5)], "question": [f"q{i}?" for i in range(5)],
+    datasets.Dataset.from_dict({"image": [page(i) for i in range(5)], "question": [f"q{i}?" for i in range(5)],
                                "answer": targets, "type": types}, features=feats).to_parquet(tmp_path / "c.parquet")
     preds = ["104", "Yes.", "45%", "1995.", "paris"]
     # by hand: 104 vs 100 -> 4 % ok; "Yes." != "yes"; 0.45 vs 45 wrong; 1995.0 == 1995 ok; case-insensitive ok
@@ -266,7 +266,7 @@ def test_chartqa_subsets_from_a_column(tiny, tmp_path):
     out = tmp_path / "out"
     s = evaluate_chartqa(model, Scripted(processor, preds), [(str(tmp_path / "c.parquet"), None)], out,
                          batch_size=2, max_new_tokens=3)
-    rows = _rows(out / "predictions.jsonl")
+    rows = read_rows(out / "predictions.jsonl")
     assert [r["subset"] for r in rows] == ["human", "human", "augmented", "augmented", "human"]
     assert [r["correct"] for r in rows] == [True, False, False, True, True]
     sc = s["scores"]
@@ -279,7 +279,7 @@ def test_chartqa_subsets_from_a_column(tiny, tmp_path):
 def test_chartqa_cli_two_manifests(tiny, tmp_path):
     _, _, model_dir = tiny
     for i in range(4):
-        _image(i).save(tmp_path / f"c{i}.png")
+        page(i).save(tmp_path / f"c{i}.png")
     for name, idx in (("human", [0, 1]), ("augmented", [2, 3])):
         (tmp_path / f"{name}.jsonl").write_text("".join(
             json.dumps({"image": f"c{i}.png", "question": "value?", "answers": [str(i)], "id": i % 2}) + "\n"
@@ -288,7 +288,7 @@ def test_chartqa_cli_two_manifests(tiny, tmp_path):
     assert cli(["eval", "chartqa", "--model", str(model_dir), "--human", str(tmp_path / "human.jsonl"),
                 "--augmented", str(tmp_path / "augmented.jsonl"), "--output-dir", str(out),
                 "--max-new-tokens", "3"]) == 0
-    rows = _rows(out / "predictions.jsonl")
+    rows = read_rows(out / "predictions.jsonl")
     assert sorted(r["id"] for r in rows) == ["augmented/0", "augmented/1", "human/0", "human/1"]
     sc = json.loads((out / "summary.json").read_text())["scores"]
     assert sc["human"]["questions"] == 2 and sc["augmented"]["questions"] == 2 and sc["overall"]["questions"] == 4
@@ -320,12 +320,12 @@ def test_asr_protocol_set_from_a_local_datasets_dir(tiny, asr_manifest, tmp_path
     assert cli(["eval", "asr", "--model", str(model_dir), "--data", str(tmp_path / "data"), "--sets",
                 "librispeech_test.clean", "--output-dir", str(out), "--max-new-tokens", "3",
                 "--warmup-batches", "0"]) == 0
-    rows = _rows(out / "librispeech_test.clean.jsonl")
+    rows = read_rows(out / "librispeech_test.clean.jsonl")
     assert sorted(r["id"] for r in rows) == ["a", "b", "c"]
     # no length column: durations come from the audio headers
     assert all(r["duration"] == pytest.approx(sf.info(root / f"clip{'abc'.index(r['id'])}.wav").duration)
                for r in rows)
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["protocol"] == "open-asr (subset: librispeech_test.clean)" and not summary["complete_protocol"]
+    assert summary["protocol"] == "open-asr-2026 (subset: librispeech_test.clean)" and not summary["complete_protocol"]
     assert summary["sets"]["librispeech_test.clean"]["wer"] == round(
         word_error_rate([r["text"] for r in rows], [r["pred_text"] for r in rows]), 2)

@@ -5,17 +5,17 @@ comes from running molora's own code.
 """
 from __future__ import annotations
 
-import json
-from importlib import resources
-
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from molora.errors import ConfigError
 from molora.eval import (NORMALIZER_VERSION, MetricError, anls, average_wer, mean_anls, normalize_english,
-                         relaxed_accuracy, rtfx, wer_details, word_error_rate)
+                         normalizer_name, relaxed_accuracy, rtfx, wer_details, word_error_rate)
 
 
 # ----------------------------------------------------------------------------------------
-# normaliser (Whisper EnglishTextNormalizer + whisper-normalizer english.json)
+# normaliser (both protocols; exact equality with the leaderboard: tests/test_open_asr_golden.py)
 # ----------------------------------------------------------------------------------------
 @pytest.mark.parametrize("text, expected", [
     ("Twenty five", "25"),                      # spelled numbers -> digits
@@ -32,14 +32,15 @@ from molora.eval import (NORMALIZER_VERSION, MetricError, anls, average_wer, mea
 ])
 def test_normalizer_cases(text, expected):
     assert normalize_english(text) == expected
+    assert normalize_english(text, protocol="open-asr") == expected   # rules both protocols share
 
 
-def test_normalizer_uses_the_shipped_spelling_map_and_names_its_version():
-    mapping = json.loads(resources.files("whisper_normalizer").joinpath("normalizers/english.json").read_text())
-    british = next(k for k, v in mapping.items() if k != v and " " not in k)
-    assert normalize_english(british) == mapping[british]
-    assert "transformers" in NORMALIZER_VERSION and "whisper-normalizer" in NORMALIZER_VERSION
-    assert "english.json" in NORMALIZER_VERSION
+def test_normalizer_names_the_code_it_reproduces():
+    assert NORMALIZER_VERSION == normalizer_name("open-asr-2026")
+    assert "huggingface/open_asr_leaderboard@d1e99b2" in normalizer_name("open-asr-2026")
+    assert "huggingface/open_asr_leaderboard@228bb78" in normalizer_name("open-asr")
+    with pytest.raises(ConfigError, match="unknown scoring protocol"):
+        normalize_english("x", protocol="open-asr-2024")
 
 
 # ----------------------------------------------------------------------------------------
@@ -70,6 +71,16 @@ def test_wer_normalises_both_sides():
     assert word_error_rate(["Twenty five colours"], ["25 colors!"]) == 0.0
     # without normalisation: 3 reference words vs 2 hypothesis words, all different -> S2 D1 = 100 %
     assert word_error_rate(["Twenty five colours"], ["25 colors!"], normalize=False) == pytest.approx(100.0)
+
+
+def test_wer_algorithm_follows_the_protocol():
+    # current protocol: kaldialign with merge_compounds=True -> a split compound is no error
+    assert word_error_rate(["a white paper"], ["a whitepaper"]) == 0.0
+    assert word_error_rate(["a whitepaper"], ["a white paper"]) == 0.0
+    # classic protocol: jiwer alignment (evaluate's wer): "white paper" vs "whitepaper" = S1 D1 over 3 words
+    d = wer_details(["a white paper"], ["a whitepaper"], protocol="open-asr")
+    assert (d["substitutions"], d["deletions"], d["reference_words"]) == (1, 1, 3)
+    assert d["wer"] == pytest.approx(200 / 3)
 
 
 def test_wer_empty_hypothesis_and_edge_errors():
@@ -121,6 +132,53 @@ def test_anls_trailing_period_partial_credit_and_raw_lengths():
     assert anls("abxy  ", ["abcd"]) == pytest.approx(2 / 3)
 
 
+@pytest.mark.parametrize("prediction, answer, expected, why", [
+    ("ß", "s", 0.5, "1 edit / max(len('SS'), len('S')) = 1/2 -> 0.5 (raw lengths would give 1/1 -> 0)"),
+    ("ß", "ß", 1.0, "equal"),
+    ("ﬃ", "f", 1 - 1 / 3, "'ﬃ'.upper() = 'FFI': 1 edit / 3"),
+    ("ΐ", "ι", 1 - 1 / 3, "'ΐ'.upper() is three code points: 1 edit / 3"),
+    ("straße", "strasse", 1 - 2 / 7, "2 edits / max(7, 7)"),
+    ("İ", "i", 0.0, "lower('İ') is 'i' + U+0307: 1 edit / max(1, 1) -> 0"),
+])
+def test_anls_unicode_length_rule_of_the_official_script(prediction, answer, expected, why):
+    # the official DocVQA script divides by max(len(gt.upper()), len(pred.upper())) of the raw strings
+    assert anls(prediction, [answer]) == pytest.approx(expected), why
+
+
+def _official_anls(prediction: str, answers: list[str], threshold: float = 0.5) -> float:
+    """The official DocVQA / InfographicVQA ANLS of one question, written here from the script's text
+    (as lmms-eval carries it): textbook Levenshtein, not rapidfuzz."""
+    def levenshtein(s1, s2):
+        if len(s1) > len(s2):
+            s1, s2 = s2, s1
+        row = list(range(len(s1) + 1))
+        for i2, c2 in enumerate(s2):
+            new = [i2 + 1]
+            for i1, c1 in enumerate(s1):
+                new.append(row[i1] if c1 == c2 else 1 + min(row[i1], row[i1 + 1], new[-1]))
+            row = new
+        return row[-1]
+
+    values = []
+    for answer in answers:
+        gt = " ".join(answer.strip().lower().split())
+        det = " ".join(prediction.strip().lower().split())
+        length = max(len(answer.upper()), len(prediction.upper()))
+        values.append(0.0 if length == 0 else float(levenshtein(gt, det)) / float(length))
+    result = 1 - min(values)
+    return 0 if result < threshold else result
+
+
+_UNICODE_TEXT = st.text(alphabet=st.one_of(st.sampled_from(list("aAbBsSß ẞﬁﬂﬃﬀŉΐΰİıſςσΣǅǆ\t\n ·.-'")),
+                                            st.characters(codec="utf-8")), max_size=12)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(_UNICODE_TEXT, st.lists(_UNICODE_TEXT, min_size=1, max_size=3))
+def test_anls_equals_the_official_rule_on_unicode(prediction, answers):
+    assert anls(prediction, answers) == _official_anls(prediction, answers)
+
+
 def test_anls_best_answer_and_mean():
     # "cat": vs "dog" 3/3 -> 0; vs "cats" 1/4 -> 0.75; max = 0.75
     assert anls("cat", ["dog", "cats"]) == pytest.approx(0.75)
@@ -149,3 +207,33 @@ def test_anls_best_answer_and_mean():
 ])
 def test_relaxed_accuracy(prediction, target, expected, why):
     assert relaxed_accuracy(prediction, target) is expected, why
+
+
+def _reference_relaxed(prediction: str, target: str, max_relative_change: float = 0.05) -> bool:
+    """relaxed_correctness of pix2struct / lmms-eval (lmms_eval/tasks/chartqa/utils.py), written here from its text."""
+    def to_float(text):
+        try:
+            return float(text.rstrip("%")) / 100.0 if text.endswith("%") else float(text)
+        except ValueError:
+            return None
+
+    p, t = to_float(prediction), to_float(target)
+    if p is not None and t:
+        return abs(p - t) / abs(t) <= max_relative_change
+    return prediction.lower() == target.lower()
+
+
+_NUMBERISH = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True, width=32).map(repr),
+    st.integers(-10**6, 10**6).map(str),
+    st.floats(-1e4, 1e4, allow_nan=False).map(lambda x: f"{x:.2f}"),
+    st.floats(0, 100, allow_nan=False).map(lambda x: f"{x:g}%"),
+    st.sampled_from(["1,000", "1995.", " 7 ", "7%%", "%", "1e3", "nan", "inf", "-0", "0.0", "0", "Yes", "yes.", "ÅÅ",
+                     "ǅ", "ß", "SS", "", "١٢", "½", "IX", "1_000"]),
+    st.text(max_size=6))
+
+
+@settings(max_examples=3000, deadline=None)
+@given(_NUMBERISH, _NUMBERISH)
+def test_relaxed_accuracy_equals_the_reference_rule(prediction, target):
+    assert relaxed_accuracy(prediction, target) == _reference_relaxed(prediction, target)
