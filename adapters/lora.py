@@ -16,10 +16,12 @@ from .routing import RoutingState, gather_rows
 
 
 class RoutedLoRALinear(nn.Module):
-    def __init__(self, base_layer: nn.Linear, specs: dict[str, LoraSpec], routing: RoutingState):
+    def __init__(self, base_layer: nn.Linear, specs: dict[str, LoraSpec], routing: RoutingState,
+                 peft_name: str | None = None):
         super().__init__()
         self.base_layer = base_layer
         self.in_features, self.out_features = base_layer.in_features, base_layer.out_features
+        self.peft_name = peft_name  # the name PEFT gives this linear (rank_pattern / alpha_pattern match it)
         self.lora_A = nn.ModuleDict()
         self.lora_B = nn.ModuleDict()
         self.lora_dropout = nn.ModuleDict()
@@ -33,10 +35,11 @@ class RoutedLoRALinear(nn.Module):
 
     def add_adapter(self, name: str, spec: LoraSpec) -> None:
         w = self.base_layer.weight
-        self.lora_A[name] = nn.Linear(self.in_features, spec.r, bias=False, device=w.device, dtype=w.dtype)
-        self.lora_B[name] = nn.Linear(spec.r, self.out_features, bias=False, device=w.device, dtype=w.dtype)
+        r, alpha = spec.rank_alpha(self.peft_name) if self.peft_name else (spec.r, spec.alpha)
+        self.lora_A[name] = nn.Linear(self.in_features, r, bias=False, device=w.device, dtype=w.dtype)
+        self.lora_B[name] = nn.Linear(r, self.out_features, bias=False, device=w.device, dtype=w.dtype)
         self.lora_dropout[name] = nn.Dropout(spec.dropout) if spec.dropout > 0 else nn.Identity()
-        self.scaling[name] = spec.scaling
+        self.scaling[name] = spec.scaling_for(r, alpha)
         if w.device.type != "meta":
             self.reset_adapter(name)
 
@@ -141,16 +144,20 @@ class RoutedLoRALinear(nn.Module):
         return f"in={self.in_features}, out={self.out_features}, adapters={list(self.lora_A)}"
 
 
-def inject_routed_lora(module: nn.Module, specs: dict[str, LoraSpec], routing: RoutingState) -> list[str]:
-    """Replace every nn.Linear whose attribute name is a target of some adapter; return the paths replaced."""
-    targets = {t for spec in specs.values() for t in spec.target_modules}
+def inject_routed_lora(module: nn.Module, specs: dict[str, LoraSpec], routing: RoutingState,
+                       prefix: str = "model.") -> list[str]:
+    """Replace every nn.Linear that some adapter adapts (``LoraSpec.adapts`` on its PEFT name:
+    ``prefix`` + its path in ``module``); return the paths replaced."""
     replaced = []
     for path, parent in list(module.named_modules()):
         for child_name, child in list(parent.named_children()):
-            if child_name in targets and isinstance(child, nn.Linear):
-                these = {n: s for n, s in specs.items() if child_name in s.target_modules}
-                setattr(parent, child_name, RoutedLoRALinear(child, these, routing))
-                replaced.append(f"{path}.{child_name}" if path else child_name)
+            if not isinstance(child, nn.Linear):
+                continue
+            child_path = f"{path}.{child_name}" if path else child_name
+            these = {n: s for n, s in specs.items() if s.adapts(prefix + child_path)}
+            if these:
+                setattr(parent, child_name, RoutedLoRALinear(child, these, routing, peft_name=prefix + child_path))
+                replaced.append(child_path)
     return replaced
 
 

@@ -11,6 +11,7 @@ import torch
 from .checkpoint import read_safetensors, resolve_path
 from .config import MoLoRAConfig
 from .errors import CheckpointError
+from .layouts import adapted
 
 
 def backbone_config_from_phi3(directory: Path, config: MoLoRAConfig) -> MoLoRAConfig:
@@ -42,7 +43,6 @@ def assemble(config: MoLoRAConfig, backbone: str | None = None, vision: str | No
     model = MoLoRAModel(config)
     if directory is not None:
         raw = read_safetensors(directory)
-        targets = {t for s in config.adapters.values() for t in s.target_modules}
         lm = {}
         for k, v in raw.items():
             if k == "lm_head.weight":
@@ -54,7 +54,7 @@ def assemble(config: MoLoRAConfig, backbone: str | None = None, vision: str | No
                 continue
             rest = k[len("model."):]
             parts = rest.rsplit(".", 2)
-            if len(parts) == 3 and parts[1] in targets:
+            if len(parts) == 3 and adapted(config, f"model.{parts[0]}.{parts[1]}"):
                 rest = f"{parts[0]}.{parts[1]}.base_layer.{parts[2]}"
             lm["language_model." + rest] = v
         own = model.state_dict()

@@ -14,12 +14,13 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from . import layouts
+from . import layouts, peft_adapters, placement
 from .config import MoLoRAConfig
 from .errors import CheckpointError
 from .presets import TINY_BPE_VOCAB
 
 WEIGHTS = "model.safetensors"
+LAYOUTS = ("molora", "phi4mm", "phi4_multimodal")
 INDEX = "model.safetensors.index.json"
 HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "vision-lora/*", "speech-lora/*"]
 
@@ -116,8 +117,14 @@ def detect_layout(directory: Path) -> str:
 
 
 def _peft_folders(directory: Path) -> dict[str, Path]:
-    return {p.name[: -len("-lora")]: p for p in sorted(directory.glob("*-lora"))
-            if (p / "adapter_config.json").exists()}
+    """``<name>-lora/`` PEFT folders of a checkpoint; one with weights but no adapter_config.json is an error."""
+    folders = {}
+    for p in sorted(directory.glob("*-lora")):
+        if (p / "adapter_config.json").exists():
+            folders[p.name[: -len("-lora")]] = p
+        elif any(p.glob("*.safetensors")):
+            raise CheckpointError("an adapter folder with weights but no adapter_config.json", str(p))
+    return folders
 
 
 def load_config(path_or_id) -> MoLoRAConfig:
@@ -129,10 +136,12 @@ def load_config(path_or_id) -> MoLoRAConfig:
     if layout == "molora":
         return MoLoRAConfig.from_dict(d)
     if layout == "phi4mm":
-        return layouts.from_phi4mm_config(d, tokenizer=tok, shapes=None if "molora" in d else weight_shapes(directory))
+        return layouts.from_phi4mm_config(d, tokenizer=tok, shapes=None if "molora" in d else weight_shapes(directory),
+                                          where=str(directory / "config.json"))
     if layout == "phi4_multimodal":
-        adapters = {name: layouts.spec_from_peft_config(_read_json(p / "adapter_config.json"))
-                    for name, p in _peft_folders(directory).items()}
+        config = layouts.from_transformers_config(d, {}, tokenizer=tok)
+        adapters = {name: peft_adapters.spec_from_peft_folder(folder, config.backbone)
+                    for name, folder in _peft_folders(directory).items()}
         return layouts.from_transformers_config(d, adapters, tokenizer=tok)
     raise CheckpointError("a bare Phi-3 / Phi-4-mini checkpoint is a backbone only: use "
                           "molora.checkpoint.assemble(config, backbone=..., vision=...)", str(directory))
@@ -144,10 +153,10 @@ def load_state_dict(directory: Path, layout: str, config: MoLoRAConfig) -> dict[
         return raw
     if layout == "phi4mm":
         return {layouts.from_phi4mm_key(k): v for k, v in raw.items()}
-    targets = {t for s in config.adapters.values() for t in s.target_modules}
-    sd = layouts.from_transformers_state_dict(raw, targets)
+    sd = layouts.from_transformers_state_dict(raw, config)
     for name, folder in _peft_folders(directory).items():
-        sd.update(layouts.from_adapter_state_dict(name, read_safetensors(folder)))
+        sd.update(peft_adapters.adapter_tensors(folder, name, config.adapters[name], config.backbone,
+                                                read_safetensors(folder)))
     return sd
 
 
@@ -213,7 +222,7 @@ def preset_weights(name: str) -> Path | None:
     return f if f.exists() else None
 
 
-def load_preset(name: str, dtype: torch.dtype | None = None, device: str | torch.device | None = None):
+def load_preset(name: str, dtype=None, device=None):
     """A preset model: its shipped pretrained parts (tiny: backbone, vision tower, conformer; written by
     ``scripts/pretrain_tiny.py``) over a seed-0 initialisation of the rest (projectors, LoRAs), so the
     same call always gives the same model. A preset without shipped weights is a random model."""
@@ -233,22 +242,28 @@ def load_preset(name: str, dtype: torch.dtype | None = None, device: str | torch
             raise CheckpointError(f"shipped weights do not fit the {name!r} preset ({len(bad)} tensor(s), e.g. "
                                   f"{bad[0]}); rerun scripts/pretrain_{name}.py", str(f))
         model.load_state_dict(sd, strict=False)
-    if dtype is not None or device is not None:
-        model.to(device=device, dtype=dtype)
-    return model
+    return placement.place(model, placement.resolve_dtype(dtype), device, where=f"preset {name!r}").eval()
 
 
-def load_model(path_or_id, dtype: torch.dtype | None = None, device: str | torch.device | None = None):
+def load_model(path_or_id, dtype=None, device=None, *, torch_dtype=None, device_map=None, max_memory=None):
+    """A model from a checkpoint directory (any layout), a hub id or a preset name, in eval mode.
+
+    ``dtype`` / ``torch_dtype``: "auto" (default: as stored; a bfloat16 checkpoint stays bfloat16 and
+    memory-mapped), a torch.dtype or its name. ``device_map``: one device, "auto" (accelerate, over the
+    accelerators and the CPU) or accelerate's {module: device} dict; ``device`` is the same as a
+    one-device ``device_map``. See molora/placement.py."""
+    if device is not None and device_map is not None:
+        raise CheckpointError("pass device or device_map, not both", "device_map")
+    device_map = device if device_map is None else device_map
     if is_preset(path_or_id):
-        return load_preset(str(path_or_id), dtype=dtype, device=device)
+        return load_preset(str(path_or_id), dtype=dtype if dtype is not None else torch_dtype, device=device_map)
     directory = resolve_path(path_or_id)
     layout = detect_layout(directory)
     config = load_config(directory)
     model = build_empty(config)
     _materialize(model, load_state_dict(directory, layout, config), str(directory))
-    if dtype is not None or device is not None:
-        model.to(device=device, dtype=dtype)
-    return model
+    target = placement.resolve_dtype(dtype, torch_dtype)
+    return placement.place(model, target, device_map, max_memory, where=str(directory)).eval()
 
 
 # -- saving ------------------------------------------------------------------------------------------
@@ -259,9 +274,24 @@ def _atomic_dir(directory: Path):
     return Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _open_up(tmp: Path) -> None:
+    """The modes a plain mkdir / open would give (0755 / 0644 under the usual umask 022): mkdtemp's
+    private 0700 must not survive the rename, or a serving account cannot read the checkpoint."""
+    mask = _umask()
+    for path in [tmp, *tmp.rglob("*")]:
+        os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~mask)
+
+
 def _commit_dir(tmp: Path, directory: Path) -> None:
     """Replace ``directory`` by ``tmp`` (files written first, then renamed: never a half checkpoint)."""
     directory = Path(directory)
+    _open_up(tmp)
     if directory.exists():
         old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
         os.replace(directory, old)
@@ -275,49 +305,76 @@ def _contiguous(sd: dict) -> dict:
     return {k: v.detach().contiguous().cpu() for k, v in sd.items()}
 
 
-def save_model(model, directory, layout: str = "molora", peft_folders: bool = True) -> None:
-    """Write ``model`` to ``directory`` in ``layout`` (molora | phi4mm | phi4_multimodal).
+def _dtype_fields(model) -> dict:
+    """``torch_dtype`` (and transformers 5's ``dtype``) for config.json: the dtype the weights are saved in."""
+    name = str(model.dtype).removeprefix("torch.")
+    return {"torch_dtype": name, "dtype": name}
 
-    molora and phi4mm keep the LoRA weights inside the shard; every layout also gets PEFT
+
+def write_weights(sd: dict, directory: Path, max_shard_size: int | str = "5GB") -> list[str]:
+    """``model.safetensors``, or shards ``model-0000i-of-0000n.safetensors`` + ``model.safetensors.index.json``
+    when the weights exceed ``max_shard_size``, as Hugging Face writes them (huggingface_hub's
+    save_torch_state_dict). Returns the file names written."""
+    from huggingface_hub import save_torch_state_dict, split_torch_state_dict_into_shards
+
+    split = split_torch_state_dict_into_shards(sd, max_shard_size=max_shard_size)
+    save_torch_state_dict(sd, directory, max_shard_size=max_shard_size)
+    return sorted(split.filename_to_tensors) + ([INDEX] if split.is_sharded else [])
+
+
+def save_model(model, directory, layout: str = "molora", peft_folders: bool = True,
+               max_shard_size: int | str = "5GB", safe_serialization: bool = True) -> list[str]:
+    """Write ``model`` to ``directory`` in ``layout`` (molora | phi4mm | phi4_multimodal); returns the
+    files written (paths relative to ``directory``).
+
+    molora and phi4mm keep the LoRA weights inside the shards; every layout also gets PEFT
     folders ``<adapter>-lora/`` (the transformers-native layout keeps adapters only there).
+    Weights above ``max_shard_size`` are sharded with an index, as transformers does; config.json
+    records ``torch_dtype``. Written to a temporary folder, then renamed.
     """
+    if not safe_serialization:
+        raise CheckpointError("molora writes safetensors only (safe_serialization=False is not supported)",
+                              str(directory))
+    if layout not in LAYOUTS:
+        raise CheckpointError(f"layout must be one of {', '.join(LAYOUTS)}", layout)
     directory = Path(directory)
     tmp = _atomic_dir(directory)
     try:
         sd = _contiguous(model.state_dict())
         cfg = model.config
         if layout == "molora":
-            save_file(sd, str(tmp / WEIGHTS), metadata={"format": "pt", "layout": "molora"})
-            cfg.to_json(tmp / "config.json")
+            weights, config = sd, {**cfg.to_dict(), **_dtype_fields(model)}
         elif layout == "phi4mm":
-            save_file({layouts.to_phi4mm_key(k): v for k, v in sd.items()}, str(tmp / WEIGHTS),
-                      metadata={"format": "pt"})
-            (tmp / "config.json").write_text(json.dumps(layouts.to_phi4mm_config(cfg), indent=2))
-        elif layout == "phi4_multimodal":
-            save_file(layouts.to_transformers_state_dict(sd), str(tmp / WEIGHTS), metadata={"format": "pt"})
-            (tmp / "config.json").write_text(json.dumps(layouts.to_transformers_config(cfg), indent=2))
-            peft_folders = True
+            weights = {layouts.to_phi4mm_key(k): v for k, v in sd.items()}
+            config = {**layouts.to_phi4mm_config(cfg), **_dtype_fields(model)}
         else:
-            raise CheckpointError("layout must be molora, phi4mm or phi4_multimodal", layout)
+            weights = layouts.to_transformers_state_dict(sd)
+            config = {**layouts.to_transformers_config(cfg), **_dtype_fields(model)}
+            peft_folders = True
+        written = write_weights(weights, tmp, max_shard_size)
+        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        written.append("config.json")
         if peft_folders:
-            export_peft(model, tmp, sd=sd)
+            written += [str(Path(f).relative_to(tmp)) for f in export_peft(model, tmp, sd=sd)]
         _commit_dir(tmp, directory)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    return written
 
 
 def export_peft(model, directory, adapters: list[str] | None = None, sd: dict | None = None) -> list[Path]:
-    """Write each adapter as a PEFT folder ``<directory>/<name>-lora/`` that peft and vLLM load."""
+    """Write each adapter as a PEFT folder ``<directory>/<name>-lora/`` that peft and vLLM load;
+    returns the files written."""
     sd = _contiguous(model.state_dict()) if sd is None else sd
     out = []
-    for name, tensors in layouts.adapter_state_dicts(sd).items():
+    for name, tensors in peft_adapters.adapter_state_dicts(sd).items():
         if adapters is not None and name not in adapters:
             continue
         folder = Path(directory) / f"{name}-lora"
         folder.mkdir(parents=True, exist_ok=True)
         save_file(tensors, str(folder / "adapter_model.safetensors"), metadata={"format": "pt"})
         (folder / "adapter_config.json").write_text(
-            json.dumps(layouts.peft_config(name, model.config.adapters[name]), indent=2))
-        out.append(folder)
+            json.dumps(peft_adapters.peft_config(name, model.config.adapters[name]), indent=2))
+        out += [folder / "adapter_config.json", folder / "adapter_model.safetensors"]
     return out

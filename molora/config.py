@@ -13,6 +13,8 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -125,16 +127,51 @@ class AudioConfig:
 
 @dataclass
 class LoraSpec:
+    """One LoRA adapter on the decoder's linear layers, with PEFT's meaning for every field.
+
+    Decoder linears are named as PEFT sees them on the public models
+    (``model.layers.N.self_attn.qkv_proj``, ``model.layers.N.mlp.down_proj``, ...).
+    ``target_modules``: the linears adapted in every layer, by their last name; ``modules``, when
+    set, lists exactly which linears carry the adapter (an adapter folder whose targets are a
+    regex or ``layers_to_transform``); ``rank_pattern`` / ``alpha_pattern`` give some linears
+    another rank / alpha (keys are regexes matched against the end of the name, as PEFT does);
+    ``use_rslora`` scales by alpha / sqrt(r) instead of alpha / r.
+    """
+
     r: int
     alpha: float
     dropout: float = 0.0
     target_modules: list[str] = field(
         default_factory=lambda: ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]
     )
+    modules: list[str] | None = None
+    rank_pattern: dict[str, int] = field(default_factory=dict)
+    alpha_pattern: dict[str, float] = field(default_factory=dict)
+    use_rslora: bool = False
 
     @property
     def scaling(self) -> float:
-        return self.alpha / self.r
+        return self.scaling_for(self.r, self.alpha)
+
+    def scaling_for(self, r: int, alpha: float) -> float:
+        return alpha / math.sqrt(r) if self.use_rslora else alpha / r
+
+    def adapts(self, name: str) -> bool:
+        """Whether the decoder linear ``name`` (PEFT's name) carries this adapter."""
+        if self.modules is not None:
+            return name in self.modules
+        return name.rsplit(".", 1)[-1] in self.target_modules
+
+    def rank_alpha(self, name: str) -> tuple[int, float]:
+        """(rank, alpha) of the decoder linear ``name``: the first matching pattern, else r / alpha."""
+        r = next((v for k, v in self.rank_pattern.items() if _pattern_matches(k, name)), self.r)
+        alpha = next((v for k, v in self.alpha_pattern.items() if _pattern_matches(k, name)), self.alpha)
+        return int(r), float(alpha)
+
+
+def _pattern_matches(pattern: str, name: str) -> bool:
+    """PEFT's rule for rank_pattern / alpha_pattern keys: the key matches the end of the name."""
+    return re.match(rf"(.*\.)?({pattern})$", name) is not None
 
 
 @dataclass
@@ -210,7 +247,8 @@ class MoLoRAConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "MoLoRAConfig":
         d = copy.deepcopy(d)
-        d.pop("model_type", None)
+        for key in ("model_type", "torch_dtype", "dtype"):  # config.json's file-level fields
+            d.pop(key, None)
         try:
             return cls(
                 backbone=BackboneConfig(**d.pop("backbone", {})),

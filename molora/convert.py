@@ -16,11 +16,11 @@ from pathlib import Path
 
 import torch
 
+from .checkpoint import LAYOUTS
 from .errors import CheckpointError
 
 __all__ = ["LAYOUTS", "DTYPES", "convert", "add_parser"]
 
-LAYOUTS = ("molora", "phi4mm", "phi4_multimodal")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 def convert(src: str, dst: str | Path, layout: str = "molora", dtype: str = "auto", *, force: bool = False,
             processor: bool = True) -> dict:

@@ -27,7 +27,9 @@ def decode_loop(model, input_ids, attention_mask=None, *, max_new_tokens=32, eos
     generated = []
     history = input_ids
     for _ in range(max_new_tokens):
-        scores = out.logits[:, -1].float()
+        scores = out.logits[:, -1]
+        if logits_processor is not None or sampler is not None:  # greedy argmax needs no float32 copy
+            scores = scores.float()
         if logits_processor is not None:
             scores = logits_processor(history, scores)
         nxt = sampler(scores) if sampler is not None else scores.argmax(-1)
@@ -38,7 +40,8 @@ def decode_loop(model, input_ids, attention_mask=None, *, max_new_tokens=32, eos
         done = done | torch.isin(nxt, eos)
         if bool(done.all()):
             break
-        history = torch.cat([history, nxt[:, None]], 1)
+        if logits_processor is not None:  # the only reader of the history
+            history = torch.cat([history, nxt[:, None]], 1)
         attention_mask = torch.cat([attention_mask, torch.ones_like(attention_mask[:, :1])], 1)
         positions = positions + 1
         out = model(nxt[:, None], attention_mask, position_ids=positions, cache=out.cache,

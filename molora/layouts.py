@@ -20,6 +20,8 @@ import re
 from .config import AudioConfig, BackboneConfig, LoraSpec, MoLoRAConfig, VisionConfig
 from .encoders import conformer as _conformer
 from .encoders import image_embed as _image_embed
+from .errors import CheckpointError
+from .peft_adapters import compact_modules
 
 LORA_KEY = re.compile(r"\.lora_[AB]\.")
 EXT = "model.embed_tokens_extend."
@@ -71,8 +73,14 @@ def to_transformers_state_dict(sd: dict) -> dict:
     return out
 
 
-def from_transformers_state_dict(sd: dict, lora_targets: set[str]) -> dict:
-    """Inverse of `to_transformers_state_dict`; decoder linears in ``lora_targets`` get ``base_layer.``."""
+def adapted(config: MoLoRAConfig, peft_name: str) -> bool:
+    """Whether some adapter of ``config`` adapts the decoder linear ``peft_name`` (``model.layers.N...``):
+    in molora's keys its base weight is then ``<module>.base_layer.weight``."""
+    return any(spec.adapts(peft_name) for spec in config.adapters.values())
+
+
+def from_transformers_state_dict(sd: dict, config: MoLoRAConfig) -> dict:
+    """Inverse of `to_transformers_state_dict`; the decoder linears an adapter adapts get ``base_layer.``."""
     out, img, aud = {}, {}, {}
     hf_to_proj = {v: k for k, v in _PROJ_TO_HF.items()}
     for k, v in sd.items():
@@ -89,64 +97,15 @@ def from_transformers_state_dict(sd: dict, lora_targets: set[str]) -> dict:
             out[f"audio_embed.audio_projection.{name}.{'0' if m.group(1) == 'up' else '2'}.{m.group(3)}"] = v
         elif k.startswith("model."):
             rest = k[len("model."):]
-            m = re.fullmatch(r"(layers\.\d+\.(?:self_attn|mlp)\.(\w+))\.(weight|bias)", rest)
-            if m and m.group(2) in lora_targets:
-                rest = f"{m.group(1)}.base_layer.{m.group(3)}"
+            m = re.fullmatch(r"(layers\.\d+\.(?:self_attn|mlp)\.\w+)\.(weight|bias)", rest)
+            if m and adapted(config, "model." + m.group(1)):
+                rest = f"{m.group(1)}.base_layer.{m.group(2)}"
             out["language_model." + rest] = v
         else:
             out[k] = v
     out.update({f"image_embed.{k}": v for k, v in _image_embed.from_transformers_keys(img).items()})
     out.update({f"audio_embed.encoder.{k}": v for k, v in _conformer.from_transformers_keys(aud).items()})
     return out
-
-
-# -- PEFT adapter folders -------------------------------------------------------------------------
-
-PEFT_PREFIX = "base_model.model.model."
-
-
-def adapter_state_dicts(sd: dict) -> dict[str, dict]:
-    """{adapter: {peft key: tensor}} from molora keys (peft keys have no adapter name)."""
-    out: dict[str, dict] = {}
-    for k, v in sd.items():
-        m = re.fullmatch(r"language_model\.(.+)\.(lora_[AB])\.([^.]+)\.weight", k)
-        if m:
-            out.setdefault(m.group(3), {})[f"{PEFT_PREFIX}{m.group(1)}.{m.group(2)}.weight"] = v
-    return out
-
-
-def from_adapter_state_dict(name: str, sd: dict) -> dict:
-    out = {}
-    for k, v in sd.items():
-        m = re.fullmatch(r"base_model\.model\.(?:model\.)?(.+)\.(lora_[AB])(?:\.[^.]+)?\.weight", k)
-        if not m:
-            continue
-        out[f"language_model.{m.group(1)}.{m.group(2)}.{name}.weight"] = v
-    return out
-
-
-def peft_target_regex(spec: LoraSpec) -> str:
-    """Decoder linears only: a bare name list would also hit transformers' conformer modules
-    (its feed-forward ``gate_up_proj`` / ``down_proj`` and attention ``o_proj``)."""
-    return r"(.*\.)?layers\.\d+\.(self_attn|mlp)\.(" + "|".join(spec.target_modules) + ")"
-
-
-def peft_config(name: str, spec: LoraSpec, base: str | None = None) -> dict:
-    return {
-        "peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": base,
-        "r": spec.r, "lora_alpha": spec.alpha, "lora_dropout": spec.dropout, "bias": "none",
-        "target_modules": peft_target_regex(spec), "fan_in_fan_out": False, "inference_mode": True,
-        "init_lora_weights": True, "layers_to_transform": None, "modules_to_save": None,
-        "use_rslora": False, "use_dora": False,
-    }
-
-
-def spec_from_peft_config(d: dict) -> LoraSpec:
-    targets = d.get("target_modules") or ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]
-    if isinstance(targets, str):  # a regex: keep the module names it mentions
-        targets = [t for t in ("qkv_proj", "o_proj", "gate_up_proj", "down_proj") if t in targets]
-    return LoraSpec(r=int(d["r"]), alpha=float(d.get("lora_alpha", d["r"])), dropout=float(d.get("lora_dropout", 0.0)),
-                    target_modules=list(targets))
 
 
 # -- configs ---------------------------------------------------------------------------------------
@@ -240,12 +199,8 @@ def _with_adapters(backbone, vision, audio, adapters, tokenizer) -> MoLoRAConfig
 
 def to_phi4mm_config(cfg: MoLoRAConfig) -> dict:
     b, a = cfg.backbone, cfg.audio
-    lora = {}
-    for name in ("vision", "speech"):
-        if name in cfg.adapters:
-            s = cfg.adapters[name]
-            lora[f"{name}_lora"] = {"dp": s.dropout, "lora_alpha": s.alpha, "r": s.r,
-                                    "layer": "layers.*((self_attn\\.(qkv_proj|o_proj))|(mlp\\.(gate_up_proj|down_proj)))"}
+    lora = {f"{name}_lora": {"dp": s.dropout, "lora_alpha": s.alpha, "r": s.r, "layer": _phi4mm_layer_regex(s)}
+            for name, s in cfg.adapters.items()}
     return {
         "model_type": "phi4mm", "architectures": ["Phi4MMForCausalLM"],
         **_decoder_fields(b),
@@ -275,6 +230,16 @@ def to_phi4mm_config(cfg: MoLoRAConfig) -> dict:
         # molora records its own full config so non-standard shapes round-trip
         "molora": cfg.to_dict(),
     }
+
+
+def _phi4mm_layer_regex(spec: LoraSpec) -> str:
+    """The official config's ``layer`` field: the adapted linears, as the original code names them."""
+    if spec.modules is not None:
+        return "|".join(re.escape(m[len("model."):]) for m in spec.modules)
+    attn = [t for t in spec.target_modules if t in ("qkv_proj", "o_proj")]
+    mlp = [t for t in spec.target_modules if t in ("gate_up_proj", "down_proj")]
+    parts = ([f"(self_attn\\.({'|'.join(attn)}))"] if attn else []) + ([f"(mlp\\.({'|'.join(mlp)}))"] if mlp else [])
+    return f"layers.*({'|'.join(parts)})"
 
 
 def vision_from_phi4mm(d: dict, shapes: dict[str, tuple] | None = None) -> VisionConfig:
@@ -310,7 +275,8 @@ def vision_from_phi4mm(d: dict, shapes: dict[str, tuple] | None = None) -> Visio
     return v
 
 
-def from_phi4mm_config(d: dict, tokenizer: str | None = None, shapes: dict[str, tuple] | None = None) -> MoLoRAConfig:
+def from_phi4mm_config(d: dict, tokenizer: str | None = None, shapes: dict[str, tuple] | None = None,
+                       where: str = "config.json") -> MoLoRAConfig:
     if "molora" in d:
         return MoLoRAConfig.from_dict(d["molora"])
     ac = (d.get("audio_processor") or {}).get("config", {})
@@ -329,9 +295,46 @@ def from_phi4mm_config(d: dict, tokenizer: str | None = None, shapes: dict[str, 
     audio.bias_max_distance = (ac.get("relative_attention_bias_args") or {}).get("t5_bias_max_distance",
                                                                                  audio.bias_max_distance)
     vision = vision_from_phi4mm(d, shapes)
-    adapters = {}
-    for name in ("vision", "speech"):
-        s = d.get(f"{name}_lora")
-        if s:
-            adapters[name] = LoraSpec(r=int(s["r"]), alpha=float(s["lora_alpha"]), dropout=float(s.get("dp", 0.0)))
+    adapters = phi4mm_adapters(d, shapes, where)
     return _with_adapters(_backbone_from_flat(d, MoLoRAConfig().backbone), vision, audio, adapters, tokenizer)
+
+
+_PHI4MM_LORA_A = re.compile(r"model\.(layers\.\d+\.(?:self_attn|mlp)\.\w+)\.lora_A\.([^.]+)\.weight")
+
+
+def phi4mm_adapters(d: dict, shapes: dict[str, tuple] | None, where: str = "config.json") -> dict[str, LoraSpec]:
+    """The adapters of an official-layout checkpoint: rank, alpha and dropout from config.json's
+    ``<name>_lora`` sections (``r``, ``lora_alpha``, ``dp``); which linears carry them, and a check
+    of the ranks, from the weights (``shapes``: key -> shape, headers only) when given."""
+    in_weights: dict[str, dict[str, int]] = {}  # adapter -> {PEFT module name: rank of its lora_A}
+    for k, shape in (shapes or {}).items():
+        m = _PHI4MM_LORA_A.fullmatch(k)
+        if m:
+            in_weights.setdefault(m.group(2), {})["model." + m.group(1)] = int(shape[0])
+    sections = {k[:-len("_lora")]: v for k, v in d.items() if k.endswith("_lora") and isinstance(v, dict)}
+    adapters = {}
+    for name in dict.fromkeys([*sections, *in_weights]):
+        section, ranks = sections.get(name), in_weights.get(name, {})
+        if section is None:
+            example = next(iter(ranks))
+            raise CheckpointError(
+                f"config.json has no '{name}_lora' section, but the weights hold a {name} LoRA (rank "
+                f"{'/'.join(map(str, sorted(set(ranks.values()))))} on {len(ranks)} linear layers, e.g. "
+                f"'{example}.lora_A.{name}.weight'); add \"{name}_lora\": {{\"r\": ..., \"lora_alpha\": ..., "
+                f"\"dp\": ...}} (alpha and dropout cannot be read from the weights; Phi-4-multimodal-instruct has "
+                f"vision r 256 / alpha 512 / dp 0.0 and speech r 320 / alpha 640 / dp 0.01)", where)
+        missing = [k for k in ("r", "lora_alpha") if k not in section]
+        if missing:
+            raise CheckpointError(f"the '{name}_lora' section has no {' / '.join(missing)}", where)
+        spec = LoraSpec(r=int(section["r"]), alpha=float(section["lora_alpha"]), dropout=float(section.get("dp", 0.0)))
+        if shapes is not None:
+            if not ranks:
+                raise CheckpointError(f"config.json has a '{name}_lora' section but the weights hold no {name} LoRA "
+                                      f"(no 'model.layers.N.<module>.lora_A.{name}.weight' tensor)", where)
+            wrong = next((m for m, r in ranks.items() if r != spec.r), None)
+            if wrong is not None:
+                raise CheckpointError(f"the '{name}_lora' section says r {spec.r}, but tensor "
+                                      f"'{wrong}.lora_A.{name}.weight' has rank {ranks[wrong]}", where)
+            spec.target_modules, spec.modules = compact_modules(list(ranks), int(d["num_hidden_layers"]))
+        adapters[name] = spec
+    return adapters

@@ -132,7 +132,7 @@ class MoLoRAModel(nn.Module):
                 f"the prompt has {n_slots} {what} placeholder tokens but the {what} inputs give "
                 f"{values.shape[0]} feature tokens ({len(pieces)} {what} item(s)); each <|{what}_N|> must "
                 f"expand to exactly its item's token count (use MoLoRAProcessor)", what)
-        return embeds.index_put(pos, values.to(embeds.dtype))
+        return embeds.index_put(pos, values.to(embeds.device, embeds.dtype))
 
     def embed(self, input_ids, row_types, image_pixel_values=None, image_sizes=None, image_attention_mask=None,
               audio_input_features=None, audio_embed_sizes=None, audio_attention_mask=None) -> torch.Tensor:
@@ -325,8 +325,12 @@ class MoLoRAModel(nn.Module):
                 h.remove()
 
     def lm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Logits of ``hidden`` [..., H] as one 2-D matmul that reads the (tied) output embedding in
+        place: a strided [B, 1, H] slice (``logits_to_keep=1``) through a batched matmul can copy the
+        transposed [V, H] weight on every call (200,064 x 3072 per generated token at full size)."""
         weight = self.language_model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
-        return F.linear(hidden, weight)
+        flat = hidden.reshape(-1, hidden.shape[-1]).to(weight.device)
+        return F.linear(flat, weight).view(*hidden.shape[:-1], weight.shape[0])
 
     def labelled_loss(self, hidden: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
         """Next-token cross-entropy from the hidden states of the labelled positions only."""
