@@ -4,9 +4,9 @@
 
 SRC is anything ``MoLoRAModel.from_pretrained`` reads: a directory in any of the three layouts, a
 hub id, or a preset name (``tiny`` writes the shipped tiny weights). DST gets the model in the
-chosen layout (written to a temporary folder, then renamed), the PEFT adapter folders
-(``vision-lora/``, ``speech-lora/``) and the processor files when SRC has them. ``--dtype auto``
-keeps the dtype SRC's weights are stored in.
+chosen layout (written to a temporary folder, then renamed; sharded above ``--max-shard-size``),
+the PEFT adapter folders (``vision-lora/``, ``speech-lora/``) and the processor files (the summary
+names each file written). ``--dtype auto`` keeps the dtype SRC's weights are stored in.
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ __all__ = ["LAYOUTS", "DTYPES", "convert", "add_parser"]
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 def convert(src: str, dst: str | Path, layout: str = "molora", dtype: str = "auto", *, force: bool = False,
-            processor: bool = True) -> dict:
+            processor: bool = True, max_shard_size: int | str = "5GB") -> dict:
     """Load ``src`` (any layout, hub id or preset) and write it to ``dst`` in ``layout``; returns a summary."""
     from .checkpoint import detect_layout, is_preset, resolve_path, stored_dtype
     from .model import MoLoRAModel
@@ -49,31 +49,37 @@ def convert(src: str, dst: str | Path, layout: str = "molora", dtype: str = "aut
         source_layout, source_dtype = detect_layout(directory), stored_dtype(directory) or torch.float32
     target = source_dtype if dtype == "auto" else DTYPES[dtype]
     model = MoLoRAModel.from_pretrained(str(src), dtype=target)
-    model.save_pretrained(dst, layout=layout)
-    wrote_processor, processor_note = False, "not asked for"
+    model_files = model.save_pretrained(dst, layout=layout, max_shard_size=max_shard_size)
+    processor_files, processor_note = [], "not asked for"
     if processor:
         try:
-            MoLoRAProcessor.from_pretrained(str(src)).save_pretrained(dst)
-            wrote_processor, processor_note = True, "written"
-        except Exception as e:  # e.g. an official checkpoint copied without its tokenizer files
+            processor_files = MoLoRAProcessor.from_pretrained(str(src)).save_pretrained(dst)
+            processor_note = "wrote " + ", ".join(processor_files)
+            if not any(f.startswith("tokenizer") for f in processor_files):
+                processor_note += " (no tokenizer in the source: media settings only)"
+        except Exception as e:  # e.g. an unreadable tokenizer
             processor_note = f"not written ({type(e).__name__}: {e})"
     params = list(model.state_dict().values())
     return {"source": str(src), "source_layout": source_layout, "destination": str(dst), "layout": layout,
             "dtype": str(target).removeprefix("torch."), "tensors": len(params),
             "parameters": sum(p.numel() for p in params),
             "bytes": sum(p.numel() * p.element_size() for p in params),
-            "adapters": sorted(model.config.adapters), "processor": wrote_processor,
-            "processor_note": processor_note, "seconds": round(time.perf_counter() - t0, 3)}
+            "adapters": sorted(model.config.adapters), "model_files": model_files,
+            "processor": any(f.startswith("tokenizer") for f in processor_files),
+            "processor_files": processor_files, "processor_note": processor_note,
+            "seconds": round(time.perf_counter() - t0, 3)}
 
 
 def _run(args) -> int:
     summary = convert(args.src, args.dst, layout=args.layout, dtype=args.dtype, force=args.force,
-                      processor=not args.no_processor)
+                      processor=not args.no_processor, max_shard_size=args.max_shard_size)
+    shards = [f for f in summary["model_files"] if f.endswith(".safetensors") and "/" not in f]
     print(f"molora convert: {summary['source']} ({summary['source_layout']}) -> {summary['destination']} "
           f"({summary['layout']}, {summary['dtype']}): {summary['tensors']} tensors, "
-          f"{summary['parameters'] / 1e6:.2f} M parameters, {summary['bytes'] / 2**20:.1f} MiB; "
-          f"adapters {', '.join(summary['adapters']) or 'none'} (PEFT folders written); "
-          f"processor {summary['processor_note']}; {summary['seconds']:.1f} s")
+          f"{summary['parameters'] / 1e6:.2f} M parameters, {summary['bytes'] / 2**20:.1f} MiB in "
+          f"{len(shards)} file(s); adapters {', '.join(summary['adapters']) or 'none'} (PEFT folders "
+          f"{', '.join(sorted({f.split('/')[0] for f in summary['model_files'] if '/' in f})) or 'none'}); "
+          f"processor: {summary['processor_note']}; {summary['seconds']:.1f} s")
     if args.summary_json:
         Path(args.summary_json).write_text(json.dumps(summary, indent=1))
     return 0
@@ -92,6 +98,9 @@ def add_parser(sub) -> None:
                         "phi4_multimodal (transformers-native + vision-lora/ speech-lora/ PEFT folders)")
     p.add_argument("--dtype", choices=("auto", *DTYPES), default="auto",
                    help="weights dtype (auto: as stored in SRC)")
+    p.add_argument("--max-shard-size", default="5GB",
+                   help="largest weights file; bigger models are sharded with an index, as transformers does "
+                        "(default 5GB)")
     p.add_argument("--force", action="store_true", help="replace a non-empty DST")
     p.add_argument("--no-processor", action="store_true", help="write the model only")
     p.add_argument("--summary-json", metavar="PATH", help="also write the summary as JSON here")

@@ -69,10 +69,11 @@ class MoLoRAModel(nn.Module):
 
         return load_model(path_or_id, **kwargs)
 
-    def save_pretrained(self, directory, **kwargs) -> None:
+    def save_pretrained(self, directory, **kwargs) -> list[str]:
+        """``layout=`` molora | phi4mm | phi4_multimodal, ``max_shard_size="5GB"``; returns the files written."""
         from .checkpoint import save_model
 
-        save_model(self, directory, **kwargs)
+        return save_model(self, directory, **kwargs)
 
     def freeze_base(self) -> None:
         """The language model's own weights (embeddings, norms, base linears) are frozen."""

@@ -28,6 +28,8 @@ from .encoders.audio_features import AudioFeatureExtractor, as_clip_list
 from .encoders.image_transform import ImageTransform, as_image_list
 from .errors import MoLoRAError, PlaceholderError
 
+OWN_FILE = "molora_processor.json"
+CHAT_TEMPLATE_FILE = "chat_template.jinja"
 PLACEHOLDER = re.compile(r"<\|(image|audio)_(\d+)\|>")
 ROLES = ("system", "user", "assistant")
 IGNORE = -100
@@ -36,9 +38,12 @@ MEDIA_HINT = {"image": "PIL image, numpy array, torch tensor or path",
 
 
 class MoLoRAProcessor:
-    def __init__(self, config: MoLoRAConfig, tokenizer=None):
+    def __init__(self, config: MoLoRAConfig, tokenizer=None, chat_template: str | None = None):
         self.config = config
         self.tokenizer = tokenizer
+        # a checkpoint's own chat template (jinja, as transformers renders it); None: the built-in
+        # Phi-4 format <|role|>content<|end|>...<|assistant|>
+        self.chat_template = chat_template
         self.image_processor = ImageTransform(config.vision)
         self.audio_processor = AudioFeatureExtractor(config.audio)
         b = config.backbone
@@ -60,15 +65,29 @@ class MoLoRAProcessor:
 
     @classmethod
     def from_pretrained(cls, path_or_id: str, **kwargs) -> "MoLoRAProcessor":
+        """molora's processor file (``molora_processor.json``), else the model's config with the
+        repository's own processor files applied (``preprocessor_config.json``: crops per image,
+        checked crop / audio settings; see molora/processor_files.py); its tokenizer files and
+        chat template."""
         from .checkpoint import load_config, resolve_path
         from .presets import PRESETS
+        from .processor_files import apply_processor_files, read_chat_template
 
         if path_or_id in PRESETS:
             return cls.from_config(MoLoRAConfig.preset(path_or_id), **kwargs)
         path = resolve_path(path_or_id)
-        own = path / "molora_processor.json"
-        config = MoLoRAConfig.from_json(own) if own.exists() else load_config(path)
-        tokenizer = kwargs.pop("tokenizer", None)
+        own = path / OWN_FILE
+        if own.exists():
+            config = MoLoRAConfig.from_json(own)
+        else:
+            config, _ = apply_processor_files(load_config(path), path)
+        template = kwargs.pop("chat_template", None)
+        processor = cls._with_tokenizer(config, path, kwargs.pop("tokenizer", None))
+        processor.chat_template = template or read_chat_template(path, processor.tokenizer)
+        return processor
+
+    @classmethod
+    def _with_tokenizer(cls, config: MoLoRAConfig, path: Path, tokenizer) -> "MoLoRAProcessor":
         if tokenizer is None:
             if config.tokenizer in ("bytes", "tiny-bpe") and not (path / "tokenizer.json").exists():
                 return cls.from_config(config)
@@ -82,12 +101,20 @@ class MoLoRAProcessor:
                 tokenizer = AutoTokenizer.from_pretrained(str(path))
         return cls(config, tokenizer)
 
-    def save_pretrained(self, directory) -> None:
+    def save_pretrained(self, directory) -> list[str]:
+        """Write the tokenizer files, the chat template and ``molora_processor.json``; returns the
+        names of the files written."""
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
+        written = []
         if self.tokenizer is not None:
-            self.tokenizer.save_pretrained(str(d))
-        self.config.to_json(d / "molora_processor.json")
+            written += [Path(f).name for f in self.tokenizer.save_pretrained(str(d)) if Path(f).is_file()]
+        if self.chat_template and self.chat_template != getattr(self.tokenizer, "chat_template", None):
+            (d / CHAT_TEMPLATE_FILE).write_text(self.chat_template)  # read back as the tokenizer's template
+            written.append(CHAT_TEMPLATE_FILE)
+        self.config.to_json(d / OWN_FILE)
+        written.append(OWN_FILE)
+        return sorted(set(written))
 
     # -- chat template -----------------------------------------------------------------------
     def _render_parts(self, content, conv_idx: int, msg_idx: int, media: dict[str, list]) -> str:
@@ -126,7 +153,27 @@ class MoLoRAProcessor:
 
     def apply_chat_template(self, conversation: list[dict], add_generation_prompt: bool = True) -> str:
         segments, _ = self.render(conversation, add_generation_prompt=add_generation_prompt)
-        return "".join(f"<|{r}|>" + ("" if t is None else t + "<|end|>") for r, t in segments)
+        if self.chat_template:
+            return self._template_text(segments, add_generation_prompt)
+        return _builtin_text(segments)
+
+    def _template_text(self, segments, add_generation_prompt: bool) -> str:
+        """The conversation through the checkpoint's own chat template (media already placeholders)."""
+        if self.tokenizer is None:
+            raise MoLoRAError("rendering a chat template needs the tokenizer", "processor")
+        messages = [{"role": r, "content": t} for r, t in segments if t is not None]
+        return self.tokenizer.apply_chat_template(messages, chat_template=self.chat_template, tokenize=False,
+                                                  add_generation_prompt=add_generation_prompt)
+
+    def _check_template_labels(self, segments, item: str) -> None:
+        """Training batches label the built-in format's assistant turns; a chat template that renders
+        conversations otherwise would be trained on a format it never serves."""
+        text = self._template_text(segments, add_generation_prompt=False)
+        plain = _builtin_text(segments)
+        if text not in (plain, plain + (self.tokenizer.eos_token or "")):
+            raise MoLoRAError("the chat template renders this conversation differently from the Phi-4 format "
+                              "(<|role|>content<|end|>) that training batches label; pass chat_template=None "
+                              "to train on the built-in format", item)
 
     # -- tokenisation with placeholder expansion ----------------------------------------------------
     def _encode_text(self, text: str) -> list[int]:
@@ -161,7 +208,12 @@ class MoLoRAProcessor:
         if messages is not None:
             convs = [messages] if messages and isinstance(messages[0], dict) else list(messages)
             for c, conv in enumerate(convs):
-                rows.append(self.render(conv, c, add_generation_prompt))
+                segments, media = self.render(conv, c, add_generation_prompt)
+                if self.chat_template and return_labels:
+                    self._check_template_labels(segments, f"conversation[{c}]")
+                elif self.chat_template:  # the checkpoint's own template, as raw text
+                    segments = [(None, self._template_text(segments, add_generation_prompt))]
+                rows.append((segments, media))
         elif text is not None:
             texts = [text] if isinstance(text, str) else list(text)
             imgs = [] if images is None else as_image_list(images)
@@ -243,3 +295,6 @@ class MoLoRAProcessor:
     def decode(self, ids, skip_special_tokens: bool = True) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)
 
+
+def _builtin_text(segments) -> str:
+    return "".join(f"<|{r}|>" + ("" if t is None else t + "<|end|>") for r, t in segments)
