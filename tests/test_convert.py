@@ -119,3 +119,24 @@ def test_bad_requests_name_the_item(source, tmp_path, capsys, monkeypatch):
     assert detect_layout(busy) == "molora" and not (busy / "keep.txt").exists()
     with pytest.raises(SystemExit):
         cli(["convert", str(src), str(tmp_path / "y"), "--layout", "gguf"])
+
+
+def test_the_summary_names_every_file_written(source, tmp_path, capsys):
+    src, _ = source
+    out = tmp_path / "out"
+    assert cli(["convert", str(src), str(out), "--layout", "phi4mm", "--max-shard-size", "400KB",
+                "--summary-json", str(tmp_path / "s.json")]) == 0
+    s = json.loads((tmp_path / "s.json").read_text())
+    on_disk = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+    assert sorted(s["model_files"] + s["processor_files"]) == on_disk
+    assert "model.safetensors.index.json" in s["model_files"] and s["processor"]
+    assert {"tokenizer.json", "molora_processor.json"} <= set(s["processor_files"])
+    printed = capsys.readouterr().out
+    assert "processor: wrote " + ", ".join(s["processor_files"]) in printed and "file(s)" in printed
+    # a source with no tokenizer: the processor is media settings only, and the summary says so
+    bare = tmp_path / "bare"
+    torch.manual_seed(0)
+    MoLoRAModel(tiny_config().replace(backbone={"vocab_size": 2048})).save_pretrained(bare, layout="phi4_multimodal")
+    s = convert(str(bare), tmp_path / "out2")
+    assert s["processor_files"] == ["molora_processor.json"] and not s["processor"]
+    assert "no tokenizer in the source" in s["processor_note"]
