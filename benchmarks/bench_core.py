@@ -9,6 +9,10 @@ Cases (each side runs in its own subprocess so peak RSS is its own):
   train    one forward+backward+AdamW step of a mixed text/image/speech/image+speech batch (LoRAs and
            projectors trainable): molora routes per row in one pass; the reference must split
            the batch by modality (one pass per adapter / audio-projector choice)
+  asr, generate1, generate16   greedy generation on the preset (see _decode)
+  vocab_bf16, vocab_fp32   greedy generation (16 tokens, batch 1) at the real vocabulary (200,064,
+           tied embedding, hidden 1536) from a bfloat16 checkpoint, loaded in bfloat16 / float32 on
+           both sides: molora vs transformers' Phi4MultimodalForCausalLM.generate; the tokens must agree
 Prints each figure, the ratio molora / reference (higher is better) and peak RSS.
 """
 from __future__ import annotations
@@ -91,7 +95,74 @@ def run_case(case: str, impl: str, preset: str, repeats: int, workdir: str, thre
         return _train(impl, cfg, repeats, Path(workdir))
     if case in ("asr", "generate1", "generate16"):
         return _decode(case, impl, cfg, repeats, Path(workdir))
+    if case in VOCAB_CASES:
+        return _generate_vocab(impl, preset, VOCAB_CASES[case], repeats, Path(workdir))
     raise ValueError(case)
+
+
+# -- greedy generation at the real vocabulary ------------------------------------------------------------
+
+VOCAB_CASES = {"vocab_bf16": torch.bfloat16, "vocab_fp32": torch.float32}
+VOCAB_TOKENS = 16
+
+
+def vocab_config(preset: str):
+    """The preset's model with Phi-4-mini's vocabulary (200,064, tied) and a 1536-wide decoder."""
+    from molora import MoLoRAConfig
+
+    return MoLoRAConfig.preset(preset).replace(backbone={"vocab_size": 200064, "hidden_size": 1536,
+                                                         "intermediate_size": 4096, "num_attention_heads": 12,
+                                                         "num_key_value_heads": 4})
+
+
+def _prepare_vocab_weights(preset: str, workdir: Path) -> None:
+    """One bfloat16 checkpoint, in molora's layout and transformers' (same tensors). The final norm
+    is scaled so that the next token wins by a margin far above bfloat16 rounding: random weights
+    otherwise give near-flat logits, where two correct implementations may pick different argmaxes."""
+    from molora import MoLoRAModel
+
+    torch.manual_seed(0)
+    model = MoLoRAModel(vocab_config(preset))
+    with torch.no_grad():
+        model.language_model.norm.weight.fill_(32.0)
+    model = model.to(torch.bfloat16)
+    model.save_pretrained(workdir / "vocab")
+    model.save_pretrained(workdir / "vocab" / "native", layout="phi4_multimodal")
+
+
+def _generate_vocab(impl, preset, dtype, repeats, workdir):
+    from molora import MoLoRAProcessor
+
+    cfg = vocab_config(preset)
+    proc = MoLoRAProcessor.from_config(cfg)
+    batch = proc([[{"role": "user", "content": "tell me a story about the number seven"}]])
+    media_ids = [cfg.backbone.image_token_id, cfg.backbone.audio_token_id]
+    if impl == "molora":
+        from molora import MoLoRAModel
+
+        model = MoLoRAModel.from_pretrained(str(workdir / "vocab"), dtype=dtype)
+
+        def suppress(_history, scores):  # the reference cannot decode past a generated placeholder
+            scores[:, media_ids] = float("-inf")
+            return scores
+
+        def run():
+            return model.generate(**batch, max_new_tokens=VOCAB_TOKENS, eos_token_ids=[], logits_processor=suppress)
+    else:
+        from transformers import Phi4MultimodalForCausalLM
+
+        model = Phi4MultimodalForCausalLM.from_pretrained(str(workdir / "vocab" / "native"), dtype=dtype).eval()
+
+        def run():
+            out = model.generate(**batch, max_new_tokens=VOCAB_TOKENS, min_new_tokens=VOCAB_TOKENS, do_sample=False,
+                                 suppress_tokens=media_ids)
+            return out[:, batch["input_ids"].shape[1]:]
+    with torch.no_grad():
+        tokens = run()
+        sec = _timeit(run, repeats)
+    assert tokens.shape[1] == VOCAB_TOKENS
+    return {"value": VOCAB_TOKENS / sec, "unit": "tok/s", "seconds": sec, "dtype": str(dtype).removeprefix("torch."),
+            "tokens": tokens[0].tolist()}
 
 
 NEW_TOKENS = 24
@@ -307,7 +378,9 @@ def _ratios(results: dict) -> dict:
            "preprocess_speedup": min(r["image"], r["audio"]) if "image" in r and "audio" in r else None,
            "generation_speedup": min(r["generate1"], r["generate16"]) if "generate1" in r and "generate16" in r
            else None,
-           "peak_memory_ratio": results.get("train", {}).get("peak_memory_ratio")}
+           "peak_memory_ratio": results.get("train", {}).get("peak_memory_ratio"),
+           "generation_vocab_speedup": min(r["vocab_bf16"], r["vocab_fp32"]) if "vocab_bf16" in r and "vocab_fp32" in r
+           else None}
     out["detail"] = {k: round(v, 3) for k, v in r.items()}
     return out
 
@@ -316,7 +389,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="small")
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--cases", default="image,audio,train,asr,generate1,generate16")
+    ap.add_argument("--cases", default="image,audio,train,asr,generate1,generate16,vocab_bf16,vocab_fp32")
     ap.add_argument("--threads", type=int, default=0, help="torch threads per side (0: all cores)")
     ap.add_argument("--keep-weights", metavar="DIR", help="prepare (once) and reuse the weights in DIR")
     ap.add_argument("--json", default=str(ROOT / "benchmarks" / "results_core.json"))
@@ -331,8 +404,11 @@ def main():
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         wd = args.keep_weights or tmp
-        if any(c in args.cases for c in ("train", "asr", "generate")) and not (Path(wd) / "weights").exists():
+        cases = args.cases.split(",")
+        if any(c in ("train", "asr", "generate1", "generate16") for c in cases) and not (Path(wd) / "weights").exists():
             _prepare_weights(args.preset, Path(wd))
+        if any(c in VOCAB_CASES for c in cases) and not (Path(wd) / "vocab").exists():
+            _prepare_vocab_weights(args.preset, Path(wd))
         print(f"{'case':8s} {'molora':>14s} {'reference':>14s} {'speedup':>8s} {'RSS molora/ref (MB)':>22s}")
         for case in args.cases.split(","):
             row = {}
@@ -347,10 +423,13 @@ def main():
                 row[impl] = json.loads(line[0][7:])
             m, r = row["molora"], row["reference"]
             row["speedup"] = m["value"] / r["value"]
+            if "tokens" in m:
+                row["same_tokens"] = m["tokens"] == r["tokens"]
             row["peak_memory_ratio"] = m["peak_rss_mb"] / r["peak_rss_mb"]
             results[case] = row
             print(f"{case:8s} {m['value']:10.2f} {m['unit']:>3s} {r['value']:10.2f} {'':3s} {row['speedup']:7.2f}x "
-                  f"{m['peak_rss_mb']:9.0f} / {r['peak_rss_mb']:.0f}")
+                  f"{m['peak_rss_mb']:9.0f} / {r['peak_rss_mb']:.0f}"
+                  + ("" if "same_tokens" not in row else f"   same tokens: {row['same_tokens']}"))
     meta = {"preset": args.preset, "torch": torch.__version__, "threads": args.threads or os.cpu_count(),
             "cpus": os.cpu_count(), "machine": os.uname().machine}
     old = json.loads(Path(args.json).read_text()) if Path(args.json).exists() else {}

@@ -38,7 +38,7 @@ def decode_loop(model, input_ids, attention_mask=None, *, max_new_tokens=32, eos
         if streamer is not None:
             streamer(nxt, done)
         done = done | torch.isin(nxt, eos)
-        if bool(done.all()):
+        if bool(done.all()) or len(generated) == max_new_tokens:  # no forward for a token nobody reads
             break
         if logits_processor is not None:  # the only reader of the history
             history = torch.cat([history, nxt[:, None]], 1)

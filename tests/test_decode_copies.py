@@ -44,3 +44,13 @@ def test_lm_logits_on_strided_rows_equals_linear():
     expected = F.linear(kept.contiguous(), model.language_model.embed_tokens.weight)
     got = model.lm_logits(kept)
     assert got.shape == expected.shape and torch.allclose(got, expected, rtol=1e-6, atol=1e-6)
+
+
+def test_generate_runs_one_forward_per_token():
+    """n new tokens need the prefill and n - 1 decode steps, as transformers' generate runs."""
+    torch.manual_seed(0)
+    model = MoLoRAModel(tiny_config()).eval()
+    calls = []
+    model.register_forward_pre_hook(lambda *_: calls.append(1))
+    out = model.generate(torch.randint(0, 255, (2, 9)), max_new_tokens=5, eos_token_ids=[])
+    assert out.shape == (2, 5) and len(calls) == 5
