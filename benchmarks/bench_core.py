@@ -116,16 +116,11 @@ def vocab_config(preset: str):
 
 
 def _prepare_vocab_weights(preset: str, workdir: Path) -> None:
-    """One bfloat16 checkpoint, in molora's layout and transformers' (same tensors). The final norm
-    is scaled so that the next token wins by a margin far above bfloat16 rounding: random weights
-    otherwise give near-flat logits, where two correct implementations may pick different argmaxes."""
+    """One bfloat16 checkpoint (random weights), in molora's layout and transformers' (same tensors)."""
     from molora import MoLoRAModel
 
     torch.manual_seed(0)
-    model = MoLoRAModel(vocab_config(preset))
-    with torch.no_grad():
-        model.language_model.norm.weight.fill_(32.0)
-    model = model.to(torch.bfloat16)
+    model = MoLoRAModel(vocab_config(preset)).to(torch.bfloat16)
     model.save_pretrained(workdir / "vocab")
     model.save_pretrained(workdir / "vocab" / "native", layout="phi4_multimodal")
 
