@@ -1,0 +1,385 @@
+"""Full-size check, not in CI: a random Phi-4-multimodal checkpoint in the official layout at the real
+shapes (5.57 B parameters, bfloat16), read by molora, converted by molora, and compared with
+transformers + peft on the converted checkpoint.
+
+    .venv/bin/python scripts/validate_full_size.py [--workdir DIR] [--tokens 16] [--threads N] [--keep]
+
+Each step runs in its own process, so only one model is in memory at a time and each peak RSS is
+the step's own:
+
+  write      config.json (the official format: no vision tower description, ``vision_lora`` /
+             ``speech_lora`` sections) + 3 shards + ``model.safetensors.index.json``, keys as in the official
+             repository (``model.layers.N.self_attn.qkv_proj.base_layer.weight``, ``...lora_A.vision.weight``,
+             ``model.embed_tokens_extend.image_embed...``); random bf16 tensors made and written one shard at
+             a time (never the whole model in memory)
+  molora     ``MoLoRAModel.from_pretrained`` (memory-mapped, bfloat16 kept): load time and RSS; for a text,
+             an image, a speech and an image+speech prompt: the last position's logits and greedy tokens
+  convert    ``molora convert`` to the transformers-native layout + PEFT folders, then every tensor of the
+             source compared with its converted copy (key by key, through the layout mapping)
+  reference  transformers' ``Phi4MultimodalForCausalLM`` + peft (``vision-lora``, ``speech-lora``) on the
+             converted checkpoint, bfloat16: the same prompts, the adapter the reference table routes to
+  compare    logits difference, greedy tokens, times, peak RSS -> ``--json`` and a markdown table
+
+Both checkpoints exist during ``convert`` (~23 GB of disk); everything written is deleted at the end
+unless ``--keep``. Fits in 24 GB of RAM. Prompts are token ids (no tokenizer is downloaded); media
+placeholders are expanded by molora's processor, whose features feed both models.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from contextlib import ExitStack
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+N_SHARDS = 3  # as in the official repository
+# Phi-4 chat tokens: <|system|> 200022, <|user|> 200021, <|assistant|> 200019, <|end|> 200020
+USER, ASSISTANT, END = 200021, 200019, 200020
+STEPS = ("write", "molora", "convert", "reference", "compare")
+
+
+def rss_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def current_rss_gb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**30
+
+
+# -- step 1: the official checkpoint ------------------------------------------------------------------
+
+def official_shapes(preset: str) -> tuple[dict, dict[str, tuple]]:
+    """(official config.json, key -> shape) of Phi-4-multimodal-instruct (or another preset's shapes,
+    for a dry run), from molora's meta model."""
+    from molora import MoLoRAConfig, MoLoRAModel
+    from molora.layouts import to_phi4mm_config, to_phi4mm_key
+
+    cfg = MoLoRAConfig.preset(preset)
+    with torch.device("meta"):
+        model = MoLoRAModel(cfg)
+    config = to_phi4mm_config(cfg)
+    if preset == "phi4-multimodal":  # the official file has no molora section (the vision tower comes from
+        del config["molora"]         # the weights); a dry run's shapes need it (its own token ids)
+    config["torch_dtype"] = "bfloat16"
+    return config, {to_phi4mm_key(k): tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def random_tensor(key: str, shape: tuple, g: torch.Generator) -> torch.Tensor:
+    module = key.rsplit(".", 1)[0]
+    if key.endswith("global_invstd"):
+        return torch.ones(shape, dtype=torch.bfloat16)
+    if key.endswith("global_mean"):
+        return torch.zeros(shape, dtype=torch.bfloat16)
+    if "norm" in module.rsplit(".", 1)[-1]:  # RMSNorm / LayerNorm: weight 1, bias 0
+        return (torch.ones if key.endswith("weight") else torch.zeros)(shape, dtype=torch.bfloat16)
+    return torch.empty(shape, dtype=torch.bfloat16).normal_(0.0, 0.02, generator=g)
+
+
+def step_write(ckpt: Path, preset: str) -> dict:
+    from safetensors.torch import save_file
+
+    config, shapes = official_shapes(preset)
+    ckpt.mkdir(parents=True)
+    (ckpt / "config.json").write_text(json.dumps(config, indent=2))
+    keys = sorted(shapes)
+    total = sum(torch.Size(s).numel() * 2 for s in shapes.values())
+    shards, current, size = [], [], 0
+    for k in keys:  # ~equal shards in key order
+        current.append(k)
+        size += torch.Size(shapes[k]).numel() * 2
+        if size >= total / N_SHARDS and len(shards) < N_SHARDS - 1:
+            shards.append(current)
+            current, size = [], 0
+    shards.append(current)
+    g = torch.Generator().manual_seed(0)
+    weight_map = {}
+    for i, names in enumerate(shards):
+        name = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+        save_file({k: random_tensor(k, shapes[k], g) for k in names}, str(ckpt / name), metadata={"format": "pt"})
+        weight_map.update({k: name for k in names})
+    (ckpt / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
+    return {"parameters": sum(torch.Size(s).numel() for s in shapes.values()), "bytes": total,
+            "shards": len(shards), "tensors": len(shapes)}
+
+
+# -- prompts ----------------------------------------------------------------------------------------------
+
+def prompts(preset: str) -> dict[str, tuple[dict, str | None]]:
+    """input type -> (batch, adapter of the reference table). Text ids are fixed pseudo-random ids."""
+    from conftest import drawn_image, synth_audio
+
+    from molora import MoLoRAConfig
+    from molora.encoders.audio_features import AudioFeatureExtractor
+    from molora.encoders.image_transform import ImageTransform
+
+    cfg = MoLoRAConfig.preset(preset)
+    vocab = cfg.backbone.vocab_size
+    user, end, assistant = (USER, END, ASSISTANT) if vocab > USER else (258, 260, 259)  # the tiny tokenizer's
+    g = torch.Generator().manual_seed(1)
+    question = torch.randint(min(1000, vocab // 2), min(100000, vocab - 20), (24,), generator=g).tolist()
+    image = ImageTransform(cfg.vision)([drawn_image(448, 448, seed=3)])
+    audio = AudioFeatureExtractor(cfg.audio)([synth_audio(3.0, seed=2)], sampling_rate=16000)
+    n_img, n_aud = int(image["num_img_tokens"][0]), int(audio["audio_embed_sizes"][0])
+    img_ids, aud_ids = [cfg.backbone.image_token_id] * n_img, [cfg.backbone.audio_token_id] * n_aud
+    media_img = {k: image[k] for k in ("image_pixel_values", "image_sizes", "image_attention_mask")}
+    media_aud = {k: audio[k] for k in ("audio_input_features", "audio_embed_sizes")}
+
+    def batch(ids, **media):
+        ids = torch.tensor([[user, *ids, end, assistant]])
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids), **media}
+
+    return {"text": (batch(question), None),
+            "image": (batch(img_ids + question[:8], **media_img), "vision"),
+            "speech": (batch(aud_ids + question[:6], **media_aud), "speech"),
+            "image+speech": (batch(img_ids + aud_ids + question[:4], **media_img, **media_aud), "vision")}
+
+
+def run_prompts(forward, generate, tokens: int, preset: str) -> dict:
+    """Last-position logits (float32, saved by the caller) and greedy tokens for every prompt."""
+    out = {}
+    for kind, (batch, adapter) in prompts(preset).items():
+        batch = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in batch.items()}
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            logits = forward(batch, adapter)[0, -1].float()
+        t1 = time.perf_counter()
+        with torch.no_grad():
+            ids = generate(batch, adapter, tokens)
+        t2 = time.perf_counter()
+        out[kind] = {"logits": logits, "tokens": ids[0].tolist(), "prompt_tokens": int(batch["input_ids"].shape[1]),
+                     "forward_s": round(t1 - t0, 2), "generate_s": round(t2 - t1, 2)}
+        print(f"  {kind}: {out[kind]['prompt_tokens']} prompt tokens, forward {t1 - t0:.1f} s, "
+              f"{tokens} tokens {t2 - t1:.1f} s", flush=True)
+    return out
+
+
+def _media_ids(preset: str):
+    from molora import MoLoRAConfig
+
+    b = MoLoRAConfig.preset(preset).backbone
+    return [b.image_token_id, b.audio_token_id]
+
+
+def _save_outputs(results: dict, workdir: Path, side: str) -> dict:
+    torch.save({k: v["logits"] for k, v in results.items()}, workdir / f"logits_{side}.pt")
+    return {k: {kk: vv for kk, vv in v.items() if kk != "logits"} for k, v in results.items()}
+
+
+# -- step 2: molora ----------------------------------------------------------------------------------------
+
+def step_molora(ckpt: Path, workdir: Path, tokens: int, preset: str) -> dict:
+    from molora import MoLoRAModel
+
+    t0 = time.perf_counter()
+    model = MoLoRAModel.from_pretrained(str(ckpt))
+    load_s, load_rss = time.perf_counter() - t0, current_rss_gb()
+    print(f"  loaded in {load_s:.1f} s, RSS {load_rss:.2f} GB, dtype {model.dtype}, training={model.training}", flush=True)
+    assert model.dtype == torch.bfloat16 and not model.training
+    media = _media_ids(preset)
+
+    def suppress(_history, scores):  # both sides: a generated placeholder id would need media
+        scores[:, media] = float("-inf")
+        return scores
+
+    results = run_prompts(lambda b, a: model(**b, logits_to_keep=1).logits,
+                          lambda b, a, n: model.generate(**b, max_new_tokens=n, eos_token_ids=[],
+                                                         logits_processor=suppress), tokens, preset)
+    return {"load_s": round(load_s, 2), "rss_after_load_gb": round(load_rss, 2),
+            "prompts": _save_outputs(results, workdir, "molora"), "peak_rss_gb": round(rss_gb(), 2)}
+
+
+# -- step 3: convert ---------------------------------------------------------------------------------------
+
+def step_convert(ckpt: Path, native: Path) -> dict:
+    from safetensors import safe_open
+
+    from molora.convert import convert
+    from molora.layouts import from_phi4mm_key, to_transformers_state_dict
+    from molora.peft_adapters import adapter_state_dicts
+
+    t0 = time.perf_counter()
+    summary = convert(str(ckpt), native, layout="phi4_multimodal")
+    convert_s, convert_rss = time.perf_counter() - t0, rss_gb()
+    print(f"  converted in {convert_s:.1f} s: {len(summary['model_files'])} files, processor "
+          f"{summary['processor_note']}", flush=True)
+    # every source tensor against its converted copy: names through the layout mapping, values bit for bit
+    source = {}
+    for f in sorted(ckpt.glob("*.safetensors")):
+        with safe_open(str(f), framework="pt") as fh:
+            source.update({from_phi4mm_key(k): (f, k) for k in fh.keys()})
+    names = {mk: mk for mk in source}
+    where = {nk: (native, mk) for nk, mk in to_transformers_state_dict(names).items()}
+    for adapter, keys in adapter_state_dicts(names).items():
+        where.update({(adapter, pk): (native / f"{adapter}-lora", mk) for pk, mk in keys.items()})
+    index_file = native / "model.safetensors.index.json"
+    index = json.loads(index_file.read_text())["weight_map"] if index_file.exists() else {}
+    compared = 0
+    with ExitStack() as stack:
+        handles = {}
+
+        def handle(f: Path):
+            if f not in handles:
+                handles[f] = stack.enter_context(safe_open(str(f), framework="pt"))
+            return handles[f]
+
+        for key, (folder, mk) in where.items():
+            f, k = source[mk]
+            target = folder / (index.get(key, "model.safetensors") if folder == native else "adapter_model.safetensors")
+            x, y = handle(f).get_tensor(k), handle(target).get_tensor(key if folder == native else key[1])
+            if x.dtype != y.dtype or not torch.equal(x, y):
+                raise SystemExit(f"convert changed {k} -> {key}")
+            compared += 1
+    assert compared == len(source), (compared, len(source))
+    return {"convert_s": round(convert_s, 2), "convert_peak_rss_gb": round(convert_rss, 2),
+            "tensors_compared": compared, "bit_exact": True, "model_files": summary["model_files"],
+            "processor_files": summary["processor_files"], "peak_rss_gb": round(rss_gb(), 2)}
+
+
+# -- step 4: transformers + peft ----------------------------------------------------------------------------
+
+def step_reference(native: Path, workdir: Path, tokens: int, preset: str) -> dict:
+    from peft import PeftModel
+    from transformers import Phi4MultimodalForCausalLM
+
+    from conftest import eager_vision
+
+    t0 = time.perf_counter()
+    base = Phi4MultimodalForCausalLM.from_pretrained(str(native), dtype=torch.bfloat16).eval()
+    eager_vision(base)  # transformers' SDPA vision path is causal without padding (see tests/conftest.py)
+    model = PeftModel.from_pretrained(base, str(native / "vision-lora"), adapter_name="vision")
+    model.load_adapter(str(native / "speech-lora"), adapter_name="speech")
+    model.eval()
+    load_s, load_rss = time.perf_counter() - t0, current_rss_gb()
+    print(f"  loaded in {load_s:.1f} s, RSS {load_rss:.2f} GB", flush=True)
+    media = _media_ids(preset)
+
+    def routed(adapter, fn):
+        if adapter is None:
+            with model.disable_adapter():
+                return fn()
+        model.set_adapter(adapter)
+        return fn()
+
+    results = run_prompts(
+        lambda b, a: routed(a, lambda: model(**b, logits_to_keep=1).logits),
+        lambda b, a, n: routed(a, lambda: model.generate(**b, max_new_tokens=n, min_new_tokens=n, do_sample=False,
+                                                         suppress_tokens=media)[:, b["input_ids"].shape[1]:]),
+        tokens, preset)
+    return {"load_s": round(load_s, 2), "rss_after_load_gb": round(load_rss, 2),
+            "prompts": _save_outputs(results, workdir, "reference"), "peak_rss_gb": round(rss_gb(), 2)}
+
+
+# -- step 5: compare ----------------------------------------------------------------------------------------
+
+def step_compare(workdir: Path, out_json: Path) -> dict:
+    res = {s: json.loads((workdir / f"{s}.json").read_text()) for s in STEPS[:-1]}
+    a, b = torch.load(workdir / "logits_molora.pt"), torch.load(workdir / "logits_reference.pt")
+    rows = {}
+    for kind in a:
+        m, r = res["molora"]["prompts"][kind], res["reference"]["prompts"][kind]
+        diff = (a[kind] - b[kind]).abs()
+        same = next((i for i, (x, y) in enumerate(zip(m["tokens"], r["tokens"])) if x != y), len(m["tokens"]))
+        rows[kind] = {"prompt_tokens": m["prompt_tokens"], "max_abs_logit_diff": round(float(diff.max()), 4),
+                      "logit_scale": round(float(b[kind].abs().max()), 3),
+                      "same_argmax": bool(a[kind].argmax() == b[kind].argmax()),
+                      "same_greedy_tokens": same, "of_tokens": len(m["tokens"]),
+                      "molora_forward_s": m["forward_s"], "reference_forward_s": r["forward_s"],
+                      "molora_generate_s": m["generate_s"], "reference_generate_s": r["generate_s"]}
+    summary = {"prompts": rows, "write": res["write"],
+               "molora": {k: v for k, v in res["molora"].items() if k != "prompts"},
+               "convert": res["convert"],
+               "reference": {k: v for k, v in res["reference"].items() if k != "prompts"},
+               "step_seconds": {s: res[s]["step_s"] for s in STEPS[:-1]},
+               "machine": {"cpus": os.cpu_count(), "torch": torch.__version__,
+                           "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)}}
+    out_json.write_text(json.dumps(summary, indent=1) + "\n")
+    print(markdown(summary))
+    return summary
+
+
+def markdown(s: dict) -> str:
+    lines = ["| prompt | tokens | max abs logit diff (scale) | same argmax | same greedy tokens | forward s molora / ref "
+             "| generate s molora / ref |", "|---|---|---|---|---|---|---|"]
+    for kind, r in s["prompts"].items():
+        lines.append(f"| {kind} | {r['prompt_tokens']} | {r['max_abs_logit_diff']} ({r['logit_scale']}) | "
+                     f"{r['same_argmax']} | {r['same_greedy_tokens']} / {r['of_tokens']} | "
+                     f"{r['molora_forward_s']} / {r['reference_forward_s']} | "
+                     f"{r['molora_generate_s']} / {r['reference_generate_s']} |")
+    m, c, r, w = s["molora"], s["convert"], s["reference"], s["write"]
+    lines += ["", f"- checkpoint: {w['parameters'] / 1e9:.2f} B parameters, {w['bytes'] / 1e9:.2f} GB bf16, "
+                  f"{w['shards']} shards, {w['tensors']} tensors (written in {s['step_seconds']['write']:.0f} s)",
+              f"- molora load: {m['load_s']} s, RSS after load {m['rss_after_load_gb']} GB, peak {m['peak_rss_gb']} GB",
+              f"- convert to phi4_multimodal: {c['convert_s']} s, {c['tensors_compared']} tensors bit-exact, "
+              f"peak RSS {c['peak_rss_gb']} GB",
+              f"- transformers + peft load: {r['load_s']} s, RSS after load {r['rss_after_load_gb']} GB, "
+              f"peak {r['peak_rss_gb']} GB",
+              f"- steps (s): " + ", ".join(f"{k} {v:.0f}" for k, v in s["step_seconds"].items())]
+    return "\n".join(lines)
+
+
+# -- driver -----------------------------------------------------------------------------------------------
+
+def child(step: str, workdir: Path, tokens: int, preset: str) -> None:
+    t0 = time.perf_counter()
+    ckpt, native = workdir / "phi4mm", workdir / "phi4_multimodal"
+    if step == "write":
+        out = step_write(ckpt, preset)
+    elif step == "molora":
+        out = step_molora(ckpt, workdir, tokens, preset)
+    elif step == "convert":
+        out = step_convert(ckpt, native)
+        shutil.rmtree(ckpt)  # the reference reads the converted copy only
+    else:
+        out = step_reference(native, workdir, tokens, preset)
+    out["step_s"] = round(time.perf_counter() - t0, 1)
+    out.setdefault("peak_rss_gb", round(rss_gb(), 2))
+    (workdir / f"{step}.json").write_text(json.dumps(out, indent=1))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--workdir", default=str(ROOT / "runs" / "full_size"))
+    ap.add_argument("--tokens", type=int, default=16, help="greedy tokens per prompt")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
+    ap.add_argument("--json", default=str(ROOT / "benchmarks" / "results_full_size.json"))
+    ap.add_argument("--keep", action="store_true", help="keep the checkpoints")
+    ap.add_argument("--preset", default="phi4-multimodal", help="other shapes, for a dry run of the script (tiny)")
+    ap.add_argument("--step", choices=STEPS[:-1], help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads or os.cpu_count() or 2)
+    workdir = Path(args.workdir)
+    if args.step:
+        child(args.step, workdir, args.tokens, args.preset)
+        return
+    if workdir.exists():
+        raise SystemExit(f"{workdir} exists; remove it or pass another --workdir")
+    workdir.mkdir(parents=True)
+    free = shutil.disk_usage(workdir).free / 1e9
+    if free < 24 and args.preset == "phi4-multimodal":
+        raise SystemExit(f"needs ~23 GB of free disk in {workdir}, {free:.0f} GB free")
+    t0 = time.perf_counter()
+    try:
+        for step in STEPS[:-1]:
+            print(f"[{time.perf_counter() - t0:6.0f} s] {step}", flush=True)
+            subprocess.run([sys.executable, __file__, "--step", step, "--workdir", str(workdir), "--tokens",
+                            str(args.tokens), "--threads", str(args.threads), "--preset", args.preset], check=True)
+        step_compare(workdir, Path(args.json))
+        print(f"total {time.perf_counter() - t0:.0f} s; wrote {args.json}")
+    finally:
+        if not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
