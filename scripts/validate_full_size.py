@@ -40,7 +40,6 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
 N_SHARDS = 3  # as in the official repository
 # Phi-4 chat tokens: <|system|> 200022, <|user|> 200021, <|assistant|> 200019, <|end|> 200020
 USER, ASSISTANT, END = 200021, 200019, 200020
@@ -117,11 +116,10 @@ def step_write(ckpt: Path, preset: str) -> dict:
 
 def prompts(preset: str) -> dict[str, tuple[dict, str | None]]:
     """input type -> (batch, adapter of the reference table). Text ids are fixed pseudo-random ids."""
-    from conftest import drawn_image, synth_audio
-
     from molora import MoLoRAConfig
     from molora.encoders.audio_features import AudioFeatureExtractor
     from molora.encoders.image_transform import ImageTransform
+    from molora.synthetic.media import drawn_image, synth_audio
 
     cfg = MoLoRAConfig.preset(preset)
     vocab = cfg.backbone.vocab_size
@@ -252,11 +250,11 @@ def step_reference(native: Path, workdir: Path, tokens: int, preset: str) -> dic
     from peft import PeftModel
     from transformers import Phi4MultimodalForCausalLM
 
-    from conftest import eager_vision
-
     t0 = time.perf_counter()
     base = Phi4MultimodalForCausalLM.from_pretrained(str(native), dtype=torch.bfloat16).eval()
-    eager_vision(base)  # transformers' SDPA vision path is causal without padding (see tests/conftest.py)
+    for m in base.modules():  # transformers' SDPA vision path runs causal attention when no patch is padded
+        if type(m).__name__ == "Phi4MultimodalVisionModel":  # (not SigLIP); its eager path is bidirectional
+            m.config._attn_implementation = "eager"
     model = PeftModel.from_pretrained(base, str(native / "vision-lora"), adapter_name="vision")
     model.load_adapter(str(native / "speech-lora"), adapter_name="speech")
     model.eval()
