@@ -7,6 +7,9 @@ transformers + peft on the converted checkpoint.
 Each step runs in its own process, so only one model is in memory at a time and each peak RSS is
 the step's own:
 
+  fp32       float32 at full width with 2 decoder layers / 2 vision layers / 2 conformer blocks: molora
+             against transformers + peft, logits to float32 rounding (bfloat16 at full depth cannot show
+             exactness: its rounding alone moves the logits)
   write      config.json (the official format: no vision tower description, ``vision_lora`` /
              ``speech_lora`` sections) + 3 shards + ``model.safetensors.index.json``, keys as in the official
              repository (``model.layers.N.self_attn.qkv_proj.base_layer.weight``, ``...lora_A.vision.weight``,
@@ -18,7 +21,9 @@ the step's own:
   convert    ``molora convert`` to the transformers-native layout + PEFT folders, then every tensor of the
              source compared with its converted copy (key by key, through the layout mapping)
   reference  transformers' ``Phi4MultimodalForCausalLM`` + peft (``vision-lora``, ``speech-lora``) on the
-             converted checkpoint, bfloat16: the same prompts, the adapter the reference table routes to
+             converted checkpoint, bfloat16: the same prompts, the adapter the reference table routes to;
+             then each adapter prompt's logits again with the adapter merged into the weights: the
+             reference's own bfloat16 spread, the yardstick for molora's difference
   compare    logits difference, greedy tokens, times, peak RSS -> ``--json`` and a markdown table
 
 Both checkpoints exist during ``convert`` (~23 GB of disk); everything written is deleted at the end
@@ -44,7 +49,7 @@ ROOT = Path(__file__).resolve().parents[1]
 N_SHARDS = 3  # as in the official repository
 # Phi-4 chat tokens: <|system|> 200022, <|user|> 200021, <|assistant|> 200019, <|end|> 200020
 USER, ASSISTANT, END = 200021, 200019, 200020
-STEPS = ("write", "molora", "convert", "reference", "compare")
+STEPS = ("fp32", "write", "molora", "convert", "reference", "compare")
 
 
 def rss_gb() -> float:
@@ -74,15 +79,15 @@ def official_shapes(preset: str) -> tuple[dict, dict[str, tuple]]:
     return config, {to_phi4mm_key(k): tuple(v.shape) for k, v in model.state_dict().items()}
 
 
-def random_tensor(key: str, shape: tuple, g: torch.Generator) -> torch.Tensor:
+def random_tensor(key: str, shape: tuple, g: torch.Generator, dtype=torch.bfloat16) -> torch.Tensor:
     module = key.rsplit(".", 1)[0]
     if key.endswith("global_invstd"):
-        return torch.ones(shape, dtype=torch.bfloat16)
+        return torch.ones(shape, dtype=dtype)
     if key.endswith("global_mean"):
-        return torch.zeros(shape, dtype=torch.bfloat16)
+        return torch.zeros(shape, dtype=dtype)
     if "norm" in module.rsplit(".", 1)[-1]:  # RMSNorm / LayerNorm: weight 1, bias 0
-        return (torch.ones if key.endswith("weight") else torch.zeros)(shape, dtype=torch.bfloat16)
-    return torch.empty(shape, dtype=torch.bfloat16).normal_(0.0, 0.02, generator=g)
+        return (torch.ones if key.endswith("weight") else torch.zeros)(shape, dtype=dtype)
+    return torch.empty(shape, dtype=dtype).normal_(0.0, 0.02, generator=g)
 
 
 def step_write(ckpt: Path, preset: str) -> dict:
@@ -115,14 +120,13 @@ def step_write(ckpt: Path, preset: str) -> dict:
 
 # -- prompts ----------------------------------------------------------------------------------------------
 
-def prompts(preset: str) -> dict[str, tuple[dict, str | None]]:
-    """input type -> (batch, adapter of the reference table). Text ids are fixed pseudo-random ids."""
-    from molora import MoLoRAConfig
+def prompts(cfg) -> dict[str, tuple[dict, str | None]]:
+    """input type -> (batch, adapter of the reference table) for a model of config ``cfg``. Text ids are
+    fixed pseudo-random ids."""
     from molora.encoders.audio_features import AudioFeatureExtractor
     from molora.encoders.image_transform import ImageTransform
     from molora.synthetic.media import drawn_image, synth_audio
 
-    cfg = MoLoRAConfig.preset(preset)
     vocab = cfg.backbone.vocab_size
     user, end, assistant = (USER, END, ASSISTANT) if vocab > USER else (258, 260, 259)  # the tiny tokenizer's
     g = torch.Generator().manual_seed(1)
@@ -148,7 +152,9 @@ def run_prompts(generate, tokens: int, preset: str) -> dict:
     """For every prompt, one greedy generation: the prompt's last-position logits (the first step's,
     float32, saved by the caller), the tokens and the time (prefill included)."""
     out = {}
-    for kind, (batch, adapter) in prompts(preset).items():
+    from molora import MoLoRAConfig
+
+    for kind, (batch, adapter) in prompts(MoLoRAConfig.preset(preset)).items():
         batch = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in batch.items()}
         t0 = time.perf_counter()
         with torch.no_grad():
@@ -170,6 +176,61 @@ def _media_ids(preset: str):
 def _save_outputs(results: dict, workdir: Path, side: str) -> dict:
     torch.save({k: v["logits"] for k, v in results.items()}, workdir / f"logits_{side}.pt")
     return {k: {kk: vv for kk, vv in v.items() if kk != "logits"} for k, v in results.items()}
+
+
+# -- step 0: float32 at full width, few layers --------------------------------------------------------------
+
+def step_fp32(workdir: Path, preset: str) -> dict:
+    """molora and transformers + peft in float32 at full width with 2 decoder layers, 2 vision layers and 2
+    conformer blocks (random weights, transformers-native layout): the prompts' logits agree to float32
+    rounding. bfloat16 at full depth cannot show that: its rounding alone moves the logits."""
+    from peft import PeftModel
+    from transformers import Phi4MultimodalForCausalLM
+
+    from molora import MoLoRAConfig, MoLoRAModel
+
+    cfg = MoLoRAConfig.preset(preset).replace(backbone={"num_hidden_layers": 2}, vision={"num_hidden_layers": 2},
+                                              audio={"num_blocks": 2})
+    g = torch.Generator().manual_seed(0)
+    model = MoLoRAModel(cfg)
+    model.load_state_dict({k: random_tensor(k, tuple(v.shape), g, torch.float32) for k, v in model.state_dict().items()})
+    d = workdir / "fp32"
+    model.save_pretrained(d, layout="phi4_multimodal")
+    del model
+    batches = prompts(cfg)
+    ours = MoLoRAModel.from_pretrained(str(d))
+    with torch.no_grad():
+        mine = {kind: ours(**b, logits_to_keep=1).logits[0, -1] for kind, (b, _) in batches.items()}
+    del ours
+    base = Phi4MultimodalForCausalLM.from_pretrained(str(d)).eval()
+    _eager_vision(base)
+    ref = PeftModel.from_pretrained(base, str(d / "vision-lora"), adapter_name="vision")
+    ref.load_adapter(str(d / "speech-lora"), adapter_name="speech")
+    ref.eval()
+    out = {}
+    for kind, (b, adapter) in batches.items():
+        with torch.no_grad():
+            theirs = _routed(ref, adapter, lambda: ref(**b, logits_to_keep=1).logits[0, -1])
+        out[kind] = {"max_abs_logit_diff": float((mine[kind] - theirs).abs().max()),
+                     "logit_scale": round(float(theirs.abs().max()), 3)}
+        print(f"  {kind}: float32 max |molora - reference| = {out[kind]['max_abs_logit_diff']:.2e}", flush=True)
+    shutil.rmtree(d)
+    return {"prompts": out}
+
+
+def _eager_vision(model) -> None:
+    for m in model.modules():  # transformers' SDPA vision path runs causal attention when no patch is padded
+        if type(m).__name__ == "Phi4MultimodalVisionModel":  # (not SigLIP); its eager path is bidirectional
+            m.config._attn_implementation = "eager"
+
+
+def _routed(model, adapter, fn):
+    """``fn()`` on a peft model with the reference table's adapter (None: adapters off)."""
+    if adapter is None:
+        with model.disable_adapter():
+            return fn()
+    model.set_adapter(adapter)
+    return fn()
 
 
 # -- step 2: molora ----------------------------------------------------------------------------------------
@@ -256,9 +317,7 @@ def step_reference(native: Path, workdir: Path, tokens: int, preset: str) -> dic
 
     t0 = time.perf_counter()
     base = Phi4MultimodalForCausalLM.from_pretrained(str(native), dtype=torch.bfloat16).eval()
-    for m in base.modules():  # transformers' SDPA vision path runs causal attention when no patch is padded
-        if type(m).__name__ == "Phi4MultimodalVisionModel":  # (not SigLIP); its eager path is bidirectional
-            m.config._attn_implementation = "eager"
+    _eager_vision(base)
     model = PeftModel.from_pretrained(base, str(native / "vision-lora"), adapter_name="vision")
     model.load_adapter(str(native / "speech-lora"), adapter_name="speech")
     model.eval()
@@ -272,15 +331,31 @@ def step_reference(native: Path, workdir: Path, tokens: int, preset: str) -> dic
                                  output_logits=True, return_dict_in_generate=True)
             return out.logits[0][0], out.sequences[:, batch["input_ids"].shape[1]:]
 
-        if adapter is None:
-            with model.disable_adapter():
-                return run()
-        model.set_adapter(adapter)
-        return run()
+        return _routed(model, adapter, run)
 
     results = run_prompts(generate, tokens, preset)
+    torch.save(_merged_logits(model, preset), workdir / "logits_reference_merged.pt")
     return {"load_s": round(load_s, 2), "rss_after_load_gb": round(load_rss, 2),
             "prompts": _save_outputs(results, workdir, "reference"), "peak_rss_gb": round(rss_gb(), 2)}
+
+
+def _merged_logits(model, preset: str) -> dict:
+    """The reference's own bfloat16 spread: each adapter prompt's logits again with the adapter merged
+    into the base weights (peft's merge_adapter, in place: no extra memory): the same model, rounded
+    differently."""
+    from molora import MoLoRAConfig
+
+    out = {}
+    for kind, (batch, adapter) in prompts(MoLoRAConfig.preset(preset)).items():
+        if adapter is None:
+            continue
+        batch = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in batch.items()}
+        model.set_adapter(adapter)
+        model.merge_adapter()
+        with torch.no_grad():
+            out[kind] = model(**batch, logits_to_keep=1).logits[0, -1].float()
+        model.unmerge_adapter()
+    return out
 
 
 # -- step 5: compare ----------------------------------------------------------------------------------------
@@ -288,12 +363,16 @@ def step_reference(native: Path, workdir: Path, tokens: int, preset: str) -> dic
 def step_compare(workdir: Path, out_json: Path) -> dict:
     res = {s: json.loads((workdir / f"{s}.json").read_text()) for s in STEPS[:-1]}
     a, b = torch.load(workdir / "logits_molora.pt"), torch.load(workdir / "logits_reference.pt")
+    merged = torch.load(workdir / "logits_reference_merged.pt")
     rows = {}
     for kind in a:
         m, r = res["molora"]["prompts"][kind], res["reference"]["prompts"][kind]
         diff = (a[kind] - b[kind]).abs()
         same = next((i for i, (x, y) in enumerate(zip(m["tokens"], r["tokens"])) if x != y), len(m["tokens"]))
+        spread = (merged[kind] - b[kind]).abs().max() if kind in merged else torch.tensor(0.0)
         rows[kind] = {"prompt_tokens": m["prompt_tokens"], "max_abs_logit_diff": round(float(diff.max()), 4),
+                      "reference_bf16_spread": round(float(spread), 4),
+                      "fp32_2_layers_max_abs_diff": res["fp32"]["prompts"][kind]["max_abs_logit_diff"],
                       "logit_scale": round(float(b[kind].abs().max()), 3),
                       "same_argmax": bool(a[kind].argmax() == b[kind].argmax()),
                       "same_greedy_tokens": same, "of_tokens": len(m["tokens"]),
@@ -311,11 +390,13 @@ def step_compare(workdir: Path, out_json: Path) -> dict:
 
 
 def markdown(s: dict) -> str:
-    lines = ["| prompt | prompt tokens | max abs logit diff (largest logit) | same argmax | same greedy tokens "
-             "| generate s, molora / reference |", "|---|---|---|---|---|---|"]
+    lines = ["| prompt | prompt tokens | bf16: max abs logit diff (largest logit) | bf16: reference merged vs "
+             "unmerged | fp32, 2 layers: max abs diff | same argmax | same greedy tokens | generate s, molora / "
+             "reference |", "|---|---|---|---|---|---|---|---|"]
     for kind, r in s["prompts"].items():
         lines.append(f"| {kind} | {r['prompt_tokens']} | {r['max_abs_logit_diff']} ({r['logit_scale']}) | "
-                     f"{r['same_argmax']} | {r['same_greedy_tokens']} / {r['of_tokens']} | "
+                     f"{r['reference_bf16_spread']} | {r['fp32_2_layers_max_abs_diff']:.1e} | {r['same_argmax']} | "
+                     f"{r['same_greedy_tokens']} / {r['of_tokens']} | "
                      f"{r['molora_generate_s']} / {r['reference_generate_s']} |")
     m, c, r, w = s["molora"], s["convert"], s["reference"], s["write"]
     lines += ["", f"- checkpoint: {w['parameters'] / 1e9:.2f} B parameters, {w['bytes'] / 1e9:.2f} GB bf16, "
@@ -334,7 +415,9 @@ def markdown(s: dict) -> str:
 def child(step: str, workdir: Path, tokens: int, preset: str) -> None:
     t0 = time.perf_counter()
     ckpt, native = workdir / "phi4mm", workdir / "phi4_multimodal"
-    if step == "write":
+    if step == "fp32":
+        out = step_fp32(workdir, preset)
+    elif step == "write":
         out = step_write(ckpt, preset)
     elif step == "molora":
         out = step_molora(ckpt, workdir, tokens, preset)
