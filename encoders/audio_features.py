@@ -231,11 +231,15 @@ def load_audio(path: str | os.PathLike, mono: bool = True) -> tuple[np.ndarray, 
     files raise ``AudioError`` naming the path.
     """
     item = str(path)
+    if not item.strip():
+        raise AudioError("empty path", "audio")
     p = Path(path)
     if not p.exists():
         raise AudioError("file not found", item)
     if not p.is_file():
-        raise AudioError("not a regular file", item)
+        raise AudioError("is a directory, not an audio file" if p.is_dir() else "not a regular file", item)
+    if p.stat().st_size == 0:
+        raise AudioError("empty file (0 bytes)", item)
     try:
         import soundfile as sf
 

@@ -75,14 +75,19 @@ def _open(path: Path, item: str, max_pixels: int | None) -> Image.Image:
         raise ImageError("not a readable image (corrupt file or unknown format)", item) from None
     except OSError as e:
         raise ImageError(f"cannot read file ({e})", item) from None
-    _check_pixels(img, item, max_pixels)  # header size only: nothing decoded yet
     try:
+        _check_pixels(img, item, max_pixels)  # header size only: nothing decoded yet
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img.load()
+    except ImageError:
+        img.close()  # refused: do not leave the file open
+        raise
     except Image.DecompressionBombError as e:
+        img.close()
         raise ImageError(f"too many pixels (decompression bomb guard: {e})", item) from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:
+        img.close()
         reason = "truncated image data" if "truncated" in str(e).lower() else "corrupt image data"
         raise ImageError(f"{reason} ({e})", item) from None
     try:
@@ -181,6 +186,8 @@ def load_image(image, *, max_pixels: int | None = VisionConfig.max_image_pixels,
     Paths get their EXIF orientation applied; PIL images and arrays are used as given.
     """
     if isinstance(image, (str, os.PathLike)):
+        if not str(image).strip():
+            raise ImageError("empty path", item or "image")
         item = item or str(image)
         refuse_url(str(image), item)
         img = _open(Path(image), item, max_pixels)

@@ -6,13 +6,32 @@
 """
 from __future__ import annotations
 
+import math
+import os
 import threading
 from queue import Queue
 
 import torch
 
-from .errors import MoLoRAError
+from .errors import ArgumentError, MoLoRAError
 from .sampling import Sampler, repetition_penalty
+
+
+STREAM_KWARGS = {"temperature", "top_p", "top_k", "repetition_penalty", "seed", "do_sample", "stop"}
+
+
+def _as_list(media, kind: str) -> list:
+    """One image / clip or a list of them (a path string is one file, not a list of characters)."""
+    if media is None:
+        return []
+    from PIL import Image
+
+    if isinstance(media, (str, os.PathLike, Image.Image)):
+        return [media]
+    if kind == "audio" and isinstance(media, tuple) and len(media) == 2 and isinstance(media[1], (int, float)) \
+            and not isinstance(media[0], (str, os.PathLike)):
+        return [media]  # (samples, sampling_rate)
+    return list(media)
 
 
 class Chat:
@@ -43,8 +62,53 @@ class Chat:
                 raise MoLoRAError(f"{n_aud} audio clips exceed the limit of {self.max_audios} per conversation",
                                   f"conversation[{c}]")
 
-    def _conversations(self, messages):
+    @staticmethod
+    def check_generation_args(max_new_tokens: int = 64, temperature=None, top_p=None, top_k=None,
+                              repetition_penalty=None, seed=None, max_new_tokens_limit: int = 4096, **_) -> None:
+        """Refuse out-of-range generation settings with an ArgumentError naming the setting."""
+        def bad(name, want, value):
+            raise ArgumentError(f"must be {want}, got {value!r}", name)
+
+        def number(x) -> bool:
+            return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) \
+                or not 1 <= max_new_tokens <= max_new_tokens_limit:
+            bad("max_new_tokens", f"an integer in [1, {max_new_tokens_limit}]", max_new_tokens)
+        if temperature is not None and not (number(temperature) and temperature >= 0):
+            bad("temperature", ">= 0 (0 or unset: greedy decoding)", temperature)
+        if top_p is not None and not (number(top_p) and 0 < top_p <= 1):
+            bad("top_p", "in (0, 1]", top_p)
+        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0):
+            bad("top_k", "an integer >= 1 (0 or unset: no top-k cut)", top_k)
+        if repetition_penalty is not None and not (number(repetition_penalty) and repetition_penalty > 0):
+            bad("repetition_penalty", "> 0 (1: none)", repetition_penalty)
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            bad("seed", "an integer", seed)
+
+    @staticmethod
+    def _check_messages(messages) -> bool:
+        """True for one conversation, False for a list of them; anything else is an ArgumentError."""
+        hint = ("a conversation is a list of {'role': ..., 'content': ...} dicts (or pass a list of conversations); "
+                "for one user message write [{'role': 'user', 'content': TEXT}], or use chat.session().ask(TEXT)")
+        if isinstance(messages, dict):
+            raise ArgumentError(f"got one message dict; {hint}", "messages")
+        if not isinstance(messages, (list, tuple)):
+            raise ArgumentError(f"got {type(messages).__name__} {str(messages)[:40]!r}; {hint}", "messages")
         single = bool(messages) and isinstance(messages[0], dict)
+        for c, conv in enumerate([messages] if single else messages):
+            where = "messages" if single else f"messages[{c}]"
+            if not isinstance(conv, (list, tuple)) or not conv:
+                raise ArgumentError(f"expected a non-empty list of message dicts, got {type(conv).__name__}; {hint}",
+                                    where)
+            for j, m in enumerate(conv):
+                if not isinstance(m, dict):
+                    raise ArgumentError(f"expected a message dict, got {type(m).__name__} {str(m)[:40]!r}; {hint}",
+                                        f"{where}[{j}]")
+        return single
+
+    def _conversations(self, messages):
+        single = self._check_messages(messages)
         convs = [messages] if single else list(messages)
         if self.system_prompt:
             convs = [c if c and c[0].get("role") == "system" else [{"role": "system", "content": self.system_prompt}, *c]
@@ -52,9 +116,7 @@ class Chat:
         return single, convs
 
     def _prepare(self, messages, max_new_tokens):
-        if not isinstance(max_new_tokens, int) or not 1 <= max_new_tokens <= self.max_new_tokens_limit:
-            raise MoLoRAError(f"must be an integer in [1, {self.max_new_tokens_limit}], got {max_new_tokens!r}",
-                              "max_new_tokens")
+        self.check_generation_args(max_new_tokens, max_new_tokens_limit=self.max_new_tokens_limit)
         if not messages:
             raise MoLoRAError("no messages given", "messages")
         single, convs = self._conversations(messages)
@@ -67,12 +129,24 @@ class Chat:
         return single, batch
 
     def _decode_kwargs(self, temperature, top_p, top_k, repetition_penalty_, seed, do_sample):
+        self.check_generation_args(temperature=temperature, top_p=top_p, top_k=top_k,
+                                   repetition_penalty=repetition_penalty_, seed=seed)
         sample = do_sample if do_sample is not None else temperature not in (None, 0, 0.0)
         sampler = Sampler(temperature or 1.0, top_k or 0, top_p or 1.0, seed) if sample else None
         proc = None
         if repetition_penalty_ and repetition_penalty_ != 1.0:
             proc = lambda hist, scores: repetition_penalty(hist, scores, repetition_penalty_)  # noqa: E731
         return sampler, proc
+
+    @staticmethod
+    def _stops(stop) -> list[str]:
+        """``stop`` as a list of strings (one string is one stop string, not its characters)."""
+        if stop is None:
+            return []
+        stops = [stop] if isinstance(stop, str) else list(stop) if isinstance(stop, (list, tuple)) else None
+        if stops is None or not all(isinstance(x, str) and x for x in stops):
+            raise ArgumentError(f"must be a non-empty string or a list of them, got {stop!r}", "stop")
+        return stops
 
     def _cut(self, text: str, stop: list[str] | None) -> str:
         for s in stop or []:
@@ -85,22 +159,26 @@ class Chat:
     def generate(self, messages, max_new_tokens: int = 64, *, temperature: float | None = None,
                  top_p: float | None = None, top_k: int | None = None, repetition_penalty: float | None = None,
                  stop: list[str] | None = None, seed: int | None = None, do_sample: bool | None = None):
-        single, batch = self._prepare(messages, max_new_tokens)
+        stop = self._stops(stop)
         sampler, proc = self._decode_kwargs(temperature, top_p, top_k, repetition_penalty, seed, do_sample)
+        single, batch = self._prepare(messages, max_new_tokens)
         ids = self.model.generate(**batch, max_new_tokens=max_new_tokens, sampler=sampler, logits_processor=proc)
         texts = [self._cut(t, stop) for t in self.processor.batch_decode(ids, skip_special_tokens=True)]
         return texts[0] if single else texts
 
     def stream(self, messages, max_new_tokens: int = 64, **kwargs):
         """Yield text pieces of one conversation as they are generated."""
+        unknown = sorted(set(kwargs) - STREAM_KWARGS)
+        if unknown:
+            raise ArgumentError(f"unknown generation setting(s) {unknown}; known: {sorted(STREAM_KWARGS)}", "stream")
         single, convs = self._conversations(messages)
         if len(convs) != 1:
             raise MoLoRAError("stream takes one conversation", "messages")
-        _, batch = self._prepare(convs[0], max_new_tokens)
-        stop = kwargs.pop("stop", None)
+        stop = self._stops(kwargs.pop("stop", None))
         sampler, proc = self._decode_kwargs(kwargs.get("temperature"), kwargs.get("top_p"), kwargs.get("top_k"),
                                             kwargs.get("repetition_penalty"), kwargs.get("seed"),
                                             kwargs.get("do_sample"))
+        _, batch = self._prepare(convs[0], max_new_tokens)
         queue: Queue = Queue()
         tokens: list[int] = []
 
@@ -152,8 +230,10 @@ class ChatSession:
 
     @staticmethod
     def user_turn(text: str = "", images=(), audios=()) -> dict:
-        content = [{"type": "image", "image": im} for im in images]
-        content += [{"type": "audio", "audio": au} for au in audios]
+        if not isinstance(text, str):
+            raise ArgumentError(f"the message text must be a string, got {type(text).__name__}", "text")
+        content = [{"type": "image", "image": im} for im in _as_list(images, "image")]
+        content += [{"type": "audio", "audio": au} for au in _as_list(audios, "audio")]
         if text:
             content.append({"type": "text", "text": text})
         return {"role": "user", "content": content}

@@ -13,55 +13,10 @@ def _train(args) -> int:
 
     try:
         run(args.recipe, args.overrides, args.output_dir, resume=args.resume, strict=args.strict or None,
-            cpu=args.cpu)
+            cpu=args.cpu, overwrite=args.overwrite, resume_anyway=args.resume_anyway)
     finally:  # a process group left open aborts some workers at interpreter exit (gloo threads)
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
-    return 0
-
-
-def _chat(args) -> int:
-    from .errors import MoLoRAError
-
-    from . import MoLoRAModel, MoLoRAProcessor
-    from .chat import Chat
-
-    model = MoLoRAModel.from_pretrained(args.model).eval()
-    processor = MoLoRAProcessor.from_pretrained(args.model)
-    chat = Chat(model, processor, system_prompt=args.system)
-    gen = {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature, "top_p": args.top_p,
-           "top_k": args.top_k, "seed": args.seed}
-    session = chat.session()
-    if args.prompt or args.image or args.audio:  # one shot
-        for piece in session.stream(" ".join(args.prompt), images=args.image or (), audios=args.audio or (), **gen):
-            print(piece, end="", flush=True)
-        print()
-        return 0
-    print("molora chat: type a message; /image PATH and /audio PATH attach media to the next message, "
-          "/reset clears the history, /quit leaves.")
-    images, audios = [], []
-    for line in sys.stdin:
-        line = line.strip()
-        if line in ("/quit", "/exit"):
-            break
-        if line == "/reset":
-            session.reset()
-            continue
-        if line.startswith("/image "):
-            images.append(line[7:].strip())
-            continue
-        if line.startswith("/audio "):
-            audios.append(line[7:].strip())
-            continue
-        if not line and not images and not audios:
-            continue
-        try:
-            for piece in session.stream(line, images=images, audios=audios, **gen):
-                print(piece, end="", flush=True)
-            print()
-        except MoLoRAError as e:
-            print(f"error: {e}", file=sys.stderr)
-        images, audios = [], []
     return 0
 
 
@@ -72,9 +27,91 @@ def _demo(args) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+# -- the one top-level handler: known failures -> one line with the next step ----------------------
+
+def _newest_checkpoint(output_dir: str | None):
+    if not output_dir:
+        return None
+    from pathlib import Path
+
+    from .stages.checkpointing import list_checkpoints
+
+    found = list_checkpoints(Path(output_dir) / "checkpoints")
+    return found[-1] if found else None
+
+
+def _rerun(argv: list[str], add: str | None = None, drop: tuple[str, ...] = ()) -> str:
+    import shlex
+
+    words = [a for a in argv if a not in drop]
+    if add and add not in words:
+        words.append(add)
+    return "molora " + " ".join(shlex.quote(w) for w in words)
+
+
+def _next_step(args, argv: list[str]) -> str:
+    """What to do after an interrupted or failed command, per subcommand."""
+    if args.command == "train":
+        newest = _newest_checkpoint(args.output_dir)
+        if newest is None:
+            return ("no checkpoint was written yet (save_every=N writes them); start again with: "
+                    + _rerun(argv, "--overwrite", drop=("--resume", "--resume-anyway")))
+        return (f"the newest checkpoint is {newest[1]} (step {newest[0]}; later steps are trained again); "
+                f"continue with: {_rerun(argv, '--resume', drop=('--overwrite',))}")
+    if args.command == "eval":
+        return "rerun the same command to continue: the items already written are kept"
+    if args.command == "quickstart":
+        return "rerun it to start again (the synthetic corpora built so far are cached)"
+    if args.command == "convert":
+        return "the destination is written through a temporary folder: rerun the same command"
+    return ""
+
+
+def _os_error_line(e: OSError) -> str:
+    import errno
+
+    where = e.filename or ""
+    reasons = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded",
+               errno.EACCES: "permission denied", errno.EPERM: "operation not permitted",
+               errno.EROFS: "read-only file system",
+               errno.ENOTDIR: "a part of this path is a file, not a folder",
+               errno.EISDIR: "is a folder, not a file", errno.ENOENT: "no such file or folder",
+               errno.EEXIST: "already exists"}
+    reason = reasons.get(e.errno, e.strerror or str(e))
+    advice = {errno.ENOSPC: "free some space or choose another folder", errno.EDQUOT: "free some space",
+              errno.EACCES: "check the folder's permissions or choose another one",
+              errno.EROFS: "choose a writable folder", errno.ENOTDIR: "choose another path"}.get(e.errno)
+    return f"{where}: {reason}" + (f" ({advice})" if advice else "") if where else reason + (
+        f" ({advice})" if advice else "")
+
+
+def handle(args, argv: list[str], err=None) -> int:
+    """Run ``args.func`` and turn known failures into one line on stderr with the next step."""
     from .errors import MoLoRAError
 
+    err = err or sys.stderr
+    head = f"molora {args.command}"
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        step = _next_step(args, argv)
+        print(f"\n{head}: interrupted" + (f"; {step}" if step else ""), file=err)
+        return 130
+    except MoLoRAError as e:
+        print(f"{head}: error: {e}", file=err)
+        return 2
+    except OSError as e:
+        step = _next_step(args, argv)
+        print(f"{head}: error: {_os_error_line(e)}" + (f"; {step}" if step else ""), file=err)
+        return 1
+    except MemoryError:
+        print(f"{head}: error: out of memory (lower the batch size: training.micro_batch_size, --batch-size)",
+              file=err)
+        return 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     ap = argparse.ArgumentParser(prog="molora", description="Mixture-of-LoRAs multimodal models")
     sub = ap.add_subparsers(dest="command", required=True)
 
@@ -83,27 +120,24 @@ def main(argv: list[str] | None = None) -> int:
                                    "Launch as is (one process) or through `accelerate launch -m molora.cli train ...`.")
     g = t.add_argument_group("what to run")
     g.add_argument("--recipe", required=True, help="packaged recipe name (e.g. tiny-speech) or a YAML path")
-    g.add_argument("overrides", nargs="*", help="key=value overrides: data.train=PATH max_steps=N seed=N ...")
+    g.add_argument("overrides", nargs="*", help="key=value overrides: data.train=PATH max_steps=N seed=N "
+                                                "training.lr=3e-4 ... (each checked against its field's type)")
     g = t.add_argument_group("where and how")
     g.add_argument("--output-dir", required=True, help="checkpoints/, final/, metrics.jsonl, summary.json go here")
-    g.add_argument("--resume", action="store_true", help="continue exactly from the newest checkpoint in DIR")
-    g.add_argument("--strict", action="store_true", help="a bad media file stops the run instead of being skipped")
+    g.add_argument("--resume", action="store_true", help="continue exactly from the newest checkpoint in DIR "
+                                                         "(refused if the recipe, data or model changed)")
+    g.add_argument("--resume-anyway", action="store_true", help="resume even though the recipe, data or model "
+                                                                "changed (a deliberate change)")
+    g.add_argument("--overwrite", action="store_true", help="DIR holds an earlier run: replace it (its "
+                                                            "checkpoints, final/, metrics and summaries)")
+    g.add_argument("--strict", action="store_true", help="a bad media file or an over-long row stops the run "
+                                                         "instead of being skipped")
     g.add_argument("--cpu", action="store_true", help="run on CPU even when a GPU is present")
     t.set_defaults(func=_train)
 
-    c = sub.add_parser("chat", help="chat with a model: one shot (prompt / --image / --audio) or interactive")
-    c.add_argument("--model", required=True, help="model directory, hub id, or preset name (tiny)")
-    c.add_argument("--image", action="append", help="an image for the (first) message; repeatable")
-    c.add_argument("--audio", action="append", help="an audio file for the (first) message; repeatable")
-    c.add_argument("--system", help="system prompt")
-    g = c.add_argument_group("generation")
-    g.add_argument("--max-new-tokens", type=int, default=256)
-    g.add_argument("--temperature", type=float, default=None, help="sample at this temperature (default: greedy)")
-    g.add_argument("--top-p", type=float, default=None)
-    g.add_argument("--top-k", type=int, default=None)
-    g.add_argument("--seed", type=int, default=None)
-    c.add_argument("prompt", nargs="*", help="the message (omit for an interactive session)")
-    c.set_defaults(func=_chat)
+    from .chat_cli import add_parser as add_chat_parser
+
+    add_chat_parser(sub)
 
     from .quickstart import add_parser as add_quickstart_parser
 
@@ -127,11 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"unrecognized arguments: {' '.join(stray or extra)}")
     if extra:
         args.overrides = list(args.overrides) + extra
-    try:
-        return args.func(args)
-    except MoLoRAError as e:
-        print(f"molora {args.command}: error: {e}", file=sys.stderr)
-        return 2
+    return handle(args, argv)
 
 
 def _launched_worker() -> bool:

@@ -37,3 +37,17 @@ class PlaceholderError(MoLoRAError):
 
 class CheckpointError(MoLoRAError):
     """A checkpoint directory cannot be read: unknown layout, missing or unexpected keys."""
+
+
+class ArgumentError(MoLoRAError):
+    """A call or command-line argument is out of range or of the wrong kind (sampling settings,
+    messages that are not a conversation, ...)."""
+
+
+class LengthError(MoLoRAError):
+    """A row or prompt is longer than a token limit (``data.max_tokens``, the model's context)."""
+
+
+class RunError(MoLoRAError):
+    """A training run's output folder conflicts with the command: an existing run without
+    ``--resume`` / ``--overwrite``, a resume whose recipe, data or model differ from the checkpoint's."""

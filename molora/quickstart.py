@@ -55,8 +55,12 @@ def _log(msg: str) -> None:
     print(f"[quickstart] {msg}", flush=True)
 
 
-def _abs_rows(manifest: Path) -> list[dict]:
-    """Rows of a corpus manifest with absolute media paths (so that several corpora can share one file)."""
+def _rows_under(manifest: Path, root: Path) -> list[dict]:
+    """Rows of a corpus manifest with media paths relative to ``root`` (the corpora root, which holds
+    every corpus folder), so that one manifest at the root can mix several corpora."""
+    def rel(value: str) -> str:
+        return (manifest.parent / value).resolve().relative_to(root).as_posix()
+
     rows = []
     for line in manifest.read_text().splitlines():
         if not line.strip():
@@ -64,27 +68,28 @@ def _abs_rows(manifest: Path) -> list[dict]:
         row = json.loads(line)
         for k in ("image", "audio"):
             if isinstance(row.get(k), str):
-                row[k] = str((manifest.parent / row[k]).resolve())
-        if "messages" in row:
-            for m in row["messages"]:
-                if isinstance(m.get("content"), list):
-                    for p in m["content"]:
-                        for k in ("image", "audio"):
-                            if isinstance(p.get(k), str):
-                                p[k] = str((manifest.parent / p[k]).resolve())
+                row[k] = rel(row[k])
+        for m in row.get("messages", []):
+            for part in m["content"] if isinstance(m.get("content"), list) else []:
+                for k in ("image", "audio"):
+                    if isinstance(part.get(k), str):
+                        part[k] = rel(part[k])
         rows.append(row)
     return rows
 
 
-def _mix(out: Path, name: str, manifests: list[Path], limit_each: int | None = None) -> str:
-    """One training manifest from several corpora (interleaved, deterministic)."""
-    parts = [_abs_rows(m)[:limit_each] if limit_each else _abs_rows(m) for m in manifests]
+def _mix(root: Path, name: str, manifests: list[Path], limit_each: int | None = None) -> str:
+    """One training manifest from several corpora (interleaved, deterministic), written at the corpora
+    root with relative media paths: inside its data root, so ``molora train`` takes it as it is."""
+    root = root.resolve()
+    parts = [_rows_under(Path(m), root)[:limit_each] if limit_each else _rows_under(Path(m), root) for m in manifests]
     rows = []
     for i in range(max(len(p) for p in parts)):
         rows += [p[i] for p in parts if i < len(p)]
-    path = out / "data" / f"{name}.jsonl"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    path = root / f"{name}.jsonl"
+    tmp = root / f".{name}.jsonl.{os.getpid()}.tmp"  # another quickstart may write the same file: rename in
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    os.replace(tmp, path)
     return str(path)
 
 
@@ -112,13 +117,23 @@ def image_reliance(model, processor, samples) -> dict:
             for name in ("documents", "charts")}
 
 
+def held_out_preferences(policy, reference, processor, corpora: dict, recipe) -> dict:
+    """DPO's reward margin and accuracy on the preference corpus's held-out test pairs."""
+    from molora.stages.evaluation import preference_metrics
+    from molora.stages.manifest import read_manifest
+
+    pairs = read_manifest(corpora["preferences"]["test"])
+    m = preference_metrics(policy, reference, processor, pairs, beta=recipe.dpo["beta"])
+    return {k: round(v, 4) if isinstance(v, float) else v for k, v in m.items()}
+
+
 def stage_recipe(stage: str, model_path: str, train: str, seed: int, fast: bool):
     from molora.stages.recipe import build_recipe
 
     p = PLAN[stage]
     steps = FAST_STEPS[stage] if fast else p["steps"]
     raw = {"name": f"quickstart-{stage}", "stage": stage, "model": {"path": model_path},
-           "data": {"train": train, "allow_outside_root": True}, "max_steps": steps, "seed": seed,
+           "data": {"train": train}, "max_steps": steps, "seed": seed,
            "substeps": p["substeps"],
            "training": {"micro_batch_size": 4 if fast else p["batch"], "lr": p["lr"], "lr_groups": p["lr_groups"],
                         "warmup_steps": 0 if fast else 5, "schedule": "cosine", "min_lr_ratio": 0.05,
@@ -158,6 +173,23 @@ def _fmt(metric: str, v) -> str:
     return f"{v:.2f}%" if metric == "wer" else f"{v:.3f}"
 
 
+LOWER_IS_BETTER = {"wer"}
+COLOURS = {"start": "grey", "improved": "tab:green", "worse": "tab:red", "unchanged": "tab:olive"}
+
+
+def bar_changes(metric: str, values: list[float]) -> list[str]:
+    """For each evaluation point after the first: "improved", "worse" or "unchanged" against the point
+    before it (lower WER is better; higher ANLS / accuracy); the first is "start"."""
+    out = ["start"]
+    for prev, cur in zip(values, values[1:]):
+        if cur == prev or cur != cur or prev != prev:
+            out.append("unchanged")
+        else:
+            better = cur < prev if metric in LOWER_IS_BETTER else cur > prev
+            out.append("improved" if better else "worse")
+    return out
+
+
 def write_plots(out: Path, results: dict) -> list[str]:
     import matplotlib
 
@@ -187,11 +219,16 @@ def write_plots(out: Path, results: dict) -> list[str]:
     targets = {"wer": 15.0, "anls": 0.7, "relaxed_accuracy": 0.6}
     for ax, metric in zip(axes, METRICS):
         vals = [r.get(metric, float("nan")) for r in rows]
-        ax.bar(range(len(vals)), vals, color=["grey"] + ["tab:green"] * (len(vals) - 1))
-        ax.axhline(targets[metric], color="red", ls="--", lw=1, label="target")
+        ax.bar(range(len(vals)), vals, color=[COLOURS[c] for c in bar_changes(metric, vals)])
+        ax.axhline(targets[metric], color="black", ls="--", lw=1)
         ax.set_xticks(range(len(vals)), labels, rotation=30, fontsize=8)
         ax.set_title(metric + (" (%, lower is better)" if metric == "wer" else " (higher is better)"), fontsize=9)
-        ax.legend(fontsize=7)
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    labels = {"improved": "better than the bar before", "worse": "worse than the bar before", "unchanged": "unchanged"}
+    handles = [Patch(color=COLOURS[c], label=text) for c, text in labels.items()]
+    axes[-1].legend(handles=handles + [Line2D([], [], color="black", ls="--", lw=1, label="target")], fontsize=7)
     fig.tight_layout()
     fig.savefig(out / "metrics.png", dpi=90)
     plt.close(fig)
@@ -221,7 +258,32 @@ def reliance_lines(results: dict) -> list[str]:
             *[f"| {name} | {v['own']:.3f} | {v['swapped']:.3f} |" for name, v in r.items()]]
 
 
-def write_report(out: Path, results: dict, timings: dict, turns: list[dict], fast: bool, seed: int = 0) -> None:
+def preference_lines(results: dict) -> list[str]:
+    p = results["stages"].get("dpo", {}).get("preference")
+    if not p:
+        return []
+    return [f"DPO on {p['pairs']} held-out preference pairs (the model after DPO against the model it started "
+            "from, the DPO reference):", "",
+            "| reward margin | reward accuracy | chosen more likely than rejected: before | after |",
+            "|---|---|---|---|",
+            f"| {p['reward_margin']:+.3f} | {p['reward_accuracy']:.3f} | {p['chosen_preferred_before']:.3f} | "
+            f"{p['chosen_preferred_after']:.3f} |"]
+
+
+def own_run_lines(data: dict[str, str] | None) -> list[str]:
+    if not data:
+        return []
+    recipes = {"vision": "tiny-vision", "speech": "tiny-speech", "joint": "tiny-joint", "sft": "tiny-sft",
+               "dpo": "tiny-dpo"}
+    return ["## Train a stage yourself", "",
+            "The stage manifests sit beside the corpora, with media paths relative to them, so `molora train` "
+            "takes them as they are:", "", "```bash",
+            *[f"molora train --recipe {recipes[k]} data.train={v} --output-dir runs/my-{k}" for k, v in data.items()],
+            "```"]
+
+
+def write_report(out: Path, results: dict, timings: dict, turns: list[dict], fast: bool, seed: int = 0,
+                 data: dict[str, str] | None = None) -> None:
     plots = write_plots(out, results)
     lines = ["# molora quickstart", "",
              f"Tiny preset, synthetic corpora, seed {seed}"
@@ -235,12 +297,12 @@ def write_report(out: Path, results: dict, timings: dict, turns: list[dict], fas
     for name, st in results["stages"].items():
         lines.append(f"| {name} | {st['steps']} | {st['loss_first']:.4f} | {st['loss_last']:.4f} | "
                      f"{timings.get(name, 0):.0f} |")
-    lines += ["", "## Chat", ""]
+    lines += ["", *preference_lines(results), "", "## Chat", ""]
     for t in turns:
         one = {k: " ".join(str(v).split()) for k, v in t.items()}
         lines += [f"- **user** ({Path(one['media']).name}): {one['user']}", f"  - **assistant**: `{one['assistant']}`",
                   f"  - reference: {one['reference']}"]
-    lines += ["", "## Plots", ""] + [f"![{p[:-4]}]({p})" for p in plots] + [""]
+    lines += ["", *own_run_lines(data), "", "## Plots", ""] + [f"![{p[:-4]}]({p})" for p in plots] + [""]
     (out / "report.md").write_text("\n".join(lines))
 
 
@@ -253,8 +315,11 @@ def run(output_dir: str | os.PathLike = "runs/quickstart", *, fast: bool = False
     from molora.stages.trainer import seed_everything, train
     from molora.synthetic.build import build_corpora
 
+    from molora.stages.run_state import check_output_dir
+
     t0 = time.perf_counter()
     out = Path(output_dir)
+    check_output_dir(out)
     out.mkdir(parents=True, exist_ok=True)
     _log(f"corpora ({'tiny' if fast else 'default'} sizes; cached after the first run)")
     corpora = build_corpora(corpora_root, seed=seed, sizes="tiny" if fast else "default", log=_log)
@@ -263,15 +328,17 @@ def run(output_dir: str | os.PathLike = "runs/quickstart", *, fast: bool = False
     n_eval = EVAL_ROWS["fast" if fast else "full"]
     samples = eval_samples(corpora, n_eval)
     c = corpora
+    root = Path(c["speech"]["train"]).parent.parent  # every corpus folder is under it
+    tag = f"quickstart-{seed}-{'tiny' if fast else 'default'}"
     data = {
-        "vision": _mix(out, "vision", [c["documents"]["train"], c["charts"]["train"]]),
-        "speech": _mix(out, "speech", [c["speech"]["train"]]),
+        "vision": _mix(root, f"{tag}-vision", [c["documents"]["train"], c["charts"]["train"]]),
+        "speech": _mix(root, f"{tag}-speech", [c["speech"]["train"]]),
         # joint trains vision-side parts only: no speech-only rows (nothing to train in such a batch)
-        "joint": _mix(out, "joint", [c["joint"]["train"], c["documents"]["train"], c["charts"]["train"]],
+        "joint": _mix(root, f"{tag}-joint", [c["joint"]["train"], c["documents"]["train"], c["charts"]["train"]],
                       limit_each=None if fast else 400),
-        "sft": _mix(out, "sft", [c["speech"]["train"], c["documents"]["train"], c["charts"]["train"],
-                                 c["joint"]["train"]], limit_each=None if fast else 600),
-        "dpo": _mix(out, "dpo", [c["preferences"]["train"]]),
+        "sft": _mix(root, f"{tag}-sft", [c["speech"]["train"], c["documents"]["train"], c["charts"]["train"],
+                                         c["joint"]["train"]], limit_each=None if fast else 600),
+        "dpo": _mix(root, f"{tag}-dpo", [c["preferences"]["train"]]),
     }
 
     seed_everything(seed)
@@ -281,7 +348,7 @@ def run(output_dir: str | os.PathLike = "runs/quickstart", *, fast: bool = False
     _log(f"before: {before}")
     del model
 
-    stages, timings, current = {}, {}, "tiny"
+    stages, timings, current, model = {}, {}, "tiny", None
     for stage in STAGE_ORDER:
         run_dir = out / stage
         if run_dir.exists():
@@ -290,14 +357,17 @@ def run(output_dir: str | os.PathLike = "runs/quickstart", *, fast: bool = False
         _log(f"stage {stage}: {recipe.max_steps} steps")
         ts = time.perf_counter()
         summary = train(recipe, run_dir, progress=progress)
-        current = str(run_dir / "final")
+        current, previous = str(run_dir / "final"), model
         seed_everything(seed)
         model, processor = MoLoRAModel.from_pretrained(current), MoLoRAProcessor.from_pretrained(current)
         metrics = evaluate(model, processor, samples)
-        timings[stage] = time.perf_counter() - ts
         losses = _losses(run_dir)
         stages[stage] = {"steps": int(summary["steps"]), "loss_first": losses[0], "loss_last": losses[-1],
                          "losses": losses, "metrics": metrics}
+        if stage == "dpo":  # the reward on held-out pairs, against the model the stage started from
+            stages[stage]["preference"] = held_out_preferences(model, previous, processor, corpora, recipe)
+            _log(f"dpo on held-out pairs: {stages[stage]['preference']}")
+        timings[stage] = time.perf_counter() - ts
         _log(f"after {stage}: {metrics}  ({timings[stage]:.0f} s)")
 
     turns = chat_turns(model, processor, corpora)
@@ -309,7 +379,7 @@ def run(output_dir: str | os.PathLike = "runs/quickstart", *, fast: bool = False
     results = {"before": before, "final": stages[STAGE_ORDER[-1]]["metrics"], "stages": stages,
                "image_reliance": reliance, "wall_seconds": round(time.perf_counter() - t0, 1)}
     (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
-    write_report(out, results, timings, turns, fast, seed)
+    write_report(out, results, timings, turns, fast, seed, data)
     _log(f"final: {results['final']}  wall {results['wall_seconds']:.0f} s")
     _log(f"wrote {out / 'report.md'} and {out / 'results.json'}")
     return results

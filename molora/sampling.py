@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from .errors import ArgumentError
+
 
 def repetition_penalty(history: torch.Tensor, scores: torch.Tensor, penalty: float) -> torch.Tensor:
     if penalty == 1.0:
@@ -15,10 +17,13 @@ def repetition_penalty(history: torch.Tensor, scores: torch.Tensor, penalty: flo
 
 class Sampler:
     def __init__(self, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int | None = None):
-        if temperature <= 0:
-            raise ValueError("temperature must be > 0 for sampling (use greedy decoding instead)")
+        if not temperature > 0:
+            raise ArgumentError(f"must be > 0 for sampling (use greedy decoding instead), got {temperature!r}",
+                                "temperature")
         if not 0 < top_p <= 1:
-            raise ValueError("top_p must be in (0, 1]")
+            raise ArgumentError(f"must be in (0, 1], got {top_p!r}", "top_p")
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
+            raise ArgumentError(f"must be an integer >= 0 (0: no top-k cut), got {top_k!r}", "top_k")
         self.temperature, self.top_k, self.top_p = temperature, top_k, top_p
         self.generator = None
         if seed is not None:

@@ -2,6 +2,7 @@
 data position. Written to a temporary folder and renamed into place (atomic); keep-last-N."""
 from __future__ import annotations
 
+import errno
 import json
 import os
 import random
@@ -45,10 +46,30 @@ def list_checkpoints(root: Path) -> list[tuple[int, Path]]:
     return sorted(out)
 
 
+_DISK_FULL_WORDS = ("no space left", "storagefull", "disk quota", "unexpected pos")
+
+
+def as_disk_full(error: BaseException, path: Path) -> OSError | None:
+    """``error`` from a write under ``path`` as ``OSError(ENOSPC)`` when the disk is full, else None.
+    torch.save reports a full disk as "RuntimeError: ... unexpected pos", safetensors as an IoError
+    string: both are recognised, and so is a disk with (almost) no space left after the failure."""
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return error
+    text = str(error).lower()
+    try:
+        free = shutil.disk_usage(path if path.exists() else path.parent).free
+    except OSError:
+        free = None
+    if any(w in text for w in _DISK_FULL_WORDS) or (free is not None and free < 1 << 20):
+        return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+    return None
+
+
 def save_checkpoint(root: Path, step: int, *, weights: dict, optimizer_state: dict, scheduler, state: dict,
                     rank: int, world: int, barrier, keep_last: int) -> Path:
     """Every rank writes its RNG state; rank 0 writes the rest (``weights`` / ``optimizer_state`` are
-    only needed there) and commits the folder."""
+    only needed there) and commits the folder. A failed write (a full disk) removes the partial
+    folder and leaves the earlier checkpoints as they were."""
     root.mkdir(parents=True, exist_ok=True)
     tmp = root / f".step-{step}.tmp"
     final = root / f"step-{step}"
@@ -56,11 +77,19 @@ def save_checkpoint(root: Path, step: int, *, weights: dict, optimizer_state: di
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     barrier()
-    torch.save(rng_state(), tmp / f"rng-{rank}.pt")
-    if rank == 0:
-        save_file({k: v.detach().contiguous().cpu() for k, v in weights.items()}, str(tmp / "trainable.safetensors"))
-        torch.save(optimizer_state, tmp / "optimizer.pt")
-        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+    try:
+        torch.save(rng_state(), tmp / f"rng-{rank}.pt")
+        if rank == 0:
+            save_file({k: v.detach().contiguous().cpu() for k, v in weights.items()},
+                      str(tmp / "trainable.safetensors"))
+            torch.save(optimizer_state, tmp / "optimizer.pt")
+            torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+    except Exception as e:
+        full = as_disk_full(e, tmp)
+        shutil.rmtree(tmp, ignore_errors=True)
+        if full is not None:
+            raise full from e
+        raise
     barrier()
     if rank == 0:
         (tmp / "trainer_state.json").write_text(json.dumps({**state, "world_size": world}, indent=1))

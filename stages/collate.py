@@ -2,12 +2,14 @@
 
 ``Collator(processor)(samples)`` loads every sample's media (paths -> ``load_image`` /
 ``load_audio``; in-memory values pass through), drops the samples whose media is missing,
-corrupt or refused by the processor's own checks (any ``MediaError``), records each drop in
+corrupt or refused by the processor's own checks (any ``MediaError``) and the rows longer than
+``max_tokens`` (default: the model's context; counted before any tensor is built, see
+``length_guard``), records each drop in
 ``collator.skipped`` (``{"source", "item", "reason"}``) and returns
 ``processor(conversations, return_labels=True)`` for the rest, plus ``"num_label_tokens"``
 (labels != -100 after the causal shift) so that the trainer can normalise the loss across
 processes. ``None`` when every sample was skipped. ``strict=True`` raises instead.
-Only media problems are skipped; any other error propagates.
+Only media problems and over-long rows are skipped; any other error propagates.
 
 Optional SpecAugment masks ``audio_input_features`` within each clip's valid frames, drawing
 from torch's global RNG (a seeded run is reproducible, a resumed run that restores the RNG
@@ -22,9 +24,11 @@ from typing import Any
 
 import torch
 
-from molora.errors import MediaError, MoLoRAError
+from molora.errors import ConfigError, LengthError, MediaError, MoLoRAError
 
+from .length_guard import RowLength
 from .manifest import Sample
+from .typed_fields import check_keys, coerce
 
 __all__ = ["Collator", "IGNORE_INDEX", "count_label_tokens"]
 
@@ -44,11 +48,13 @@ class Collator:
     it (with a multi-worker DataLoader each worker has its own copy).
     """
 
-    def __init__(self, processor, *, strict: bool = False, spec_augment: dict | None = None):
+    def __init__(self, processor, *, strict: bool = False, spec_augment: dict | None = None,
+                 max_tokens: int | None = None):
         self.processor = processor
         self.strict = strict
+        self.length = RowLength(processor, max_tokens) if processor.tokenizer is not None else None
         self.skipped: list[dict[str, str]] = []
-        self.spec_augment = self._check_spec(spec_augment)
+        self.spec_augment = self.check_spec(spec_augment)
         vision = getattr(getattr(processor, "config", None), "vision", None)
         self.max_image_pixels = getattr(vision, "max_image_pixels", None)
 
@@ -57,17 +63,18 @@ class Collator:
         return len(self.skipped)
 
     @staticmethod
-    def _check_spec(spec: dict | None) -> dict | None:
+    def check_spec(spec: dict | None) -> dict | None:
+        """SpecAugment settings with their defaults filled in; unknown keys or bad values raise
+        ConfigError naming ``training.spec_augment.KEY``."""
         if not spec:
             return None
-        unknown = set(spec) - _SPEC_KEYS
-        if unknown:
-            raise MoLoRAError(f"unknown SpecAugment keys {sorted(unknown)} (expected {sorted(_SPEC_KEYS)})",
-                              "spec_augment")
+        check_keys(spec, _SPEC_KEYS, "training.spec_augment")
         out = {"freq_mask_param": 27, "time_mask_param": 100, "num_freq_masks": 2, "num_time_masks": 2, **spec}
         for k, v in out.items():
-            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                raise MoLoRAError(f"{k} must be a non-negative integer, got {v!r}", "spec_augment")
+            v = coerce(v, int, f"training.spec_augment.{k}")
+            if v < 0:
+                raise ConfigError(f"must be a non-negative integer, got {v!r}", f"training.spec_augment.{k}")
+            out[k] = v
         return out
 
     # -- media ---------------------------------------------------------------------------
@@ -106,7 +113,7 @@ class Collator:
             messages.append({**msg, "content": parts})
         return replace(sample, messages=messages)
 
-    def _skip_or_raise(self, sample: Sample, err: MediaError) -> None:
+    def _skip_or_raise(self, sample: Sample, err: MediaError | LengthError) -> None:
         if self.strict:
             raise type(err)(err.reason, f"{sample.source} ({err.item})" if err.item else sample.source) from err
         entry = {"source": sample.source, "item": str(err.item or ""), "reason": err.reason}
@@ -120,8 +127,13 @@ class Collator:
                 other = "collate_preference" if s.kind == "preference" else "Collator.__call__"
                 raise MoLoRAError(f"a {s.kind!r} sample cannot be collated here (use {other})", s.source)
             try:
-                out.append(self.load_media(s))
-            except MediaError as e:
+                if self.length is not None:
+                    self.length.check(s, loaded=False)  # a huge text is refused before it is tokenised
+                loaded = self.load_media(s)
+                if self.length is not None:
+                    self.length.check(loaded, loaded=True)
+                out.append(loaded)
+            except (MediaError, LengthError) as e:
                 self._skip_or_raise(s, e)
         return out
 

@@ -85,3 +85,34 @@ def media_reliance(model, processor, samples, *, batch_size: int = 16) -> dict:
     model.train(was_training)
     return {"own": round(totals["own"] / max(tokens, 1), 4), "swapped": round(totals["swapped"] / max(tokens, 1), 4),
             "tokens": tokens}
+
+
+@torch.no_grad()
+def preference_metrics(policy, reference, processor, samples, *, beta: float, batch_size: int = 8) -> dict:
+    """DPO's implicit reward on held-out preference pairs: ``policy`` (after the stage) against
+    ``reference`` (the model the stage started from). ``reward_margin``: mean of beta * ((log pi(chosen)
+    - log ref(chosen)) - (log pi(rejected) - log ref(rejected))); ``reward_accuracy``: share of pairs with
+    a positive margin; ``chosen_preferred_before`` / ``_after``: share of pairs whose chosen reply is more
+    likely than the rejected one under the reference / the policy."""
+    from .collate import Collator
+    from .stage_dpo import pair_logps
+
+    collator = Collator(processor)
+    was = policy.training, reference.training
+    policy.eval()
+    reference.eval()
+    rows = []
+    for s in range(0, len(samples), batch_size):
+        batch = collator.collate_preference(samples[s: s + batch_size])
+        if batch is None:
+            continue
+        pc, pr = pair_logps(policy, batch)
+        rc, rr = pair_logps(reference, batch)
+        rows += zip(pc.tolist(), pr.tolist(), rc.tolist(), rr.tolist())
+    policy.train(was[0])
+    reference.train(was[1])
+    n = max(len(rows), 1)
+    margins = [beta * ((a - c) - (b - d)) for a, b, c, d in rows]
+    return {"pairs": len(rows), "reward_margin": sum(margins) / n, "reward_accuracy": sum(m > 0 for m in margins) / n,
+            "chosen_preferred_before": sum(c > d for _, _, c, d in rows) / n,
+            "chosen_preferred_after": sum(a > b for a, b, _, _ in rows) / n, "skipped": collator.num_skipped}

@@ -26,8 +26,8 @@ from typing import Any
 
 from molora.errors import MoLoRAError
 
-__all__ = ["Sample", "ManifestError", "read_manifest", "parse_row", "estimate_length",
-           "ASR_PROMPT", "VQA_SUFFIX", "KINDS"]
+__all__ = ["Sample", "ManifestError", "read_manifest", "parse_row", "loads_row", "estimate_length",
+           "ASR_PROMPT", "VQA_SUFFIX", "KINDS", "MAX_LINE_BYTES"]
 
 ASR_PROMPT = "Transcribe the audio clip into text."
 VQA_SUFFIX = "\nAnswer the question using a single word or phrase."
@@ -38,6 +38,7 @@ _ROLES = ("system", "user", "assistant")
 AUDIO_TOKENS_PER_SECOND = 12.5          # 10 ms frames, time reduction 8
 AUDIO_TOKENS_UNKNOWN = 125              # ~10 s when the clip's duration is not known
 IMAGE_TOKENS_UNKNOWN = 1000             # a few HD crops when the image size is not known
+MAX_LINE_BYTES = 16 * 2**20             # a manifest line past this is never read whole (rows hold paths, not media)
 _CROP, _GLOBAL_TOKENS, _CROP_TOKENS, _MAX_CROPS = 448, 273, 272, 36
 
 
@@ -92,10 +93,14 @@ def _media_tokens(kind: str, value: Any, probe: bool, duration: float | None = N
         return _image_tokens_from_size(*size)
     if probe and isinstance(value, (str, os.PathLike)):
         try:
+            import warnings
+
             from PIL import Image
 
-            with Image.open(value) as im:  # lazy: reads the header, decodes no pixels
-                return _image_tokens_from_size(*im.size)
+            with warnings.catch_warnings():  # PIL's bomb warning: load_image refuses such images itself
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                with Image.open(value) as im:  # lazy: reads the header, decodes no pixels
+                    return _image_tokens_from_size(*im.size)
         except Exception:  # noqa: BLE001
             return IMAGE_TOKENS_UNKNOWN
     return IMAGE_TOKENS_UNKNOWN
@@ -248,32 +253,86 @@ def parse_row(row: Any, where: str, root: Path, *, allow_outside_root: bool = Fa
     raise AssertionError("unreachable")
 
 
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict:
+    out: dict = {}
+    for k, v in pairs:
+        if k in out:
+            raise _DuplicateKey(k)
+        out[k] = v
+    return out
+
+
+def loads_row(line: str, where: str) -> Any:
+    """One JSON value; invalid JSON or a key given twice in one object raises ManifestError at ``where``
+    (Python's json keeps the last of two equal keys without a word)."""
+    try:
+        return json.loads(line, object_pairs_hook=_unique_keys)
+    except _DuplicateKey as e:
+        raise ManifestError(f"key {e.args[0]!r} is given twice in one object", where) from None
+    except json.JSONDecodeError as e:
+        raise ManifestError(f"invalid JSON ({e.msg} at column {e.colno})", where) from None
+
+
+def _lines(f, limit: int):
+    """(line number, bytes or None) for each line of the binary file ``f``; a line longer than
+    ``limit`` bytes is read past in chunks (never held whole) and given as None."""
+    lineno = 0
+    while True:
+        raw = f.readline(limit + 1)
+        if not raw:
+            return
+        lineno += 1
+        if len(raw) <= limit or raw.endswith(b"\n"):
+            yield lineno, raw
+            continue
+        size, raw = len(raw), None
+        while True:
+            chunk = f.readline(1 << 16)
+            size += len(chunk)
+            if not chunk or chunk.endswith(b"\n"):
+                break
+        yield lineno, size
+
+
 def read_manifest(path: str | os.PathLike, *, allow_outside_root: bool = False,
-                  probe_media: bool = True, outside_root_hint: str | None = None) -> list[Sample]:
+                  probe_media: bool = True, outside_root_hint: str | None = None,
+                  max_line_bytes: int = MAX_LINE_BYTES, skipped: list[dict] | None = None) -> list[Sample]:
     """Read a JSONL manifest -> list of Sample (see the module docstring for row shapes).
 
     Raises ``ManifestError`` naming ``file:line`` on the first malformed line. ``probe_media``
     reads audio/image *headers* for the length estimate (no decoding; unreadable files fall back
-    to a constant); pass False on very large manifests to skip all file access.
+    to a constant); pass False on very large manifests to skip all file access. A line over
+    ``max_line_bytes`` is never read whole: it is appended to ``skipped`` (``{"source", "item",
+    "reason"}``, as the collator lists bad media) when that list is given, else an error.
     """
+    if not str(path).strip():
+        raise ManifestError("empty manifest path", "manifest")
     mpath = Path(path).expanduser().resolve()
     if not mpath.is_file():
-        raise ManifestError("manifest file not found", str(mpath))
+        raise ManifestError("is a directory, not a manifest file" if mpath.is_dir() else "manifest file not found",
+                            str(mpath))
     root = mpath.parent
     samples = []
     with open(mpath, "rb") as f:
-        for lineno, raw in enumerate(f, start=1):
+        for lineno, raw in _lines(f, max_line_bytes):
             where = f"{mpath}:{lineno}"
+            if isinstance(raw, int):
+                reason = (f"line of {raw:,} bytes is over the limit of {max_line_bytes:,} bytes "
+                          "(molora.stages.manifest.MAX_LINE_BYTES)")
+                if skipped is None:
+                    raise ManifestError(reason, where)
+                skipped.append({"source": where, "item": "line", "reason": reason})
+                continue
             try:
                 line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
             except UnicodeDecodeError as e:
                 raise ManifestError(f"not valid UTF-8 ({e.reason} at byte {e.start})", where) from None
             if not line.strip():
                 continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ManifestError(f"invalid JSON ({e.msg} at column {e.colno})", where) from None
-            samples.append(parse_row(row, where, root, allow_outside_root=allow_outside_root,
+            samples.append(parse_row(loads_row(line, where), where, root, allow_outside_root=allow_outside_root,
                                      probe_media=probe_media, outside_root_hint=outside_root_hint))
     return samples

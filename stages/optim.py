@@ -33,8 +33,16 @@ def build_optimizer(model, training) -> torch.optim.Optimizer:
                              eps=1e-8, foreach=False)
 
 
+def effective_warmup(training, total_steps: int) -> int:
+    """Warmup steps of a schedule ``total_steps`` long: ``training.warmup_steps``, at most a quarter of
+    them (each sub-step has its own schedule; a warmup as long as the sub-step would leave no decay)."""
+    return min(max(0, int(training.warmup_steps)), total_steps // 4)
+
+
 def lr_lambda(training, total_steps: int):
-    warm = max(0, int(training.warmup_steps))
+    """Factor on the base lr for optimiser step ``step`` (0-based) of a ``total_steps`` schedule: a linear
+    warmup reaching 1 on its last step, then cosine / linear decay to ``min_lr_ratio`` (or constant)."""
+    warm = effective_warmup(training, total_steps)
     floor = float(training.min_lr_ratio)
 
     def f(step: int) -> float:

@@ -8,6 +8,7 @@ reads a packaged recipe by name (``stages/recipes/NAME.yaml``) or any YAML path,
 from __future__ import annotations
 
 import copy
+import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,9 @@ from typing import Any
 import yaml
 
 from molora.errors import ConfigError
+
+from .freeze import COMPONENTS
+from .typed_fields import check_keys, coerce
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
 STAGES = ("vision", "speech", "joint", "sft", "dpo")
@@ -91,11 +95,41 @@ class Recipe:
 def _set(d: dict, dotted: str, value: Any) -> None:
     keys = dotted.split(".")
     cur = d
-    for k in keys[:-1]:
-        if not isinstance(cur.get(k), dict):
+    for i, k in enumerate(keys[:-1]):
+        if cur.get(k) is None:
             cur[k] = {}
+        elif not isinstance(cur[k], dict):
+            raise ConfigError(f"{'.'.join(keys[:i + 1])} is {cur[k]!r}, not a section with keys", dotted)
         cur = cur[k]
     cur[keys[-1]] = value
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (PyYAML keeps the last one)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key == "<<":
+                continue
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (first given on line {seen[key] + 1})", key_node.start_mark)
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep)
+
+
+def read_yaml(text: str, where: str, *, lines: bool = True) -> Any:
+    """YAML text -> data; a syntax error or a duplicate key names ``where:line`` (``where`` alone
+    when ``lines`` is False: a command-line value)."""
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f"{where}:{mark.line + 1}" if mark is not None and lines else where
+        reason = getattr(e, "problem", None) or str(e)
+        raise ConfigError(f"invalid YAML ({reason})", at) from None
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
@@ -104,7 +138,12 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
         if "=" not in item:
             raise ConfigError("an override must look like key=value", item)
         k, v = item.split("=", 1)
-        out[k.strip()] = yaml.safe_load(v) if v.strip() else None
+        k = k.strip()
+        if not k or any(not part for part in k.split(".")):
+            raise ConfigError("an override must look like key=value (dotted keys: training.lr=3e-4)", item)
+        if k in out:
+            raise ConfigError("given twice on the command line", k)
+        out[k] = read_yaml(v, k, lines=False) if v.strip() else None
     return out
 
 
@@ -113,6 +152,8 @@ def resolve(name_or_path: str) -> Path:
     if p.suffix in (".yaml", ".yml") or p.exists():
         if not p.exists():
             raise ConfigError("no such recipe file", str(p))
+        if not p.is_file():
+            raise ConfigError("not a file (a recipe is a YAML file or a packaged recipe name)", str(p))
         return p
     q = RECIPES_DIR / f"{name_or_path}.yaml"
     if not q.exists():
@@ -122,11 +163,16 @@ def resolve(name_or_path: str) -> Path:
 
 
 def load_recipe(name_or_path: str, overrides: dict[str, Any] | list[str] | None = None) -> Recipe:
+    """A recipe by name or path, with ``key=value`` overrides; every value is checked and coerced to
+    its field's type here, before any model or data is loaded."""
     path = resolve(name_or_path)
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"invalid YAML ({e})", str(path)) from None
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot read the recipe ({e})", str(path)) from None
+    raw = read_yaml(text, str(path)) or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"a recipe is a YAML mapping of keys, got {type(raw).__name__}", str(path))
     raw = copy.deepcopy(raw)
     if isinstance(overrides, list):
         overrides = parse_overrides(overrides)
@@ -135,33 +181,112 @@ def load_recipe(name_or_path: str, overrides: dict[str, Any] | list[str] | None 
     return build_recipe(raw, source=str(path))
 
 
-def build_recipe(raw: dict, source: str = "") -> Recipe:
-    try:
-        stage = raw.get("stage")
-        if stage not in STAGES:
-            raise ConfigError(f"stage must be one of {STAGES}, got {stage!r}", source or "recipe")
-        from . import stage_registry
+# The keys of the free-form sections, with their types (the dataclasses above type the others).
+MODEL_FIELDS = {"preset": str, "path": str, "config": dict, "backbone": str, "vision": str}
+DATA_FIELDS = {"train": str | dict | None, "eval": str | dict | None, "allow_outside_root": bool,
+               "max_tokens": int | None}
+DPO_FIELDS = {"beta": float}
+TOP_FIELDS = {"name": str | None, "stage": str, "model": dict | None, "data": dict | None, "training": dict | None,
+              "substeps": list | None, "max_steps": int, "save_every": int, "keep_last": int, "seed": int,
+              "strict": bool, "dpo": dict | None}
+CHOICES = {"training.schedule": ("cosine", "linear", "constant"), "training.precision": ("auto", "fp32", "bf16", "fp16"),
+           "training.parallel": ("dp", "fsdp2")}
+LR_GROUPS = ("encoder", "projector", "lora", "other")
 
-        defaults = stage_registry.get(stage)
-        subs = raw.get("substeps") or defaults.default_substeps()
-        substeps = [Substep(**s) if isinstance(s, dict) else s for s in subs]
-        training = Training(**(raw.get("training") or {}))
-        known = {"name", "stage", "model", "data", "training", "substeps", "max_steps", "save_every", "keep_last",
-                 "seed", "strict", "dpo"}
-        unknown = sorted(set(raw) - known)
-        if unknown:
-            raise ConfigError(f"unknown recipe key(s) {unknown}", source or "recipe")
-        r = Recipe(name=raw.get("name") or Path(source).stem, stage=stage, model=raw.get("model") or {"preset": "tiny"},
-                   data=raw.get("data") or {}, training=training, substeps=substeps,
-                   max_steps=int(raw.get("max_steps", 100)), save_every=int(raw.get("save_every") or 0),
-                   keep_last=int(raw.get("keep_last", 2)), seed=int(raw.get("seed", 0)),
-                   strict=bool(raw.get("strict", False)), dpo=raw.get("dpo") or {"beta": 0.1}, source=source)
-    except TypeError as e:
-        raise ConfigError(f"bad recipe field ({e})", source or "recipe") from None
-    if r.max_steps < 1:
-        raise ConfigError("max_steps must be >= 1", source)
-    if r.training.parallel not in ("dp", "fsdp2"):
-        raise ConfigError("training.parallel must be dp or fsdp2", source)
-    if r.training.schedule not in ("cosine", "linear", "constant"):
-        raise ConfigError("training.schedule must be cosine, linear or constant", source)
+
+def _section(raw: dict, name: str, fields: dict[str, Any]) -> dict:
+    value = raw.get(name) or {}
+    check_keys(value, fields, name)
+    return {k: coerce(v, fields[k], f"{name}.{k}") for k, v in value.items()}
+
+
+def _dataclass_fields(cls) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def build_recipe(raw: dict, source: str = "") -> Recipe:
+    """A Recipe from a mapping (a parsed YAML file plus overrides): unknown keys are refused with
+    the known ones listed, every value is coerced to its field's type, ranges are checked."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"a recipe is a mapping of keys, got {type(raw).__name__}", source or "recipe")
+    check_keys(raw, TOP_FIELDS, "")
+    top = {k: coerce(v, TOP_FIELDS[k], k) for k, v in raw.items()}
+    stage = top.get("stage")
+    if stage not in STAGES:
+        raise ConfigError(f"must be one of {', '.join(STAGES)}, got {stage!r}", "stage")
+    from . import stage_registry
+
+    training_fields = _dataclass_fields(Training)
+    training = Training(**_section(raw, "training", training_fields))
+    subs = top.get("substeps") or stage_registry.get(stage).default_substeps()
+    substeps = []
+    for i, s in enumerate(subs):
+        if isinstance(s, Substep):
+            substeps.append(s)
+            continue
+        if not isinstance(s, dict):
+            raise ConfigError(f"expected a mapping {{name, train, fraction}}, got {s!r}", f"substeps[{i}]")
+        fields = _dataclass_fields(Substep)
+        check_keys(s, fields, f"substeps[{i}]")
+        missing = [k for k in ("name", "train") if k not in s]
+        if missing:
+            raise ConfigError(f"missing key(s) {missing}", f"substeps[{i}]")
+        substeps.append(Substep(**{k: coerce(v, fields[k], f"substeps[{i}].{k}") for k, v in s.items()}))
+    model = _section(raw, "model", MODEL_FIELDS) or {"preset": "tiny"}
+    data = _section(raw, "data", DATA_FIELDS)
+    dpo = {"beta": 0.1, **_section(raw, "dpo", DPO_FIELDS)}
+    r = Recipe(name=top.get("name") or Path(source).stem, stage=stage, model=model, data=data, training=training,
+               substeps=substeps, max_steps=top.get("max_steps", 100), save_every=top.get("save_every", 0),
+               keep_last=top.get("keep_last", 2), seed=top.get("seed", 0), strict=top.get("strict", False),
+               dpo=dpo, source=source)
+    check_ranges(r)
     return r
+
+
+def check_ranges(r: Recipe) -> None:
+    """Values of the right type but out of range: a ConfigError naming the key."""
+    t = r.training
+
+    def need(ok: bool, key: str, what: str, value) -> None:
+        if not ok:
+            raise ConfigError(f"must be {what}, got {value!r}", key)
+
+    need(r.max_steps >= 1, "max_steps", ">= 1", r.max_steps)
+    need(r.save_every >= 0, "save_every", ">= 0 (0: no checkpoints)", r.save_every)
+    need(r.keep_last >= 0, "keep_last", ">= 0 (0: keep every checkpoint)", r.keep_last)
+    for key, options in CHOICES.items():
+        value = getattr(t, key.split(".")[1])
+        need(value in options, key, "one of " + ", ".join(options), value)
+    need(t.micro_batch_size >= 1, "training.micro_batch_size", ">= 1", t.micro_batch_size)
+    need(t.grad_accum >= 1, "training.grad_accum", ">= 1", t.grad_accum)
+    need(t.lr > 0, "training.lr", "> 0", t.lr)
+    for g, v in t.lr_groups.items():
+        need(g in LR_GROUPS, f"training.lr_groups.{g}", "a group among " + ", ".join(LR_GROUPS), g)
+        need(v > 0, f"training.lr_groups.{g}", "> 0", v)
+    need(t.weight_decay >= 0, "training.weight_decay", ">= 0", t.weight_decay)
+    need(t.warmup_steps >= 0, "training.warmup_steps", ">= 0", t.warmup_steps)
+    need(0 <= t.min_lr_ratio <= 1, "training.min_lr_ratio", "in [0, 1]", t.min_lr_ratio)
+    need(t.max_grad_norm >= 0, "training.max_grad_norm", ">= 0 (0: no clipping)", t.max_grad_norm)
+    need(t.log_every >= 1, "training.log_every", ">= 1", t.log_every)
+    need(t.eval_every >= 0, "training.eval_every", ">= 0 (0: no periodic evaluation)", t.eval_every)
+    if t.spec_augment:
+        from .collate import Collator
+
+        Collator.check_spec(t.spec_augment)
+    need(r.dpo["beta"] > 0, "dpo.beta", "> 0", r.dpo["beta"])
+    max_tokens = r.data.get("max_tokens")
+    need(max_tokens is None or max_tokens >= 1, "data.max_tokens", ">= 1 (or null: the model's context)", max_tokens)
+    if not r.model.get("path"):
+        from molora.presets import PRESETS
+
+        preset = r.model.get("preset", "tiny")
+        need(preset in PRESETS, "model.preset", "one of " + ", ".join(PRESETS), preset)
+    for i, s in enumerate(r.substeps):
+        need(s.fraction > 0, f"substeps[{i}].fraction", "> 0", s.fraction)
+        need(bool(s.train), f"substeps[{i}].train", "a non-empty list of components", s.train)
+        for c in s.train:
+            if c == "llm":
+                raise ConfigError("the language model stays frozen in every molora stage (train its LoRAs "
+                                  "instead)", f"substeps[{i}].train")
+            need(c in COMPONENTS or c.endswith(("_lora", "_audio_projector")), f"substeps[{i}].train",
+                 "components among " + ", ".join(sorted(set(COMPONENTS) - {"llm"})), c)

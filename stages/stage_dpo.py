@@ -36,12 +36,17 @@ def _logps(model, b, params=None):
     return sequence_logps(logits, b["labels"].to(logits.device))
 
 
+def pair_logps(model, batch, params=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed reply log-probabilities [B] of the chosen and the rejected replies of a preference batch
+    (``params``: other values for some of the model's parameters, e.g. the DPO reference)."""
+    return _logps(model, batch["chosen"], params), _logps(model, batch["rejected"], params)
+
+
 def loss(model, batch, ctx):
     beta = float(ctx.recipe.dpo.get("beta", 0.1))
-    pc, pr = _logps(model, batch["chosen"]), _logps(model, batch["rejected"])
+    pc, pr = pair_logps(model, batch)
     with torch.no_grad():
-        rc = _logps(model, batch["chosen"], ctx.reference_params)
-        rr = _logps(model, batch["rejected"], ctx.reference_params)
+        rc, rr = pair_logps(model, batch, ctx.reference_params)
     margin = beta * ((pc - rc) - (pr - rr))
     losses = -F.logsigmoid(margin)
     m = margin.detach()

@@ -12,7 +12,9 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,13 +22,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from molora.errors import ConfigError, MoLoRAError
+from molora.errors import ConfigError, RunError
 
 from . import stage_registry
-from .checkpointing import list_checkpoints, load_checkpoint, save_checkpoint, set_rng_state
+from .checkpointing import as_disk_full, load_checkpoint, save_checkpoint, set_rng_state
 from .freeze import apply_plan, parameter_table
-from .optim import build_optimizer, build_scheduler
+from .optim import build_optimizer, build_scheduler, effective_warmup
 from .recipe import Recipe
+from .run_state import RUN_FILE, RunPlan, check_output_dir, clear_run, plan_run, run_identity, write_json_atomic
 
 
 @dataclass
@@ -108,9 +111,11 @@ def build_model(spec: dict, seed: int):
     return model, MoLoRAProcessor.from_config(config, tokenizer=None)
 
 
-def load_samples(data: dict, key: str):
+def load_samples(data: dict, key: str, skipped: list[dict] | None = None):
     """``data.<key>`` is a JSONL manifest path, or a datasets spec
-    ``{path, split, config, kind, limit, streaming, ...columns}`` (hub id, saved dataset or files)."""
+    ``{path, split, config, kind, limit, streaming, ...columns}`` (hub id, saved dataset or files).
+    Manifest lines too long to read are appended to ``skipped``; no usable row is an error naming
+    the source."""
     from .hf_datasets import read_hf_dataset
     from .manifest import read_manifest
 
@@ -121,8 +126,20 @@ def load_samples(data: dict, key: str):
             raise ConfigError("a datasets spec needs 'path' (hub id, saved dataset dir or data files)", f"data.{key}")
         path = spec.pop("path")
         spec.setdefault("split", "train")
-        return list(read_hf_dataset(path, **spec))
-    return read_manifest(spec, allow_outside_root=bool(data.get("allow_outside_root")))
+        samples = list(read_hf_dataset(path, **spec))
+        where = f"data.{key} ({path})"
+    else:
+        lost: list[dict] = []
+        samples = read_manifest(spec, allow_outside_root=bool(data.get("allow_outside_root")), skipped=lost,
+                                outside_root_hint="set data.allow_outside_root=true to permit this")
+        where = str(Path(spec).expanduser().resolve())
+        if skipped is not None:
+            skipped.extend(lost)
+        if not samples and lost:
+            raise ConfigError(f"no usable rows: all {len(lost)} line(s) are too long to read", where)
+    if not samples:
+        raise ConfigError("no rows: the data is empty", where)
+    return samples
 
 
 def _precision(name: str, device: torch.device) -> torch.dtype | None:
@@ -173,21 +190,131 @@ class MetricsLog:
             self.tb.close()
 
 
+def start_run(recipe: Recipe, out: Path, dist: Distributed, plan: RunPlan) -> None:
+    """Apply the plan to ``out``: a fresh run clears what an earlier run wrote (--overwrite), then
+    ``run.json`` and ``recipe.json`` record this run (a resume with --resume-anyway lists its changes)."""
+    dist.barrier()  # every process has read the folder before rank 0 changes it
+    if dist.rank == 0:
+        if plan.mode == "fresh":
+            clear_run(out)
+        out.mkdir(parents=True, exist_ok=True)
+        record = {"status": "running", "identity": plan.identity, "max_steps": recipe.max_steps}
+        if plan.mode == "resume" and plan.changes:
+            record["resumed_with_changes"] = plan.previous.get("resumed_with_changes", []) + [plan.changes]
+            print("[molora] --resume-anyway: continuing with changes: " + "; ".join(plan.changes))
+        write_json_atomic(out / RUN_FILE, record)
+        write_json_atomic(out / "recipe.json", recipe.to_dict())
+    dist.barrier()
+
+
+def _finished(out: Path, plan: RunPlan, is_main: bool) -> dict:
+    """--resume on a finished run: say so, train nothing, return its summary."""
+    summary = json.loads((out / "summary.json").read_text()) if (out / "summary.json").is_file() else {}
+    if is_main:
+        steps = summary.get("steps", plan.previous.get("max_steps", "?"))
+        note = (" This command also changes: " + "; ".join(plan.changes) + ".") if plan.changes else ""
+        print(f"[molora] {out}: this run finished at step {steps} ({out / 'final'} is written); nothing to train.{note} "
+              f"To train further, start a new run from it: model.path={out / 'final'} --output-dir NEW_DIR")
+    return {**summary, "already_finished": True}
+
+
+def step_lrs(optimizer, training) -> dict[str, float]:
+    """The learning rates the coming optimiser step uses: ``lr`` (the recipe's lr under the schedule)
+    and ``lr_<group>`` for each group with its own rate (``training.lr_groups``)."""
+    plain = [g for g in optimizer.param_groups if g["name"] not in training.lr_groups]
+    if plain:
+        out = {"lr": plain[0]["lr"]}
+    else:
+        g0 = optimizer.param_groups[0]
+        out = {"lr": training.lr * g0["lr"] / g0["initial_lr"]}
+    if training.lr_groups:
+        out.update({f"lr_{g['name']}": g["lr"] for g in optimizer.param_groups})
+    return out
+
+
+def rebase_groups(optimizer, scheduler, training) -> None:
+    """After loading a checkpoint's optimiser and scheduler: each group's base lr and weight decay from
+    ``training`` (the saved state brings the old ones) and its lr at the schedule's position. An
+    unchanged recipe gives back exactly the saved values."""
+    bases = [float(training.lr_groups.get(g["name"], training.lr)) for g in optimizer.param_groups]
+    scheduler.base_lrs = bases
+    for g, base, fn in zip(optimizer.param_groups, bases, scheduler.lr_lambdas):
+        g["initial_lr"], g["weight_decay"] = base, training.weight_decay
+        g["lr"] = base * fn(scheduler.last_epoch)
+
+
+def substep_banner(recipe: Recipe, sub, start: int, n: int, model) -> str:
+    t = recipe.training
+    warm = effective_warmup(t, n)
+    note = f", warmup {warm}" + (f" (training.warmup_steps={t.warmup_steps} capped at a quarter of the sub-step)"
+                                 if warm < t.warmup_steps else "")
+    return (f"\n[molora] {recipe.stage} / {sub.name}: steps {start + 1}-{start + n} of {recipe.max_steps} "
+            f"({t.schedule} lr {t.lr:g}{note}), training {sub.train}\n{parameter_table(model, sub.train)}")
+
+
+def print_run_summary(out: Path, summary: dict, first: dict, skipped: list[dict]) -> None:
+    """The end-of-run lines: steps, time, loss first -> last, DPO rewards, skips, where things are."""
+    last = summary["final"]
+    lines = [f"[molora] done: {summary['steps']} step(s) in {summary['wall_seconds']:.0f} s"]
+    if first and last:
+        lines.append(f"  loss {first['loss']:.4f} (step {first['step']}) -> {last['loss']:.4f} (step {last['step']})")
+    for k in ("reward_margin", "reward_accuracy"):
+        if k in last:
+            lines.append(f"  {k} {first.get(k, 0.0):.4f} -> {last[k]:.4f}")
+    if skipped:
+        lines.append(f"  skipped {len(skipped)} bad sample(s), listed in {out / 'summary.json'}:")
+        lines += [f"    {s['source']}: {s['item']}: {s['reason']}" for s in skipped[:20]]
+        if len(skipped) > 20:
+            lines.append(f"    ... and {len(skipped) - 20} more")
+    lines.append(f"  model: {out / 'final'}   metrics: {out / 'metrics.jsonl'}   summary: {out / 'summary.json'}")
+    print("\n".join(lines))
+
+
+def save_final(model, processor, out: Path) -> None:
+    """``out/final`` written beside its place and renamed in (a crash leaves no half-written model)."""
+    tmp = out / ".final.partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        model.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
+    except Exception as e:
+        full = as_disk_full(e, tmp)
+        shutil.rmtree(tmp, ignore_errors=True)
+        if full is not None:
+            raise full from e
+        raise
+    shutil.rmtree(out / "final", ignore_errors=True)
+    os.replace(tmp, out / "final")
+
+
 def train(recipe: Recipe, output_dir: str | Path, *, resume: bool = False, strict: bool | None = None,
-          cpu: bool = False, progress: bool = True) -> dict:
+          cpu: bool = False, progress: bool = True, overwrite: bool = False, resume_anyway: bool = False) -> dict:
+    """Run ``recipe`` into ``output_dir``. A folder that already holds a run needs ``resume`` (which
+    checks that the recipe, data and model match the checkpoint's; ``resume_anyway`` accepts a change)
+    or ``overwrite``; resuming a finished run trains nothing and returns its summary."""
     from .collate import Collator
     from .sampler import LengthGroupedBatches
 
     out = Path(output_dir)
-    dist = Distributed(cpu=cpu)
-    is_main = dist.rank == 0
-    stage = stage_registry.get(recipe.stage)
-    strict = recipe.strict if strict is None else strict
     if not recipe.data.get("train"):
         raise ConfigError("the recipe has no training data: pass data.train=PATH", recipe.name)
-    if is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "recipe.json").write_text(json.dumps(recipe.to_dict(), indent=1))
+    check_output_dir(out)
+    # what to do with the output folder, decided before anything loads or is written
+    plan = plan_run(out, run_identity(recipe), resume=resume or resume_anyway, overwrite=overwrite,
+                    resume_anyway=resume_anyway)
+    dist = Distributed(cpu=cpu)
+    is_main = dist.rank == 0
+    if plan.mode == "finished":
+        return _finished(out, plan, is_main)
+    stage = stage_registry.get(recipe.stage)
+    strict = recipe.strict if strict is None else strict
+    unreadable: list[dict] = []
+    samples = load_samples(recipe.data, "train", unreadable)  # a bad line stops here, before the model loads
+    bad_kind = sorted({s.kind for s in samples} - set(stage.DATA_KINDS))
+    if bad_kind:
+        raise ConfigError(f"stage {recipe.stage!r} takes {stage.DATA_KINDS} rows, the manifest has {bad_kind}",
+                          recipe.data["train"])
+    start_run(recipe, out, dist, plan)
 
     model, processor = build_model(recipe.model, recipe.seed)
     model.to(dist.device)
@@ -196,16 +323,12 @@ def train(recipe: Recipe, output_dir: str | Path, *, resume: bool = False, stric
     model.split_frozen_rows = t.split_frozen_rows and not sharded
     if recipe.training.activation_checkpointing:
         model.enable_activation_checkpointing()
-
-    samples = load_samples(recipe.data, "train")
-    bad_kind = sorted({s.kind for s in samples} - set(stage.DATA_KINDS))
-    if bad_kind:
-        raise ConfigError(f"stage {recipe.stage!r} takes {stage.DATA_KINDS} rows, the manifest has {bad_kind}",
-                          recipe.data["train"])
     global_batch = t.micro_batch_size * t.grad_accum * dist.world
     sampler = LengthGroupedBatches([s.length for s in samples], global_batch, recipe.seed,
                                    group_by_length=t.group_by_length)
-    collator = Collator(processor, strict=strict, spec_augment=t.spec_augment)
+    collator = Collator(processor, strict=strict, spec_augment=t.spec_augment,
+                        max_tokens=recipe.data.get("max_tokens"))
+    collator.skipped.extend(unreadable)
     paired = getattr(stage, "PAIRED", False)
     collate = collator.collate_preference if paired else collator
     dtype = _precision(t.precision, dist.device)
@@ -230,28 +353,26 @@ def train(recipe: Recipe, output_dir: str | Path, *, resume: bool = False, stric
 
     ckpt_root = out / "checkpoints"
     start_step, loaded = 0, None
-    if resume:
-        found = list_checkpoints(ckpt_root)
-        if found:
-            loaded = load_checkpoint(found[-1][1], dist.rank)
-            st = loaded["state"]
-            if st["world_size"] != dist.world:
-                raise ConfigError(f"checkpoint was written by {st['world_size']} process(es), this run has "
-                                  f"{dist.world}", str(found[-1][1]))
-            start_step = st["step"]
-            if sharded:
-                from .sharding import load_model_state
+    if plan.mode == "resume" and plan.checkpoint is not None:
+        loaded = load_checkpoint(plan.checkpoint, dist.rank)
+        st = loaded["state"]
+        if st["world_size"] != dist.world:
+            raise ConfigError(f"checkpoint was written by {st['world_size']} process(es), this run has "
+                              f"{dist.world}", str(plan.checkpoint))
+        start_step = st["step"]
+        if sharded:
+            from .sharding import load_model_state
 
-                load_model_state(model, {k: v.to(dist.device) for k, v in loaded["weights"].items()})
-            else:
-                with torch.no_grad():
-                    named = dict(model.named_parameters())
-                    for k, v in loaded["weights"].items():
-                        named[k].copy_(v)
-            sampler.load_state_dict(st["sampler"])
-            collator.skipped = list(st.get("skipped", []))
-        elif is_main:
-            print(f"[molora] --resume: no checkpoint in {ckpt_root}, starting from step 0")
+            load_model_state(model, {k: v.to(dist.device) for k, v in loaded["weights"].items()})
+        else:
+            with torch.no_grad():
+                named = dict(model.named_parameters())
+                for k, v in loaded["weights"].items():
+                    named[k].copy_(v)
+        sampler.load_state_dict(st["sampler"])
+        collator.skipped = list(st.get("skipped", []))
+    elif plan.mode == "resume" and is_main:
+        print(f"[molora] --resume: no checkpoint in {ckpt_root}, starting from step 0")
 
     log = MetricsLog(out, is_main, start_step if loaded else None)
     batches = sampler.batches()
@@ -262,7 +383,9 @@ def train(recipe: Recipe, output_dir: str | Path, *, resume: bool = False, stric
         from tqdm.auto import tqdm
 
         bar = tqdm(total=recipe.max_steps, initial=start_step, desc=f"{recipe.name}", dynamic_ncols=True)
+    first_metrics: dict = {}
     last_metrics: dict = {}
+    rows_trained = 0
     t_start = time.perf_counter()
     step = start_step
     while step < recipe.max_steps:
@@ -281,9 +404,9 @@ def train(recipe: Recipe, output_dir: str | Path, *, resume: bool = False, stric
                 else:
                     optimizer.load_state_dict(loaded["optimizer"])
                 scheduler.load_state_dict(loaded["scheduler"])
+                rebase_groups(optimizer, scheduler, t)  # --resume-anyway: the recipe's rates, not the saved ones
             if is_main:
-                print(f"\n[molora] {recipe.stage} / {sub.name}: steps {sub_start}-{sub_start + sub_len - 1}, "
-                      f"training {sub.train}\n{parameter_table(model, sub.train)}")
+                print(substep_banner(recipe, sub, sub_start, sub_len, model))
         if loaded is not None and loaded["rng"] is not None:
             set_rng_state(loaded["rng"])
         loaded = None if loaded is not None and step == start_step else loaded
@@ -296,6 +419,8 @@ def train(recipe: Recipe, output_dir: str | Path, *, resume: bool = False, stric
         n_tokens_local = sum(int((b["attention_mask"] if not paired else b["chosen"]["attention_mask"]).sum())
                              for b in micro if b is not None)
         total, n_tok = dist.all_sum([float(sum(counts)), float(n_tokens_local)])
+        rows_trained += int(total)
+        lrs = step_lrs(optimizer, t)  # what this step uses (the scheduler moves on after it)
         loss_sum, extra = 0.0, {}
         if total > 0:
             for b in micro:
@@ -320,15 +445,21 @@ def train(recipe: Recipe, output_dir: str | Path, *, resume: bool = False, stric
             scaler.update()
         elif total > 0:
             optimizer.step()
-        scheduler.step()
+        if total > 0:
+            scheduler.step()
+        else:  # every row of this batch was skipped: the schedule still counts the step
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step\\(\\)` before")
+                scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
         loss_total = dist.all_sum([loss_sum])[0] / max(total, 1)
         dt = time.perf_counter() - t0
         extra = {k: v for k, v in zip(extra, dist.all_sum([v / dist.world for v in extra.values()]))}
-        last_metrics = {"step": step, "substep": sub.name, "loss": loss_total, "lr": scheduler.get_last_lr()[0],
+        last_metrics = {"step": step, "substep": sub.name, "loss": loss_total, **lrs,
                         "grad_norm": gnorm, "samples_per_s": global_batch / dt, "tokens_per_s": n_tok / dt,
                         "skipped": collator.num_skipped, **extra}
+        first_metrics = first_metrics or last_metrics
         if is_main and (step % max(1, t.log_every) == 0 or step == recipe.max_steps):
             log.write(last_metrics)
         if bar is not None:
@@ -339,7 +470,8 @@ def train(recipe: Recipe, output_dir: str | Path, *, resume: bool = False, stric
             weights, opt_state = _training_state(model, optimizer, saved_names, sharded)
             save_checkpoint(ckpt_root, step, weights=weights, optimizer_state=opt_state, scheduler=scheduler,
                             state={"step": step, "substep": sub_idx, "sampler": sampler.state_dict(),
-                                   "skipped": collator.skipped, "recipe": recipe.name},
+                                   "skipped": collator.skipped, "recipe": recipe.name,
+                                   "identity": plan.identity},
                             rank=dist.rank, world=dist.world, barrier=dist.barrier, keep_last=recipe.keep_last)
         if t.eval_every and recipe.data.get("eval") and step % t.eval_every == 0:
             ev = evaluate_loss(model, recipe, processor, stage, ctx, dist)
@@ -362,15 +494,16 @@ def train(recipe: Recipe, output_dir: str | Path, *, resume: bool = False, stric
     if is_main:
         model.eval()
         model.freeze_base()
-        model.save_pretrained(out / "final")
-        processor.save_pretrained(out / "final")
-        (out / "summary.json").write_text(json.dumps(summary, indent=1))
-        if collator.skipped:
-            print(f"[molora] skipped {len(collator.skipped)} bad sample(s) (listed in {out / 'summary.json'}):")
-            for s in collator.skipped[:20]:
-                print(f"  {s['source']}: {s['item']}: {s['reason']}")
+        save_final(model, processor, out)
+        write_json_atomic(out / "summary.json", summary)
+        write_json_atomic(out / RUN_FILE, {**json.loads((out / RUN_FILE).read_text()), "status": "finished",
+                                           "steps": step})
+        print_run_summary(out, summary, first_metrics, collator.skipped)
     log.close()
     dist.barrier()
+    if rows_trained == 0 and start_step < recipe.max_steps:
+        raise RunError(f"nothing was trained: every sample was skipped ({collator.num_skipped} listed in "
+                       f"{out / 'summary.json'})", str(recipe.data["train"]))
     return summary
 
 
@@ -437,11 +570,9 @@ def evaluate_loss(model, recipe, processor, stage, ctx, dist) -> dict:
 
 
 def run(recipe_name: str, overrides: list[str], output_dir: str, resume: bool = False, strict: bool | None = None,
-        cpu: bool = False) -> dict:
+        cpu: bool = False, overwrite: bool = False, resume_anyway: bool = False) -> dict:
     from .recipe import load_recipe
 
-    try:
-        recipe = load_recipe(recipe_name, overrides)
-    except MoLoRAError:
-        raise
-    return train(recipe, output_dir, resume=resume, strict=strict, cpu=cpu)
+    recipe = load_recipe(recipe_name, overrides)  # every key checked and typed before anything loads
+    return train(recipe, output_dir, resume=resume, strict=strict, cpu=cpu, overwrite=overwrite,
+                 resume_anyway=resume_anyway)

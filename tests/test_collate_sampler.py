@@ -146,7 +146,7 @@ def test_spec_augment_touches_only_valid_frames_and_is_seeded(proc):
     nxt = col(samples)["audio_input_features"]
     torch.set_rng_state(state)
     assert torch.equal(col(samples)["audio_input_features"], nxt)
-    with pytest.raises(MoLoRAError, match="unknown SpecAugment"):
+    with pytest.raises(MoLoRAError, match="spec_augment.freq_mask: unknown key"):
         Collator(proc, spec_augment={"freq_mask": 3})
 
 

@@ -1,0 +1,201 @@
+"""What a training run's output folder holds, and whether this command may use it.
+
+``DIR/run.json`` records what produced the run (the recipe without its bookkeeping keys, a
+fingerprint of the training data and of the starting model) and whether it finished; every
+checkpoint carries the same identity. Before anything loads, ``plan_run`` decides:
+
+* a folder with no run in it: a fresh run;
+* a run and no ``--resume``: refused, unless ``--overwrite`` (which removes the old run's
+  checkpoints, final model, metrics and summaries, and nothing else);
+* ``--resume``: the recipe, data and model are compared with the newest checkpoint's (or
+  ``run.json``'s when no checkpoint was written); any difference is refused with the keys that
+  changed, unless ``--resume-anyway``;
+* ``--resume`` on a finished run: nothing to train (the command says so and returns).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from molora.errors import RunError
+
+from .checkpointing import list_checkpoints
+
+__all__ = ["RUN_FILE", "RunPlan", "run_identity", "plan_run", "write_json_atomic", "describe_changes"]
+
+RUN_FILE = "run.json"
+# what a run writes into its folder (--overwrite removes exactly these)
+RUN_OUTPUTS = ("checkpoints", "final", "metrics.jsonl", "tensorboard", "summary.json", "recipe.json", RUN_FILE)
+# recipe keys that change how a run is recorded, not what it computes: free to change on --resume
+BOOKKEEPING = {"source", "save_every", "keep_last", "strict", "training.log_every", "training.eval_every",
+               "training.eval_generate", "data.eval"}
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON to ``path`` through a temporary file and a rename: a crash leaves the old file or the new."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    os.replace(tmp, path)
+
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v and key not in ("data.train",):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def _model_files_digest(p: Path) -> str | None:
+    """A model folder or file: its config files' bytes and its weight files' names and sizes."""
+    if p.is_file():
+        return f"{p.name}:{p.stat().st_size}"
+    if not p.is_dir():
+        return None
+    h = hashlib.sha256()
+    for f in sorted(p.rglob("*")):
+        if f.is_file() and f.suffix == ".json":
+            h.update(f.relative_to(p).as_posix().encode() + f.read_bytes())
+        elif f.is_file() and f.suffix == ".safetensors":
+            h.update(f"{f.relative_to(p).as_posix()}:{f.stat().st_size}".encode())
+    return h.hexdigest()[:16]
+
+
+def data_fingerprint(spec: Any) -> str:
+    """sha256 of a manifest's bytes, or of a datasets spec (its hub id / folder and options)."""
+    if isinstance(spec, (str, os.PathLike)) and Path(spec).expanduser().is_file():
+        return "manifest:" + _file_digest(Path(spec).expanduser())
+    return "spec:" + hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def model_fingerprint(spec: dict) -> dict[str, str | None]:
+    """For each local path the model section names (path, backbone, vision): a digest of its files."""
+    out = {}
+    for key in ("path", "backbone", "vision"):
+        value = spec.get(key)
+        if value:
+            p = Path(str(value)).expanduser()
+            if not p.exists():
+                from molora.checkpoint import preset_weights
+
+                shipped = preset_weights(str(value)) if "/" not in str(value) else None
+                p = shipped if shipped is not None else p
+            out[key] = _model_files_digest(p) if p.exists() else str(value)
+    return out
+
+
+def run_identity(recipe) -> dict:
+    """What produced a run: the recipe (minus BOOKKEEPING keys), the data and model fingerprints."""
+    flat = {k: v for k, v in _flatten(recipe.to_dict()).items() if k not in BOOKKEEPING}
+    return {"recipe": json.loads(json.dumps(flat, default=str)), "data": data_fingerprint(recipe.data.get("train")),
+            "model": model_fingerprint(recipe.model)}
+
+
+def describe_changes(old: dict, new: dict) -> list[str]:
+    """Human lines for what differs between two identities ("training.lr: 0.01 -> 0.0002")."""
+    lines = []
+    a, b = old.get("recipe", {}), new.get("recipe", {})
+    for k in sorted(set(a) | set(b)):
+        if a.get(k) != b.get(k):
+            lines.append(f"{k}: {a.get(k, '(unset)')!r} -> {b.get(k, '(unset)')!r}")
+    if old.get("data") != new.get("data"):
+        lines.append(f"training data: fingerprint {old.get('data')} -> {new.get('data')} (the rows changed)")
+    if old.get("model") != new.get("model"):
+        lines.append(f"starting model: files {old.get('model')} -> {new.get('model')}")
+    return lines
+
+
+@dataclass
+class RunPlan:
+    """``mode``: "fresh" | "resume" | "finished"; ``identity``: this command's (run_identity);
+    ``checkpoint``: the step folder to resume from; ``changes``: how this command differs from it;
+    ``previous``: the folder's run.json."""
+
+    mode: str
+    identity: dict
+    checkpoint: Path | None = None
+    changes: list[str] = field(default_factory=list)
+    previous: dict = field(default_factory=dict)
+
+
+def _read_run(out: Path) -> dict:
+    f = out / RUN_FILE
+    if not f.is_file():
+        return {}
+    try:
+        return json.loads(f.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _existing(out: Path) -> list[str]:
+    return [name for name in RUN_OUTPUTS if (out / name).exists()]
+
+
+def check_output_dir(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise RunError("--output-dir is a file, not a directory; choose a folder (it is created if missing)",
+                       str(out))
+    for parent in out.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise RunError(f"{parent} is a file, so the output folder cannot be created under it", str(out))
+            break
+
+
+def plan_run(out: Path, identity: dict, *, resume: bool, overwrite: bool, resume_anyway: bool) -> RunPlan:
+    """Decide what this command does with ``out`` (see the module docstring); no side effects."""
+    check_output_dir(out)
+    if resume and overwrite:
+        raise RunError("--resume continues the run in this folder and --overwrite replaces it: choose one", str(out))
+    existing = _existing(out) if out.is_dir() else []
+    previous = _read_run(out)
+    if not resume:
+        if existing and not overwrite:
+            found = list_checkpoints(out / "checkpoints")
+            what = (f"a finished run, {previous.get('steps')} steps" if previous.get("status") == "finished" else
+                    f"checkpoints up to step {found[-1][0]}" if found else ", ".join(existing))
+            raise RunError(f"already holds a training run ({what}); pass --resume to continue it, --overwrite to "
+                           "replace it, or choose another --output-dir", str(out))
+        return RunPlan("fresh", identity, previous=previous)
+    found = list_checkpoints(out / "checkpoints")
+    checkpoint = found[-1][1] if found else None
+    recorded = previous.get("identity")
+    if checkpoint is not None:
+        state = json.loads((checkpoint / "trainer_state.json").read_text())
+        recorded = state.get("identity", recorded)
+    changes = describe_changes(recorded, identity) if recorded else []
+    if previous.get("status") == "finished" and (out / "final").is_dir():
+        return RunPlan("finished", identity, checkpoint, changes, previous)
+    if changes and not resume_anyway:
+        where = checkpoint.name if checkpoint is not None else RUN_FILE
+        raise RunError(f"--resume: this command differs from the run it would continue ({where}): "
+                       + "; ".join(changes) + ". Pass --resume-anyway to continue with the new settings, or "
+                       "--overwrite (or another --output-dir) to start a new run", str(out))
+    return RunPlan("resume", identity, checkpoint, changes, previous)
+
+
+def clear_run(out: Path) -> None:
+    """Remove what a previous run wrote (RUN_OUTPUTS) and nothing else."""
+    for name in RUN_OUTPUTS:
+        p = out / name
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        elif p.exists() or p.is_symlink():
+            p.unlink()

@@ -1,0 +1,131 @@
+"""Typed recipe values: every key coerced to its field's type, or a ConfigError naming the key.
+
+``key=value`` overrides and YAML files both go through YAML, which reads ``2e-4`` (an exponent
+without a dot) as the *string* "2e-4" and ``1e3`` as a string too. ``coerce(value, type, key)``
+turns such strings into the number the field wants and refuses what cannot be one, naming the
+dotted key and the expected type before anything is loaded. ``check_keys`` refuses unknown keys
+with the known ones listed (and the closest one suggested).
+"""
+from __future__ import annotations
+
+import difflib
+import math
+import types
+import typing
+from typing import Any
+
+from molora.errors import ConfigError
+
+__all__ = ["coerce", "check_keys", "describe"]
+
+_TRUE = {"true", "yes", "on", "1"}
+_FALSE = {"false", "no", "off", "0"}
+
+
+def describe(tp: Any) -> str:
+    """What a user should type for ``tp`` ("a number", "an integer", "true or false", ...)."""
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    if _is_union(tp):
+        return " or ".join(describe(a) for a in args) + (" (or null)" if type(None) in typing.get_args(tp) else "")
+    origin = typing.get_origin(tp) or tp
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string",
+            dict: "a mapping {key: value}", list: "a list"}.get(origin, getattr(origin, "__name__", str(origin)))
+
+
+def _is_union(tp: Any) -> bool:
+    return typing.get_origin(tp) in (typing.Union, types.UnionType)
+
+
+def _fail(value: Any, tp: Any, key: str) -> None:
+    raise ConfigError(f"expected {describe(tp)}, got {value!r} ({type(value).__name__})", key)
+
+
+def coerce(value: Any, tp: Any, key: str) -> Any:
+    """``value`` as type ``tp`` (bool, int, float, str, dict[...], list[...], unions with None)."""
+    if tp is Any:
+        return value
+    if _is_union(tp):
+        arms = typing.get_args(tp)
+        if value is None and type(None) in arms:
+            return None
+        for arm in arms:  # the first arm that takes the value as it is, then the first that converts it
+            if arm is not type(None) and isinstance(value, typing.get_origin(arm) or arm) \
+                    and not (arm in (int, float) and isinstance(value, bool)):
+                return coerce(value, arm, key)
+        for arm in arms:
+            if arm is type(None):
+                continue
+            try:
+                return coerce(value, arm, key)
+            except ConfigError:
+                continue
+        _fail(value, tp, key)
+    origin = typing.get_origin(tp) or tp
+    if origin is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, int) and value in (0, 1):
+            return bool(value)
+        if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+            return value.strip().lower() in _TRUE
+        _fail(value, tp, key)
+    if origin is int:
+        if isinstance(value, bool):
+            _fail(value, tp, key)
+        if isinstance(value, int):
+            return value
+        number = _number(value)
+        if number is not None and number.is_integer():
+            return int(number)
+        _fail(value, tp, key)
+    if origin is float:
+        if isinstance(value, bool):
+            _fail(value, tp, key)
+        number = _number(value)
+        if number is None:
+            _fail(value, tp, key)
+        if not math.isfinite(number):
+            raise ConfigError(f"expected a finite number, got {value!r}", key)
+        return number
+    if origin is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)  # a file called 2024, a name like 7
+        _fail(value, tp, key)
+    if origin is dict:
+        if not isinstance(value, dict):
+            _fail(value, tp, key)
+        args = typing.get_args(tp)
+        return {k: coerce(v, args[1], f"{key}.{k}") for k, v in value.items()} if args else dict(value)
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            _fail(value, tp, key)
+        args = typing.get_args(tp)
+        return [coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)] if args else list(value)
+    if isinstance(value, origin):
+        return value
+    _fail(value, tp, key)
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value.strip())
+        except ValueError:
+            return None
+    return None
+
+
+def check_keys(given, known, section: str) -> None:
+    """Refuse a key of ``given`` that is not in ``known`` (``section`` is its dotted parent, or '')."""
+    unknown = [k for k in given if k not in known]
+    if not unknown:
+        return
+    k = unknown[0]
+    close = difflib.get_close_matches(str(k), [str(x) for x in known], n=1)
+    hint = f" (did you mean {section + '.' if section else ''}{close[0]}?)" if close else ""
+    raise ConfigError(f"unknown key{hint}; the known keys{' of ' + section if section else ''} are "
+                      f"{', '.join(sorted(known))}", f"{section}.{k}" if section else str(k))

@@ -1,0 +1,102 @@
+"""Recipe values are typed before anything loads: `key=value` overrides and YAML files coerced to
+each field's type (YAML reads `2e-4` as a string), unknown keys refused with the known ones
+listed, out-of-range values and duplicate YAML keys refused with the key (and file:line)."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from datafactory import corpus
+from molora.errors import ConfigError, MoLoRAError
+from molora.stages.recipe import load_recipe
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_readme_override_reaches_the_optimiser_as_a_float(tmp_path):
+    """README: `training.lr=2e-4`; YAML 1.1 reads an exponent without a dot as a string."""
+    import yaml
+
+    assert yaml.safe_load("2e-4") == "2e-4"  # why coercion is needed
+    r = load_recipe("tiny-sft", ["training.lr=2e-4", "max_steps=1e2", "seed=3", "save_every=0",
+                                 "training.lr_groups={encoder: 5e-4}", "strict=yes", "data.max_tokens=4096"])
+    assert r.training.lr == 2e-4 and type(r.training.lr) is float
+    assert r.max_steps == 100 and type(r.max_steps) is int
+    assert r.training.lr_groups == {"encoder": 5e-4} and type(r.training.lr_groups["encoder"]) is float
+    assert r.strict is True and r.data["max_tokens"] == 4096
+    # and the run itself trains with it (today: TypeError from torch after the model loaded)
+    data = corpus(tmp_path / "data", "asr")
+    from molora.stages.trainer import train
+
+    rec = load_recipe("tiny-speech", [f"data.train={data}", "max_steps=1", "training.lr=2e-4",
+                                      "training.micro_batch_size=2"])
+    summary = train(rec, tmp_path / "out", progress=False)
+    assert summary["final"]["lr"] == pytest.approx(2e-4)
+
+
+def test_yaml_file_values_are_coerced_too(tmp_path):
+    f = tmp_path / "r.yaml"
+    f.write_text("stage: sft\ntraining:\n  lr: 3e-4\n  warmup_steps: 2.0\nmax_steps: '7'\n")
+    r = load_recipe(str(f))
+    assert (r.training.lr, r.training.warmup_steps, r.max_steps) == (3e-4, 2, 7)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("training.lr=fast", r"training\.lr: expected a number, got 'fast'"),
+    ("max_steps=2.5", r"max_steps: expected an integer, got 2\.5"),
+    ("strict=maybe", r"strict: expected true or false, got 'maybe'"),
+    ("training.lr=.inf", r"training\.lr: expected a finite number"),
+    ("training.lrr=1e-3", r"training\.lrr: unknown key \(did you mean training\.lr\?\); the known keys of training "
+                          r"are .*lr_groups"),
+    ("data.trian=x.jsonl", r"data\.trian: unknown key \(did you mean data\.train\?\)"),
+    ("maxsteps=3", r"maxsteps: unknown key \(did you mean max_steps\?\)"),
+    ("dpo.betta=0.2", r"dpo\.betta: unknown key"),
+    ("training.lr_groups={encodr: 1e-3}", r"training\.lr_groups\.encodr: must be a group among encoder"),
+    ("training.schedule=cos", r"training\.schedule: must be one of cosine, linear, constant"),
+    ("training.precision=fp8", r"training\.precision: must be one of auto, fp32, bf16, fp16"),
+    ("training.lr=-1e-3", r"training\.lr: must be > 0"),
+    ("training.micro_batch_size=0", r"training\.micro_batch_size: must be >= 1"),
+    ("dpo.beta=0", r"dpo\.beta: must be > 0"),
+    ("data.max_tokens=0", r"data\.max_tokens: must be >= 1"),
+    ("model.preset=huge", r"model\.preset: must be one of"),
+    ("training.spec_augment={freq: 2}", r"training\.spec_augment\.freq: unknown key"),
+    ("substeps=[{name: a, train: [vision_lorra]}]", r"substeps\[0\]\.train: must be components among"),
+    ("substeps=[{name: a, train: [llm]}]", r"substeps\[0\]\.train: the language model stays frozen"),
+    ("training.lr={a: 1", r"training\.lr: invalid YAML"),
+])
+def test_bad_values_name_the_key_and_expected_type(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_recipe("tiny-sft", [override])
+
+
+def test_an_override_given_twice_or_into_a_value_is_refused():
+    with pytest.raises(ConfigError, match="seed: given twice"):
+        load_recipe("tiny-sft", ["seed=1", "seed=2"])
+    with pytest.raises(ConfigError, match="training is 3, not a section"):
+        load_recipe("tiny-sft", {"training": 3, "training.lr": 1.0})
+
+
+def test_duplicate_yaml_keys_are_refused_with_file_and_line(tmp_path):
+    f = tmp_path / "dup.yaml"
+    f.write_text("stage: sft\nmax_steps: 5\ntraining:\n  lr: 1e-3\n  lr: 2e-3\n")
+    with pytest.raises(ConfigError, match=rf"{f}:5: invalid YAML \(duplicate key 'lr' \(first given on line 4\)\)"):
+        load_recipe(str(f))
+
+
+def test_cli_refuses_a_bad_key_before_loading_anything(tmp_path):
+    """One line on stderr, exit code 2, no traceback, and nothing written."""
+    out = tmp_path / "out"
+    r = subprocess.run([sys.executable, "-m", "molora.cli", "train", "--recipe", "tiny-sft", "training.lr=fast",
+                        "data.train=nowhere.jsonl", "--output-dir", str(out)], cwd=ROOT, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 2
+    assert r.stderr.strip() == "molora train: error: training.lr: expected a number, got 'fast' (str)"
+    assert not out.exists()
+
+
+def test_config_errors_are_molora_errors():
+    with pytest.raises(MoLoRAError):
+        load_recipe("tiny-sft", ["training.grad_accum=x"])
