@@ -63,7 +63,7 @@ def _next_step(args, argv: list[str]) -> str:
     if args.command == "quickstart":
         return "rerun it to start again (the synthetic corpora built so far are cached)"
     if args.command == "convert":
-        return "the destination is written through a temporary folder: rerun the same command"
+        return f"the destination may hold a partial copy: {_rerun(argv, '--force')}"
     return ""
 
 

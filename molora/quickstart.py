@@ -40,14 +40,19 @@ PLAN = {
     "joint": {"steps": 80, "batch": 16, "lr": 5e-4, "lr_groups": {"encoder": 1e-4},
               "substeps": [{"name": "vision_speech", "train": ["vision_lora", "vision_projector",
                                                               "vision_speech_projector"], "fraction": 1.0}]},
-    "sft": {"steps": 120, "batch": 16, "lr": 2e-4, "lr_groups": {},
+    # mixed batches (no length grouping): the four kinds' losses differ by 100x, so a length-grouped
+    # stage's loss curve shows which kind each batch held, not whether the stage learns
+    "sft": {"steps": 120, "batch": 16, "lr": 2e-4, "lr_groups": {}, "group_by_length": False,
             "substeps": [{"name": "sft", "train": ["vision_lora", "speech_lora", "vision_projector",
                                                   "speech_projector", "vision_speech_projector"], "fraction": 1.0}]},
-    "dpo": {"steps": 30, "batch": 8, "lr": 1e-4, "lr_groups": {},
+    # DPO on the SFT model's own wrong answers (molora/synthetic/mistake_pairs.py)
+    "dpo": {"steps": 40, "batch": 8, "lr": 5e-4, "lr_groups": {}, "beta": 0.1,
             "substeps": [{"name": "dpo", "train": ["vision_lora", "speech_lora", "vision_projector",
                                                   "speech_projector", "vision_speech_projector"], "fraction": 1.0}]},
 }
 EVAL_ROWS = {"full": 100, "fast": 6}  # held-out rows per metric
+MISTAKE_ROWS = {"full": 200, "fast": 6}  # training questions per corpus (documents, charts) the SFT model answers
+CORPORA = ("speech", "documents", "charts", "joint")
 FAST_STEPS = {"vision": 4, "speech": 4, "joint": 2, "sft": 2, "dpo": 2}
 
 
@@ -100,11 +105,12 @@ def eval_samples(corpora: dict, n: int) -> list:
             + read_manifest(corpora["charts"]["test"])[:n])
 
 
-def evaluate(model, processor, samples) -> dict:
+def evaluate(model, processor, samples) -> tuple[dict, list[str]]:
+    """(the three metrics, the greedy predictions) on ``samples``."""
     from molora.stages.evaluation import generation_metrics
 
     m = generation_metrics(model, processor, samples, batch_size=16, max_new_tokens=24)
-    return {k: round(float(m[k]), 4) for k in METRICS if k in m}
+    return {k: round(float(m[k]), 4) for k in METRICS if k in m}, m["predictions"]
 
 
 def image_reliance(model, processor, samples) -> dict:
@@ -117,13 +123,27 @@ def image_reliance(model, processor, samples) -> dict:
             for name in ("documents", "charts")}
 
 
-def held_out_preferences(policy, reference, processor, corpora: dict, recipe) -> dict:
-    """DPO's reward margin and accuracy on the preference corpus's held-out test pairs."""
-    from molora.stages.evaluation import preference_metrics
+def mistake_manifest(model, processor, corpora: dict, path: Path, n: int) -> tuple[str, int, int]:
+    """The DPO stage's pairs: ``model`` answers the first ``n`` document and ``n`` chart training
+    questions; each wrong answer becomes a pair (chosen = the reference). Returns (manifest, pairs, asked)."""
     from molora.stages.manifest import read_manifest
+    from molora.synthetic.mistake_pairs import mistake_pairs, write_pairs
 
-    pairs = read_manifest(corpora["preferences"]["test"])
-    m = preference_metrics(policy, reference, processor, pairs, beta=recipe.dpo["beta"])
+    docs, charts = (read_manifest(corpora[k]["train"])[:n] for k in ("documents", "charts"))
+    asked = [row for pair in zip(docs, charts) for row in pair]
+    _, predictions = evaluate(model, processor, asked)
+    pairs = mistake_pairs(asked, predictions)
+    return str(write_pairs(path, pairs)), len(pairs), len(asked)
+
+
+def held_out_preferences(policy, reference, processor, samples, reference_predictions, beta: float) -> dict:
+    """DPO's reward on held-out pairs made the same way: the reference's (the SFT model's) wrong
+    answers to the held-out questions, against the right ones."""
+    from molora.stages.evaluation import preference_metrics
+    from molora.synthetic.mistake_pairs import mistake_pairs
+
+    pairs = mistake_pairs(samples, reference_predictions)
+    m = preference_metrics(policy, reference, processor, pairs, beta=beta)
     return {k: round(v, 4) if isinstance(v, float) else v for k, v in m.items()}
 
 
@@ -137,8 +157,8 @@ def stage_recipe(stage: str, model_path: str, train: str, seed: int, fast: bool)
            "substeps": p["substeps"],
            "training": {"micro_batch_size": 4 if fast else p["batch"], "lr": p["lr"], "lr_groups": p["lr_groups"],
                         "warmup_steps": 0 if fast else 5, "schedule": "cosine", "min_lr_ratio": 0.05,
-                        "max_grad_norm": 1.0, "group_by_length": True},
-           "dpo": {"beta": 0.1}}
+                        "max_grad_norm": 1.0, "group_by_length": p.get("group_by_length", True)},
+           "dpo": {"beta": p.get("beta", 0.1)}}
     return build_recipe(raw, source=f"quickstart:{stage}")
 
 
@@ -147,13 +167,24 @@ def _losses(run_dir: Path) -> list[float]:
     return [round(float(r["loss"]), 5) for r in rows if "loss" in r]
 
 
-def chat_turns(model, processor, corpora: dict) -> list[dict]:
+def window_means(losses: list[float]) -> tuple[float, float]:
+    """Mean training loss over the first and the last tenth of a stage's steps (one step's loss
+    depends on what its batch held)."""
+    k = max(1, len(losses) // 10)
+    return round(sum(losses[:k]) / k, 5), round(sum(losses[-k:]) / k, 5)
+
+
+def chat_turns(model, processor, samples, predictions) -> list[dict]:
+    """Two turns with the final model: the first held-out chart question it answers right (the
+    first chart question when it answers none; the report says which) and the first held-out clip."""
     from molora import Chat
-    from molora.stages.manifest import read_manifest
+    from molora.synthetic.mistake_pairs import is_right
 
     chat = Chat(model, processor)
-    chart = next(s for s in read_manifest(corpora["charts"]["test"]))
-    clip = read_manifest(corpora["speech"]["test"])[0]
+    charts = [(s, p) for s, p in zip(samples, predictions) if s.kind == "vqa" and "chart" in s.source]
+    right = [s for s, p in charts if is_right(s, p)]
+    chart = right[0] if right else charts[0][0]
+    clip = next(s for s in samples if s.kind == "asr")
     turns = []
     for s in (chart, clip):
         msgs = s.messages[:-1]
@@ -161,7 +192,10 @@ def chat_turns(model, processor, corpora: dict) -> list[dict]:
         media = next(p.get("image") or p.get("audio") for p in msgs[-1]["content"] if p.get("type") in ("image", "audio"))
         text = " ".join(p["text"] for p in msgs[-1]["content"] if p.get("type") == "text")
         turns.append({"media": str(media), "user": text, "assistant": reply.strip(),
-                      "reference": s.messages[-1]["content"]})
+                      "reference": s.messages[-1]["content"], "correct": is_right(s, reply)})
+    turns[0]["note"] = (f"the first held-out chart question the final model answers right; {len(right)} of "
+                        f"{len(charts)} are" if right else "the first held-out chart question; the final model "
+                                                           "answers none of them right")
     return turns
 
 
@@ -293,14 +327,17 @@ def write_report(out: Path, results: dict, timings: dict, turns: list[dict], fas
              "relaxed accuracy on synthetic charts. Targets: WER <= 15%, ANLS >= 0.7, relaxed accuracy >= 0.6.", "",
              *report_table(results), "",
              *reliance_lines(results), "",
-             "| stage | steps | first loss | last loss | seconds |", "|---|---|---|---|---|"]
+             "Training loss: mean over the first and the last tenth of each stage's steps (DPO: its preference loss).",
+             "", "| stage | steps | loss, first tenth | loss, last tenth | seconds |", "|---|---|---|---|---|"]
     for name, st in results["stages"].items():
         lines.append(f"| {name} | {st['steps']} | {st['loss_first']:.4f} | {st['loss_last']:.4f} | "
                      f"{timings.get(name, 0):.0f} |")
     lines += ["", *preference_lines(results), "", "## Chat", ""]
     for t in turns:
         one = {k: " ".join(str(v).split()) for k, v in t.items()}
-        lines += [f"- **user** ({Path(one['media']).name}): {one['user']}", f"  - **assistant**: `{one['assistant']}`",
+        note = f"; {one['note']}" if "note" in one else ""
+        lines += [f"- **user** ({Path(one['media']).name}{note}): {one['user']}",
+                  f"  - **assistant**: `{one['assistant']}` ({'right' if t['correct'] else 'wrong'})",
                   f"  - reference: {one['reference']}"]
     lines += ["", *own_run_lines(data), "", "## Plots", ""] + [f"![{p[:-4]}]({p})" for p in plots] + [""]
     (out / "report.md").write_text("\n".join(lines))
@@ -313,23 +350,22 @@ def run(output_dir: str | os.PathLike = "runs/quickstart", *, fast: bool = False
     from molora import MoLoRAModel, MoLoRAProcessor
     from molora.checkpoint import preset_weights
     from molora.stages.trainer import seed_everything, train
-    from molora.synthetic.build import build_corpora
-
     from molora.stages.run_state import check_output_dir
+    from molora.synthetic.build import build_corpora
 
     t0 = time.perf_counter()
     out = Path(output_dir)
     check_output_dir(out)
     out.mkdir(parents=True, exist_ok=True)
-    _log(f"corpora ({'tiny' if fast else 'default'} sizes; cached after the first run)")
-    corpora = build_corpora(corpora_root, seed=seed, sizes="tiny" if fast else "default", log=_log)
+    size = "tiny" if fast else "default"
+    _log(f"corpora ({size} sizes; cached after the first run)")
+    corpora = build_corpora(corpora_root, seed=seed, sizes=size, names=CORPORA, log=_log)
     if preset_weights("tiny") is None:
         _log("warning: no shipped pretrained tiny weights (molora/weights/tiny); starting from random parts")
-    n_eval = EVAL_ROWS["fast" if fast else "full"]
-    samples = eval_samples(corpora, n_eval)
+    samples = eval_samples(corpora, EVAL_ROWS["fast" if fast else "full"])
     c = corpora
-    root = Path(c["speech"]["train"]).parent.parent  # every corpus folder is under it
-    tag = f"quickstart-{seed}-{'tiny' if fast else 'default'}"
+    root = Path(c["speech"]["train"]).parent.parent.resolve()  # every corpus folder is under it
+    tag = f"quickstart-{seed}-{size}"
     data = {
         "vision": _mix(root, f"{tag}-vision", [c["documents"]["train"], c["charts"]["train"]]),
         "speech": _mix(root, f"{tag}-speech", [c["speech"]["train"]]),
@@ -338,45 +374,55 @@ def run(output_dir: str | os.PathLike = "runs/quickstart", *, fast: bool = False
                       limit_each=None if fast else 400),
         "sft": _mix(root, f"{tag}-sft", [c["speech"]["train"], c["documents"]["train"], c["charts"]["train"],
                                          c["joint"]["train"]], limit_each=None if fast else 600),
-        "dpo": _mix(root, f"{tag}-dpo", [c["preferences"]["train"]]),
     }
 
     seed_everything(seed)
     model, processor = MoLoRAModel.from_pretrained("tiny"), MoLoRAProcessor.from_pretrained("tiny")
     _log(f"evaluating the untrained model on {len(samples)} held-out rows")
-    before = evaluate(model, processor, samples)
+    before, predictions = evaluate(model, processor, samples)
     _log(f"before: {before}")
-    del model
 
-    stages, timings, current, model = {}, {}, "tiny", None
+    stages, timings, current = {}, {}, "tiny"
     for stage in STAGE_ORDER:
+        ts = time.perf_counter()
+        if stage == "dpo":  # pairs from the SFT model's own wrong answers to training questions
+            data["dpo"], n_pairs, n_asked = mistake_manifest(model, processor, corpora, root / f"{tag}-dpo.jsonl",
+                                                             MISTAKE_ROWS["fast" if fast else "full"])
+            _log(f"dpo pairs: {n_pairs} wrong answers of the SFT model to {n_asked} training questions")
+            if not n_pairs:
+                _log("no wrong answer to learn from: DPO skipped")
+                continue
         run_dir = out / stage
         if run_dir.exists():
             shutil.rmtree(run_dir)
         recipe = stage_recipe(stage, current, data[stage], seed, fast)
         _log(f"stage {stage}: {recipe.max_steps} steps")
-        ts = time.perf_counter()
         summary = train(recipe, run_dir, progress=progress)
-        current, previous = str(run_dir / "final"), model
+        current, previous, previous_predictions = str(run_dir / "final"), model, predictions
         seed_everything(seed)
         model, processor = MoLoRAModel.from_pretrained(current), MoLoRAProcessor.from_pretrained(current)
-        metrics = evaluate(model, processor, samples)
+        metrics, predictions = evaluate(model, processor, samples)
         losses = _losses(run_dir)
-        stages[stage] = {"steps": int(summary["steps"]), "loss_first": losses[0], "loss_last": losses[-1],
+        first, last = window_means(losses)
+        stages[stage] = {"steps": int(summary["steps"]), "loss_first": first, "loss_last": last,
                          "losses": losses, "metrics": metrics}
-        if stage == "dpo":  # the reward on held-out pairs, against the model the stage started from
-            stages[stage]["preference"] = held_out_preferences(model, previous, processor, corpora, recipe)
+        if stage == "dpo":
+            stages[stage]["pairs"] = n_pairs
+            stages[stage]["preference"] = held_out_preferences(model, previous, processor, samples,
+                                                               previous_predictions, recipe.dpo["beta"])
             _log(f"dpo on held-out pairs: {stages[stage]['preference']}")
+        del previous
         timings[stage] = time.perf_counter() - ts
         _log(f"after {stage}: {metrics}  ({timings[stage]:.0f} s)")
 
-    turns = chat_turns(model, processor, corpora)
+    turns = chat_turns(model, processor, samples, predictions)
     for t in turns:
         _log(f"chat  user: [{Path(t['media']).name}] {t['user']}")
-        _log(f"chat  assistant: {t['assistant']}   (reference: {t['reference']})")
+        _log(f"chat  assistant: {t['assistant']}   (reference: {t['reference']}; "
+             f"{'right' if t['correct'] else 'wrong'})")
     reliance = image_reliance(model, processor, samples)
     _log(f"image reliance (answer loss, own image vs another row's): {reliance}")
-    results = {"before": before, "final": stages[STAGE_ORDER[-1]]["metrics"], "stages": stages,
+    results = {"before": before, "final": metrics, "stages": stages,
                "image_reliance": reliance, "wall_seconds": round(time.perf_counter() - t0, 1)}
     (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
     write_report(out, results, timings, turns, fast, seed, data)

@@ -60,3 +60,28 @@ def lr_lambda(training, total_steps: int):
 
 def build_scheduler(optimizer, training, total_steps: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(training, total_steps))
+
+
+def step_lrs(optimizer, training) -> dict[str, float]:
+    """The learning rates the coming optimiser step uses: ``lr`` (the recipe's lr under the schedule)
+    and ``lr_<group>`` for each group with its own rate (``training.lr_groups``)."""
+    plain = [g for g in optimizer.param_groups if g["name"] not in training.lr_groups]
+    if plain:
+        out = {"lr": plain[0]["lr"]}
+    else:
+        g0 = optimizer.param_groups[0]
+        out = {"lr": training.lr * g0["lr"] / g0["initial_lr"]}
+    if training.lr_groups:
+        out.update({f"lr_{g['name']}": g["lr"] for g in optimizer.param_groups})
+    return out
+
+
+def rebase_groups(optimizer, scheduler, training) -> None:
+    """After loading a checkpoint's optimiser and scheduler: each group's base lr and weight decay from
+    ``training`` (the saved state brings the old ones) and its lr at the schedule's position. An
+    unchanged recipe gives back exactly the saved values."""
+    bases = [float(training.lr_groups.get(g["name"], training.lr)) for g in optimizer.param_groups]
+    scheduler.base_lrs = bases
+    for g, base, fn in zip(optimizer.param_groups, bases, scheduler.lr_lambdas):
+        g["initial_lr"], g["weight_decay"] = base, training.weight_decay
+        g["lr"] = base * fn(scheduler.last_epoch)

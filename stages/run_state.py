@@ -24,9 +24,10 @@ from typing import Any
 
 from molora.errors import RunError
 
-from .checkpointing import list_checkpoints
+from .checkpointing import as_disk_full, list_checkpoints
 
-__all__ = ["RUN_FILE", "RunPlan", "run_identity", "plan_run", "write_json_atomic", "describe_changes"]
+__all__ = ["RUN_FILE", "RunPlan", "run_identity", "plan_run", "check_output_dir", "start_run", "finished_run",
+           "save_final", "write_json_atomic", "describe_changes"]
 
 RUN_FILE = "run.json"
 # what a run writes into its folder (--overwrite removes exactly these)
@@ -199,3 +200,48 @@ def clear_run(out: Path) -> None:
             shutil.rmtree(p)
         elif p.exists() or p.is_symlink():
             p.unlink()
+
+
+def start_run(recipe, out: Path, dist, plan: RunPlan) -> None:
+    """Apply the plan to ``out``: a fresh run clears what an earlier run wrote (--overwrite), then
+    ``run.json`` and ``recipe.json`` record this run (a resume with --resume-anyway lists its changes)."""
+    dist.barrier()  # every process has read the folder before rank 0 changes it
+    if dist.rank == 0:
+        if plan.mode == "fresh":
+            clear_run(out)
+        out.mkdir(parents=True, exist_ok=True)
+        record = {"status": "running", "identity": plan.identity, "max_steps": recipe.max_steps}
+        if plan.mode == "resume" and plan.changes:
+            record["resumed_with_changes"] = plan.previous.get("resumed_with_changes", []) + [plan.changes]
+            print("[molora] --resume-anyway: continuing with changes: " + "; ".join(plan.changes))
+        write_json_atomic(out / RUN_FILE, record)
+        write_json_atomic(out / "recipe.json", recipe.to_dict())
+    dist.barrier()
+
+
+def finished_run(out: Path, plan: RunPlan, is_main: bool) -> dict:
+    """--resume on a finished run: say so, train nothing, return its summary."""
+    summary = json.loads((out / "summary.json").read_text()) if (out / "summary.json").is_file() else {}
+    if is_main:
+        steps = summary.get("steps", plan.previous.get("max_steps", "?"))
+        note = (" This command also changes: " + "; ".join(plan.changes) + ".") if plan.changes else ""
+        print(f"[molora] {out}: this run finished at step {steps} ({out / 'final'} is written); nothing to train.{note} "
+              f"To train further, start a new run from it: model.path={out / 'final'} --output-dir NEW_DIR")
+    return {**summary, "already_finished": True}
+
+
+def save_final(model, processor, out: Path) -> None:
+    """``out/final`` written beside its place and renamed in (a crash leaves no half-written model)."""
+    tmp = out / ".final.partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        model.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
+    except Exception as e:
+        full = as_disk_full(e, tmp)
+        shutil.rmtree(tmp, ignore_errors=True)
+        if full is not None:
+            raise full from e
+        raise
+    shutil.rmtree(out / "final", ignore_errors=True)
+    os.replace(tmp, out / "final")

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import shutil
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -25,11 +24,13 @@ import torch
 from molora.errors import ConfigError, RunError
 
 from . import stage_registry
-from .checkpointing import as_disk_full, load_checkpoint, save_checkpoint, set_rng_state
-from .freeze import apply_plan, parameter_table
-from .optim import build_optimizer, build_scheduler, effective_warmup
+from .checkpointing import load_checkpoint, save_checkpoint, set_rng_state
+from .freeze import apply_plan
+from .optim import build_optimizer, build_scheduler, rebase_groups, step_lrs
 from .recipe import Recipe
-from .run_state import RUN_FILE, RunPlan, check_output_dir, clear_run, plan_run, run_identity, write_json_atomic
+from .run_messages import print_run_summary, substep_banner
+from .run_state import (RUN_FILE, check_output_dir, finished_run, plan_run, run_identity, save_final,
+                        start_run, write_json_atomic)
 
 
 @dataclass
@@ -190,103 +191,6 @@ class MetricsLog:
             self.tb.close()
 
 
-def start_run(recipe: Recipe, out: Path, dist: Distributed, plan: RunPlan) -> None:
-    """Apply the plan to ``out``: a fresh run clears what an earlier run wrote (--overwrite), then
-    ``run.json`` and ``recipe.json`` record this run (a resume with --resume-anyway lists its changes)."""
-    dist.barrier()  # every process has read the folder before rank 0 changes it
-    if dist.rank == 0:
-        if plan.mode == "fresh":
-            clear_run(out)
-        out.mkdir(parents=True, exist_ok=True)
-        record = {"status": "running", "identity": plan.identity, "max_steps": recipe.max_steps}
-        if plan.mode == "resume" and plan.changes:
-            record["resumed_with_changes"] = plan.previous.get("resumed_with_changes", []) + [plan.changes]
-            print("[molora] --resume-anyway: continuing with changes: " + "; ".join(plan.changes))
-        write_json_atomic(out / RUN_FILE, record)
-        write_json_atomic(out / "recipe.json", recipe.to_dict())
-    dist.barrier()
-
-
-def _finished(out: Path, plan: RunPlan, is_main: bool) -> dict:
-    """--resume on a finished run: say so, train nothing, return its summary."""
-    summary = json.loads((out / "summary.json").read_text()) if (out / "summary.json").is_file() else {}
-    if is_main:
-        steps = summary.get("steps", plan.previous.get("max_steps", "?"))
-        note = (" This command also changes: " + "; ".join(plan.changes) + ".") if plan.changes else ""
-        print(f"[molora] {out}: this run finished at step {steps} ({out / 'final'} is written); nothing to train.{note} "
-              f"To train further, start a new run from it: model.path={out / 'final'} --output-dir NEW_DIR")
-    return {**summary, "already_finished": True}
-
-
-def step_lrs(optimizer, training) -> dict[str, float]:
-    """The learning rates the coming optimiser step uses: ``lr`` (the recipe's lr under the schedule)
-    and ``lr_<group>`` for each group with its own rate (``training.lr_groups``)."""
-    plain = [g for g in optimizer.param_groups if g["name"] not in training.lr_groups]
-    if plain:
-        out = {"lr": plain[0]["lr"]}
-    else:
-        g0 = optimizer.param_groups[0]
-        out = {"lr": training.lr * g0["lr"] / g0["initial_lr"]}
-    if training.lr_groups:
-        out.update({f"lr_{g['name']}": g["lr"] for g in optimizer.param_groups})
-    return out
-
-
-def rebase_groups(optimizer, scheduler, training) -> None:
-    """After loading a checkpoint's optimiser and scheduler: each group's base lr and weight decay from
-    ``training`` (the saved state brings the old ones) and its lr at the schedule's position. An
-    unchanged recipe gives back exactly the saved values."""
-    bases = [float(training.lr_groups.get(g["name"], training.lr)) for g in optimizer.param_groups]
-    scheduler.base_lrs = bases
-    for g, base, fn in zip(optimizer.param_groups, bases, scheduler.lr_lambdas):
-        g["initial_lr"], g["weight_decay"] = base, training.weight_decay
-        g["lr"] = base * fn(scheduler.last_epoch)
-
-
-def substep_banner(recipe: Recipe, sub, start: int, n: int, model) -> str:
-    t = recipe.training
-    warm = effective_warmup(t, n)
-    note = f", warmup {warm}" + (f" (training.warmup_steps={t.warmup_steps} capped at a quarter of the sub-step)"
-                                 if warm < t.warmup_steps else "")
-    return (f"\n[molora] {recipe.stage} / {sub.name}: steps {start + 1}-{start + n} of {recipe.max_steps} "
-            f"({t.schedule} lr {t.lr:g}{note}), training {sub.train}\n{parameter_table(model, sub.train)}")
-
-
-def print_run_summary(out: Path, summary: dict, first: dict, skipped: list[dict]) -> None:
-    """The end-of-run lines: steps, time, loss first -> last, DPO rewards, skips, where things are."""
-    last = summary["final"]
-    lines = [f"[molora] done: {summary['steps']} step(s) in {summary['wall_seconds']:.0f} s"]
-    if first and last:
-        lines.append(f"  loss {first['loss']:.4f} (step {first['step']}) -> {last['loss']:.4f} (step {last['step']})")
-    for k in ("reward_margin", "reward_accuracy"):
-        if k in last:
-            lines.append(f"  {k} {first.get(k, 0.0):.4f} -> {last[k]:.4f}")
-    if skipped:
-        lines.append(f"  skipped {len(skipped)} bad sample(s), listed in {out / 'summary.json'}:")
-        lines += [f"    {s['source']}: {s['item']}: {s['reason']}" for s in skipped[:20]]
-        if len(skipped) > 20:
-            lines.append(f"    ... and {len(skipped) - 20} more")
-    lines.append(f"  model: {out / 'final'}   metrics: {out / 'metrics.jsonl'}   summary: {out / 'summary.json'}")
-    print("\n".join(lines))
-
-
-def save_final(model, processor, out: Path) -> None:
-    """``out/final`` written beside its place and renamed in (a crash leaves no half-written model)."""
-    tmp = out / ".final.partial"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        model.save_pretrained(tmp)
-        processor.save_pretrained(tmp)
-    except Exception as e:
-        full = as_disk_full(e, tmp)
-        shutil.rmtree(tmp, ignore_errors=True)
-        if full is not None:
-            raise full from e
-        raise
-    shutil.rmtree(out / "final", ignore_errors=True)
-    os.replace(tmp, out / "final")
-
-
 def train(recipe: Recipe, output_dir: str | Path, *, resume: bool = False, strict: bool | None = None,
           cpu: bool = False, progress: bool = True, overwrite: bool = False, resume_anyway: bool = False) -> dict:
     """Run ``recipe`` into ``output_dir``. A folder that already holds a run needs ``resume`` (which
@@ -305,7 +209,7 @@ def train(recipe: Recipe, output_dir: str | Path, *, resume: bool = False, stric
     dist = Distributed(cpu=cpu)
     is_main = dist.rank == 0
     if plan.mode == "finished":
-        return _finished(out, plan, is_main)
+        return finished_run(out, plan, is_main)
     stage = stage_registry.get(recipe.stage)
     strict = recipe.strict if strict is None else strict
     unreadable: list[dict] = []

@@ -99,6 +99,19 @@ def test_quickstart_fast_runs_every_stage(tmp_path):
     assert "Transcribe" in report and "## Chat" in report
     for name, rel in res["image_reliance"].items():
         assert f"| {name} | {rel['own']:.3f} | {rel['swapped']:.3f} |" in report
+    # DPO learns from the SFT model's own wrong answers and is measured on held-out ones
+    dpo = res["stages"]["dpo"]
+    assert dpo["pairs"] >= 1 and dpo["preference"]["pairs"] >= 1
+    assert dpo["preference"]["chosen_preferred_before"] == 0.0  # greedy wrong answers beat the right ones
+    assert f"| {dpo['preference']['reward_margin']:+.3f} | {dpo['preference']['reward_accuracy']:.3f} |" in report
+    assert re.search(r"\*\*assistant\*\*: `[^`]*` \((right|wrong)\)", report)
+    # the stage manifests sit in their data root: `molora train` reads them with the default checks
+    from molora.stages.manifest import read_manifest
+
+    commands = re.findall(r"^molora train --recipe (tiny-\w+) data\.train=(\S+) ", report, flags=re.M)
+    assert [c[0] for c in commands] == ["tiny-vision", "tiny-speech", "tiny-joint", "tiny-sft", "tiny-dpo"]
+    for _, manifest in commands:
+        assert Path(manifest).parent == (tmp_path / "syn").resolve() and read_manifest(manifest)
 
     again = tmp_path / "qs2"  # the same seed again: the same results.json but for wall_seconds
     r = subprocess.run([sys.executable, "-m", "molora.cli", "quickstart", "--fast", "--output-dir", str(again),

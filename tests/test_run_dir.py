@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import errno
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -200,3 +199,37 @@ def test_every_sample_skipped_is_an_error_not_a_silent_run(tmp_path):
         train(load_recipe("tiny-speech", {"data.train": str(bad), "max_steps": 2}), tmp_path / "out",
               progress=False)
     assert json.loads((tmp_path / "out" / "summary.json").read_text())["skipped"][0]["item"].endswith("missing.wav")
+
+
+@pytest.mark.parametrize("command, error, code, expected", [
+    ("eval", KeyboardInterrupt(), 130, "molora eval: interrupted; rerun the same command to continue: the items "
+                                       "already written are kept"),
+    ("quickstart", KeyboardInterrupt(), 130, "molora quickstart: interrupted; rerun it to start again (the "
+                                             "synthetic corpora built so far are cached)"),
+    ("eval", PermissionError(errno.EACCES, "Permission denied", "/ro/out"), 1,
+     "molora eval: error: /ro/out: permission denied (check the folder's permissions or choose another one); rerun "
+     "the same command to continue: the items already written are kept"),
+    ("convert", NotADirectoryError(errno.ENOTDIR, "Not a directory", "/f/x"), 1,
+     "molora convert: error: /f/x: a part of this path is a file, not a folder (choose another path); the "
+     "destination may hold a partial copy: molora convert tiny /f/x --force"),
+    ("chat", ConfigError("must be > 0", "temperature"), 2, "molora chat: error: temperature: must be > 0"),
+    ("train", KeyboardInterrupt(), 130, "molora train: interrupted; no checkpoint was written yet (save_every=N "
+                                        "writes them); start again with: molora train --recipe tiny-sft "
+                                        "--output-dir OUT --overwrite"),
+])
+def test_the_top_level_handler_gives_one_line_and_the_next_step(tmp_path, capsys, command, error, code, expected):
+    from molora.cli import handle
+
+    argv = {"convert": ["convert", "tiny", "/f/x"],
+            "train": ["train", "--recipe", "tiny-sft", "--output-dir", "OUT", "--resume"]}.get(command, [command])
+
+    class Args:
+        output_dir = str(tmp_path / "nothing-here")
+
+        @staticmethod
+        def func(_):
+            raise error
+
+    Args.command = command
+    assert handle(Args, argv) == code
+    assert capsys.readouterr().err.strip() == expected
