@@ -9,6 +9,7 @@ import random
 import re
 import shutil
 import signal
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -65,6 +66,20 @@ def as_disk_full(error: BaseException, path: Path) -> OSError | None:
     return None
 
 
+@contextmanager
+def partial_folder(tmp: Path):
+    """Writes into ``tmp`` (a folder renamed into place afterwards): a failure removes it, and a full
+    disk comes out as ``OSError(ENOSPC)`` whatever the writer called it."""
+    try:
+        yield tmp
+    except Exception as e:
+        full = as_disk_full(e, tmp)
+        shutil.rmtree(tmp, ignore_errors=True)
+        if full is not None:
+            raise full from e
+        raise
+
+
 def save_checkpoint(root: Path, step: int, *, weights: dict, optimizer_state: dict, scheduler, state: dict,
                     rank: int, world: int, barrier, keep_last: int) -> Path:
     """Every rank writes its RNG state; rank 0 writes the rest (``weights`` / ``optimizer_state`` are
@@ -77,19 +92,13 @@ def save_checkpoint(root: Path, step: int, *, weights: dict, optimizer_state: di
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     barrier()
-    try:
+    with partial_folder(tmp):
         torch.save(rng_state(), tmp / f"rng-{rank}.pt")
         if rank == 0:
             save_file({k: v.detach().contiguous().cpu() for k, v in weights.items()},
                       str(tmp / "trainable.safetensors"))
             torch.save(optimizer_state, tmp / "optimizer.pt")
             torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-    except Exception as e:
-        full = as_disk_full(e, tmp)
-        shutil.rmtree(tmp, ignore_errors=True)
-        if full is not None:
-            raise full from e
-        raise
     barrier()
     if rank == 0:
         (tmp / "trainer_state.json").write_text(json.dumps({**state, "world_size": world}, indent=1))

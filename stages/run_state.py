@@ -24,7 +24,7 @@ from typing import Any
 
 from molora.errors import RunError
 
-from .checkpointing import as_disk_full, list_checkpoints
+from .checkpointing import list_checkpoints, partial_folder
 
 __all__ = ["RUN_FILE", "RunPlan", "run_identity", "plan_run", "check_output_dir", "start_run", "finished_run",
            "save_final", "write_json_atomic", "describe_changes"]
@@ -234,14 +234,8 @@ def save_final(model, processor, out: Path) -> None:
     """``out/final`` written beside its place and renamed in (a crash leaves no half-written model)."""
     tmp = out / ".final.partial"
     shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    with partial_folder(tmp):
         model.save_pretrained(tmp)
         processor.save_pretrained(tmp)
-    except Exception as e:
-        full = as_disk_full(e, tmp)
-        shutil.rmtree(tmp, ignore_errors=True)
-        if full is not None:
-            raise full from e
-        raise
     shutil.rmtree(out / "final", ignore_errors=True)
     os.replace(tmp, out / "final")
