@@ -170,7 +170,7 @@ def plan_run(out: Path, identity: dict, *, resume: bool, overwrite: bool, resume
     if not resume:
         if existing and not overwrite:
             found = list_checkpoints(out / "checkpoints")
-            what = (f"a finished run, {previous.get('steps')} steps" if previous.get("status") == "finished" else
+            what = (f"finished at step {previous.get('steps')}" if previous.get("status") == "finished" else
                     f"checkpoints up to step {found[-1][0]}" if found else ", ".join(existing))
             raise RunError(f"already holds a training run ({what}); pass --resume to continue it, --overwrite to "
                            "replace it, or choose another --output-dir", str(out))

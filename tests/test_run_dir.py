@@ -52,7 +52,7 @@ def test_rerun_without_resume_is_refused_and_overwrite_replaces(tmp_path, data):
     first = train(recipe(data), out, progress=False)
     (out / "notes.txt").write_text("mine")  # something of the user's in the folder
     before = (out / "final" / "model.safetensors").read_bytes()
-    with pytest.raises(RunError, match=r"already holds a training run \(a finished run, 4 steps\); pass --resume to continue "
+    with pytest.raises(RunError, match=r"already holds a training run \(finished at step 4\); pass --resume to continue "
                                        r"it, --overwrite to replace it"):
         train(recipe(data), out, progress=False)
     assert (out / "final" / "model.safetensors").read_bytes() == before  # nothing touched
