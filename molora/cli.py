@@ -81,8 +81,8 @@ def _os_error_line(e: OSError) -> str:
     advice = {errno.ENOSPC: "free some space or choose another folder", errno.EDQUOT: "free some space",
               errno.EACCES: "check the folder's permissions or choose another one",
               errno.EROFS: "choose a writable folder", errno.ENOTDIR: "choose another path"}.get(e.errno)
-    return f"{where}: {reason}" + (f" ({advice})" if advice else "") if where else reason + (
-        f" ({advice})" if advice else "")
+    line = f"{where}: {reason}" if where else reason
+    return line + (f" ({advice})" if advice else "")
 
 
 def handle(args, argv: list[str], err=None) -> int:
