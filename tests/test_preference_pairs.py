@@ -51,7 +51,8 @@ def trained_dpo(tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("dpo")
     data = corpus(tmp / "data", "preference")
-    train(load_recipe("tiny-dpo", {"data.train": str(data), "max_steps": 20, "seed": 1}), tmp / "out", progress=False)
+    train(load_recipe("tiny-dpo", {"data.train": str(data), "max_steps": 8, "seed": 1, "training.lr": 3e-3}), tmp / "out",
+          progress=False)
     rows = [json.loads(l) for l in (tmp / "out" / "metrics.jsonl").read_text().splitlines()]
     return read_manifest(data), tmp / "out" / "final", rows
 
