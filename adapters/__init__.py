@@ -1,5 +1,5 @@
 """Routed multi-LoRA layers, the router, projectors, PEFT import/export (installed as molora.adapters)."""
 from .lora import RoutedLoRALinear, inject_routed_lora
-from .routing import RoutingState
+from .route import Route
 
-__all__ = ["RoutedLoRALinear", "RoutingState", "inject_routed_lora"]
+__all__ = ["RoutedLoRALinear", "Route", "inject_routed_lora"]

@@ -2,6 +2,9 @@
 
 State-dict keys follow peft / the official Phi-4-multimodal checkpoint:
 ``<module>.base_layer.weight``, ``<module>.lora_A.<adapter>.weight``, ``<module>.lora_B.<adapter>.weight``.
+Which tokens use which adapter is not state of the layer: each call gets its ``Route``
+(``adapters/route.py``), and the input is already in the route's token space (real tokens only,
+grouped by adapter, when the caller dropped padding).
 """
 from __future__ import annotations
 
@@ -12,12 +15,11 @@ from torch import nn
 
 from ..config import LoraSpec
 from .lora_fused import routed_linear
-from .routing import RoutingState, gather_rows
+from .route import Route
 
 
 class RoutedLoRALinear(nn.Module):
-    def __init__(self, base_layer: nn.Linear, specs: dict[str, LoraSpec], routing: RoutingState,
-                 peft_name: str | None = None):
+    def __init__(self, base_layer: nn.Linear, specs: dict[str, LoraSpec], peft_name: str | None = None):
         super().__init__()
         self.base_layer = base_layer
         self.in_features, self.out_features = base_layer.in_features, base_layer.out_features
@@ -28,9 +30,6 @@ class RoutedLoRALinear(nn.Module):
         self.scaling: dict[str, float] = {}
         for name, spec in specs.items():
             self.add_adapter(name, spec)
-        # a plain attribute (not a submodule): shared by all layers of the model
-        object.__setattr__(self, "routing", routing)
-        self.merge_inference = False  # see MoLoRAModel.set_merged_inference
         self._merged: dict[str, tuple[tuple, torch.Tensor]] = {}
 
     def add_adapter(self, name: str, spec: LoraSpec) -> None:
@@ -53,64 +52,52 @@ class RoutedLoRALinear(nn.Module):
         a, b = self.lora_A[name], self.lora_B[name]
         return b(a(self.lora_dropout[name](x.to(a.weight.dtype)))) * self.scaling[name]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        st = self.routing
+    def forward(self, x: torch.Tensor, route: Route | None = None) -> torch.Tensor:
+        """``x`` [..., in] in ``route``'s kept-token space (or any shape with ``route=None``: the base
+        weight alone, e.g. a layer used outside a routed call)."""
+        if route is None or not route.adapters:
+            return self.base_layer(x)
         lead = x.shape[:-1]
-        n = lead.numel()
-        if not st.active or (not st.groups and st.tokens is None and not st.touch_all):  # no adapter, no padding
-            return self.base_layer(x)
-        padded = n == st.n_tokens  # [B, T, d] hidden states, maybe with padding tokens
-        if not padded and n != st.n_kept:  # not a routed call: base weights only
-            return self.base_layer(x)
         flat = x.reshape(-1, x.shape[-1])
-        if padded and st.tokens is not None:  # drop padding tokens
-            flat = gather_rows(flat, st.tokens)
-        if self.merge_inference and not torch.is_grad_enabled() and len(st.groups) == 1:
-            (name, sel), = st.groups.items()
-            if sel is None and name in self.lora_A:  # one adapter for every token: one matmul
-                y = torch.nn.functional.linear(flat, self._merged_weight(name), self.base_layer.bias)
-                if padded and st.tokens is not None:
-                    return st.scatter(y)
-                return y.view(*lead, y.shape[-1])
-        fused = self._fused_args(st.groups, flat)
-        if fused:  # adapters on contiguous spans: one autograd node, no copies
+        groups = {n: sel for n, sel in route.groups.items() if n in self.lora_A}
+        if route.merged and not torch.is_grad_enabled() and len(groups) == 1 and next(iter(groups.values())) is None:
+            name = next(iter(groups))  # one adapter for every token: one matmul
+            y = torch.nn.functional.linear(flat, self._merged_weight(name), self.base_layer.bias)
+            return y.view(*lead, y.shape[-1])
+        fused = self._fused_args(groups, flat) if route.fused else None
+        if fused is not None:  # adapters on contiguous spans: one autograd node, no copies
             y = routed_linear(flat, self.base_layer.weight, self.base_layer.bias, fused)
-            if st.touch_all:
-                y = y + self._zero_touch(st.groups)
-            return st.scatter(y) if padded and st.tokens is not None else y.view(*lead, y.shape[-1])
-        y = self.base_layer(flat)
-        for name, sel in st.groups.items():
-            if name not in self.lora_A:
-                continue
-            if sel is None:  # every kept token uses this adapter
-                y = y + self._delta(name, flat).to(y.dtype)
-            elif isinstance(sel, slice):  # this adapter's tokens are contiguous: views, no copies
-                y[sel] += self._delta(name, flat[sel]).to(y.dtype)
-            else:
-                y = y.index_add(0, sel, self._delta(name, flat.index_select(0, sel)).to(y.dtype))
-        if st.touch_all:
-            y = y + self._zero_touch(st.groups)
-        if padded and st.tokens is not None:
-            return st.scatter(y)
+        else:
+            y = self.base_layer(flat)
+            for name, sel in groups.items():
+                if sel is None:  # every token uses this adapter
+                    y = y + self._delta(name, flat).to(y.dtype)
+                elif isinstance(sel, slice):  # contiguous: views, no copies
+                    y[sel] += self._delta(name, flat[sel]).to(y.dtype)
+                else:
+                    y = y.index_add(0, sel, self._delta(name, flat.index_select(0, sel)).to(y.dtype))
+        if route.touch_all:
+            y = y + self._zero_touch(groups)
         return y.view(*lead, y.shape[-1])
 
-    def _fused_args(self, groups, flat: torch.Tensor):
+    def _fused_args(self, groups: dict, flat: torch.Tensor):
         """(span, A, B, scaling, dropout p) per used adapter when every group is a span (or all
-        tokens) and dtypes agree; None otherwise (the generic path)."""
-        if flat.dtype != self.base_layer.weight.dtype or torch.is_autocast_enabled(flat.device.type):
+        tokens); None otherwise (the generic path). Under autocast, ``routed_linear`` casts like
+        autocast would; outside it, mixed dtypes take the generic path."""
+        mixed_ok = torch.is_autocast_enabled(flat.device.type)
+        if not mixed_ok and self.base_layer.weight.dtype != flat.dtype:
             return None
         out = []
         for name, sel in groups.items():
-            if name not in self.lora_A:
-                continue
             if sel is not None and not isinstance(sel, slice):
                 return None
-            a, b = self.lora_A[name].weight, self.lora_B[name].weight
-            if a.dtype != flat.dtype or b.dtype != flat.dtype:
+            if not mixed_ok and (self.lora_A[name].weight.dtype != flat.dtype
+                                 or self.lora_B[name].weight.dtype != flat.dtype):
                 return None
             drop = self.lora_dropout[name]
             p = drop.p if isinstance(drop, nn.Dropout) and drop.training else 0.0
-            out.append((sel if sel is not None else slice(0, flat.shape[0]), a, b, self.scaling[name], p))
+            out.append((sel if sel is not None else slice(0, flat.shape[0]), self.lora_A[name].weight,
+                        self.lora_B[name].weight, self.scaling[name], p))
         return out
 
     def _zero_touch(self, used) -> torch.Tensor:
@@ -140,12 +127,14 @@ class RoutedLoRALinear(nn.Module):
             self._merged[name] = hit
         return hit[1]
 
+    def clear_merged(self) -> None:
+        self._merged.clear()
+
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, adapters={list(self.lora_A)}"
 
 
-def inject_routed_lora(module: nn.Module, specs: dict[str, LoraSpec], routing: RoutingState,
-                       prefix: str = "model.") -> list[str]:
+def inject_routed_lora(module: nn.Module, specs: dict[str, LoraSpec], prefix: str = "model.") -> list[str]:
     """Replace every nn.Linear that some adapter adapts (``LoraSpec.adapts`` on its PEFT name:
     ``prefix`` + its path in ``module``); return the paths replaced."""
     replaced = []
@@ -156,29 +145,6 @@ def inject_routed_lora(module: nn.Module, specs: dict[str, LoraSpec], routing: R
             child_path = f"{path}.{child_name}" if path else child_name
             these = {n: s for n, s in specs.items() if s.adapts(prefix + child_path)}
             if these:
-                setattr(parent, child_name, RoutedLoRALinear(child, these, routing, peft_name=prefix + child_path))
+                setattr(parent, child_name, RoutedLoRALinear(child, these, peft_name=prefix + child_path))
                 replaced.append(child_path)
     return replaced
-
-
-def compact_token_blocks(module: torch.nn.Module, routing: RoutingState, names=("mlp",)) -> int:
-    """Run token-wise blocks (the decoder MLPs) on real tokens only: a pre-hook gathers them, a
-    hook scatters the result back (zeros at padding). Their routed linears then see the compact
-    tokens directly. Returns the number of blocks hooked."""
-
-    def pre(_mod, args):
-        h = routing.gather(args[0])
-        return None if h is None else (h, *args[1:])
-
-    def post(_mod, args, out):
-        if routing.active and routing.tokens is not None and out.dim() == 2 and out.shape[0] == routing.n_kept:
-            return routing.scatter(out)
-        return out
-
-    n = 0
-    for path, mod in module.named_modules():
-        if path.rsplit(".", 1)[-1] in names:
-            mod.register_forward_pre_hook(pre)
-            mod.register_forward_hook(post)
-            n += 1
-    return n

@@ -63,7 +63,20 @@ class _RoutedLinear(torch.autograd.Function):
 
 def routed_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                   adapters: list[tuple[slice, torch.Tensor, torch.Tensor, float, float]]) -> torch.Tensor:
-    """``x`` [N, in]; ``adapters``: (span, A [r, in], B [out, r], scaling, dropout p) per adapter."""
-    spans = [(sp.start, sp.stop) for sp, *_ in adapters]
+    """``x`` [N, in]; ``adapters``: (span, A [r, in], B [out, r], scaling, dropout p) per adapter.
+
+    Under autocast every operand is cast to the autocast dtype first, as autocast casts the
+    matmuls of the plain computation (the casts are autograd ops: gradients reach the weights in
+    their own dtype); otherwise all operands must share one dtype."""
     ab = [t for _, a, b, _, _ in adapters for t in (a, b)]
-    return _RoutedLinear.apply(x, weight, bias, spans, [c[3] for c in adapters], [c[4] for c in adapters], *ab)
+    device = x.device.type
+    if torch.is_autocast_enabled(device):
+        dt = torch.get_autocast_dtype(device)
+        x, weight = x.to(dt), weight.to(dt)
+        bias = None if bias is None else bias.to(dt)
+        ab = [t.to(dt) for t in ab]
+    elif any(t.dtype != x.dtype for t in (weight, *ab)):
+        raise TypeError(f"routed_linear: operands of different dtypes ({x.dtype}, {weight.dtype}, ...) outside autocast")
+    spans = [(sp.start, sp.stop) for sp, *_ in adapters]
+    with torch.autocast(device, enabled=False):
+        return _RoutedLinear.apply(x, weight, bias, spans, [c[3] for c in adapters], [c[4] for c in adapters], *ab)

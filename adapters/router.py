@@ -22,9 +22,14 @@ class Router:
         self.table = config.router
         self.adapter_names = list(config.adapters)
 
-    def row_types(self, input_ids: torch.Tensor, image_token_id: int, audio_token_id: int) -> list[str]:
-        has_img = (input_ids == image_token_id).any(dim=-1).tolist()
-        has_aud = (input_ids == audio_token_id).any(dim=-1).tolist()
+    def row_types(self, rows, image_token_id: int, audio_token_id: int) -> list[str]:
+        """Input type of each row: ``rows`` is a [B, T] tensor or a list of 1-D token tensors."""
+        if torch.is_tensor(rows):
+            has_img = (rows == image_token_id).any(dim=-1).tolist()
+            has_aud = (rows == audio_token_id).any(dim=-1).tolist()
+        else:
+            has_img = [bool((r == image_token_id).any()) for r in rows]
+            has_aud = [bool((r == audio_token_id).any()) for r in rows]
         return [input_type(i, a) for i, a in zip(has_img, has_aud)]
 
     def _route(self, t: str):

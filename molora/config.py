@@ -37,8 +37,9 @@ PHI4_LONG_FACTOR = [
 
 @dataclass
 class BackboneConfig:
-    """The Phi-3-architecture decoder (Phi-4-mini): fused qkv / gate_up, partial LongRoPE."""
+    """The decoder (default: Phi-4-mini, Phi-3 architecture: fused qkv / gate_up, partial LongRoPE)."""
 
+    family: str = "phi3"  # molora/backbones: how the decoder is built, read and written
     vocab_size: int = 200064
     hidden_size: int = 3072
     intermediate_size: int = 8192

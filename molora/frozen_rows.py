@@ -4,34 +4,40 @@ In a mixed training batch a text-only row has no LoRA (the router gives it none)
 when the backbone is frozen its loss does not depend on any weight that trains: its share of the
 backward pass (every linear's input gradient, attention backward, over all its tokens) is work
 whose result is thrown away. The reference stack never pays it (it runs a text-only group with the
-adapters disabled, and that loss needs no backward); molora's single pass did. ``split_rows``
-finds such rows; ``MoLoRAModel.forward`` then runs them under ``torch.no_grad()`` and the others
-with autograd, and adds the two summed losses (divided by the batch's labelled-token count for
-"mean"): the same loss and the same gradients as one pass.
+adapters disabled, and that loss needs no backward); molora's single pass would. ``frozen_text_rows``
+finds such rows; ``MoLoRAModel`` (execution plan entry ``split_frozen_rows``) then runs them under
+``torch.no_grad()`` and the others with autograd, and adds the two summed losses (divided by the
+batch's labelled-token count for "mean"): the same loss and the same gradients as one pass.
 """
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
-__all__ = ["split_rows", "row_subset"]
+__all__ = ["frozen_text_rows", "row_subset", "backbone_frozen"]
 
 _ROW_KEYS = ("input_ids", "attention_mask", "labels")
 
 
-def _backbone_frozen(model) -> bool:
+def backbone_frozen(model) -> bool:
     lm_head = [] if model.lm_head is None else list(model.lm_head.parameters())
     return not any(p.requires_grad for n, p in model.language_model.named_parameters()
                    if ".lora_A." not in n and ".lora_B." not in n) and not any(p.requires_grad for p in lm_head)
 
 
-def split_rows(model, input_ids: torch.Tensor, row_types: list[str]) -> tuple[list[int], list[int]] | None:
-    """(frozen rows, other rows) of a training batch, or None when there is nothing to split: no
-    text-only row, only text-only rows, or a backbone that trains (then every row's loss has a
-    gradient). Callers check the forward is a loss-only training forward first."""
-    if model.routing.touch_all or not _backbone_frozen(model):
-        return None
+def frozen_text_rows(model, input_ids: torch.Tensor, row_types: list[str],
+                     cu_seqlens: torch.Tensor | None = None) -> tuple[list[int], list[int]] | None:
+    """(text-only rows without an adapter, the other rows), or None when there is nothing to split
+    (no such row, or only such rows). Whether the backbone is frozen is the caller's check."""
     b = model.config.backbone
-    has_media = ((input_ids == b.image_token_id) | (input_ids == b.audio_token_id)).any(-1).tolist()
+    media = (input_ids == b.image_token_id) | (input_ids == b.audio_token_id)
+    if cu_seqlens is None:
+        has_media = media.any(-1).tolist()
+    else:
+        row = torch.searchsorted(cu_seqlens.to(input_ids.device), torch.arange(input_ids.shape[1],
+                                 device=input_ids.device), right=True) - 1
+        has_media = torch.zeros(len(row_types), dtype=torch.bool).index_put_(
+            (row[media[0]].cpu(),), torch.tensor(True), accumulate=False).tolist()
     frozen = [i for i, t in enumerate(row_types) if model.router.adapter(t) is None and not has_media[i]]
     if not frozen or len(frozen) == len(row_types):
         return None
@@ -40,14 +46,24 @@ def split_rows(model, input_ids: torch.Tensor, row_types: list[str]) -> tuple[li
 
 
 def row_subset(batch: dict, rows: list[int], *, with_media: bool) -> dict:
-    """The rows' ``input_ids`` / ``attention_mask`` / ``labels`` without the columns that are padding
-    in every one of them; media tensors are flat over the batch's rows and belong to the non-frozen
-    rows only, so they go whole (or not at all)."""
-    idx = torch.tensor(rows, device=batch["input_ids"].device)
-    out = {k: batch[k].index_select(0, idx.to(batch[k].device)) for k in _ROW_KEYS}
-    cols = out["attention_mask"].bool().any(0)
-    if not bool(cols.all()):  # a row's tokens are contiguous, so these columns sit at the edges
-        out = {k: v[:, cols.to(v.device)] for k, v in out.items()}
+    """The rows of a padded batch (``input_ids`` / ``attention_mask`` / ``labels``, without the
+    columns that are padding in every one of them) or of a packed one (``cu_seqlens``: their
+    segments, concatenated). Media tensors are flat over the batch's rows and belong to the
+    non-frozen rows only, so they go whole (or not at all)."""
+    if batch.get("cu_seqlens") is not None:
+        cu = batch["cu_seqlens"].tolist()
+        out = {}
+        for k in ("input_ids", "labels", "position_ids"):
+            if batch.get(k) is not None:
+                out[k] = torch.cat([batch[k][:, cu[r]:cu[r + 1]] for r in rows], 1)
+        out["cu_seqlens"] = F.pad(torch.tensor([cu[r + 1] - cu[r] for r in rows]).cumsum(0), (1, 0))
+    else:
+        idx = torch.tensor(rows, device=batch["input_ids"].device)
+        out = {k: batch[k].index_select(0, idx.to(batch[k].device)) for k in _ROW_KEYS}
+        cols = out["attention_mask"].bool().any(0)
+        if not bool(cols.all()):  # a row's tokens are contiguous, so these columns sit at the edges
+            out = {k: v[:, cols.to(v.device)] for k, v in out.items()}
     if with_media:
-        out.update({k: v for k, v in batch.items() if k not in _ROW_KEYS and v is not None})
+        out.update({k: v for k, v in batch.items()
+                    if k not in (*_ROW_KEYS, "cu_seqlens", "position_ids") and v is not None})
     return out

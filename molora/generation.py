@@ -22,7 +22,7 @@ def decode_loop(model, input_ids, attention_mask=None, *, max_new_tokens=32, eos
     out = model(input_ids, attention_mask, cache=cache, use_cache=True, row_types=row_types,
                 logits_to_keep=1, **media)
     positions = attention_mask.long().sum(-1, keepdim=True) - 1
-    step_route = model.step_routing(row_types)
+    step_route = model.step_route(row_types)
     done = torch.zeros(B, dtype=torch.bool, device=device)
     generated = []
     history = input_ids
@@ -45,5 +45,5 @@ def decode_loop(model, input_ids, attention_mask=None, *, max_new_tokens=32, eos
         attention_mask = torch.cat([attention_mask, torch.ones_like(attention_mask[:, :1])], 1)
         positions = positions + 1
         out = model(nxt[:, None], attention_mask, position_ids=positions, cache=out.cache,
-                    use_cache=True, row_types=row_types, routing=step_route)
+                    use_cache=True, row_types=row_types, route=step_route)
     return torch.stack(generated, 1) if generated else input_ids.new_zeros(B, 0)

@@ -4,10 +4,13 @@ Forward keywords match transformers' ``Phi4MultimodalForCausalLM`` so a batch fr
 processor feeds either model. Unlike the reference, the adapter and the audio projector are
 chosen per batch row from the row's input type (text / image / speech / image+speech), in
 training and in generation.
+
+A forward is: embed (token embeddings, media features in their placeholder slots) -> route (the
+execution plan of the call, ``molora/plan.py``, and the token layout it implies: positions,
+attention, the LoRA route) -> decoder (``molora/decoder.py``) -> logits / loss.
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -15,33 +18,47 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import DynamicCache
 
-from .adapters.lora import RoutedLoRALinear, compact_token_blocks, inject_routed_lora
+from .adapters.lora import RoutedLoRALinear, inject_routed_lora
+from .adapters.route import Route
 from .adapters.router import Router
-from .adapters.routing import RoutingState
 from .audio_embed import AudioEmbedder
-from .backbone import LengthGroups, build_backbone
+from .backbones import build_backbone
 from .config import MoLoRAConfig
+from .decoder import Attend
 from .encoders.image_embed import ImageEmbedder
 from .errors import PlaceholderError
-from .frozen_rows import row_subset, split_rows
-from .loss import causal_lm_loss, loss_precision
-from .packing import PackedRows
+from .frozen_rows import frozen_text_rows, row_subset
+from .loss import loss_precision
+from .packing import PackedRows, packed_targets
+from .plan import BatchFacts, ExecutionPlan, FastPaths, choose_plan
 
 
 @dataclass
 class MoLoRAOutput:
-    logits: torch.Tensor
+    logits: torch.Tensor | None
     loss: torch.Tensor | None = None
     cache: object | None = None  # the KV cache (transformers >= 5.24 names it ``cache``)
     row_types: list[str] | None = None
     # final hidden states; None when only the positions that feed the logits / the loss were computed
-    # (``logits_to_keep`` or ``labels`` with ``return_logits=False``: see MoLoRAModel._narrow_last_layer)
     hidden_states: torch.Tensor | None = None
+    plan: ExecutionPlan | None = None
 
     @property
     def past_key_values(self):
         """The KV cache under its pre-5.24 transformers name."""
         return self.cache
+
+
+@dataclass
+class Layout:
+    """The token layout of one call after routing: what the decoder and the loss read."""
+
+    embeds: torch.Tensor  # [B, T, D] or [1, N, D] (packed)
+    positions: torch.Tensor
+    route: Route
+    attend: Attend
+    narrow: Route | None  # the read positions (last layer only), or None
+    targets: torch.Tensor | None  # next-token label of each position, in the decoder's layout (or None)
 
 
 class MoLoRAModel(nn.Module):
@@ -54,12 +71,9 @@ class MoLoRAModel(nn.Module):
         self.image_embed = ImageEmbedder(config)
         self.audio_embed = AudioEmbedder(config)
         self.router = Router(config)
-        self.routing = RoutingState(config.adapter_names)
-        inject_routed_lora(self.language_model, config.adapters, self.routing)
-        compact_token_blocks(self.language_model.layers, self.routing)
-        # a loss-only training forward runs text-only rows of a frozen backbone without autograd
-        # (molora/frozen_rows.py); False: one pass for every row
-        self.split_frozen_rows = True
+        inject_routed_lora(self.language_model, config.adapters)
+        self.fast_paths = FastPaths()  # the speed paths' switches (molora/plan.py)
+        self.touch_all = False  # sharded training: every trainable tensor joins each process's graph
         self.freeze_base()
 
     # -- construction / IO -------------------------------------------------------------
@@ -83,30 +97,27 @@ class MoLoRAModel(nn.Module):
             self.lm_head.requires_grad_(False)
 
     def set_merged_inference(self, enabled: bool = True) -> None:
-        """Inference speed-up (off by default): when every token of a forward uses the same adapter
-        (an ASR batch, a single conversation), each routed linear runs one matmul with a cached
-        merged weight W + s*B@A instead of three. Costs one extra copy of the adapted weights per
-        adapter used; mixed batches and training are unaffected."""
-        for m in self.lora_layers().values():
-            m.merge_inference = enabled
-            if not enabled:
-                m._merged.clear()
+        """``fast_paths.merged_inference``: single-adapter inference through a cached merged weight per
+        linear (one extra copy of the adapted weights per adapter used); off frees the copies."""
+        self.fast_paths.merged_inference = enabled
+        if not enabled:
+            for m in self.lora_layers().values():
+                m.clear_merged()
 
-    def enable_activation_checkpointing(self) -> None:
-        """Recompute decoder layers in backward instead of storing their activations. The routing
-        in force when a layer ran is restored while it is recomputed (backward runs after the
-        forward's routing context has closed)."""
-        import contextlib
+    @property
+    def split_frozen_rows(self) -> bool:
+        return self.fast_paths.split_frozen_rows
 
-        routing = self.routing
+    @split_frozen_rows.setter
+    def split_frozen_rows(self, value: bool) -> None:
+        self.fast_paths.split_frozen_rows = bool(value)
 
-        def context_fn():
-            return contextlib.nullcontext(), routing.restored(routing.snapshot())
-
-        self.language_model.activation_checkpointing_enable(
-            activation_checkpointing_kwargs={"use_reentrant": False, "context_fn": context_fn})
+    def enable_activation_checkpointing(self, enabled: bool = True) -> None:
+        """Recompute decoder layers (and conformer blocks) in backward instead of storing their
+        activations; each layer's route is an argument, so the recomputation uses the same one."""
+        self.language_model.activation_checkpointing = enabled
         if hasattr(self.audio_embed.encoder, "gradient_checkpointing"):
-            self.audio_embed.encoder.gradient_checkpointing = True
+            self.audio_embed.encoder.gradient_checkpointing = enabled
 
     def lora_layers(self) -> dict[str, RoutedLoRALinear]:
         return {n: m for n, m in self.language_model.named_modules() if isinstance(m, RoutedLoRALinear)}
@@ -119,10 +130,63 @@ class MoLoRAModel(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.language_model.embed_tokens.weight.dtype
 
-    # -- embeddings ----------------------------------------------------------------------
-    def row_types(self, input_ids: torch.Tensor) -> list[str]:
+    # -- forward -------------------------------------------------------------------------
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                image_pixel_values=None, image_sizes=None, image_attention_mask=None,
+                audio_input_features=None, audio_embed_sizes=None, audio_attention_mask=None,
+                labels: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
+                cache=None, use_cache: bool = False, logits_to_keep: int = 0, return_logits: bool = True,
+                loss_reduction: str = "mean", cu_seqlens: torch.Tensor | None = None,
+                row_types: list[str] | None = None, route: Route | None = None, past_key_values=None,
+                num_img_tokens=None) -> MoLoRAOutput:
+        """Logits and / or loss of a padded ``[B, T]`` batch, or of a packed one (``input_ids``
+        ``[1, N]`` with ``cu_seqlens`` [rows + 1] marking where each row starts, as the trainer's
+        collator makes them).
+
+        ``return_logits=False`` with ``labels``: the loss comes from the labelled positions only
+        (logits of the other positions are never formed: with a 200k vocabulary they are most of a
+        training step's memory); ``loss_reduction`` is "mean" (over labelled tokens) or "sum".
+        ``cache`` is the KV cache (``past_key_values``, its pre-5.24 transformers name, is accepted
+        too); ``route`` reuses a decode step's precomputed route (``step_route``);
+        ``num_img_tokens`` (transformers' image processor output) is ignored."""
+        cache = cache if cache is not None else past_key_values
+        media = {"image_pixel_values": image_pixel_values, "image_sizes": image_sizes,
+                 "image_attention_mask": image_attention_mask, "audio_input_features": audio_input_features,
+                 "audio_embed_sizes": audio_embed_sizes, "audio_attention_mask": audio_attention_mask}
+        input_ids = input_ids.to(self.device)
+        attention_mask = None if attention_mask is None else attention_mask.to(self.device)
+        if row_types is None:
+            row_types = self.row_types(input_ids, cu_seqlens)
+        if loss_reduction not in ("mean", "sum"):
+            raise ValueError(f"loss_reduction must be 'mean' or 'sum', got {loss_reduction!r}")
+        prefill = cache is None or cache.get_seq_length() == 0
+        plan = self.plan(input_ids, attention_mask, labels, cu_seqlens, row_types, cache, route, logits_to_keep,
+                         return_logits)
+        if plan.split_frozen_rows:
+            batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels,
+                     "cu_seqlens": cu_seqlens, "position_ids": position_ids, **media}
+            return self._forward_split(batch, row_types, loss_reduction, plan)
+        # embed -> route -> decoder -> loss
+        embeds = self.embed(input_ids, row_types, cu_seqlens, **media) if prefill else \
+            self.language_model.embed_tokens(input_ids)  # decode steps carry only new text tokens
+        if use_cache and cache is None:
+            cache = DynamicCache()
+        layout = self.layout(embeds, input_ids, attention_mask, labels, position_ids, cu_seqlens, row_types, cache,
+                             route, logits_to_keep, return_logits, plan)
+        hidden = self.language_model(layout.embeds, layout.positions, layout.route, layout.attend, cache,
+                                     layout.narrow)
+        if self.touch_all:  # sharded training: unused encoders / projectors join with 0
+            hidden = hidden + sum(0.0 * p.sum() for n, p in self.named_parameters()
+                                  if p.requires_grad and not n.startswith("language_model.layers."))
+        logits, loss = self.head(hidden, layout, labels, logits_to_keep, return_logits, loss_reduction, plan)
+        return MoLoRAOutput(logits=logits, loss=loss, cache=cache if use_cache else None, row_types=row_types,
+                            hidden_states=None if layout.narrow is not None or plan.packed else hidden, plan=plan)
+
+    # -- embed ---------------------------------------------------------------------------
+    def row_types(self, input_ids: torch.Tensor, cu_seqlens: torch.Tensor | None = None) -> list[str]:
         b = self.config.backbone
-        return self.router.row_types(input_ids, b.image_token_id, b.audio_token_id)
+        rows = input_ids if cu_seqlens is None else _segments(input_ids[0], cu_seqlens)
+        return self.router.row_types(rows, b.image_token_id, b.audio_token_id)
 
     def _scatter(self, embeds, input_ids, token_id, pieces: list[torch.Tensor], what: str):
         pos = (input_ids == token_id).nonzero(as_tuple=True)
@@ -135,8 +199,9 @@ class MoLoRAModel(nn.Module):
                 f"expand to exactly its item's token count (use MoLoRAProcessor)", what)
         return embeds.index_put(pos, values.to(embeds.device, embeds.dtype))
 
-    def embed(self, input_ids, row_types, image_pixel_values=None, image_sizes=None, image_attention_mask=None,
-              audio_input_features=None, audio_embed_sizes=None, audio_attention_mask=None) -> torch.Tensor:
+    def embed(self, input_ids, row_types, cu_seqlens=None, image_pixel_values=None, image_sizes=None,
+              image_attention_mask=None, audio_input_features=None, audio_embed_sizes=None,
+              audio_attention_mask=None) -> torch.Tensor:
         b = self.config.backbone
         embeds = self.language_model.embed_tokens(input_ids)
         n_img_slots = int((input_ids == b.image_token_id).sum())
@@ -154,176 +219,153 @@ class MoLoRAModel(nn.Module):
             if audio_input_features is None or audio_embed_sizes is None:
                 raise PlaceholderError("the prompt has audio placeholder tokens but no audio was given", "audio")
             sizes = audio_embed_sizes.tolist()
-            pos_rows = (input_ids == b.audio_token_id).nonzero(as_tuple=True)[0]
-            if pos_rows.numel() != sum(sizes):
+            slots = (input_ids == b.audio_token_id).nonzero()
+            if slots.shape[0] != sum(sizes):
                 raise PlaceholderError(
-                    f"the prompt has {pos_rows.numel()} audio placeholder tokens but audio_embed_sizes "
+                    f"the prompt has {slots.shape[0]} audio placeholder tokens but audio_embed_sizes "
                     f"sum to {sum(sizes)} ({len(sizes)} clip(s))", "audio")
-            starts = [sum(sizes[:i]) for i in range(len(sizes))]
-            owners = pos_rows[torch.tensor(starts, dtype=torch.long, device=pos_rows.device)].tolist()
-            projectors = [self.router.audio_projector(row_types[r]) for r in owners]
+            starts = torch.tensor([sum(sizes[:i]) for i in range(len(sizes))], dtype=torch.long, device=slots.device)
+            first = slots[starts]  # (row, position) of each clip's first slot
+            owners = first[:, 0] if cu_seqlens is None else \
+                torch.searchsorted(cu_seqlens.to(first.device), first[:, 1].contiguous(), right=True) - 1
+            projectors = [self.router.audio_projector(row_types[r]) for r in owners.tolist()]
             feats = self.audio_embed(audio_input_features.to(self.device, self.dtype), audio_embed_sizes,
                                      audio_attention_mask, projectors)
             embeds = self._scatter(embeds, input_ids, b.audio_token_id, feats, "audio")
         return embeds
 
-    # -- forward -------------------------------------------------------------------------
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                image_pixel_values=None, image_sizes=None, image_attention_mask=None,
-                audio_input_features=None, audio_embed_sizes=None, audio_attention_mask=None,
-                labels: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
-                cache=None, use_cache: bool = False, row_types: list[str] | None = None,
-                logits_to_keep: int = 0, return_logits: bool = True, loss_reduction: str = "mean",
-                routing: tuple | None = None, past_key_values=None, **unused) -> MoLoRAOutput:
-        """``cache`` is the KV cache (``past_key_values``, its pre-5.24 transformers name, is accepted too).
-        ``return_logits=False`` with ``labels``: the loss is computed from the labelled positions
-        only (logits of the other positions are never formed: with a 200k vocabulary they are most
-        of a training step's memory); ``loss_reduction`` is "mean" (over labelled tokens) or "sum"."""
-        past_key_values = cache if cache is not None else past_key_values
-        input_ids = input_ids.to(self.device)
-        if attention_mask is not None:
-            attention_mask = attention_mask.to(self.device)
-        if row_types is None:
-            row_types = self.row_types(input_ids)
-        if labels is not None and not return_logits and not logits_to_keep and past_key_values is None \
-                and not use_cache and routing is None and position_ids is None and torch.is_grad_enabled() \
-                and loss_reduction in ("mean", "sum"):
-            split = split_rows(self, input_ids, row_types) if self.split_frozen_rows else None
-            if split is not None:  # text-only rows of a frozen backbone: no backward for them
-                media = {"image_pixel_values": image_pixel_values, "image_sizes": image_sizes,
-                         "image_attention_mask": image_attention_mask, "audio_input_features": audio_input_features,
-                         "audio_embed_sizes": audio_embed_sizes, "audio_attention_mask": audio_attention_mask}
-                batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels, **media}
-                return self._forward_split(batch, row_types, *split, loss_reduction)
-        prefill = past_key_values is None or past_key_values.get_seq_length() == 0
-        if prefill:
-            embeds = self.embed(input_ids, row_types, image_pixel_values, image_sizes, image_attention_mask,
-                                audio_input_features, audio_embed_sizes, audio_attention_mask)
-        else:  # decode steps carry only new text tokens; media were consumed at prefill
-            embeds = self.language_model.embed_tokens(input_ids)
-        if position_ids is None:
-            position_ids = self._positions(attention_mask, input_ids.shape, past_key_values)
-        if use_cache and past_key_values is None:
-            past_key_values = DynamicCache()
-        if routing is not None:  # a precomputed route (decode steps reuse one: same rows, no padding)
-            ctx = self.routing.restored(routing)
-        else:
-            row_adapter = self.router.adapter_index(row_types, device=input_ids.device)
-            token_mask = None if attention_mask is None else attention_mask[:, -input_ids.shape[1]:].bool()
-            ctx = self.routing.route(row_adapter, input_ids.shape[1], token_mask)
-        used = None if routing is not None else self._used_positions(labels, logits_to_keep, return_logits,
-                                                                     attention_mask, input_ids.shape)
-        extra = {}
-        packed = None
-        if prefill and past_key_values is None and routing is None:
-            packed = self._packing(row_adapter, attention_mask, labels, used, use_cache, embeds)
-        if packed is not None:  # padding-free training forward (molora/packing.py)
-            embeds, position_ids = packed.pack(embeds), packed.pack(position_ids.expand(input_ids.shape))
-            ctx = self.routing.route(packed.token_adapter[None], packed.n)
-            row_adapter, used, attention_mask = packed.token_adapter[None], packed.pack(used), None
-            extra["packed_rows"] = packed
-        elif prefill and attention_mask is not None and input_ids.shape[1] >= 32 and embeds.device.type == "cpu":
-            groups = LengthGroups.plan(attention_mask)  # rows of very different lengths: attention per bucket
-            if groups is not None:
-                extra["length_groups"] = groups
-        with ctx, self._narrow_last_layer(row_adapter if used is not None else None, used):
-            out = self.language_model(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids,
-                                      cache=past_key_values, use_cache=use_cache, **extra)
-        hidden = out.last_hidden_state
-        if self.routing.touch_all:  # see RoutingState.touch_all: unused encoders / projectors join with 0
-            hidden = hidden + sum(0.0 * p.sum() for n, p in self.named_parameters()
-                                  if p.requires_grad and not n.startswith("language_model.layers."))
-        if logits_to_keep:
-            hidden = hidden[:, -logits_to_keep:]
-        logits = self.lm_logits(hidden) if return_logits or labels is None else None
-        loss = None
+    # -- route ---------------------------------------------------------------------------
+    def plan(self, input_ids, attention_mask=None, labels=None, cu_seqlens=None, row_types=None, cache=None,
+             route=None, logits_to_keep=0, return_logits=True) -> ExecutionPlan:
+        """The execution plan of a call with these inputs (``molora/plan.py``)."""
+        from .frozen_rows import backbone_frozen
+
+        padded = attention_mask is not None and attention_mask.shape == input_ids.shape and \
+            not bool(attention_mask.all())
+        prefill = cache is None or cache.get_seq_length() == 0
+        training_loss = labels is not None and not return_logits and not logits_to_keep and cache is None \
+            and route is None
+        facts = BatchFacts(
+            packed_input=cu_seqlens is not None, padded=padded, training_loss=training_loss,
+            reads_subset=route is None and ((labels is None and 0 < logits_to_keep < input_ids.shape[1])
+                                            or training_loss),
+            prefill=prefill, seq_len=int(input_ids.shape[1]), grad=torch.is_grad_enabled(),
+            frozen_rows_possible=training_loss and backbone_frozen(self)
+            and frozen_text_rows(self, input_ids, row_types, cu_seqlens) is not None)
+        return choose_plan(self.fast_paths, facts, self.device, self.dtype, touch_all=self.touch_all)
+
+    def layout(self, embeds, input_ids, attention_mask, labels, position_ids, cu_seqlens, row_types, cache, route,
+               logits_to_keep, return_logits, plan: ExecutionPlan) -> Layout:
+        """Positions, attention kernel, LoRA route and read positions of the call (packing a padded
+        batch first when the plan says so)."""
+        names = self.config.adapter_names
+        flags = {"touch_all": plan.touch_all, "merged": plan.merged, "fused": plan.fused_lora}
+        B, T = input_ids.shape
+        targets = None
         if labels is not None:
-            labels = labels.to(hidden.device)
-            if packed is not None:
-                target = packed.pack(F.pad(labels[:, 1:], (0, 1), value=-100))[0]
-                keep = target != -100
-                loss = F.cross_entropy(loss_precision(self.lm_logits(hidden[0][keep])), target[keep], reduction=loss_reduction)
-            elif logits is not None:
-                loss = causal_lm_loss(logits, labels, reduction=loss_reduction)
-            else:
-                loss = self.labelled_loss(hidden, labels, reduction=loss_reduction)
-        return MoLoRAOutput(logits=logits, loss=loss, cache=out.cache if use_cache else None,
-                            row_types=row_types, hidden_states=None if used is not None else hidden)
+            labels = labels.to(self.device)
+            targets = F.pad(labels[:, 1:], (0, 1), value=-100)  # the next token's label, per position
+        if route is not None:  # a decode step: the precomputed route, no padding, one token per row
+            positions = position_ids if position_ids is not None else _positions(attention_mask, (B, T), cache)
+            mask = None if attention_mask is None else _decode_mask(attention_mask, T)
+            return Layout(embeds, positions.to(self.device), route, Attend("padded", mask), None, targets)
+        row_adapter = self.router.adapter_index(row_types, device=self.device)
+        if cu_seqlens is not None:  # packed by the caller: rows are already in place
+            cu = cu_seqlens.to(self.device)
+            lengths = (cu[1:] - cu[:-1]).tolist()
+            positions = position_ids.to(self.device) if position_ids is not None else \
+                torch.cat([torch.arange(n, device=self.device) for n in lengths])[None]
+            token_adapter = row_adapter.repeat_interleave(torch.tensor(lengths, device=self.device))[None]
+            if targets is not None:
+                targets = packed_targets(targets, cu)
+            return self._packed_layout(embeds, positions, token_adapter, cu, lengths, targets, logits_to_keep,
+                                       return_logits, plan, flags)
+        if position_ids is None:
+            position_ids = _positions(attention_mask, (B, T), cache)
+        positions = position_ids.to(self.device).expand(B, T)
+        if plan.pack:  # padding-free: the batch's real tokens packed in adapter order
+            packed = PackedRows.plan(attention_mask, row_adapter)
+            return self._packed_layout(packed.pack(embeds), packed.pack(positions), packed.token_adapter[None],
+                                       packed.cu_seqlens, packed.lengths, packed.pack(targets)[0] if targets is not None
+                                       else None, logits_to_keep, return_logits, plan, flags)
+        real = None if attention_mask is None else attention_mask[:, -T:].bool()
+        lora_route = Route.build(row_adapter, (B, T), names, real, drop_padding=plan.drop_padding, **flags)
+        if attention_mask is None or (bool(attention_mask.all()) and (cache is None or cache.get_seq_length() == 0)):
+            attend = Attend("padded", None)
+        else:
+            mask = _decode_mask(attention_mask, T) if T == 1 else _prefill_mask(attention_mask, T)
+            attend = Attend("padded", mask)
+            if plan.attention == "length_groups":
+                from .attention import LengthGroups
 
-    def _forward_split(self, batch: dict, row_types: list[str], frozen: list[int], rest: list[int],
-                       reduction: str) -> MoLoRAOutput:
-        """The loss of ``frozen`` rows (no trainable weight reaches them: ``molora/frozen_rows.py``)
-        without autograd plus the loss of the ``rest`` with it; the same value and gradients as one pass."""
-        if batch["attention_mask"] is None:
-            batch["attention_mask"] = torch.ones_like(batch["input_ids"])
-        with torch.no_grad():
-            fixed = self(**row_subset(batch, frozen, with_media=False), row_types=[row_types[i] for i in frozen],
-                         return_logits=False, loss_reduction="sum").loss
-        loss = self(**row_subset(batch, rest, with_media=True), row_types=[row_types[i] for i in rest],
-                    return_logits=False, loss_reduction="sum").loss
-        loss = loss + fixed
-        if reduction == "mean":
-            loss = loss / (batch["labels"][:, 1:] != -100).sum().to(loss.device)
-        return MoLoRAOutput(logits=None, loss=loss, row_types=row_types)
+                groups = LengthGroups.plan(attention_mask)
+                if groups is not None:
+                    attend = Attend("length_groups", mask, groups)
+        used = self._read_positions(targets, logits_to_keep, return_logits, real, (B, T)) if plan.narrow else None
+        narrow = None if used is None else lora_route.narrowed(used)
+        return Layout(embeds, positions, lora_route, attend, narrow, targets)
 
-    def _packing(self, row_adapter, attention_mask, labels, used, use_cache, embeds):
-        """The packed layout for a CPU training forward with padding (labels, loss only, no cache),
-        or None: other forwards keep the padded layout (their outputs are per padded position)."""
-        if used is None or labels is None or attention_mask is None or use_cache or embeds.device.type != "cpu" \
-                or attention_mask.shape != embeds.shape[:2] or bool(attention_mask.all()):
-            return None
-        return PackedRows.plan(attention_mask, row_adapter)
+    def _packed_layout(self, embeds, positions, token_adapter, cu, lengths, targets, logits_to_keep, return_logits,
+                       plan, flags) -> Layout:
+        n = embeds.shape[1]
+        lora_route = Route.build(token_adapter, (1, n), self.config.adapter_names, None, **flags)
+        attend = Attend("packed", cu_seqlens=cu, lengths=tuple(lengths), backend=plan.packed_backend)
+        targets = None if targets is None else targets.reshape(1, n)
+        used = self._read_positions(targets, logits_to_keep, return_logits, None, (1, n)) if plan.narrow else None
+        narrow = None if used is None else lora_route.narrowed(used)
+        return Layout(embeds, positions, lora_route, attend, narrow, targets)
 
-    def _used_positions(self, labels, logits_to_keep, return_logits, attention_mask, shape):
-        """[B, T] bool of the positions whose final hidden state is read (the last ``logits_to_keep``,
-        or the labelled ones when no logits are returned), or None when all are (or when narrowing
-        does not apply: activation checkpointing recomputes layers outside this forward)."""
-        if self.language_model.is_activation_checkpointing:
-            return None
+    def _read_positions(self, targets, logits_to_keep, return_logits, real, shape):
+        """[B, T] bool of the positions whose final state is read: the last ``logits_to_keep``, or
+        the labelled ones when no logits are returned; None when all are."""
         B, T = shape
-        if labels is None and 0 < logits_to_keep < T:
+        if targets is None and 0 < logits_to_keep < T:
             used = torch.zeros(B, T, dtype=torch.bool, device=self.device)
             used[:, -logits_to_keep:] = True
-        elif labels is not None and not return_logits and not logits_to_keep:
-            used = torch.zeros(B, T, dtype=torch.bool, device=self.device)
-            used[:, :-1] = labels[:, 1:].to(self.device) != -100
+        elif targets is not None and not return_logits and not logits_to_keep:
+            used = targets != -100
         else:
             return None
-        if attention_mask is not None:
-            used &= attention_mask[:, -T:].bool()
-        return used
+        return used if real is None else used & real
 
-    @contextmanager
-    def _narrow_last_layer(self, row_adapter, used):
-        """Run the last decoder layer's attention output projection and MLP only on the positions in
-        ``used`` (its keys and values are still computed for every token, for attention and the
-        cache). Nothing after the last layer mixes positions, so the used positions get the same
-        values; the others hold partial sums that nobody reads. In generation's prefill that is
-        one position per row (the last layer's o_proj + MLP are ~1/9 of the prefill's matmuls); in
-        a training step with ``return_logits=False``, the labelled positions."""
-        if used is None:
-            yield
-            return
-        st = self.routing
-        with st.route(row_adapter, used.shape[1], used):
-            narrow = st.snapshot()
-        layer = self.language_model.layers[-1]
-        outer = []
+    def step_route(self, row_types: list[str]) -> Route:
+        """The route of a one-token-per-row decode step (reused for every step of a generate)."""
+        idx = self.router.adapter_index(row_types, device=self.device)
+        merged = self.fast_paths.merged_inference and not torch.is_grad_enabled()
+        return Route.build(idx, (len(row_types), 1), self.config.adapter_names, None, merged=merged,
+                           fused=self.fast_paths.fused_lora)
 
-        def pre(_mod, _args):
-            outer.append(st.snapshot())
-            st.load(narrow)
-
-        def post(_mod, _args, _out):
-            if outer:
-                st.load(outer.pop())
-
-        hooks = [layer.self_attn.o_proj.register_forward_pre_hook(pre), layer.register_forward_hook(post)]
-        try:
-            yield
-        finally:
-            for h in hooks:
-                h.remove()
+    # -- loss ----------------------------------------------------------------------------
+    def head(self, hidden, layout: Layout, labels, logits_to_keep, return_logits, loss_reduction, plan):
+        """(logits, loss) from the decoder's output."""
+        targets = layout.targets
+        if layout.narrow is not None:  # hidden: [n, D], the read positions in narrow.kept order
+            if targets is not None:
+                target = targets.reshape(-1)[layout.narrow.kept]
+                return None, F.cross_entropy(loss_precision(self.lm_logits(hidden)), target, reduction=loss_reduction)
+            B = layout.route.shape[0]
+            in_place = torch.argsort(layout.narrow.kept)  # kept order (by adapter) -> row-major order
+            return self.lm_logits(hidden[in_place]).view(B, logits_to_keep, -1), None
+        if plan.packed:  # [1, N, D]: loss over the packed tokens (no logits are returned for a packed batch
+            # the model packed itself: their positions are not the caller's)
+            if targets is None:
+                return (self.lm_logits(hidden) if return_logits else None), None
+            keep = targets[0] != -100
+            loss = F.cross_entropy(loss_precision(self.lm_logits(hidden[0][keep])), targets[0][keep],
+                                   reduction=loss_reduction)
+            return (self.lm_logits(hidden) if return_logits and not plan.pack else None), loss
+        if logits_to_keep:
+            hidden = hidden[:, -logits_to_keep:]
+        if targets is not None and not return_logits:
+            keep = targets != -100
+            return None, F.cross_entropy(loss_precision(self.lm_logits(hidden[keep])), targets[keep],
+                                         reduction=loss_reduction)
+        logits = self.lm_logits(hidden)
+        loss = None
+        if targets is not None:
+            flat = loss_precision(logits).reshape(-1, logits.shape[-1])
+            loss = F.cross_entropy(flat, targets.reshape(-1), ignore_index=-100, reduction=loss_reduction)
+        return logits, loss
 
     def lm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Logits of ``hidden`` [..., H] as one 2-D matmul that reads the (tied) output embedding in
@@ -333,26 +375,30 @@ class MoLoRAModel(nn.Module):
         flat = hidden.reshape(-1, hidden.shape[-1]).to(weight.device)
         return F.linear(flat, weight).view(*hidden.shape[:-1], weight.shape[0])
 
-    def labelled_loss(self, hidden: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
-        """Next-token cross-entropy from the hidden states of the labelled positions only."""
-        target = labels[:, 1:]
-        keep = target != -100
-        logits = self.lm_logits(hidden[:, :-1][keep])
-        return F.cross_entropy(loss_precision(logits), target[keep], reduction=reduction)
-
-    def step_routing(self, row_types: list[str]) -> tuple:
-        """The routing snapshot of a one-token-per-row decode step (reused for every step)."""
-        with self.routing.route(self.router.adapter_index(row_types, device=self.device), 1, None):
-            return self.routing.snapshot()
-
-    @staticmethod
-    def _positions(attention_mask, shape, past_key_values) -> torch.Tensor:
-        past = past_key_values.get_seq_length() if past_key_values is not None else 0
-        if attention_mask is None:
-            return torch.arange(past, past + shape[1]).unsqueeze(0).expand(shape[0], -1)
-        # positions count only real tokens, so a left-padded row gets the positions it has alone
-        pos = attention_mask.long().cumsum(-1) - 1
-        return pos.clamp(min=0)[:, -shape[1]:]
+    def _forward_split(self, batch: dict, row_types, reduction, plan) -> MoLoRAOutput:
+        """The loss of the text-only rows of a frozen backbone (no trainable weight reaches them:
+        ``molora/frozen_rows.py``) without autograd, plus the loss of the others with it; the same
+        value and gradients as one pass."""
+        frozen, rest = frozen_text_rows(self, batch["input_ids"], row_types, batch["cu_seqlens"])
+        if batch["cu_seqlens"] is None and batch["attention_mask"] is None:
+            batch["attention_mask"] = torch.ones_like(batch["input_ids"])
+        switches = self.fast_paths
+        self.fast_paths = switches.replace(split_frozen_rows=False)
+        try:
+            with torch.no_grad():
+                fixed = self(**row_subset(batch, frozen, with_media=False), row_types=[row_types[i] for i in frozen],
+                             return_logits=False, loss_reduction="sum").loss
+            loss = self(**row_subset(batch, rest, with_media=True), row_types=[row_types[i] for i in rest],
+                        return_logits=False, loss_reduction="sum").loss
+        finally:
+            self.fast_paths = switches
+        loss = loss + fixed
+        if reduction == "mean":
+            targets = F.pad(batch["labels"][:, 1:], (0, 1), value=-100)
+            if batch["cu_seqlens"] is not None:
+                targets = packed_targets(targets, batch["cu_seqlens"])
+            loss = loss / (targets != -100).sum().to(loss.device)
+        return MoLoRAOutput(logits=None, loss=loss, row_types=row_types, plan=plan)
 
     # -- generation ----------------------------------------------------------------------
     @torch.no_grad()
@@ -380,3 +426,31 @@ class MoLoRAModel(nn.Module):
             counts[key] = counts.get(key, 0) + p.numel()
         return counts
 
+
+def _segments(flat_ids: torch.Tensor, cu_seqlens: torch.Tensor) -> list[torch.Tensor]:
+    bounds = cu_seqlens.tolist()
+    return [flat_ids[s:e] for s, e in zip(bounds[:-1], bounds[1:])]
+
+
+def _positions(attention_mask, shape, cache) -> torch.Tensor:
+    past = cache.get_seq_length() if cache is not None else 0
+    if attention_mask is None:
+        return torch.arange(past, past + shape[1]).unsqueeze(0).expand(shape[0], -1)
+    # positions count only real tokens, so a left-padded row gets the positions it has alone
+    pos = attention_mask.long().cumsum(-1) - 1
+    return pos.clamp(min=0)[:, -shape[1]:]
+
+
+def _prefill_mask(attention_mask: torch.Tensor, q_len: int) -> torch.Tensor:
+    from .attention import padding_mask
+
+    return padding_mask(attention_mask, q_len)
+
+
+def _decode_mask(attention_mask: torch.Tensor, q_len: int) -> torch.Tensor | None:
+    """A decode step's queries see every real cached key (they are the newest positions)."""
+    if bool(attention_mask.all()):
+        return None
+    from .attention import padding_mask
+
+    return padding_mask(attention_mask, q_len)

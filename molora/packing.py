@@ -1,33 +1,44 @@
-"""Padding-free training forward: the real tokens of a padded batch packed into one sequence.
+"""Padding-free training: the real tokens of a batch packed into one ``[1, N]`` sequence.
 
 A mixed-modality batch pads short text rows to the length of long image+speech rows (in the
-benchmark's batch of 8, 1216 real tokens in 8 x 228 = 1824 slots). Dropping padding inside the
-linears alone still leaves every norm, residual add and attention buffer at the padded size,
-plus a gather and a zero-filled scatter around each linear. Packing removes all of it: the
-decoder runs on ``[1, N, D]`` (N real tokens), rows ordered by adapter (so each adapter's tokens
-are one contiguous span: the routed linears need no gather at all), with per-row positions, and
-attention runs row by row on views of the packed queries / keys / values (causal inside a row,
-never across rows).
+benchmark's batch of 8, 1216 real tokens in 8 x 228 = 1824 slots). Packing removes every padded
+slot from every norm, linear, residual add and attention buffer: the decoder runs on ``[1, N, D]``,
+rows ordered by adapter (so each adapter's tokens are one contiguous span and the routed linears
+need no gather), with per-row positions, and attention causal inside each row, never across
+(``molora/attention.py``: per row, a block-diagonal mask, or FlashAttention's varlen kernel).
 
-Every real token gets the same value as in the padded forward (attention sees the same keys:
-a row's own earlier real tokens); only summation orders in the loss differ.
+Two ways in, one layout:
+
+- ``pack_batch`` (the trainer's collator): a padded processor batch -> a packed batch
+  (``input_ids`` / ``labels`` / ``position_ids`` ``[1, N]``, ``cu_seqlens`` [rows + 1]) that
+  ``MoLoRAModel.forward`` takes as is, with its media in the same order (rows are sorted by the
+  adapter their input type routes to before the processor runs, so no media moves);
+- ``PackedRows`` (``MoLoRAModel`` with ``fast_paths.pack``): a padded batch's token embeddings,
+  positions and labels packed inside the forward.
+
+Every real token gets the value it gets in the padded forward; only summation orders differ.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-from .adapters.routing import gather_rows
+from .adapters.route import gather_rows
+
+__all__ = ["PackedRows", "pack_batch", "packed_targets"]
+
+ROW_KEYS = ("input_ids", "attention_mask", "labels")
 
 
 class PackedRows:
     """Where each real token of a ``[B, T]`` batch goes in the packed ``[1, N]`` sequence."""
 
-    def __init__(self, index: torch.Tensor, spans: list[tuple[int, int]], token_adapter: torch.Tensor, shape):
+    def __init__(self, index: torch.Tensor, lengths: list[int], token_adapter: torch.Tensor, shape):
         self.index = index  # [N] flat positions (b * T + t) of the packed tokens, in packed order
-        self.spans = spans  # per packed row: [start, end) in the packed sequence
+        self.lengths = lengths  # per packed row (rows in packed order)
         self.token_adapter = token_adapter  # [N] adapter index of each packed token (non-decreasing)
         self.shape = tuple(shape)  # (B, T)
+        self.cu_seqlens = F.pad(torch.tensor(lengths, device=index.device).cumsum(0), (1, 0))
 
     @property
     def n(self) -> int:
@@ -42,9 +53,7 @@ class PackedRows:
         keep = mask[order]  # [B, T] rows in packed order
         lens = keep.sum(-1)
         index = (order[:, None] * T + torch.arange(T, device=mask.device)[None, :])[keep]
-        ends = lens.cumsum(0).tolist()
-        spans = [(e - n, e) for e, n in zip(ends, lens.tolist())]
-        return cls(index, spans, row_adapter[order].repeat_interleave(lens), (B, T))
+        return cls(index, lens.tolist(), row_adapter[order].repeat_interleave(lens), (B, T))
 
     def pack(self, x: torch.Tensor) -> torch.Tensor:
         """[B, T, ...] -> [1, N, ...] (gradient flows back to the real positions)."""
@@ -53,14 +62,28 @@ class PackedRows:
             return flat[self.index][None]
         return gather_rows(flat, self.index)[None]
 
-    def attention(self, query, key, value, dropout: float = 0.0, scaling: float | None = None) -> torch.Tensor:
-        """Causal attention inside each row of the packed ``[1, H, N, d]`` states, on views (no
-        copies in); returns ``[1, N, H, d]`` like transformers' attention functions."""
-        lens = [e - s for s, e in self.spans]
-        outs = []  # split, not slices: backward joins the rows' gradients in one cat (a slice's fills zeros)
-        for q, k, v in zip(query.split(lens, 2), key.split(lens, 2), value.split(lens, 2)):
-            if q.shape[2]:
-                o = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, scale=scaling, is_causal=True,
-                                                   enable_gqa=True)
-                outs.append(o.transpose(1, 2))
-        return torch.cat(outs, 1)
+
+def packed_targets(targets: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
+    """Next-token labels of a packed sequence (``labels`` shifted by one) with each row's last
+    position unlabelled: a row never predicts the next row's first token."""
+    targets = targets.clone()
+    ends = cu_seqlens[1:].to(targets.device) - 1
+    targets[0, ends] = -100
+    return targets
+
+
+def pack_batch(batch: dict) -> dict:
+    """A padded processor batch (right or left padding, ``labels`` optional) -> the packed batch
+    ``MoLoRAModel.forward`` takes: rows concatenated in order without padding, ``position_ids``
+    restarting at 0 in each row, ``cu_seqlens``; media tensors unchanged (they are in row order).
+    For contiguous adapter spans, give the processor the rows sorted by input type first."""
+    mask = batch["attention_mask"].bool()
+    rows = range(mask.shape[0])
+    lengths = [int(mask[r].sum()) for r in rows]
+    out = {k: v for k, v in batch.items() if k not in ROW_KEYS}
+    for key in ("input_ids", "labels"):
+        if key in batch:
+            out[key] = torch.cat([batch[key][r][mask[r]] for r in rows])[None]
+    out["position_ids"] = torch.cat([torch.arange(n) for n in lengths])[None]
+    out["cu_seqlens"] = F.pad(torch.tensor(lengths).cumsum(0), (1, 0))
+    return out

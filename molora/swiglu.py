@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from transformers.models.phi3.modeling_phi3 import Phi3MLP
 
 
 class _SiluGate(torch.autograd.Function):
@@ -33,20 +32,3 @@ def silu_gate(gate_up: torch.Tensor) -> torch.Tensor:
         return _SiluGate.apply(gate_up)
     gate, up = gate_up.chunk(2, dim=-1)
     return up * F.silu(gate)
-
-
-class SwiGLUMLP(Phi3MLP):
-    """Phi3MLP (same parameters and state-dict keys) with the gate as one autograd node."""
-
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(silu_gate(self.gate_up_proj(hidden_states)))
-
-
-def use_swiglu(model: torch.nn.Module) -> int:
-    """Switch every silu Phi3MLP in ``model`` to SwiGLUMLP in place; returns how many."""
-    n = 0
-    for m in model.modules():
-        if type(m) is Phi3MLP and m.config.hidden_act == "silu":
-            m.__class__ = SwiGLUMLP
-            n += 1
-    return n

@@ -19,7 +19,7 @@ def shard_model(model, dist) -> None:
     for unit in model.language_model.layers:
         fully_shard(unit, mesh=mesh)
     fully_shard(model, mesh=mesh)
-    model.routing.touch_all = True
+    model.touch_all = True
 
 
 def _options(**kw):

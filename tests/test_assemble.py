@@ -11,7 +11,7 @@ from safetensors.torch import save_file
 from conftest import randomize_
 from molora import MoLoRAConfig
 from molora.assemble import assemble
-from molora.backbone import phi3_config
+from molora.backbones.phi3 import hf_config as phi3_config
 from molora.errors import CheckpointError
 
 

@@ -1,17 +1,12 @@
-"""The optimised paths give the same numbers as the plain ones they replace.
+"""The kernels behind the fast paths give the numbers of the plain computations they replace
+(the paths themselves, switched on and off in a whole model, are in test_execution_plan.py):
 
 - routed LoRA linear as one hand-written autograd node (adapters on contiguous token spans)
-  == the same computation through autograd's generic ops, forward and every gradient;
-- a padded mixed batch (tokens regrouped by adapter, padding dropped) trains exactly like its
-  rows run one at a time without padding (loss sum and every LoRA / projector gradient);
-- the last decoder layer narrowed to the positions that are read (``logits_to_keep``, or the
-  labelled positions with ``return_logits=False``) == the full forward (logits, loss, gradients);
+  == the same computation through autograd's generic ops, forward and every gradient, with dropout;
+- a padded mixed batch trains exactly like its rows run one at a time without padding;
 - generation's in-place KV cache == transformers' DynamicCache (identical tokens);
-- attention per length bucket (rows of very different lengths) == attention over the padded batch;
-- the one-node SwiGLU gate, grouped-query SDPA on CPU and the conformer's channels-last first
-  convolution == the plain computations;
-- text-only rows of a frozen backbone run without autograd (``molora/frozen_rows.py``) == one pass
-  for all rows (loss and every gradient).
+- the one-node SwiGLU gate and the conformer's channels-last first convolution == the plain ones;
+- grouped-query, packed-row and length-grouped attention == plain SDPA.
 """
 from __future__ import annotations
 
@@ -129,31 +124,6 @@ def _as_double(batch):
     return {k: v.double() if torch.is_tensor(v) and v.is_floating_point() else v for k, v in batch.items()}
 
 
-def test_narrowed_last_layer_matches_full_forward():
-    from conftest import drawn_image, synth_audio
-
-    model, proc = _double_tiny()
-    batch = _as_double(proc(_mixed(proc, synth_audio, drawn_image), return_labels=True))
-
-    def run(return_logits):
-        model.zero_grad(set_to_none=True)
-        loss = model(**batch, return_logits=return_logits).loss
-        loss.backward()
-        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-
-    full_loss, full_g = run(True)  # full logits: nothing narrowed
-    lean_loss, lean_g = run(False)  # labelled positions only in the last layer
-    torch.testing.assert_close(lean_loss, full_loss, rtol=1e-12, atol=0)
-    assert lean_g.keys() == full_g.keys()
-    for n in full_g:
-        torch.testing.assert_close(lean_g[n], full_g[n], rtol=1e-9, atol=1e-12, msg=n)
-    gen = {k: v for k, v in batch.items() if k != "labels"}
-    with torch.no_grad():
-        full = model.eval()(**gen).logits[:, -1:]
-        last = model(**gen, logits_to_keep=1).logits
-    torch.testing.assert_close(last, full, rtol=1e-12, atol=1e-12)
-
-
 def test_growing_kv_cache_generates_the_dynamic_cache_tokens(monkeypatch):
     from conftest import drawn_image, synth_audio
     from transformers import DynamicCache
@@ -190,30 +160,6 @@ def test_swiglu_gate_matches_autograd():
     assert torch.autograd.gradcheck(_SiluGate.apply, (x,))
 
 
-def test_gqa_sdpa_matches_repeated_heads():
-    from types import SimpleNamespace
-
-    from transformers.integrations.sdpa_attention import repeat_kv
-
-    from molora.backbone import sdpa_gqa_attention
-
-    g = torch.Generator().manual_seed(0)
-    q = torch.randn(3, 6, 9, 8, generator=g, dtype=torch.float64, requires_grad=True)
-    k = torch.randn(3, 2, 9, 8, generator=g, dtype=torch.float64, requires_grad=True)
-    v = torch.randn(3, 2, 9, 8, generator=g, dtype=torch.float64, requires_grad=True)
-    mask = torch.ones(9, 9, dtype=torch.bool).tril().expand(3, 1, 9, 9).clone()
-    mask[0, :, :, :2] = False
-    mask[0, :, :2, 0] = True  # every query sees a key
-    module = SimpleNamespace(num_key_value_groups=3, is_causal=True)
-    got, _ = sdpa_gqa_attention(module, q, k, v, mask, scaling=0.3)
-    want = torch.nn.functional.scaled_dot_product_attention(q, repeat_kv(k, 3), repeat_kv(v, 3), attn_mask=mask,
-                                                            scale=0.3).transpose(1, 2)
-    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
-    up = torch.randn(got.shape, generator=g, dtype=torch.float64)
-    for a, b in zip(torch.autograd.grad(got, (q, k, v), up), torch.autograd.grad(want, (q, k, v), up)):
-        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
-
-
 def test_conformer_first_conv_channels_last_matches_conv2d():
     from molora.encoders.conformer import _first_conv_channels_last
 
@@ -225,118 +171,45 @@ def test_conformer_first_conv_channels_last_matches_conv2d():
     torch.testing.assert_close(got, conv(x), rtol=1e-12, atol=1e-12)
 
 
-def test_length_grouped_attention_matches_padded_attention(monkeypatch):
-    from conftest import drawn_image, synth_audio
+def test_attention_kernels_agree():
+    """Grouped-query SDPA on the shared K/V heads == SDPA on repeated heads; packed rows (per row,
+    block-diagonal mask) == each row alone; length groups == one padded SDPA at the real positions."""
+    from transformers.integrations.sdpa_attention import repeat_kv
 
-    from molora.backbone import LengthGroups
+    from molora.attention import LengthGroups, grouped_attention, packed_attention, padded_attention, padding_mask
 
-    model, proc = _double_tiny(seed=5)
-    batch = _as_double(proc(_mixed(proc, synth_audio, drawn_image), return_labels=True))
-    plan = LengthGroups.plan(batch["attention_mask"])
-    assert plan is not None and len(plan.groups) >= 2  # the batch mixes short and long rows
-    # left padding (generation): the same buckets, windows at the right end
+    g = torch.Generator().manual_seed(0)
+    lengths = [5, 9, 3]
+    n = sum(lengths)
+    q = torch.randn(1, 6, n, 8, generator=g, dtype=torch.float64, requires_grad=True)
+    k = torch.randn(1, 2, n, 8, generator=g, dtype=torch.float64, requires_grad=True)
+    v = torch.randn(1, 2, n, 8, generator=g, dtype=torch.float64, requires_grad=True)
+    cu = torch.tensor([0, 5, 14, 17])
+    want = torch.cat([torch.nn.functional.scaled_dot_product_attention(
+        q[:, :, s:e], repeat_kv(k[:, :, s:e], 3), repeat_kv(v[:, :, s:e], 3), is_causal=True, scale=0.3)
+        for s, e in zip(cu[:-1].tolist(), cu[1:].tolist())], 2).transpose(1, 2)
+    up = torch.randn(want.shape, generator=g, dtype=torch.float64)
+    grads = torch.autograd.grad(want, (q, k, v), up)
+    for backend in ("rows", "block"):
+        got = packed_attention(q, k, v, cu, lengths, backend, scale=0.3)
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+        for a, b in zip(torch.autograd.grad(got, (q, k, v), up), grads):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    # padded rows of very different lengths (right and left padding)
+    for side in ("right", "left"):
+        mask = torch.zeros(3, 40, dtype=torch.long)
+        for r, m in enumerate([40, 8, 30]):
+            mask[r, :m] = 1
+        if side == "left":
+            mask = mask.flip(-1)
+        qp, kp, vp = (torch.randn(3, h, 40, 8, generator=g, dtype=torch.float64) for h in (6, 2, 2))
+        full = padding_mask(mask, 40)
+        plain = padded_attention(qp, kp, vp, full)
+        groups = LengthGroups.plan(mask)
+        assert groups is not None and len(groups.groups) >= 2
+        grouped = grouped_attention(qp, kp, vp, full, groups)
+        real = mask.bool()
+        torch.testing.assert_close(grouped[real], plain[real], rtol=1e-12, atol=1e-12)
     left = LengthGroups.plan(torch.tensor([[0] * 60 + [1] * 40, [1] * 100, [0] * 55 + [1] * 45]))
-    assert left is not None and [(g[0].tolist(), g[1], g[2]) for g in left.groups] == [([1], 0, 100),
-                                                                                       ([0, 2], 55, 100)]
-
-    def run():
-        model.zero_grad(set_to_none=True)
-        out = model(**batch)
-        out.loss.backward()
-        return out, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-
-    grouped, g_grouped = run()
-    monkeypatch.setattr(LengthGroups, "plan", classmethod(lambda cls, mask, min_saving=0.2: None))
-    padded, g_padded = run()
-    real = batch["attention_mask"].bool()
-    torch.testing.assert_close(grouped.logits[real], padded.logits[real], rtol=1e-10, atol=1e-10)
-    torch.testing.assert_close(grouped.loss, padded.loss, rtol=1e-12, atol=0)
-    for n in g_padded:
-        torch.testing.assert_close(g_grouped[n], g_padded[n], rtol=1e-9, atol=1e-12, msg=n)
-
-
-@pytest.mark.parametrize("side", ["right", "left"])
-def test_packed_training_forward_matches_padded(monkeypatch, side):
-    """The padding-free training forward (molora/packing.py) gives the padded forward's loss and
-    gradients, with right or left padding and a row that has no labelled token."""
-    from conftest import drawn_image, synth_audio
-
-    from molora.packing import PackedRows
-
-    model, proc = _double_tiny(seed=7)
-    model.split_frozen_rows = False  # one packed pass for all rows (the split is tested below)
-    batch = _as_double(proc(_mixed(proc, synth_audio, drawn_image), return_labels=True))
-    batch["labels"][1] = -100  # a row with nothing to learn still packs (and adds nothing)
-    if side == "left":  # move every row's real tokens to the right end
-        mask = batch["attention_mask"].bool()
-        for k in ("input_ids", "attention_mask", "labels"):
-            t = batch[k]
-            fill = {"input_ids": proc.pad_token_id, "attention_mask": 0, "labels": -100}[k]
-            out = torch.full_like(t, fill)
-            for r in range(t.shape[0]):
-                n = int(mask[r].sum())
-                out[r, t.shape[1] - n:] = t[r][mask[r]]
-            batch[k] = out
-    plans = []
-    real_plan = PackedRows.plan
-    monkeypatch.setattr(PackedRows, "plan", classmethod(lambda cls, *a: plans.append(real_plan(*a)) or plans[-1]))
-
-    def run():
-        model.zero_grad(set_to_none=True)
-        loss = model(**batch, return_logits=False, loss_reduction="sum").loss
-        loss.backward()
-        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-
-    packed_loss, packed_g = run()
-    assert len(plans) == 1
-    plan = plans[0]
-    mask = batch["attention_mask"].bool()
-    assert plan.n == int(mask.sum()) and plan.spans[-1][1] == plan.n
-    assert bool((plan.token_adapter[1:] >= plan.token_adapter[:-1]).all())  # adapter spans
-    assert torch.equal(batch["input_ids"].flatten()[plan.index].sort().values,
-                       batch["input_ids"][mask].sort().values)
-    monkeypatch.setattr(MoLoRAModel, "_packing", lambda self, *a: None)
-    padded_loss, padded_g = run()
-    torch.testing.assert_close(packed_loss, padded_loss, rtol=1e-12, atol=0)
-    assert packed_g.keys() == padded_g.keys()
-    for n in padded_g:
-        torch.testing.assert_close(packed_g[n], padded_g[n], rtol=1e-9, atol=1e-12, msg=n)
-
-
-@pytest.mark.parametrize("side, reduction", [("right", "mean"), ("left", "sum"), ("right", "sum")])
-def test_frozen_text_rows_without_autograd_match_one_pass(monkeypatch, side, reduction):
-    """Text-only rows (no adapter, no media) of a frozen backbone run under no_grad beside the other
-    rows: the same loss and every gradient as one pass; nothing is split once the backbone trains."""
-    from conftest import drawn_image, synth_audio
-
-    model, proc = _double_tiny(seed=11)
-    batch = _as_double(proc(_mixed(proc, synth_audio, drawn_image), return_labels=True, padding_side=side))
-    splits = []
-    real = MoLoRAModel._forward_split
-    monkeypatch.setattr(MoLoRAModel, "_forward_split", lambda self, b, t, f, r, red: splits.append((f, r)) or
-                        real(self, b, t, f, r, red))
-
-    def run(split):
-        model.split_frozen_rows = split
-        model.zero_grad(set_to_none=True)
-        loss = model(**batch, return_logits=False, loss_reduction=reduction).loss
-        loss.backward()
-        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-
-    split_loss, split_g = run(True)
-    assert splits == [([0, 4], [1, 2, 3])]  # the two text rows, then image / speech / image+speech
-    one_loss, one_g = run(False)
-    assert len(splits) == 1
-    torch.testing.assert_close(split_loss, one_loss, rtol=1e-6, atol=0)  # the loss is fp32 (summation order)
-    assert split_g.keys() == one_g.keys() and len(one_g) > 0
-    for n in one_g:
-        torch.testing.assert_close(split_g[n], one_g[n], rtol=1e-9, atol=1e-12, msg=n)
-    # a backbone that trains: every row's loss has a gradient, nothing is split
-    model.language_model.norm.weight.requires_grad_(True)
-    run(True)
-    assert len(splits) == 1 and model.language_model.norm.weight.grad is not None
-    model.language_model.norm.weight.requires_grad_(False)
-    with torch.no_grad():  # evaluation: no split either
-        model.split_frozen_rows = True
-        model(**batch, return_logits=False)
-    assert len(splits) == 1
+    assert left is not None and [(x[0].tolist(), x[1], x[2]) for x in left.groups] == [([1], 0, 100),
+                                                                                     ([0, 2], 55, 100)]
