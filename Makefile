@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 LOCK   := requirements.lock
 UV     := uv==0.13.9
 
-.PHONY: install test test-fast test-latest test-numerics demo bench lock clean
+.PHONY: install test test-fast test-latest test-numerics demo bench gpu-check lock clean
 
 $(STAMP): $(LOCK) pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "needs $(PYTHON) on PATH"; exit 1; }
@@ -35,6 +35,13 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_core.py --repeats 5
+
+# The checks for the day a GPU is lent (benchmarks/gpu_check.py); `make gpu-check DEVICE=cpu PRESET=small`
+# runs the same code on the CPU in minutes (the suite does). Writes $$OUT/gpu_check.json when OUT is set.
+DEVICE ?= cuda
+PRESET ?= phi4-multimodal
+gpu-check: $(STAMP)
+	$(PY) benchmarks/gpu_check.py --device $(DEVICE) --preset $(PRESET)
 
 # The lock: pyproject's ranges (+ the test extra and the build tools), resolved for CPython 3.11 on
 # Linux x86-64 by uv (run from a throwaway venv so the lock does not depend on what is installed).

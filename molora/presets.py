@@ -24,6 +24,33 @@ def phi4_multimodal() -> MoLoRAConfig:
     return MoLoRAConfig(name="phi4-multimodal", tokenizer="microsoft/Phi-4-multimodal-instruct")
 
 
+def phi4_mini_reasoning_multimodal() -> MoLoRAConfig:
+    """Phi-4-mini-reasoning as the backbone (the same shapes as Phi-4-mini: it is a fine-tune of it)
+    with Phi-4-multimodal's encoders, projectors and routed LoRAs."""
+    cfg = phi4_multimodal()
+    cfg.name, cfg.tokenizer = "phi4-mini-reasoning-multimodal", "microsoft/Phi-4-mini-reasoning"
+    cfg.backbone.pretrained = "microsoft/Phi-4-mini-reasoning"
+    return cfg
+
+
+def phi4_14b_multimodal() -> MoLoRAConfig:
+    """Phi-4 (14B; also the shape of Phi-4-reasoning) as the backbone: 40 layers of width 5120,
+    40 query / 10 key-value heads, rotary on the whole head (theta 250000, no LongRoPE), context
+    16384, an untied 100,352-token vocabulary; with Phi-4-multimodal's encoders and routed LoRAs
+    (projectors widened to 5120). The image / audio placeholders take two ids at the top of the
+    vocabulary, which Phi-4's tokenizer reserves (``<|dummy_N|>``)."""
+    return MoLoRAConfig(
+        name="phi4-14b-multimodal", tokenizer="microsoft/phi-4",
+        backbone=BackboneConfig(
+            vocab_size=100352, hidden_size=5120, intermediate_size=17920, num_hidden_layers=40,
+            num_attention_heads=40, num_key_value_heads=10, rope_theta=250000.0, partial_rotary_factor=1.0,
+            rope_type="default", short_factor=None, long_factor=None, original_max_position_embeddings=16384,
+            max_position_embeddings=16384, tie_word_embeddings=False, bos_token_id=100257, pad_token_id=100257,
+            eos_token_ids=[100265, 100257], image_token_id=100350, audio_token_id=100351,
+            pretrained="microsoft/phi-4"),
+    )
+
+
 def small() -> MoLoRAConfig:
     """Proportioned like the real model (GQA 3:1, partial rotary 0.75, r/alpha ratios), ~0.3 GB fp32."""
     return MoLoRAConfig(
@@ -72,4 +99,5 @@ def tiny() -> MoLoRAConfig:
     )
 
 
-PRESETS = {"phi4-multimodal": phi4_multimodal, "small": small, "tiny": tiny}
+PRESETS = {"phi4-multimodal": phi4_multimodal, "phi4-mini-reasoning-multimodal": phi4_mini_reasoning_multimodal,
+           "phi4-14b-multimodal": phi4_14b_multimodal, "small": small, "tiny": tiny}

@@ -1,5 +1,7 @@
-"""Assembling a new model from parts: a Phi-4-mini-architecture checkpoint saved by transformers
-(Phi3ForCausalLM) for the backbone and an open_clip SigLIP checkpoint for the vision tower."""
+"""Assembling a new model from parts: a backbone checkpoint saved by transformers (Phi3ForCausalLM) in
+each shape family of the seed models -- Phi-4-mini / Phi-4-mini-reasoning (partial LongRoPE, tied
+embeddings) and Phi-4 14B (rotary on the whole head, plain RoPE, untied embeddings) -- and an
+open_clip SigLIP checkpoint for the vision tower."""
 from __future__ import annotations
 
 import json
@@ -75,3 +77,47 @@ def test_vision_tower_from_open_clip_checkpoint(tmp_path):
     q, k, _ = trunk.blocks[0].attn.qkv.weight.chunk(3)
     assert torch.equal(tower.encoder.layers[0].self_attn.q_proj.weight, q)
     assert torch.equal(tower.encoder.layers[0].self_attn.k_proj.weight, k)
+
+
+# tiny stand-ins of each backbone shape family (the presets' decoders at a few layers of width 128)
+FAMILY_SHAPES = {
+    "phi4-mini": {},  # the tiny preset's own decoder: partial rotary 0.75, LongRoPE, tied
+    "phi4-14b": {"partial_rotary_factor": 1.0, "rope_type": "default", "short_factor": None, "long_factor": None,
+                 "rope_theta": 250000.0, "tie_word_embeddings": False, "num_key_value_heads": 1,
+                 "original_max_position_embeddings": 512, "max_position_embeddings": 512},
+}
+
+
+@pytest.mark.parametrize("family", list(FAMILY_SHAPES))
+def test_each_backbone_shape_family_assembles_with_transformers_logits_and_trains(family, tmp_path):
+    from transformers import Phi3ForCausalLM
+
+    from datafactory import corpus
+    from molora.stages.recipe import load_recipe
+    from molora.stages.trainer import train
+
+    base = MoLoRAConfig.preset("tiny")
+    cfg = base.replace(backbone=FAMILY_SHAPES[family])
+    d = tmp_path / family
+    torch.manual_seed(1)
+    ref = Phi3ForCausalLM(phi3_config(cfg.backbone, attn_implementation="eager")).eval()
+    randomize_(ref, seed=5)
+    ref.save_pretrained(d)
+    saved = json.loads((d / "config.json").read_text())
+    assert saved["tie_word_embeddings"] == cfg.backbone.tie_word_embeddings
+    model = assemble(base, backbone=str(d)).eval()
+    b = model.config.backbone
+    assert (b.partial_rotary_factor, b.rope_type, b.tie_word_embeddings) == \
+        (cfg.backbone.partial_rotary_factor, cfg.backbone.rope_type, cfg.backbone.tie_word_embeddings)
+    assert (model.lm_head is None) == cfg.backbone.tie_word_embeddings
+    ids = torch.randint(0, 255, (2, 40), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = ref(input_ids=ids).logits
+        got = model(input_ids=ids).logits
+    assert (got - expected).abs().max().item() <= 1e-4 * max(1.0, expected.abs().max().item())
+    # and one stage trains on top of it
+    data = corpus(tmp_path / "data", "asr")
+    recipe = load_recipe("tiny-speech", {"data.train": str(data), "max_steps": 3, "model": {"preset": "tiny",
+                                                                                           "backbone": str(d)}})
+    summary = train(recipe, tmp_path / "run", progress=False)
+    assert summary["steps"] == 3 and summary["skipped"] == []

@@ -81,3 +81,49 @@ def test_official_phi4mm_keys(full):
     # every decoder linear carries both adapters
     assert sum(1 for k in official if k.endswith("lora_A.vision.weight")) == 32 * 4
     assert sum(1 for k in official if k.endswith("lora_A.speech.weight")) == 32 * 4
+
+
+def _decoder_count(b) -> int:
+    """Parameters of a Phi-3-architecture decoder, from its shapes (no LoRA)."""
+    d, kv = b.hidden_size, b.num_key_value_heads * b.head_dim
+    layer = d * (d + 2 * kv) + d * d + d * 2 * b.intermediate_size + b.intermediate_size * d + 2 * d
+    return b.num_hidden_layers * layer + b.vocab_size * d * (1 if b.tie_word_embeddings else 2) + d
+
+
+def _lora_count(b, r) -> int:
+    d, kv, f = b.hidden_size, b.num_key_value_heads * b.head_dim, b.intermediate_size
+    per_layer = r * ((d + d + 2 * kv) + (d + d) + (d + 2 * f) + (f + d))
+    return b.num_hidden_layers * per_layer
+
+
+@pytest.mark.parametrize("name", ["phi4-mini-reasoning-multimodal", "phi4-14b-multimodal"])
+def test_seed_family_presets_on_the_meta_device(name, capsys):
+    """The other seed backbones with the same encoders and routed LoRAs: counts from the shapes,
+    and the decoder's count equal to transformers' Phi3ForCausalLM of the same config."""
+    from transformers import Phi3ForCausalLM
+
+    from molora.backbones.phi3 import hf_config
+
+    cfg = MoLoRAConfig.preset(name)
+    b = cfg.backbone
+    with torch.device("meta"):
+        model = MoLoRAModel(cfg)
+        ref = Phi3ForCausalLM(hf_config(b))
+    counts = model.parameter_counts()
+    with capsys.disabled():
+        print(f"\n{name} parameter counts:", {k: f"{v / 1e6:.1f}M" for k, v in sorted(counts.items())},
+              f"total {sum(counts.values()) / 1e9:.2f}B")
+    decoder = counts["language_model"] + counts.get("lm_head", 0)
+    assert decoder == _decoder_count(b) == sum(p.numel() for p in ref.parameters())
+    assert counts["lora[vision]"] == _lora_count(b, 256) and counts["lora[speech]"] == _lora_count(b, 320)
+    if name == "phi4-14b-multimodal":
+        assert round(decoder / 1e9, 2) == 14.66  # Phi-4: "14.7B"
+        assert (b.vocab_size, b.num_hidden_layers, b.partial_rotary_factor, b.tie_word_embeddings) == \
+            (100352, 40, 1.0, False)
+        assert model.lm_head.weight.shape == (100352, 5120)
+        assert model.image_embed.img_projection[0].weight.shape == (5120, 1152)  # projectors at the new width
+        assert round(counts["lora[vision]"] / 1e6, 1) == 891.3 and round(counts["lora[speech]"] / 1e6, 1) == 1114.1
+    else:  # Phi-4-mini's shapes exactly
+        with torch.device("meta"):
+            mini = MoLoRAModel(MoLoRAConfig.preset("phi4-multimodal")).parameter_counts()
+        assert counts == mini and b.pretrained == "microsoft/Phi-4-mini-reasoning"

@@ -1,0 +1,283 @@
+"""The checks to run the day a GPU is lent (`make gpu-check`), in one prepared script.
+
+    make gpu-check                               # DEVICE=cuda PRESET=phi4-multimodal: the real shapes
+    make gpu-check DEVICE=cpu PRESET=small       # the same code on the CPU in under 3 minutes (the suite runs it)
+
+On random weights at the preset's shapes (no download), in bf16:
+
+1. **speech post-training step**: the speech projector and speech LoRA train (the report's
+   post-training plan), AdamW, bf16 autocast, the padding-free path (rows packed by
+   ``molora.packing.pack_batch``, as the trainer's collator sends them); step time, peak memory,
+   FLOPs of one step counted by ``torch.utils.flop_counter`` and MFU against the device's dense
+   bf16 peak (H100 / H200 989 TFLOP/s, A100 312; ``--peak-tflops`` for others);
+2. **ASR RTFx** at batch 128: feature extraction + greedy generate + decode per batch, timed after a
+   warm-up batch, as the Open ASR leaderboard times it (random weights rarely stop early, so every
+   row generates ``max_new_tokens``: a worst case for the decode loop);
+3. **bf16 logits vs transformers**: the same weights saved in the transformers-native layout and
+   loaded by ``Phi4MultimodalForCausalLM`` + peft, one text, image and speech prompt each: largest
+   logit difference relative to the logits' scale, and whether the greedy tokens agree.
+
+Writes ``gpu_check.json`` (``--out``; ``$OUT`` when set, as on the lent machine) and prints a summary.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0}
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _peak(device, override):
+    if override:
+        return override * 1e12
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v * 1e12 for k, v in PEAK_BF16_TFLOPS.items() if k in name), None)
+
+
+def _clips(n, lo, hi, seed):
+    from molora.synthetic.media import synth_audio
+
+    rng = np.random.default_rng(seed)
+    return [synth_audio(float(rng.uniform(lo, hi)), seed=i % 7) for i in range(n)]
+
+
+def _processor(cfg):
+    from molora import MoLoRAProcessor
+    from molora.tokenizer import build_byte_tokenizer
+
+    # the byte-level tokenizer: its ids are valid rows of every preset's embedding, so the check
+    # needs no downloaded tokenizer (shapes and compute are the real ones; the text is not)
+    return MoLoRAProcessor(cfg, tokenizer=build_byte_tokenizer())
+
+
+def _asr_convs(clips, transcripts=None):
+    prompt = "Transcribe the audio clip into text."
+    convs = []
+    for i, c in enumerate(clips):
+        conv = [{"role": "user", "content": [{"type": "audio", "audio": (c, 16000)}, {"type": "text", "text": prompt}]}]
+        if transcripts is not None:
+            conv.append({"role": "assistant", "content": transcripts[i]})
+        convs.append(conv)
+    return convs
+
+
+def build_model(preset, device):
+    from molora import MoLoRAConfig, MoLoRAModel
+
+    cfg = MoLoRAConfig.preset(preset)
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = MoLoRAModel(cfg)
+    with torch.no_grad():  # non-zero adapters, so routing and the LoRA paths compute something
+        for n, p in model.named_parameters():
+            if ".lora_B." in n:
+                p.normal_(0, 1e-3)
+    return model.to(torch.bfloat16), cfg
+
+
+def train_step(model, cfg, device, args) -> dict:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from molora.packing import pack_batch
+    from molora.stages.freeze import apply_plan
+
+    apply_plan(model, ["speech_projector", "speech_lora"])
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    for p in trainable:  # trainable weights and their optimiser state in float32, compute in bf16
+        p.data = p.data.float()
+    opt = torch.optim.AdamW(trainable, lr=1e-4, fused=device.type == "cuda")
+    proc = _processor(cfg)
+    words = "the quick brown fox jumps over the lazy dog while seven red ships sail past".split()
+    rng = np.random.default_rng(1)
+    clips = _clips(args.train_batch, *args.train_seconds, seed=2)
+    texts = [" ".join(rng.choice(words, size=max(3, int(len(c) / 16000 * 2.5)))) for c in clips]
+    batch = pack_batch(proc(_asr_convs(clips, texts), return_labels=True))
+    batch = {k: v.to(device) for k, v in batch.items()}
+    tokens = int(batch["input_ids"].shape[1])
+
+    def step():
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            loss = model(**batch, return_logits=False).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return loss.detach()
+
+    model.train()
+    for _ in range(args.warmup):
+        step()
+    with FlopCounterMode(display=False) as counter:
+        step()
+    flops = counter.get_total_flops()
+    _sync(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    times = []
+    for _ in range(args.steps):
+        _sync(device)
+        t0 = time.perf_counter()
+        loss = step()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    step_s = float(np.median(times))
+    peak = _peak(device, args.peak_tflops)
+    out = {"rows": args.train_batch, "tokens": tokens, "audio_seconds": round(sum(len(c) for c in clips) / 16000, 1),
+           "step_seconds": round(step_s, 4), "steps_timed": args.steps, "loss": round(loss.item(), 4),
+           "flops_per_step": flops, "tflops_per_s": round(flops / step_s / 1e12, 2),
+           "mfu": None if peak is None else round(flops / step_s / peak, 4),
+           "peak_tflops_assumed": None if peak is None else peak / 1e12,
+           "trainable_parameters": sum(p.numel() for p in trainable),
+           "padding_free": True}
+    if device.type == "cuda":
+        out["peak_memory_gb"] = round(torch.cuda.max_memory_allocated(device) / 2 ** 30, 2)
+    for p in trainable:
+        p.data = p.data.to(torch.bfloat16)
+        p.grad = None
+    del opt
+    return out
+
+
+@torch.no_grad()
+def asr_rtfx(model, cfg, device, args) -> dict:
+    model.eval()
+    proc = _processor(cfg)
+    clips = _clips(args.asr_batch, *args.asr_seconds, seed=3)
+
+    def run(batch_clips):
+        _sync(device)
+        t0 = time.perf_counter()
+        batch = proc(_asr_convs(batch_clips))
+        batch = {k: v.to(device) for k, v in batch.items()}
+        ids = model.generate(**batch, max_new_tokens=args.asr_new_tokens, eos_token_ids=[])
+        proc.batch_decode(ids.cpu())
+        _sync(device)
+        return time.perf_counter() - t0, int(ids.shape[1])
+
+    run(clips[: max(1, len(clips) // 8)])  # warm-up
+    seconds, new_tokens = run(clips)
+    audio = sum(len(c) for c in clips) / 16000
+    return {"batch": len(clips), "audio_seconds": round(audio, 1), "seconds": round(seconds, 3),
+            "rtfx": round(audio / seconds, 2), "new_tokens_per_row": new_tokens}
+
+
+@torch.no_grad()
+def logits_vs_transformers(model, cfg, device, workdir: Path) -> dict:
+    from peft import PeftModel
+    from transformers import Phi4MultimodalForCausalLM
+
+    # peft 0.21 itself reads transformers' deprecated ``is_gradient_checkpointing`` when it wraps a model
+    warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+
+    from molora.synthetic.media import drawn_image, synth_audio
+
+    model.eval()
+    proc = _processor(cfg)
+    prompts = {
+        "text": [{"role": "user", "content": "Write one sentence about the sea."}],
+        "image": [{"role": "user", "content": [{"type": "image", "image": drawn_image(640, 480, 1)},
+                                               {"type": "text", "text": "What is in the picture?"}]}],
+        "speech": _asr_convs([synth_audio(6.0, seed=2)])[0],
+    }
+    adapter = {"text": None, "image": "vision", "speech": "speech"}
+    ours = {}
+    for name, conv in prompts.items():
+        batch = {k: v.to(device) for k, v in proc(conv).items()}
+        ours[name] = (model(**batch).logits.float().cpu(), model.generate(**batch, max_new_tokens=8).cpu(), batch)
+    model.save_pretrained(workdir / "native", layout="phi4_multimodal")
+    model.cpu()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    ref = Phi4MultimodalForCausalLM.from_pretrained(str(workdir / "native"), dtype=torch.bfloat16).to(device).eval()
+    peft = PeftModel.from_pretrained(ref, str(workdir / "native" / "vision-lora"), adapter_name="vision")
+    peft.load_adapter(str(workdir / "native" / "speech-lora"), adapter_name="speech")
+    out = {}
+    for name, (logits, tokens, batch) in ours.items():
+        if adapter[name] is None:
+            with peft.disable_adapter():
+                theirs = peft(**batch).logits.float().cpu()
+                their_tokens = _greedy(peft, batch)
+        else:
+            peft.set_adapter(adapter[name])
+            theirs = peft(**batch).logits.float().cpu()
+            their_tokens = _greedy(peft, batch)
+        scale = float(theirs.abs().max())
+        out[name] = {"max_abs_diff": round(float((logits - theirs).abs().max()), 5), "logit_scale": round(scale, 3),
+                     "relative": round(float((logits - theirs).abs().max()) / max(scale, 1e-6), 6),
+                     "same_greedy_tokens": tokens[0].tolist() == their_tokens}
+    del peft, ref
+    return out
+
+
+def _greedy(peft_model, batch, n=8) -> list[int]:
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    media = {k: v for k, v in batch.items() if k not in ("input_ids", "attention_mask")}
+    out = []
+    for _ in range(n):
+        logits = peft_model(input_ids=ids, attention_mask=mask, **media).logits[:, -1]
+        nxt = logits.argmax(-1)
+        out.append(int(nxt))
+        ids = torch.cat([ids, nxt[:, None]], 1)
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--preset", default="phi4-multimodal")
+    ap.add_argument("--out", default=None, help="JSON path (default $OUT/gpu_check.json or ./gpu_check.json)")
+    ap.add_argument("--peak-tflops", type=float, default=None)
+    ap.add_argument("--steps", type=int, default=None)
+    ap.add_argument("--skip", default="", help="comma-separated sections to skip: train,asr,logits")
+    args = ap.parse_args(argv)
+    device = torch.device(args.device)
+    cpu = device.type == "cpu"
+    # the GPU runs the sizes the report trains and evaluates at; the CPU a few seconds of each
+    args.warmup = 1
+    args.steps = args.steps or (1 if cpu else 5)
+    args.train_batch, args.train_seconds = (2, (1.5, 2.5)) if cpu else (16, (10.0, 25.0))
+    args.asr_batch, args.asr_seconds, args.asr_new_tokens = (128, (0.6, 1.2), 4) if cpu else (128, (3.0, 20.0), 128)
+    skip = set(filter(None, args.skip.split(",")))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print("no CUDA device: run with DEVICE=cpu PRESET=small for the CPU version", file=sys.stderr)
+        return 2
+    t0 = time.perf_counter()
+    model, cfg = build_model(args.preset, device)
+    result = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+              "preset": args.preset, "torch": torch.__version__, "dtype": "bfloat16"}
+    if "train" not in skip:
+        result["speech_post_training_step"] = train_step(model, cfg, device, args)
+        print("train step:", result["speech_post_training_step"], flush=True)
+    if "asr" not in skip:
+        result["asr"] = asr_rtfx(model, cfg, device, args)
+        print("ASR:", result["asr"], flush=True)
+    if "logits" not in skip:
+        with tempfile.TemporaryDirectory() as tmp:
+            result["logits_vs_transformers"] = logits_vs_transformers(model, cfg, device, Path(tmp))
+        print("logits vs transformers:", result["logits_vs_transformers"], flush=True)
+    result["wall_seconds"] = round(time.perf_counter() - t0, 1)
+    out = Path(args.out) if args.out else Path(os.environ.get("OUT", ".")) / "gpu_check.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"wrote {out} ({result['wall_seconds']} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
