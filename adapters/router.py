@@ -7,30 +7,31 @@ from ..config import MoLoRAConfig
 from ..errors import ConfigError
 
 
-def input_type(has_image: bool, has_audio: bool) -> str:
-    if has_image and has_audio:
-        return "image+speech"
-    if has_image:
-        return "image"
-    if has_audio:
-        return "speech"
-    return "text"
+def input_type(present: list[str]) -> str:
+    """A row's input type: the names of the modalities it holds, joined by "+" ("text" for none)."""
+    return "+".join(present) or "text"
 
 
 class Router:
     def __init__(self, config: MoLoRAConfig):
         self.table = config.router
         self.adapter_names = list(config.adapters)
+        # (input type name, placeholder id) per modality, in the config's order
+        self.markers = [(m.input_type, m.token_id(config)) for m in config.modality_entries()]
 
-    def row_types(self, rows, image_token_id: int, audio_token_id: int) -> list[str]:
+    def row_types(self, rows) -> list[str]:
         """Input type of each row: ``rows`` is a [B, T] tensor or a list of 1-D token tensors."""
-        if torch.is_tensor(rows):
-            has_img = (rows == image_token_id).any(dim=-1).tolist()
-            has_aud = (rows == audio_token_id).any(dim=-1).tolist()
-        else:
-            has_img = [bool((r == image_token_id).any()) for r in rows]
-            has_aud = [bool((r == audio_token_id).any()) for r in rows]
-        return [input_type(i, a) for i, a in zip(has_img, has_aud)]
+        n = rows.shape[0] if torch.is_tensor(rows) else len(rows)
+        present: list[list[str]] = [[] for _ in range(n)]
+        for name, tid in self.markers:
+            if torch.is_tensor(rows):
+                flags = (rows == tid).any(dim=-1).tolist()
+            else:
+                flags = [bool((r == tid).any()) for r in rows]
+            for i, f in enumerate(flags):
+                if f:
+                    present[i].append(name)
+        return [input_type(p) for p in present]
 
     def _route(self, t: str):
         if t not in self.table:

@@ -21,7 +21,7 @@ from typing import Any
 
 from .errors import ConfigError
 
-INPUT_TYPES = ("text", "image", "speech", "image+speech")
+INPUT_TYPES = ("text", "image", "speech", "image+speech")  # the reference modalities' input types
 
 # Phi-4-multimodal-instruct's LongRoPE factors (config.json of the official checkpoint).
 PHI4_LONG_FACTOR = [
@@ -204,6 +204,9 @@ class MoLoRAConfig:
     adapters: dict[str, LoraSpec] = field(default_factory=_reference_adapters)
     router: dict[str, Route] = field(default_factory=_reference_router)
     audio_projectors: list[str] = field(default_factory=lambda: ["speech", "vision"])
+    # input modalities (molora/modalities), in the order their names join into input types
+    # ("image+speech"); each maps to its own settings (image and audio keep theirs in ``vision`` / ``audio``)
+    modalities: dict[str, dict] = field(default_factory=lambda: {"image": {}, "audio": {}})
     tokenizer: str | None = None  # "bytes" for the tiny byte-level tokenizer, or a path / hub id
     name: str = "custom"
 
@@ -228,9 +231,10 @@ class MoLoRAConfig:
                 raise ConfigError(f"routes to unknown adapter {route.adapter!r}", f"router[{t!r}]")
             if route.audio_projector is not None and route.audio_projector not in self.audio_projectors:
                 raise ConfigError(f"routes to unknown audio projector {route.audio_projector!r}", f"router[{t!r}]")
-        for t in INPUT_TYPES:
+        for t in self.input_types():
             if t not in self.router:
-                raise ConfigError("no route for this input type", f"router[{t!r}]")
+                raise ConfigError("no route for this input type (every combination of the modalities needs one)",
+                                  f"router[{t!r}]")
         if self.vision.image_size % self.vision.patch_size:
             raise ConfigError("image_size must be a multiple of patch_size", "vision")
 
@@ -238,6 +242,18 @@ class MoLoRAConfig:
     @property
     def adapter_names(self) -> list[str]:
         return list(self.adapters)
+
+    def modality_entries(self) -> list:
+        from .modalities import modality
+
+        return [modality(name) for name in self.modalities]
+
+    def input_types(self) -> list[str]:
+        """Every input type a row can have: "text" and each combination of the modalities' names."""
+        import itertools
+
+        names = [m.input_type for m in self.modality_entries()]
+        return ["text"] + ["+".join(c) for k in range(1, len(names) + 1) for c in itertools.combinations(names, k)]
 
     # -- serialisation -----------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

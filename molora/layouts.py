@@ -19,8 +19,8 @@ import re
 
 from .config import AudioConfig, BackboneConfig, LoraSpec, MoLoRAConfig, VisionConfig
 from .encoders import conformer as _conformer
-from .encoders import image_embed as _image_embed
 from .errors import CheckpointError
+from .modalities import image_embed as _image_embed
 from .peft_adapters import compact_modules
 
 LORA_KEY = re.compile(r"\.lora_[AB]\.")

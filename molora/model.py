@@ -21,14 +21,13 @@ from transformers import DynamicCache
 from .adapters.lora import RoutedLoRALinear, inject_routed_lora
 from .adapters.route import Route
 from .adapters.router import Router
-from .audio_embed import AudioEmbedder
 from .backbones import build_backbone
 from .config import MoLoRAConfig
 from .decoder import Attend
-from .encoders.image_embed import ImageEmbedder
 from .errors import PlaceholderError
 from .frozen_rows import frozen_text_rows, row_subset
 from .loss import loss_precision
+from .modalities import EmbedContext
 from .packing import PackedRows, packed_targets
 from .plan import BatchFacts, ExecutionPlan, FastPaths, choose_plan
 
@@ -68,8 +67,8 @@ class MoLoRAModel(nn.Module):
         b = config.backbone
         self.language_model = build_backbone(b)
         self.lm_head = None if b.tie_word_embeddings else nn.Linear(b.hidden_size, b.vocab_size, bias=False)
-        self.image_embed = ImageEmbedder(config)
-        self.audio_embed = AudioEmbedder(config)
+        for entry in config.modality_entries():  # image_embed, audio_embed, ... (molora/modalities)
+            self.add_module(entry.module_name, entry.build(config))
         self.router = Router(config)
         inject_routed_lora(self.language_model, config.adapters)
         self.fast_paths = FastPaths()  # the speed paths' switches (molora/plan.py)
@@ -138,7 +137,7 @@ class MoLoRAModel(nn.Module):
                 cache=None, use_cache: bool = False, logits_to_keep: int = 0, return_logits: bool = True,
                 loss_reduction: str = "mean", cu_seqlens: torch.Tensor | None = None,
                 row_types: list[str] | None = None, route: Route | None = None, past_key_values=None,
-                num_img_tokens=None) -> MoLoRAOutput:
+                num_img_tokens=None, **modality_inputs) -> MoLoRAOutput:
         """Logits and / or loss of a padded ``[B, T]`` batch, or of a packed one (``input_ids``
         ``[1, N]`` with ``cu_seqlens`` [rows + 1] marking where each row starts, as the trainer's
         collator makes them).
@@ -148,11 +147,19 @@ class MoLoRAModel(nn.Module):
         training step's memory); ``loss_reduction`` is "mean" (over labelled tokens) or "sum".
         ``cache`` is the KV cache (``past_key_values``, its pre-5.24 transformers name, is accepted
         too); ``route`` reuses a decode step's precomputed route (``step_route``);
-        ``num_img_tokens`` (transformers' image processor output) is ignored."""
+        ``num_img_tokens`` (transformers' image processor output) is ignored. The inputs of further
+        modalities of the config come as keywords named by their entries (``Modality.input_keys``)."""
         cache = cache if cache is not None else past_key_values
         media = {"image_pixel_values": image_pixel_values, "image_sizes": image_sizes,
                  "image_attention_mask": image_attention_mask, "audio_input_features": audio_input_features,
                  "audio_embed_sizes": audio_embed_sizes, "audio_attention_mask": audio_attention_mask}
+        if modality_inputs:
+            known = {k for m in self.config.modality_entries() for k in m.input_keys}
+            unknown = sorted(set(modality_inputs) - known)
+            if unknown:
+                raise TypeError(f"MoLoRAModel.forward() got unexpected keyword argument(s) {unknown}; the inputs "
+                                f"of this model's modalities are {sorted(known)}")
+            media.update(modality_inputs)
         input_ids = input_ids.to(self.device)
         attention_mask = None if attention_mask is None else attention_mask.to(self.device)
         if row_types is None:
@@ -184,9 +191,8 @@ class MoLoRAModel(nn.Module):
 
     # -- embed ---------------------------------------------------------------------------
     def row_types(self, input_ids: torch.Tensor, cu_seqlens: torch.Tensor | None = None) -> list[str]:
-        b = self.config.backbone
         rows = input_ids if cu_seqlens is None else _segments(input_ids[0], cu_seqlens)
-        return self.router.row_types(rows, b.image_token_id, b.audio_token_id)
+        return self.router.row_types(rows)
 
     def _scatter(self, embeds, input_ids, token_id, pieces: list[torch.Tensor], what: str):
         pos = (input_ids == token_id).nonzero(as_tuple=True)
@@ -199,39 +205,21 @@ class MoLoRAModel(nn.Module):
                 f"expand to exactly its item's token count (use MoLoRAProcessor)", what)
         return embeds.index_put(pos, values.to(embeds.device, embeds.dtype))
 
-    def embed(self, input_ids, row_types, cu_seqlens=None, image_pixel_values=None, image_sizes=None,
-              image_attention_mask=None, audio_input_features=None, audio_embed_sizes=None,
-              audio_attention_mask=None) -> torch.Tensor:
-        b = self.config.backbone
+    def embed(self, input_ids, row_types, cu_seqlens=None, **media) -> torch.Tensor:
+        """Token embeddings with every modality's features in its placeholder slots."""
         embeds = self.language_model.embed_tokens(input_ids)
-        n_img_slots = int((input_ids == b.image_token_id).sum())
-        n_aud_slots = int((input_ids == b.audio_token_id).sum())
-        if n_img_slots or (image_pixel_values is not None and image_pixel_values.numel()):
-            if image_pixel_values is None:
-                raise PlaceholderError("the prompt has image placeholder tokens but no image was given", "image")
-            if image_attention_mask is None:  # every patch of every crop is real
-                p = self.config.vision.patch_size
-                image_attention_mask = torch.ones(image_pixel_values.shape[:2] + image_pixel_values.shape[-2:],
-                                                  dtype=torch.bool, device=image_pixel_values.device)[..., ::p, ::p]
-            feats = self.image_embed(image_pixel_values.to(self.device), image_sizes, image_attention_mask)
-            embeds = self._scatter(embeds, input_ids, b.image_token_id, feats, "image")
-        if n_aud_slots or (audio_input_features is not None and audio_input_features.numel()):
-            if audio_input_features is None or audio_embed_sizes is None:
-                raise PlaceholderError("the prompt has audio placeholder tokens but no audio was given", "audio")
-            sizes = audio_embed_sizes.tolist()
-            slots = (input_ids == b.audio_token_id).nonzero()
-            if slots.shape[0] != sum(sizes):
-                raise PlaceholderError(
-                    f"the prompt has {slots.shape[0]} audio placeholder tokens but audio_embed_sizes "
-                    f"sum to {sum(sizes)} ({len(sizes)} clip(s))", "audio")
-            starts = torch.tensor([sum(sizes[:i]) for i in range(len(sizes))], dtype=torch.long, device=slots.device)
-            first = slots[starts]  # (row, position) of each clip's first slot
-            owners = first[:, 0] if cu_seqlens is None else \
-                torch.searchsorted(cu_seqlens.to(first.device), first[:, 1].contiguous(), right=True) - 1
-            projectors = [self.router.audio_projector(row_types[r]) for r in owners.tolist()]
-            feats = self.audio_embed(audio_input_features.to(self.device, self.dtype), audio_embed_sizes,
-                                     audio_attention_mask, projectors)
-            embeds = self._scatter(embeds, input_ids, b.audio_token_id, feats, "audio")
+        for entry in self.config.modality_entries():
+            token_id = entry.token_id(self.config)
+            inputs = {k: media.get(k) for k in entry.input_keys}
+            n_slots = int((input_ids == token_id).sum())
+            if not n_slots and not entry.present(inputs):
+                continue
+            if not entry.present(inputs):
+                raise PlaceholderError(f"the prompt has {entry.name} placeholder tokens but no {entry.name} was given",
+                                       entry.name)
+            ctx = EmbedContext(input_ids, row_types, self.router, token_id, cu_seqlens)
+            feats = entry.embed(getattr(self, entry.module_name), inputs, ctx, self.device, self.dtype)
+            embeds = self._scatter(embeds, input_ids, token_id, feats, entry.name)
         return embeds
 
     # -- route ---------------------------------------------------------------------------

@@ -24,31 +24,38 @@ from typing import Any
 import torch
 
 from .config import MoLoRAConfig
-from .encoders.audio_features import AudioFeatureExtractor, as_clip_list
-from .encoders.image_transform import ImageTransform, as_image_list
 from .errors import MoLoRAError, PlaceholderError
 
 OWN_FILE = "molora_processor.json"
 CHAT_TEMPLATE_FILE = "chat_template.jinja"
-PLACEHOLDER = re.compile(r"<\|(image|audio)_(\d+)\|>")
 ROLES = ("system", "user", "assistant")
 IGNORE = -100
-MEDIA_HINT = {"image": "PIL image, numpy array, torch tensor or path",
-              "audio": "path, array, (array, sampling_rate) or {'array', 'sampling_rate'}"}
 
 
 class MoLoRAProcessor:
+    """Each modality of the config (``molora/modalities``) contributes its part: ``image_processor``
+    (the HD transform), ``audio_processor`` (the log-mel front end), ``<name>_processor`` for others."""
+
     def __init__(self, config: MoLoRAConfig, tokenizer=None, chat_template: str | None = None):
         self.config = config
         self.tokenizer = tokenizer
         # a checkpoint's own chat template (jinja, as transformers renders it); None: the built-in
         # Phi-4 format <|role|>content<|end|>...<|assistant|>
         self.chat_template = chat_template
-        self.image_processor = ImageTransform(config.vision)
-        self.audio_processor = AudioFeatureExtractor(config.audio)
-        b = config.backbone
-        self.image_token_id, self.audio_token_id = b.image_token_id, b.audio_token_id
-        self.pad_token_id = b.pad_token_id
+        self.modalities = {m.name: m for m in config.modality_entries()}
+        self.parts = {name: m.processor(config) for name, m in self.modalities.items()}
+        self.token_ids = {name: m.token_id(config) for name, m in self.modalities.items()}
+        self.placeholder = re.compile(r"<\|(" + "|".join(map(re.escape, self.modalities)) + r")_(\d+)\|>")
+        self.pad_token_id = config.backbone.pad_token_id
+
+    def __getattr__(self, name: str):
+        # image_processor, audio_processor, <modality>_processor, <modality>_token_id
+        parts = self.__dict__.get("parts", {})
+        if name.endswith("_processor") and name[: -len("_processor")] in parts:
+            return parts[name[: -len("_processor")]]
+        if name.endswith("_token_id") and name[: -len("_token_id")] in self.__dict__.get("token_ids", {}):
+            return self.token_ids[name[: -len("_token_id")]]
+        raise AttributeError(f"{type(self).__name__!s} has no attribute {name!r}")
 
     # -- construction ----------------------------------------------------------------------
     @classmethod
@@ -126,21 +133,23 @@ class MoLoRAProcessor:
         for j, part in enumerate(content):
             item = f"conversation[{conv_idx}].messages[{msg_idx}].content[{j}]"
             kind = part.get("type") if isinstance(part, dict) else None
+            entry = next((m for m in self.modalities.values() if m.content_type == kind), None)
             if kind == "text":
                 out.append(part.get("text", ""))
-            elif kind in MEDIA_HINT:
+            elif entry is not None:
                 value = next((part[k] for k in (kind, "path", "url") if k in part), None)
                 if value is None:
-                    raise MoLoRAError(f"{kind} part has no '{kind}' ({MEDIA_HINT[kind]})", item)
-                media[kind + "s"].append(value)
-                out.append(f"<|{kind}_{len(media[kind + 's'])}|>")
+                    raise MoLoRAError(f"{kind} part has no '{kind}' ({entry.hint})", item)
+                media[entry.name].append(value)
+                out.append(f"<|{entry.name}_{len(media[entry.name])}|>")
             else:
-                raise MoLoRAError(f"unknown content part type {kind!r} (expected text, image or audio)", item)
+                kinds = ", ".join(["text"] + [m.content_type for m in self.modalities.values()])
+                raise MoLoRAError(f"unknown content part type {kind!r} (expected {kinds})", item)
         return "".join(out)
 
     def render(self, conversation: list[dict], conv_idx: int = 0, add_generation_prompt: bool = True):
         """Render one conversation: list of (role, text) segments and its media, in order."""
-        media: dict[str, list] = {"images": [], "audios": []}
+        media: dict[str, list] = {name: [] for name in self.modalities}
         segments = []
         for i, msg in enumerate(conversation):
             role = msg.get("role") if isinstance(msg, dict) else None
@@ -182,7 +191,7 @@ class MoLoRAProcessor:
     def _expand(self, text: str, counts: dict[str, list[int]], used: dict[str, int], item: str) -> list[int]:
         ids: list[int] = []
         last = 0
-        for m in PLACEHOLDER.finditer(text):
+        for m in self.placeholder.finditer(text):
             ids += self._encode_text(text[last:m.start()])
             kind = m.group(1)
             k = used[kind]
@@ -190,7 +199,7 @@ class MoLoRAProcessor:
                 raise PlaceholderError(
                     f"more <|{kind}_N|> placeholders than {kind}s given ({len(counts[kind])})", item)
             used[kind] += 1
-            ids += [self.image_token_id if kind == "image" else self.audio_token_id] * counts[kind][k]
+            ids += [self.token_ids[kind]] * counts[kind][k]
             last = m.end()
         ids += self._encode_text(text[last:])
         return ids
@@ -198,12 +207,19 @@ class MoLoRAProcessor:
     # -- main entry -------------------------------------------------------------------------------
     def __call__(self, messages=None, *, text=None, images=None, audios=None, return_labels: bool = False,
                  add_generation_prompt: bool | None = None, padding_side: str | None = None,
-                 sampling_rate: int | None = None, return_tensors: str = "pt") -> dict[str, Any]:
+                 sampling_rate: int | None = None, return_tensors: str = "pt", **items) -> dict[str, Any]:
+        """``text=`` with ``images=`` / ``audios=`` (and ``<name>s=`` for a further modality ``name``)
+        follows transformers' processor convention: items in order of appearance of the placeholders."""
         if self.tokenizer is None:
             raise MoLoRAError("this processor has no tokenizer; pass tokenizer=... (media-only processors "
                               "offer image_processor / audio_processor)", "processor")
         if add_generation_prompt is None:
             add_generation_prompt = not return_labels
+        given = {"image": images, "audio": audios}
+        for key, value in items.items():
+            if not (key.endswith("s") and key[:-1] in self.modalities):
+                raise TypeError(f"MoLoRAProcessor() got an unexpected keyword argument {key!r}")
+            given[key[:-1]] = value
         rows: list[tuple[list[tuple[str, str | None]], dict[str, list]]] = []
         if messages is not None:
             convs = [messages] if messages and isinstance(messages[0], dict) else list(messages)
@@ -216,43 +232,40 @@ class MoLoRAProcessor:
                 rows.append((segments, media))
         elif text is not None:
             texts = [text] if isinstance(text, str) else list(text)
-            imgs = [] if images is None else as_image_list(images)
-            auds = [] if audios is None else as_clip_list(audios)
+            pools = {name: [] if given.get(name) is None else m.as_items(given[name])
+                     for name, m in self.modalities.items()}
             for c, t in enumerate(texts):
-                ni = len([m for m in PLACEHOLDER.finditer(t) if m.group(1) == "image"])
-                na = len([m for m in PLACEHOLDER.finditer(t) if m.group(1) == "audio"])
-                rows.append(([(None, t)], {"images": imgs[:ni], "audios": auds[:na]}))
-                imgs, auds = imgs[ni:], auds[na:]
-            if imgs or auds:
-                raise PlaceholderError(f"{len(imgs)} image(s) and {len(auds)} audio clip(s) have no placeholder "
-                                       "in the text", "text")
+                found = [m.group(1) for m in self.placeholder.finditer(t)]
+                media = {}
+                for name in self.modalities:
+                    k = found.count(name)
+                    media[name], pools[name] = pools[name][:k], pools[name][k:]
+                rows.append(([(None, t)], media))
+            left = {name: len(v) for name, v in pools.items() if v}
+            if left:
+                raise PlaceholderError(" and ".join(f"{n} {name}(s)" for name, n in left.items())
+                                       + " have no placeholder in the text", "text")
         else:
             raise MoLoRAError("give messages, or text= (with images= / audios=)", "processor")
 
-        all_images = [im for _, m in rows for im in m["images"]]
-        all_audios = [au for _, m in rows for au in m["audios"]]
         out: dict[str, Any] = {}
-        img_counts: list[int] = []
-        aud_counts: list[int] = []
-        if all_images:
-            img = self.image_processor(all_images)
-            img_counts = [int(n) for n in img["num_img_tokens"]]
-            out.update(image_pixel_values=img["image_pixel_values"], image_sizes=img["image_sizes"],
-                       image_attention_mask=img["image_attention_mask"])
-        if all_audios:
-            aud = self.audio_processor(all_audios, **({"sampling_rate": sampling_rate} if sampling_rate else {}))
-            aud_counts = [int(n) for n in aud["audio_embed_sizes"]]
-            out.update(audio_input_features=aud["audio_input_features"], audio_embed_sizes=aud["audio_embed_sizes"])
-            if aud.get("audio_attention_mask") is not None:
-                out["audio_attention_mask"] = aud["audio_attention_mask"]
+        all_counts: dict[str, list[int]] = {}
+        for name, entry in self.modalities.items():
+            flat = [x for _, m in rows for x in m[name]]
+            all_counts[name] = []
+            if flat:
+                tensors, all_counts[name] = entry.process(self.parts[name], flat, sampling_rate=sampling_rate)
+                out.update(tensors)
 
         seqs, labs = [], []
-        io, ao = 0, 0
+        offsets = {name: 0 for name in self.modalities}
         for c, (segments, media) in enumerate(rows):
-            ni, na = len(media["images"]), len(media["audios"])
-            counts = {"image": img_counts[io:io + ni], "audio": aud_counts[ao:ao + na]}
-            io, ao = io + ni, ao + na
-            used = {"image": 0, "audio": 0}
+            counts = {}
+            for name in self.modalities:
+                n = len(media[name])
+                counts[name] = all_counts[name][offsets[name]:offsets[name] + n]
+                offsets[name] += n
+            used = {name: 0 for name in self.modalities}
             ids: list[int] = []
             lab: list[int] = []
             for role, body in segments:
@@ -266,7 +279,7 @@ class MoLoRAProcessor:
                     self._encode_text("<|end|>")
                 ids += head + piece
                 lab += [IGNORE] * len(head) + (piece if role == "assistant" else [IGNORE] * len(piece))
-            for kind in ("image", "audio"):
+            for kind in self.modalities:
                 if used[kind] != len(counts[kind]):
                     raise PlaceholderError(f"{len(counts[kind])} {kind}(s) given but {used[kind]} <|{kind}_N|> "
                                            "placeholder(s) in the prompt", f"conversation[{c}]")

@@ -9,23 +9,29 @@ import re
 
 from molora.errors import ConfigError
 
-# component -> regex on parameter names (molora's layout)
-COMPONENTS = {
-    "vision_encoder": r"image_embed\.img_processor\.",
-    "vision_projector": r"image_embed\.(img_projection\.|glb_GN|sub_GN)",
-    "audio_encoder": r"audio_embed\.encoder\.",
-    "speech_projector": r"audio_embed\.audio_projection\.speech\.",
-    "vision_speech_projector": r"audio_embed\.audio_projection\.vision\.",
+# component -> regex on parameter names (molora's layout): the decoder's, then each modality's
+# (molora/modalities: ``Modality.components``); ``<adapter>_lora`` and ``<name>_audio_projector``
+# name the further adapters and audio projectors a config adds
+DECODER_COMPONENTS = {
     "vision_lora": r"language_model\..*\.lora_[AB]\.vision\.",
     "speech_lora": r"language_model\..*\.lora_[AB]\.speech\.",
     "llm": r"(language_model\.(?!.*\.lora_[AB]\.)|lm_head\.)",
 }
+
+
+def components() -> dict[str, str]:
+    from molora.modalities import MODALITIES
+
+    out = {}
+    for entry in MODALITIES.values():
+        out.update(entry.components())
+    return {**out, **DECODER_COMPONENTS}
 # parameters that exist but are never trained: SigLIP's pooling head is not used by the model
 NEVER = re.compile(r"image_embed\.img_processor\.(head\.|post_layernorm\.)")
 
 
 def component_of(name: str) -> str:
-    for comp, pat in COMPONENTS.items():
+    for comp, pat in components().items():
         if re.match(pat, name):
             return comp
     m = re.match(r"language_model\..*\.lora_[AB]\.([^.]+)\.", name)
@@ -54,7 +60,7 @@ def unused_parameters(model) -> set[str]:
 
 def apply_plan(model, train: list[str]) -> dict[str, list[str]]:
     """Set requires_grad from the plan; returns {component: [param names]} for every component."""
-    known = set(COMPONENTS) | {component_of(n) for n, _ in model.named_parameters()}
+    known = set(components()) | {component_of(n) for n, _ in model.named_parameters()}
     unknown = [c for c in train if c not in known]
     if unknown:
         raise ConfigError(f"unknown component(s) {unknown}; known: {sorted(known - {'unused', 'other'})}", "freeze plan")

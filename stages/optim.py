@@ -7,17 +7,13 @@ import torch
 
 from .freeze import component_of
 
-GROUP_OF = {"vision_encoder": "encoder", "audio_encoder": "encoder", "vision_projector": "projector",
-            "speech_projector": "projector", "vision_speech_projector": "projector"}
-
-
 def lr_group(name: str) -> str:
+    """encoder / projector / lora (the learning-rate groups of a recipe) from the component's name."""
     comp = component_of(name)
-    if comp.endswith("_lora"):
-        return "lora"
-    if comp.endswith("_audio_projector"):
-        return "projector"
-    return GROUP_OF.get(comp, "other")
+    for suffix, group in (("_lora", "lora"), ("_projector", "projector"), ("_encoder", "encoder")):
+        if comp.endswith(suffix):
+            return group
+    return "other"
 
 
 def build_optimizer(model, training) -> torch.optim.Optimizer:

@@ -15,7 +15,7 @@ from transformers.models.phi4_multimodal.modeling_phi4_multimodal import (
 
 from conftest import drawn_image, randomize_
 from molora.config import MoLoRAConfig, VisionConfig
-from molora.encoders.image_embed import ImageEmbedder, from_transformers_keys, to_transformers_keys
+from molora.modalities.image_embed import ImageEmbedder, from_transformers_keys, to_transformers_keys
 from molora.encoders.image_transform import ImageTransform
 from molora.encoders.open_clip_import import load_open_clip_siglip, resize_position_grid
 from molora.encoders.siglip import SiglipVisionTower

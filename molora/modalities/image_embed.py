@@ -27,7 +27,7 @@ from molora.adapters.projectors import mlp_projector
 from molora.config import MoLoRAConfig
 from molora.errors import ImageError
 
-from .siglip import SiglipVisionTower
+from ..encoders.siglip import SiglipVisionTower
 from ..keymap import rename_keys
 
 __all__ = ["ImageEmbedder", "TRANSFORMERS_KEY_RENAMES", "to_transformers_keys", "from_transformers_keys"]

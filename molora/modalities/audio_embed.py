@@ -9,9 +9,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .adapters.projectors import mlp_projector
-from .config import MoLoRAConfig
-from .encoders.conformer import ConformerEncoder
+from ..adapters.projectors import mlp_projector
+from ..config import MoLoRAConfig
+from ..encoders.conformer import ConformerEncoder
 
 
 class AudioEmbedder(nn.Module):

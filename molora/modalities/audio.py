@@ -1,0 +1,65 @@
+"""The audio modality: log-mel (``encoders/audio_features.py``) -> conformer -> the audio projector
+the row's route names (``speech`` for speech rows, ``vision`` for image+speech rows in the reference
+table; ``audio_embed.py``), placeholder ``<|audio_N|>``."""
+from __future__ import annotations
+
+from .base import EmbedContext, Modality, register_modality
+
+
+class AudioModality(Modality):
+    name = content_type = "audio"
+    input_type = "speech"
+    module_name = "audio_embed"
+    input_keys = ("audio_input_features", "audio_embed_sizes", "audio_attention_mask")
+    count_key = "audio_embed_sizes"
+    hint = "path, array, (array, sampling_rate) or {'array', 'sampling_rate'}"
+
+    def token_id(self, config) -> int:
+        return config.backbone.audio_token_id
+
+    def components(self) -> dict[str, str]:
+        # a config's further audio projectors are ``<name>_audio_projector`` (stages/freeze.py)
+        return {"audio_encoder": r"audio_embed\.encoder\.",
+                "speech_projector": r"audio_embed\.audio_projection\.speech\.",
+                "vision_speech_projector": r"audio_embed\.audio_projection\.vision\."}
+
+    def build(self, config):
+        from .audio_embed import AudioEmbedder
+
+        return AudioEmbedder(config)
+
+    def present(self, inputs: dict) -> bool:
+        return super().present(inputs) or inputs.get("audio_embed_sizes") is not None
+
+    def embed(self, module, inputs, ctx: EmbedContext, device, dtype):
+        from ..errors import PlaceholderError
+
+        features, sizes, mask = (inputs.get(k) for k in self.input_keys)
+        if features is None or sizes is None:
+            raise PlaceholderError("the prompt has audio placeholder tokens but no audio was given", "audio")
+        counts = sizes.tolist()
+        rows = ctx.item_rows(counts)
+        if not rows and counts:
+            n = int((ctx.input_ids == ctx.token_id).sum())
+            raise PlaceholderError(f"the prompt has {n} audio placeholder tokens but audio_embed_sizes sum to "
+                                   f"{sum(counts)} ({len(counts)} clip(s))", "audio")
+        projectors = [ctx.router.audio_projector(ctx.row_types[r]) for r in rows]
+        return module(features.to(device, dtype), sizes, mask, projectors)
+
+    def processor(self, config):
+        from ..encoders.audio_features import AudioFeatureExtractor
+
+        return AudioFeatureExtractor(config.audio)
+
+    def as_items(self, value) -> list:
+        from ..encoders.audio_features import as_clip_list
+
+        return as_clip_list(value)
+
+    def process(self, part, items: list, **kw):
+        out = part(items, **{k: v for k, v in kw.items() if k == "sampling_rate" and v})
+        counts = [int(n) for n in out[self.count_key]]
+        return {k: out[k] for k in self.input_keys if out.get(k) is not None}, counts
+
+
+AUDIO = register_modality(AudioModality())

@@ -1,0 +1,106 @@
+"""A modality entry: everything the model, the processor, the router and the freeze plans need to
+know about one kind of input, in one place.
+
+An entry names its message content type (``{"type": "image", "image": ...}``), its placeholder
+(``<|image_N|>`` expanded to one placeholder id per feature token), the forward keywords of its
+tensors, the model attribute holding its encoder + projector(s) (also the state-dict prefix), its
+input-type name for the router, and the freeze-plan components of its parameters. Image and audio
+are the two entries Phi-4-multimodal has (``image.py``, ``audio.py``); a new modality is one more
+entry registered with ``register_modality`` and named in ``MoLoRAConfig.modalities``, with routes
+for the input types it creates.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+
+__all__ = ["Modality", "EmbedContext", "register_modality", "modality", "MODALITIES"]
+
+
+@dataclass
+class EmbedContext:
+    """What an entry's ``embed`` may need to know about the call: the tokens, each row's input type,
+    and the router (e.g. the audio entry picks each clip's projector from its row's route)."""
+
+    input_ids: torch.Tensor  # [B, T] or packed [1, N]
+    row_types: list[str]
+    router: Any
+    token_id: int
+    cu_seqlens: torch.Tensor | None = None
+
+    def item_rows(self, counts: list[int]) -> list[int]:
+        """The batch row of each item, given each item's number of placeholder tokens (items in
+        order of appearance)."""
+        slots = (self.input_ids == self.token_id).nonzero()
+        if slots.shape[0] != sum(counts):
+            return []
+        starts = torch.tensor([sum(counts[:i]) for i in range(len(counts))], dtype=torch.long, device=slots.device)
+        first = slots[starts]
+        if self.cu_seqlens is None:
+            return first[:, 0].tolist()
+        return (torch.searchsorted(self.cu_seqlens.to(first.device), first[:, 1].contiguous(), right=True) - 1).tolist()
+
+
+class Modality:
+    name: str = ""  # registry key and placeholder name: <|{name}_N|>
+    content_type: str = ""  # message content part type
+    input_type: str = ""  # the router's name for rows that hold this modality
+    module_name: str = ""  # the model attribute (and state-dict prefix) of the embedder
+    input_keys: tuple[str, ...] = ()  # forward keywords of the processed tensors
+    count_key: str = ""  # the processor output that gives each item's number of feature tokens
+    hint: str = ""  # how the processor accepts one item (for error messages)
+
+    # -- config ---------------------------------------------------------------------------
+    def token_id(self, config) -> int:
+        raise NotImplementedError
+
+    def components(self) -> dict[str, str]:
+        """Freeze-plan component name -> regex over parameter names."""
+        raise NotImplementedError
+
+    # -- model ----------------------------------------------------------------------------
+    def build(self, config) -> nn.Module:
+        raise NotImplementedError
+
+    def present(self, inputs: dict) -> bool:
+        first = inputs.get(self.input_keys[0])
+        return first is not None and (not torch.is_tensor(first) or first.numel() > 0)
+
+    def embed(self, module: nn.Module, inputs: dict, ctx: EmbedContext, device, dtype) -> list[torch.Tensor]:
+        """One ``[tokens_i, hidden]`` tensor per item, in order of appearance."""
+        raise NotImplementedError
+
+    # -- processor ------------------------------------------------------------------------
+    def processor(self, config):
+        """The callable that turns a list of items into the tensors of ``input_keys`` (plus
+        ``count_key``); exposed as ``MoLoRAProcessor.<name>_processor``."""
+        raise NotImplementedError
+
+    def as_items(self, value) -> list:
+        """A flat list of items from what a user passes as ``<name>s=`` (a batch object or a list)."""
+        return list(value) if isinstance(value, (list, tuple)) else [value]
+
+    def process(self, part, items: list, **kw) -> tuple[dict, list[int]]:
+        """(tensors of ``input_keys``, feature tokens per item) for a flat list of items."""
+        out = part(items)
+        counts = [int(n) for n in out[self.count_key]]
+        return {k: out[k] for k in self.input_keys if out.get(k) is not None}, counts
+
+
+MODALITIES: dict[str, Modality] = {}
+
+
+def register_modality(entry: Modality) -> Modality:
+    MODALITIES[entry.name] = entry
+    return entry
+
+
+def modality(name: str) -> Modality:
+    if name not in MODALITIES:
+        raise ConfigError(f"unknown modality {name!r}; registered: {sorted(MODALITIES)}", "modalities")
+    return MODALITIES[name]
