@@ -149,7 +149,6 @@ def train_step(model, cfg, device, args) -> dict:
     for p in trainable:
         p.data = p.data.to(torch.bfloat16)
         p.grad = None
-    del opt
     return out
 
 

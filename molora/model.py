@@ -23,12 +23,11 @@ from .adapters.route import Route
 from .adapters.router import Router
 from .backbones import build_backbone
 from .config import MoLoRAConfig
-from .decoder import Attend
 from .errors import PlaceholderError
 from .frozen_rows import frozen_text_rows, row_subset
-from .loss import loss_precision
+from .layout import head, make_layout, segments
 from .modalities import EmbedContext
-from .packing import PackedRows, packed_targets
+from .packing import packed_targets
 from .plan import BatchFacts, ExecutionPlan, FastPaths, choose_plan
 
 
@@ -46,18 +45,6 @@ class MoLoRAOutput:
     def past_key_values(self):
         """The KV cache under its pre-5.24 transformers name."""
         return self.cache
-
-
-@dataclass
-class Layout:
-    """The token layout of one call after routing: what the decoder and the loss read."""
-
-    embeds: torch.Tensor  # [B, T, D] or [1, N, D] (packed)
-    positions: torch.Tensor
-    route: Route
-    attend: Attend
-    narrow: Route | None  # the read positions (last layer only), or None
-    targets: torch.Tensor | None  # next-token label of each position, in the decoder's layout (or None)
 
 
 class MoLoRAModel(nn.Module):
@@ -178,20 +165,20 @@ class MoLoRAModel(nn.Module):
             self.language_model.embed_tokens(input_ids)  # decode steps carry only new text tokens
         if use_cache and cache is None:
             cache = DynamicCache()
-        layout = self.layout(embeds, input_ids, attention_mask, labels, position_ids, cu_seqlens, row_types, cache,
-                             route, logits_to_keep, return_logits, plan)
+        layout = make_layout(self, embeds, input_ids, attention_mask, labels, position_ids, cu_seqlens, row_types,
+                             cache, route, logits_to_keep, return_logits, plan)
         hidden = self.language_model(layout.embeds, layout.positions, layout.route, layout.attend, cache,
                                      layout.narrow)
         if self.touch_all:  # sharded training: unused encoders / projectors join with 0
             hidden = hidden + sum(0.0 * p.sum() for n, p in self.named_parameters()
                                   if p.requires_grad and not n.startswith("language_model.layers."))
-        logits, loss = self.head(hidden, layout, labels, logits_to_keep, return_logits, loss_reduction, plan)
+        logits, loss = head(self.lm_logits, hidden, layout, logits_to_keep, return_logits, loss_reduction, plan)
         return MoLoRAOutput(logits=logits, loss=loss, cache=cache if use_cache else None, row_types=row_types,
                             hidden_states=None if layout.narrow is not None or plan.packed else hidden, plan=plan)
 
     # -- embed ---------------------------------------------------------------------------
     def row_types(self, input_ids: torch.Tensor, cu_seqlens: torch.Tensor | None = None) -> list[str]:
-        rows = input_ids if cu_seqlens is None else _segments(input_ids[0], cu_seqlens)
+        rows = input_ids if cu_seqlens is None else segments(input_ids[0], cu_seqlens)
         return self.router.row_types(rows)
 
     def _scatter(self, embeds, input_ids, token_id, pieces: list[torch.Tensor], what: str):
@@ -242,80 +229,6 @@ class MoLoRAModel(nn.Module):
             and frozen_text_rows(self, input_ids, row_types, cu_seqlens) is not None)
         return choose_plan(self.fast_paths, facts, self.device, self.dtype, touch_all=self.touch_all)
 
-    def layout(self, embeds, input_ids, attention_mask, labels, position_ids, cu_seqlens, row_types, cache, route,
-               logits_to_keep, return_logits, plan: ExecutionPlan) -> Layout:
-        """Positions, attention kernel, LoRA route and read positions of the call (packing a padded
-        batch first when the plan says so)."""
-        names = self.config.adapter_names
-        flags = {"touch_all": plan.touch_all, "merged": plan.merged, "fused": plan.fused_lora}
-        B, T = input_ids.shape
-        targets = None
-        if labels is not None:
-            labels = labels.to(self.device)
-            targets = F.pad(labels[:, 1:], (0, 1), value=-100)  # the next token's label, per position
-        if route is not None:  # a decode step: the precomputed route, no padding, one token per row
-            positions = position_ids if position_ids is not None else _positions(attention_mask, (B, T), cache)
-            mask = None if attention_mask is None else _decode_mask(attention_mask, T)
-            return Layout(embeds, positions.to(self.device), route, Attend("padded", mask), None, targets)
-        row_adapter = self.router.adapter_index(row_types, device=self.device)
-        if cu_seqlens is not None:  # packed by the caller: rows are already in place
-            cu = cu_seqlens.to(self.device)
-            lengths = (cu[1:] - cu[:-1]).tolist()
-            positions = position_ids.to(self.device) if position_ids is not None else \
-                torch.cat([torch.arange(n, device=self.device) for n in lengths])[None]
-            token_adapter = row_adapter.repeat_interleave(torch.tensor(lengths, device=self.device))[None]
-            if targets is not None:
-                targets = packed_targets(targets, cu)
-            return self._packed_layout(embeds, positions, token_adapter, cu, lengths, targets, logits_to_keep,
-                                       return_logits, plan, flags)
-        if position_ids is None:
-            position_ids = _positions(attention_mask, (B, T), cache)
-        positions = position_ids.to(self.device).expand(B, T)
-        if plan.pack:  # padding-free: the batch's real tokens packed in adapter order
-            packed = PackedRows.plan(attention_mask, row_adapter)
-            return self._packed_layout(packed.pack(embeds), packed.pack(positions), packed.token_adapter[None],
-                                       packed.cu_seqlens, packed.lengths, packed.pack(targets)[0] if targets is not None
-                                       else None, logits_to_keep, return_logits, plan, flags)
-        real = None if attention_mask is None else attention_mask[:, -T:].bool()
-        lora_route = Route.build(row_adapter, (B, T), names, real, drop_padding=plan.drop_padding, **flags)
-        if attention_mask is None or (bool(attention_mask.all()) and (cache is None or cache.get_seq_length() == 0)):
-            attend = Attend("padded", None)
-        else:
-            mask = _decode_mask(attention_mask, T) if T == 1 else _prefill_mask(attention_mask, T)
-            attend = Attend("padded", mask)
-            if plan.attention == "length_groups":
-                from .attention import LengthGroups
-
-                groups = LengthGroups.plan(attention_mask)
-                if groups is not None:
-                    attend = Attend("length_groups", mask, groups)
-        used = self._read_positions(targets, logits_to_keep, return_logits, real, (B, T)) if plan.narrow else None
-        narrow = None if used is None else lora_route.narrowed(used)
-        return Layout(embeds, positions, lora_route, attend, narrow, targets)
-
-    def _packed_layout(self, embeds, positions, token_adapter, cu, lengths, targets, logits_to_keep, return_logits,
-                       plan, flags) -> Layout:
-        n = embeds.shape[1]
-        lora_route = Route.build(token_adapter, (1, n), self.config.adapter_names, None, **flags)
-        attend = Attend("packed", cu_seqlens=cu, lengths=tuple(lengths), backend=plan.packed_backend)
-        targets = None if targets is None else targets.reshape(1, n)
-        used = self._read_positions(targets, logits_to_keep, return_logits, None, (1, n)) if plan.narrow else None
-        narrow = None if used is None else lora_route.narrowed(used)
-        return Layout(embeds, positions, lora_route, attend, narrow, targets)
-
-    def _read_positions(self, targets, logits_to_keep, return_logits, real, shape):
-        """[B, T] bool of the positions whose final state is read: the last ``logits_to_keep``, or
-        the labelled ones when no logits are returned; None when all are."""
-        B, T = shape
-        if targets is None and 0 < logits_to_keep < T:
-            used = torch.zeros(B, T, dtype=torch.bool, device=self.device)
-            used[:, -logits_to_keep:] = True
-        elif targets is not None and not return_logits and not logits_to_keep:
-            used = targets != -100
-        else:
-            return None
-        return used if real is None else used & real
-
     def step_route(self, row_types: list[str]) -> Route:
         """The route of a one-token-per-row decode step (reused for every step of a generate)."""
         idx = self.router.adapter_index(row_types, device=self.device)
@@ -324,37 +237,6 @@ class MoLoRAModel(nn.Module):
                            fused=self.fast_paths.fused_lora)
 
     # -- loss ----------------------------------------------------------------------------
-    def head(self, hidden, layout: Layout, labels, logits_to_keep, return_logits, loss_reduction, plan):
-        """(logits, loss) from the decoder's output."""
-        targets = layout.targets
-        if layout.narrow is not None:  # hidden: [n, D], the read positions in narrow.kept order
-            if targets is not None:
-                target = targets.reshape(-1)[layout.narrow.kept]
-                return None, F.cross_entropy(loss_precision(self.lm_logits(hidden)), target, reduction=loss_reduction)
-            B = layout.route.shape[0]
-            in_place = torch.argsort(layout.narrow.kept)  # kept order (by adapter) -> row-major order
-            return self.lm_logits(hidden[in_place]).view(B, logits_to_keep, -1), None
-        if plan.packed:  # [1, N, D]: loss over the packed tokens (no logits are returned for a packed batch
-            # the model packed itself: their positions are not the caller's)
-            if targets is None:
-                return (self.lm_logits(hidden) if return_logits else None), None
-            keep = targets[0] != -100
-            loss = F.cross_entropy(loss_precision(self.lm_logits(hidden[0][keep])), targets[0][keep],
-                                   reduction=loss_reduction)
-            return (self.lm_logits(hidden) if return_logits and not plan.pack else None), loss
-        if logits_to_keep:
-            hidden = hidden[:, -logits_to_keep:]
-        if targets is not None and not return_logits:
-            keep = targets != -100
-            return None, F.cross_entropy(loss_precision(self.lm_logits(hidden[keep])), targets[keep],
-                                         reduction=loss_reduction)
-        logits = self.lm_logits(hidden)
-        loss = None
-        if targets is not None:
-            flat = loss_precision(logits).reshape(-1, logits.shape[-1])
-            loss = F.cross_entropy(flat, targets.reshape(-1), ignore_index=-100, reduction=loss_reduction)
-        return logits, loss
-
     def lm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Logits of ``hidden`` [..., H] as one 2-D matmul that reads the (tied) output embedding in
         place: a strided [B, 1, H] slice (``logits_to_keep=1``) through a batched matmul can copy the
@@ -415,30 +297,3 @@ class MoLoRAModel(nn.Module):
         return counts
 
 
-def _segments(flat_ids: torch.Tensor, cu_seqlens: torch.Tensor) -> list[torch.Tensor]:
-    bounds = cu_seqlens.tolist()
-    return [flat_ids[s:e] for s, e in zip(bounds[:-1], bounds[1:])]
-
-
-def _positions(attention_mask, shape, cache) -> torch.Tensor:
-    past = cache.get_seq_length() if cache is not None else 0
-    if attention_mask is None:
-        return torch.arange(past, past + shape[1]).unsqueeze(0).expand(shape[0], -1)
-    # positions count only real tokens, so a left-padded row gets the positions it has alone
-    pos = attention_mask.long().cumsum(-1) - 1
-    return pos.clamp(min=0)[:, -shape[1]:]
-
-
-def _prefill_mask(attention_mask: torch.Tensor, q_len: int) -> torch.Tensor:
-    from .attention import padding_mask
-
-    return padding_mask(attention_mask, q_len)
-
-
-def _decode_mask(attention_mask: torch.Tensor, q_len: int) -> torch.Tensor | None:
-    """A decode step's queries see every real cached key (they are the newest positions)."""
-    if bool(attention_mask.all()):
-        return None
-    from .attention import padding_mask
-
-    return padding_mask(attention_mask, q_len)
