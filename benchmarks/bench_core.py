@@ -298,7 +298,7 @@ def _train(impl, cfg, repeats, workdir):
         from molora.adapters.router import Router
 
         router = Router(cfg)
-        types = router.row_types(batch["input_ids"], cfg.backbone.image_token_id, cfg.backbone.audio_token_id)
+        types = router.row_types(batch["input_ids"])
         groups = {}
         for i, t in enumerate(types):
             groups.setdefault(t, []).append(i)
