@@ -6,8 +6,8 @@ and ``device_map`` arguments, under transformers' names and meanings.
   (``"float32"``, ``"bfloat16"``, ...) converts.
 - ``device_map``: one device (``"cpu"``, ``"cuda:1"``, ``1``, a ``torch.device``), or ``"auto"``:
   accelerate places the decoder, the vision tower and the audio encoder on the accelerators, then
-  the CPU, each part whole (the routed LoRAs of one forward share one routing state, so the
-  decoder is never split); or a dict {module name: device} in accelerate's format.
+  the CPU, each part whole (the decoder's layers hand one route along a forward, so the decoder
+  is never split); or a dict {module name: device} in accelerate's format.
 
 A request that the memory cannot hold is an error before anything is allocated (a bfloat16
 checkpoint of the real model asked for in float32 needs 22 GB), never a silent swap storm.
@@ -18,8 +18,12 @@ import torch
 
 from .errors import CheckpointError
 
-# the parts a device map may place (each whole); modules without weights follow the decoder
-NO_SPLIT = ["Phi3Model", "ImageEmbedder", "AudioEmbedder"]
+
+def no_split(model) -> list[str]:
+    """The parts a device map may place, each whole: the decoder and every modality's embedder
+    (modules without weights follow the decoder)."""
+    parts = [model.language_model] + [getattr(model, m.module_name) for m in model.config.modality_entries()]
+    return sorted({type(p).__name__ for p in parts})
 
 
 def resolve_dtype(dtype=None, torch_dtype=None, stored: torch.dtype | None = None) -> torch.dtype | None:
@@ -80,12 +84,12 @@ def check_fits(nbytes: int, device: torch.device, what: str) -> None:
 
 
 def auto_device_map(model, dtype: torch.dtype | None, max_memory: dict | None = None) -> dict[str, str | int]:
-    """accelerate's device map for ``model`` over the accelerators and the CPU (each of NO_SPLIT whole)."""
+    """accelerate's device map for ``model`` over the accelerators and the CPU (each ``no_split`` part whole)."""
     from accelerate import infer_auto_device_map
     from accelerate.utils import get_max_memory
 
     max_memory = get_max_memory(max_memory)
-    return infer_auto_device_map(model, max_memory=max_memory, no_split_module_classes=NO_SPLIT, dtype=dtype)
+    return infer_auto_device_map(model, max_memory=max_memory, no_split_module_classes=no_split(model), dtype=dtype)
 
 
 def place(model, dtype: torch.dtype | None, device_map=None, max_memory: dict | None = None, where: str = "model"):
