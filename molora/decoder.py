@@ -21,6 +21,7 @@ import torch
 from torch.utils.checkpoint import checkpoint
 from transformers.models.phi3.modeling_phi3 import Phi3DecoderLayer, Phi3Model, apply_rotary_pos_emb
 
+from .adapters.lora import RoutedLoRALinear
 from .adapters.route import Route
 from .attention import LengthGroups, grouped_attention, packed_attention, padded_attention
 from .swiglu import silu_gate
@@ -58,7 +59,7 @@ class RoutedDecoderLayer(Phi3DecoderLayer):
         attn, mlp = self.self_attn, self.mlp
         B, T, _ = h.shape
         d, nq, nkv = attn.head_dim, attn.config.num_attention_heads, attn.config.num_key_value_heads
-        qkv = route.scatter(attn.qkv_proj(self.input_layernorm(route.gather(h)), route))
+        qkv = route.scatter(_linear(attn.qkv_proj, self.input_layernorm(route.gather(h)), route))
         q, k, v = qkv.split([nq * d, nkv * d, nkv * d], dim=-1)
         q, k, v = (t.view(B, T, -1, d).transpose(1, 2) for t in (q, k, v))
         cos, sin = position_embeddings
@@ -67,10 +68,15 @@ class RoutedDecoderLayer(Phi3DecoderLayer):
             k, v = cache.update(k, v, attn.layer_idx)
         o = attend(q, k, v, attn.attention_dropout if self.training else 0.0, attn.scaling).reshape(B, T, nq * d)
         r = route if narrow is None else narrow
-        h = r.gather(h) + self.resid_attn_dropout(attn.o_proj(r.gather(o), r))
+        h = r.gather(h) + self.resid_attn_dropout(_linear(attn.o_proj, r.gather(o), r))
         x = self.post_attention_layernorm(h)
-        h = h + self.resid_mlp_dropout(mlp.down_proj(silu_gate(mlp.gate_up_proj(x, r)), r))
+        h = h + self.resid_mlp_dropout(_linear(mlp.down_proj, silu_gate(_linear(mlp.gate_up_proj, x, r)), r))
         return h if narrow is not None else r.scatter(h)
+
+
+def _linear(module, x: torch.Tensor, route: Route) -> torch.Tensor:
+    """A decoder linear: routed when some adapter adapts it, plain otherwise (``layers_to_transform``)."""
+    return module(x, route) if isinstance(module, RoutedLoRALinear) else module(x)
 
 
 class RoutedDecoder(Phi3Model):
