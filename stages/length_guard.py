@@ -16,11 +16,7 @@ skip listed beside bad media (``--strict`` makes it fatal).
 """
 from __future__ import annotations
 
-from typing import Any
-
-from molora.encoders.audio_features import audio_token_count
 from molora.errors import LengthError
-from molora.processor import PLACEHOLDER
 
 __all__ = ["RowLength"]
 
@@ -67,30 +63,21 @@ class RowLength:
         chars = max(self._text_chars(c) for c in self._conversations(sample))
         return chars, chars // self.longest
 
-    def _media_tokens(self, kind: str, value: Any) -> int:
-        if kind == "image":
-            w, h = value.size
-            return self.processor.image_processor.num_tokens(w, h)
-        samples, rate = value
-        n = max(getattr(samples, "shape", (len(samples),))) if getattr(samples, "ndim", 1) > 1 else len(samples)
-        audio = self.processor.audio_processor
-        return audio_token_count(n, rate, audio.time_reduction, audio.downsample_rate)
-
     def count(self, sample) -> int:
         """Exact token count of the row as the processor will build it (media already loaded)."""
         best = 0
         for conv in self._conversations(sample):
             segments, media = self.processor.render(conv, 0, add_generation_prompt=False)
-            counts = {"image": [self._media_tokens("image", v) for v in media["images"]],
-                      "audio": [self._media_tokens("audio", v) for v in media["audios"]]}
-            used = {"image": 0, "audio": 0}
+            counts = {name: [entry.token_count(self.processor.parts[name], v) for v in media[name]]
+                      for name, entry in self.processor.modalities.items()}
+            used = {name: 0 for name in counts}
             n = 0
             for role, body in segments:
                 n += self._fixed_len(f"<|{role}|>")
                 if body is None:
                     continue
                 last = 0
-                for m in PLACEHOLDER.finditer(body):
+                for m in self.processor.placeholder.finditer(body):
                     n += self._encode_len(body[last:m.start()])
                     kind = m.group(1)
                     n += counts[kind][used[kind]] if used[kind] < len(counts[kind]) else 0

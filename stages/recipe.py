@@ -17,7 +17,7 @@ import yaml
 
 from molora.errors import ConfigError
 
-from .freeze import COMPONENTS
+from .freeze import components
 from .typed_fields import check_keys, coerce
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
@@ -288,5 +288,6 @@ def check_ranges(r: Recipe) -> None:
             if c == "llm":
                 raise ConfigError("the language model stays frozen in every molora stage (train its LoRAs "
                                   "instead)", f"substeps[{i}].train")
-            need(c in COMPONENTS or c.endswith(("_lora", "_audio_projector")), f"substeps[{i}].train",
-                 "components among " + ", ".join(sorted(set(COMPONENTS) - {"llm"})), c)
+            known = components()
+            need(c in known or c.endswith(("_lora", "_audio_projector")), f"substeps[{i}].train",
+                 "components among " + ", ".join(sorted(set(known) - {"llm"})), c)

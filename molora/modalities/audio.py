@@ -51,6 +51,13 @@ class AudioModality(Modality):
 
         return AudioFeatureExtractor(config.audio)
 
+    def token_count(self, part, item) -> int:
+        from ..encoders.audio_features import audio_token_count
+
+        samples, rate = item
+        n = max(getattr(samples, "shape", (len(samples),))) if getattr(samples, "ndim", 1) > 1 else len(samples)
+        return audio_token_count(n, rate, part.time_reduction, part.downsample_rate)
+
     def as_items(self, value) -> list:
         from ..encoders.audio_features import as_clip_list
 

@@ -85,6 +85,10 @@ class Modality:
         """A flat list of items from what a user passes as ``<name>s=`` (a batch object or a list)."""
         return list(value) if isinstance(value, (list, tuple)) else [value]
 
+    def token_count(self, part, item) -> int:
+        """Feature tokens of one loaded item, without computing its features (the length guard)."""
+        return self.process(part, [item])[1][0]
+
     def process(self, part, items: list, **kw) -> tuple[dict, list[int]]:
         """(tensors of ``input_keys``, feature tokens per item) for a flat list of items."""
         out = part(items)

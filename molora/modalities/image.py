@@ -38,6 +38,10 @@ class ImageModality(Modality):
 
         return ImageTransform(config.vision)
 
+    def token_count(self, part, item) -> int:
+        w, h = item.size
+        return part.num_tokens(w, h)
+
     def as_items(self, value) -> list:
         from ..encoders.image_transform import as_image_list
 
