@@ -147,7 +147,7 @@ def attach_call_transcripts(chunks, calls, audio_root: str | Path, audio_dir: st
     an ``Audio`` column. A chunk whose call has no transcript is an error naming the call ids."""
     import datasets
 
-    from molora.stages.hf_datasets import TEXT_FALLBACKS
+    from molora.data.hf_datasets import TEXT_FALLBACKS
 
     text_col = first_column(calls.column_names, TEXT_FALLBACKS)
     if text_col is None or "id" not in calls.column_names:
@@ -197,7 +197,7 @@ def asr_items(s: AsrSet, limit: int | None = None, *, protocol: str = DEFAULT_PR
     skips = skips if skips is not None else SkipList(strict=True)
     if s.source == "manifest":
         return _manifest_items(s, limit, protocol, allow_outside_root)
-    from molora.stages.hf_datasets import TEXT_FALLBACKS
+    from molora.data.hf_datasets import TEXT_FALLBACKS
 
     if s.source == "data":
         if not Path(s.path).expanduser().exists():

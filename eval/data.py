@@ -63,7 +63,7 @@ def load_rows(name_or_path: str, *, split: str, config: str | None, media_column
     that ``--limit`` does not download the whole set). ``hint`` is appended to the error raised
     when the source cannot be loaded (what to download, which flag to point at it).
     """
-    from molora.stages.hf_datasets import _load, _no_decode
+    from molora.data.hf_datasets import _load, _no_decode
 
     local = Path(name_or_path).expanduser().exists()
     streaming = limit is not None and not local
@@ -106,7 +106,7 @@ def dataset_items(rows, name: str, *, media: str, media_column: str,
     """Items over ``rows`` (see ``load_rows``). ``make(row, index)`` returns the item's fields
     (``key``, ``prompt``, ``meta``; or None to leave the row out); media are decoded lazily by index.
     A ``MoLoRAError`` from ``make`` (a bad value in that row) goes to ``skips`` (a ``SkipList``) when given."""
-    from molora.stages.hf_datasets import decode_audio_value, decode_image_value
+    from molora.data.hf_datasets import decode_audio_value, decode_image_value
 
     names = column_names(rows)
     if len(rows) and media_column not in names:
@@ -164,7 +164,7 @@ def manifest_rows(path: str | os.PathLike, allow_outside_root: bool = False) -> 
     name ``file:line``) and resolves media paths (inside the manifest's folder unless
     ``allow_outside_root``); the raw row gives the fields a Sample does not keep (``id``,
     ``duration``, ``type``...)."""
-    from molora.stages.manifest import read_manifest
+    from molora.data.manifest import read_manifest
 
     samples = read_manifest(path, allow_outside_root=allow_outside_root, outside_root_hint=OUTSIDE_ROOT_HINT)
     raw: dict[int, dict] = {}

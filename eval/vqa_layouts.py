@@ -100,7 +100,7 @@ def detect_layout(source: str, split: str) -> tuple[str, list[Path]]:
                           f"{' with keys ' + str(sorted(obj)[:8]) if isinstance(obj, dict) else ''}). "
                           f"Accepted: {ACCEPTED_LAYOUTS}", str(p))
     if p.is_dir():
-        from molora.stages.hf_datasets import _is_saved_to_disk
+        from molora.data.hf_datasets import _is_saved_to_disk
 
         if _is_saved_to_disk(p):
             return "datasets", []

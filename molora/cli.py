@@ -6,14 +6,35 @@ import os
 import sys
 
 
+def _stage_table() -> str:
+    from .stages.table import STAGES
+
+    lines = ["stage   trains on            sub-steps (components trained)"]
+    for st in STAGES.values():
+        subs = "; ".join(f"{s['name']} ({', '.join(s['train'])})" for s in st.substeps)
+        lines.append(f"{st.name:7s} {', '.join(st.data_kinds):20s} {subs}")
+    return "\n".join(lines)
+
+
 def _train(args) -> int:
-    from .stages.trainer import run
+    from .errors import ArgumentError
+    from .stages.recipe import load_recipe, stage_recipe
+    from .stages.trainer import train
 
     import torch.distributed as dist
 
+    if args.list_stages:
+        print(_stage_table())
+        return 0
+    if bool(args.recipe) == bool(args.stage):
+        raise ArgumentError("give --recipe NAME_OR_PATH or --stage NAME (molora train --list-stages lists the stages)",
+                            "molora train")
+    if not args.output_dir:
+        raise ArgumentError("--output-dir is required", "molora train")
+    recipe = load_recipe(args.recipe, args.overrides) if args.recipe else stage_recipe(args.stage, args.overrides)
     try:
-        run(args.recipe, args.overrides, args.output_dir, resume=args.resume, strict=args.strict or None,
-            cpu=args.cpu, overwrite=args.overwrite, resume_anyway=args.resume_anyway)
+        train(recipe, args.output_dir, resume=args.resume, strict=args.strict or None, cpu=args.cpu,
+              overwrite=args.overwrite, resume_anyway=args.resume_anyway)
     finally:  # a process group left open aborts some workers at interpreter exit (gloo threads)
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
@@ -115,15 +136,21 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="molora", description="Mixture-of-LoRAs multimodal models")
     sub = ap.add_subparsers(dest="command", required=True)
 
-    t = sub.add_parser("train", help="run a stage recipe (vision, speech, joint, sft, dpo)",
-                       description="molora train --recipe NAME_OR_PATH [key=value ...] --output-dir DIR [--resume]. "
-                                   "Launch as is (one process) or through `accelerate launch -m molora.cli train ...`.")
+    from .stages.table import STAGES
+
+    t = sub.add_parser("train", help=f"run a stage ({', '.join(STAGES)}) from a recipe or the stage table",
+                       description="molora train --recipe NAME_OR_PATH | --stage NAME [key=value ...] --output-dir DIR "
+                                   "[--resume]. Launch as is (one process) or through `accelerate launch -m molora.cli "
+                                   "train ...`.")
     g = t.add_argument_group("what to run")
-    g.add_argument("--recipe", required=True, help="packaged recipe name (e.g. tiny-speech) or a YAML path")
+    g.add_argument("--recipe", help="packaged recipe name (e.g. tiny-speech) or a YAML path")
+    g.add_argument("--stage", choices=list(STAGES), help="a stage of the table with its defaults (the tiny preset; "
+                                                         "override any key, e.g. model.path=DIR)")
+    g.add_argument("--list-stages", action="store_true", help="print the stage table and exit")
     g.add_argument("overrides", nargs="*", help="key=value overrides: data.train=PATH max_steps=N seed=N "
                                                 "training.lr=3e-4 ... (each checked against its field's type)")
     g = t.add_argument_group("where and how")
-    g.add_argument("--output-dir", required=True, help="checkpoints/, final/, metrics.jsonl, summary.json go here")
+    g.add_argument("--output-dir", help="checkpoints/, final/, metrics.jsonl, summary.json go here")
     g.add_argument("--resume", action="store_true", help="continue exactly from the newest checkpoint in DIR "
                                                          "(refused if the recipe, data or model changed)")
     g.add_argument("--resume-anyway", action="store_true", help="resume even though the recipe, data or model "

@@ -29,26 +29,19 @@ METRICS = ("wer", "anls", "relaxed_accuracy")
 STAGE_ORDER = ("vision", "speech", "joint", "sft", "dpo")
 
 # steps, micro batch, learning rates and freeze plans per stage (full run; --fast scales the steps)
+# Each stage's schedule at the tiny scale; what it trains (its sub-steps and their freeze plans) is
+# the stage table's (molora/stages/table.py), with ``fractions`` giving each sub-step's share of the steps.
 PLAN = {
     "vision": {"steps": 500, "batch": 16, "lr": 3e-3, "lr_groups": {"encoder": 5e-4, "projector": 3e-3, "lora": 3e-3},
-               "substeps": [{"name": "projector_alignment", "train": ["vision_projector"], "fraction": 0.25},
-                            {"name": "vision_lora", "train": ["vision_lora", "vision_encoder", "vision_projector"],
-                             "fraction": 0.75}]},
+               "fractions": {"projector_alignment": 0.25, "encoder_projector": 0.15, "vision_lora": 0.6}},
     "speech": {"steps": 1000, "batch": 16, "lr": 3e-3, "lr_groups": {"encoder": 5e-4, "projector": 3e-3, "lora": 3e-3},
-               "substeps": [{"name": "pretraining", "train": ["audio_encoder", "speech_projector"], "fraction": 0.3},
-                            {"name": "post_training", "train": ["speech_projector", "speech_lora"], "fraction": 0.7}]},
-    "joint": {"steps": 80, "batch": 16, "lr": 5e-4, "lr_groups": {"encoder": 1e-4},
-              "substeps": [{"name": "vision_speech", "train": ["vision_lora", "vision_projector",
-                                                              "vision_speech_projector"], "fraction": 1.0}]},
+               "fractions": {"pretraining": 0.3, "post_training": 0.7}},
+    "joint": {"steps": 80, "batch": 16, "lr": 5e-4, "lr_groups": {"encoder": 1e-4}},
     # mixed batches (no length grouping): the four kinds' losses differ by 100x, so a length-grouped
     # stage's loss curve shows which kind each batch held, not whether the stage learns
-    "sft": {"steps": 120, "batch": 16, "lr": 2e-4, "lr_groups": {}, "group_by_length": False,
-            "substeps": [{"name": "sft", "train": ["vision_lora", "speech_lora", "vision_projector",
-                                                  "speech_projector", "vision_speech_projector"], "fraction": 1.0}]},
+    "sft": {"steps": 120, "batch": 16, "lr": 2e-4, "lr_groups": {}, "group_by_length": False},
     # DPO on the SFT model's own wrong answers (molora/synthetic/mistake_pairs.py)
-    "dpo": {"steps": 40, "batch": 8, "lr": 5e-4, "lr_groups": {}, "beta": 0.1,
-            "substeps": [{"name": "dpo", "train": ["vision_lora", "speech_lora", "vision_projector",
-                                                  "speech_projector", "vision_speech_projector"], "fraction": 1.0}]},
+    "dpo": {"steps": 40, "batch": 8, "lr": 5e-4, "lr_groups": {}, "beta": 0.1},
 }
 EVAL_ROWS = {"full": 100, "fast": 6}  # held-out rows per metric
 MISTAKE_ROWS = {"full": 200, "fast": 6}  # training questions per corpus (documents, charts) the SFT model answers
@@ -99,7 +92,7 @@ def _mix(root: Path, name: str, manifests: list[Path], limit_each: int | None = 
 
 
 def eval_samples(corpora: dict, n: int) -> list:
-    from molora.stages.manifest import read_manifest
+    from molora.data.manifest import read_manifest
 
     return (read_manifest(corpora["speech"]["test"])[:n] + read_manifest(corpora["documents"]["test"])[:n]
             + read_manifest(corpora["charts"]["test"])[:n])
@@ -126,7 +119,7 @@ def image_reliance(model, processor, samples) -> dict:
 def mistake_manifest(model, processor, corpora: dict, path: Path, n: int) -> tuple[str, int, int]:
     """The DPO stage's pairs: ``model`` answers the first ``n`` document and ``n`` chart training
     questions; each wrong answer becomes a pair (chosen = the reference). Returns (manifest, pairs, asked)."""
-    from molora.stages.manifest import read_manifest
+    from molora.data.manifest import read_manifest
     from molora.synthetic.mistake_pairs import mistake_pairs, write_pairs
 
     docs, charts = (read_manifest(corpora[k]["train"])[:n] for k in ("documents", "charts"))
@@ -150,11 +143,15 @@ def held_out_preferences(policy, reference, processor, samples, reference_predic
 def stage_recipe(stage: str, model_path: str, train: str, seed: int, fast: bool):
     from molora.stages.recipe import build_recipe
 
+    from molora.stages.table import stage as stage_entry
+
     p = PLAN[stage]
     steps = FAST_STEPS[stage] if fast else p["steps"]
+    substeps = [dict(s, fraction=p.get("fractions", {}).get(s["name"], s["fraction"]))
+                for s in stage_entry(stage).default_substeps()]
     raw = {"name": f"quickstart-{stage}", "stage": stage, "model": {"path": model_path},
            "data": {"train": train}, "max_steps": steps, "seed": seed,
-           "substeps": p["substeps"],
+           "substeps": substeps,
            "training": {"micro_batch_size": 4 if fast else p["batch"], "lr": p["lr"], "lr_groups": p["lr_groups"],
                         "warmup_steps": 0 if fast else 5, "schedule": "cosine", "min_lr_ratio": 0.05,
                         "max_grad_norm": 1.0, "group_by_length": p.get("group_by_length", True)},

@@ -113,7 +113,7 @@ def _strip_media(messages: list[dict]) -> list[dict]:
 
 def text_conversations(corpora: dict, seed: int) -> list[list[dict]]:
     """Text-only conversations from every training manifest, plus bare sentences."""
-    from molora.stages.manifest import read_manifest
+    from molora.data.manifest import read_manifest
     from molora.synthetic.sentences import generate_sentences, sentence_split
 
     convs: list[list[dict]] = []
@@ -127,7 +127,7 @@ def text_conversations(corpora: dict, seed: int) -> list[list[dict]]:
 
 def image_row(image, prompt: str, answers: list[str], source: str):
     """One VQA training row: ``image`` + ``prompt`` -> ``answers[0]`` (all of ``answers`` accepted)."""
-    from molora.stages.manifest import Sample
+    from molora.data.manifest import Sample
 
     return Sample([{"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": prompt}]},
                    {"role": "assistant", "content": answers[0]}], "vqa", source, answers=list(answers))
@@ -135,7 +135,7 @@ def image_row(image, prompt: str, answers: list[str], source: str):
 
 def drill_rows(n: int, seed: int) -> list:
     """``n`` look-up drill conversations (``lookup_conversations``) as text-only training rows."""
-    from molora.stages.manifest import Sample
+    from molora.data.manifest import Sample
 
     return [Sample(c, "chat", f"pretrain-lookup:{seed}:{i}") for i, c in enumerate(lookup_conversations(n, seed))]
 
@@ -149,7 +149,7 @@ def reading_samples(n: int, seed: int) -> list:
     pages), each as a page-reading row (documents: the text in reading order; charts: title, then
     ``category value`` per line, chart-to-table style) and all of its questions as VQA rows.
     More supervision per image than the corpora's two questions per page: the tower learns to read."""
-    from molora.stages.manifest import VQA_SUFFIX
+    from molora.data.manifest import VQA_SUFFIX
     from molora.synthetic.charts import draw_chart
     from molora.synthetic.documents import draw_document
 
@@ -219,7 +219,7 @@ def region_rows(n: int, seed: int) -> list:
     """``n`` question rows on bands of fresh documents (pretraining-only seed; ``answer_band``), with
     the band's question. Between crops (read one string) and whole pages (find the field among
     ~110 image tokens): the LM learns to find a field among a few lines of image tokens first."""
-    from molora.stages.manifest import VQA_SUFFIX
+    from molora.data.manifest import VQA_SUFFIX
     from molora.synthetic.documents import draw_document
 
     rng = random.Random(f"pretrain-regions-{seed}")
@@ -536,7 +536,7 @@ def main(argv=None) -> dict:
 
     torch.set_num_threads(args.threads)
     from molora import MoLoRAConfig, MoLoRAModel, MoLoRAProcessor
-    from molora.stages.manifest import read_manifest
+    from molora.data.manifest import read_manifest
     from molora.synthetic.build import build_corpora
     from molora.synthetic.sentences import _vocabulary
     from molora.tokenizer import TINY_BPE_FILE, train_bpe_tokenizer

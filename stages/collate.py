@@ -14,6 +14,12 @@ Only media problems and over-long rows are skipped; any other error propagates.
 Optional SpecAugment masks ``audio_input_features`` within each clip's valid frames, drawing
 from torch's global RNG (a seeded run is reproducible, a resumed run that restores the RNG
 state is bit-identical).
+
+With ``pack=True`` (the trainer's LM stages, ``training.packing``) the batch is packed: the rows,
+sorted by the adapter their input type routes to (a stable sort: text rows first, then each
+adapter's rows), are concatenated without padding (``molora.packing.pack_batch``: ``input_ids`` /
+``labels`` / ``position_ids`` ``[1, N]`` and ``cu_seqlens``), which ``MoLoRAModel`` takes on every
+device; the same loss and gradients as the padded batch.
 """
 from __future__ import annotations
 
@@ -27,7 +33,7 @@ import torch
 from molora.errors import ConfigError, LengthError, MediaError, MoLoRAError
 
 from .length_guard import RowLength
-from .manifest import Sample
+from molora.data.manifest import Sample
 from .typed_fields import check_keys, coerce
 
 __all__ = ["Collator", "IGNORE_INDEX", "count_label_tokens"]
@@ -49,9 +55,10 @@ class Collator:
     """
 
     def __init__(self, processor, *, strict: bool = False, spec_augment: dict | None = None,
-                 max_tokens: int | None = None):
+                 max_tokens: int | None = None, pack: bool = False):
         self.processor = processor
         self.strict = strict
+        self.pack = pack
         self.length = RowLength(processor, max_tokens) if processor.tokenizer is not None else None
         self.skipped: list[dict[str, str]] = []
         self.spec_augment = self.check_spec(spec_augment)
@@ -79,7 +86,7 @@ class Collator:
 
     # -- media ---------------------------------------------------------------------------
     def _load_value(self, kind: str, value: Any, item: str) -> Any:
-        from .hf_datasets import decode_audio_value, decode_image_value
+        from molora.data.hf_datasets import decode_audio_value, decode_image_value
 
         if kind == "image":
             if isinstance(value, (str, Path)):
@@ -163,12 +170,30 @@ class Collator:
         loaded = self._loaded(list(samples), ("asr", "chat", "vqa"))
         if not loaded:
             return None
+        if self.pack:  # each adapter's rows together: contiguous spans for the routed linears
+            loaded = sorted(loaded, key=self._adapter_rank)
         good, out = self._process(loaded, lambda ss: self._batch([s.messages for s in ss]))
         if not good:
             return None
         batch = out[0]
         self._spec_augment(batch)
+        if self.pack:
+            from molora.packing import pack_batch
+
+            num = batch.pop("num_label_tokens")
+            batch = pack_batch(batch)
+            batch["num_label_tokens"] = num
         return batch
+
+    def _adapter_rank(self, sample: Sample) -> int:
+        """Index of the adapter the sample's input type routes to (-1: none), from its content types."""
+        config = self.processor.config
+        kinds = {p.get("type") for m in sample.messages if isinstance(m.get("content"), list)
+                 for p in m["content"] if isinstance(p, dict)}
+        names = [m.input_type for m in config.modality_entries() if m.content_type in kinds]
+        route = config.router.get("+".join(names) or "text")
+        adapter = None if route is None else route.adapter
+        return -1 if adapter is None else config.adapter_names.index(adapter)
 
     def collate_preference(self, samples: list[Sample]) -> dict | None:
         """``{"chosen": batch, "rejected": batch}``: the same prompts with the chosen / rejected reply

@@ -95,7 +95,7 @@ def preference_metrics(policy, reference, processor, samples, *, beta: float, ba
     a positive margin; ``chosen_preferred_before`` / ``_after``: share of pairs whose chosen reply is more
     likely than the rejected one under the reference / the policy."""
     from .collate import Collator
-    from .stage_dpo import pair_logps
+    from .losses import pair_logps
 
     collator = Collator(processor)
     was = policy.training, reference.training

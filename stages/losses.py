@@ -1,12 +1,14 @@
-"""Loss pieces shared by the stages: token-summed LM loss and sequence log-probabilities."""
+"""The stages' losses: token-summed LM loss and DPO, and what each is summed over."""
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
+from torch.func import functional_call
 
 from molora.loss import loss_precision
 
-MODEL_KEYS = ("input_ids", "attention_mask", "image_pixel_values", "image_sizes", "image_attention_mask",
-              "audio_input_features", "audio_embed_sizes", "audio_attention_mask")
+MODEL_KEYS = ("input_ids", "attention_mask", "position_ids", "cu_seqlens", "image_pixel_values", "image_sizes",
+              "image_attention_mask", "audio_input_features", "audio_embed_sizes", "audio_attention_mask")
 
 
 def model_inputs(batch: dict) -> dict:
@@ -14,7 +16,13 @@ def model_inputs(batch: dict) -> dict:
 
 
 def label_count(batch: dict) -> int:
+    """Labelled next tokens (a packed batch's rows start with an unlabelled role tag, so the shift
+    never counts a token of the next row)."""
     return int((batch["labels"][:, 1:] != -100).sum())
+
+
+def pair_count(batch: dict) -> int:
+    return int(batch["chosen"]["input_ids"].shape[0])
 
 
 def lm_loss_sum(model, batch: dict, forward=None) -> torch.Tensor:
@@ -25,6 +33,10 @@ def lm_loss_sum(model, batch: dict, forward=None) -> torch.Tensor:
     return out.loss
 
 
+def lm_loss(model, batch, ctx):
+    return lm_loss_sum(model, batch), {}
+
+
 def sequence_logps(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Per-row sum of log p(label) over labelled tokens: [B]."""
     lp = loss_precision(logits[:, :-1]).log_softmax(-1)
@@ -32,3 +44,36 @@ def sequence_logps(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     mask = tgt != -100
     picked = lp.gather(-1, tgt.clamp(min=0).unsqueeze(-1)).squeeze(-1)
     return (picked * mask).sum(-1)
+
+
+def _logps(model, b, params=None):
+    inputs = model_inputs(b)
+    if params is None:
+        logits = model(**inputs).logits
+    else:
+        logits = functional_call(model, params, args=(), kwargs=inputs, strict=False).logits
+    return sequence_logps(logits, b["labels"].to(logits.device))
+
+
+def pair_logps(model, batch, params=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed reply log-probabilities [B] of the chosen and the rejected replies of a preference batch
+    (``params``: other values for some of the model's parameters, e.g. the DPO reference)."""
+    return _logps(model, batch["chosen"], params), _logps(model, batch["rejected"], params)
+
+
+def dpo_loss(model, batch, ctx):
+    """Direct preference optimisation on chosen / rejected pairs against a frozen reference (the
+    trainable tensors as they were when the stage started):
+    loss = -log sigmoid(beta * ((pi_c - ref_c) - (pi_r - ref_r))), pi / ref the summed
+    log-probabilities of the reply tokens. Logged: the reward margin (beta times the bracket), the
+    share of pairs whose margin is positive, and each side's reward."""
+    beta = float(ctx.recipe.dpo.get("beta", 0.1))
+    pc, pr = pair_logps(model, batch)
+    with torch.no_grad():
+        rc, rr = pair_logps(model, batch, ctx.reference_params)
+    margin = beta * ((pc - rc) - (pr - rr))
+    losses = -F.logsigmoid(margin)
+    m = margin.detach()
+    return losses.sum(), {"reward_margin": float(m.mean()), "reward_accuracy": float((m > 0).float().mean()),
+                          "chosen_reward": float((beta * (pc - rc)).detach().mean()),
+                          "rejected_reward": float((beta * (pr - rr)).detach().mean())}

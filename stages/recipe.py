@@ -21,7 +21,6 @@ from .freeze import components
 from .typed_fields import check_keys, coerce
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
-STAGES = ("vision", "speech", "joint", "sft", "dpo")
 
 
 @dataclass
@@ -53,6 +52,8 @@ class Training:
     # text-only rows of a frozen backbone without autograd (molora/frozen_rows.py); always off under
     # fsdp2, whose collectives need the same forwards on every process
     split_frozen_rows: bool = True
+    # the collator packs each micro-batch's rows without padding (molora/packing.py; the LM stages)
+    packing: bool = True
 
 
 @dataclass
@@ -181,6 +182,20 @@ def load_recipe(name_or_path: str, overrides: dict[str, Any] | list[str] | None 
     return build_recipe(raw, source=str(path))
 
 
+def stage_recipe(stage: str, overrides: dict[str, Any] | list[str] | None = None) -> Recipe:
+    """A recipe for one stage of the table with its defaults (``molora train --stage NAME``): the
+    tiny preset, the stage's sub-steps; ``key=value`` overrides as for ``load_recipe``."""
+    from .table import stage as stage_entry
+
+    stage_entry(stage)
+    raw: dict[str, Any] = {"name": stage, "stage": stage}
+    if isinstance(overrides, list):
+        overrides = parse_overrides(overrides)
+    for k, v in (overrides or {}).items():
+        _set(raw, k, v)
+    return build_recipe(raw, source=f"stage {stage}")
+
+
 # The keys of the free-form sections, with their types (the dataclasses above type the others).
 MODEL_FIELDS = {"preset": str, "path": str, "config": dict, "backbone": str, "vision": str}
 DATA_FIELDS = {"train": str | dict | None, "eval": str | dict | None, "allow_outside_root": bool,
@@ -211,14 +226,14 @@ def build_recipe(raw: dict, source: str = "") -> Recipe:
         raise ConfigError(f"a recipe is a mapping of keys, got {type(raw).__name__}", source or "recipe")
     check_keys(raw, TOP_FIELDS, "")
     top = {k: coerce(v, TOP_FIELDS[k], k) for k, v in raw.items()}
+    from .table import stage as stage_entry
+
     stage = top.get("stage")
-    if stage not in STAGES:
-        raise ConfigError(f"must be one of {', '.join(STAGES)}, got {stage!r}", "stage")
-    from . import stage_registry
+    default_substeps = stage_entry(stage).default_substeps()  # an unknown stage is an error naming them
 
     training_fields = _dataclass_fields(Training)
     training = Training(**_section(raw, "training", training_fields))
-    subs = top.get("substeps") or stage_registry.get(stage).default_substeps()
+    subs = top.get("substeps") or default_substeps
     substeps = []
     for i, s in enumerate(subs):
         if isinstance(s, Substep):

@@ -1,11 +1,15 @@
-"""The trainer loop: one loop for every stage, on accelerate's process state, from one CPU to
-many GPUs.
+"""The trainer: one loop for every stage of the table (``stages/table.py``), on accelerate's process
+state, from one CPU to many GPUs.
 
-Data parallelism is explicit: every process takes its shard of each global batch (the same
-global batch whatever the number of processes), losses are summed over tokens and divided by
-the token count of the whole global batch, and gradients are averaged across processes after
-backward. One process and N processes therefore take the same steps. Stage specifics (loss,
-data kinds, default freeze plans) live in ``stage_<name>.py``.
+    train(recipe, out)  =  setup  ->  for each step: (sub-step boundary) -> step -> checkpoint? -> evaluate?
+                           ->  finish
+
+``setup`` decides what to do with the output folder (start, resume, refuse; ``run_state.py``),
+loads the data and the model, and restores a checkpoint; ``step`` runs one global batch (its
+micro-batches, gradient averaging across processes, clipping, the optimiser); ``checkpoint`` writes
+an atomic, resumable checkpoint; ``evaluate`` computes the eval loss (and generation metrics);
+``finish`` writes ``final/``, the summary and the run record. Data parallelism and its exactness are
+in ``distributed.py``; FSDP2 in ``sharding.py``.
 """
 from __future__ import annotations
 
@@ -23,67 +27,64 @@ import torch
 
 from molora.errors import ConfigError, RunError
 
-from . import stage_registry
 from .checkpointing import load_checkpoint, save_checkpoint, set_rng_state
+from .distributed import Distributed
 from .freeze import apply_plan
+from .metrics_log import MetricsLog
 from .optim import build_optimizer, build_scheduler, rebase_groups, step_lrs
 from .recipe import Recipe
 from .run_messages import print_run_summary, substep_banner
 from .run_state import (RUN_FILE, check_output_dir, finished_run, plan_run, run_identity, save_final,
                         start_run, write_json_atomic)
+from .table import Stage, stage
+
+__all__ = ["train", "run", "build_model", "load_samples", "seed_everything", "clip_gradients", "Distributed"]
 
 
 @dataclass
 class Context:
+    """What a stage's loss may read besides the batch (DPO: the reference weights)."""
+
     recipe: Recipe
     reference_params: dict[str, torch.Tensor] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-class Distributed:
-    """The few collective operations the loop needs, over accelerate's process state."""
+@dataclass
+class Run:
+    """Everything one training run holds between steps."""
 
-    def __init__(self, cpu: bool = False):
-        from accelerate import PartialState
-
-        self.state = PartialState(cpu=cpu)
-        self.rank, self.world = self.state.process_index, self.state.num_processes
-        self.device = self.state.device
-
-    def barrier(self) -> None:
-        if self.world > 1:
-            self.state.wait_for_everyone()
-
-    def all_sum(self, values: list[float]) -> list[float]:
-        if self.world == 1:
-            return values
-        t = torch.tensor(values, dtype=torch.float64, device=self.device)
-        torch.distributed.all_reduce(t)
-        return t.tolist()
-
-    def average_gradients(self, params: list[torch.nn.Parameter]) -> None:
-        """Mean of every gradient over processes, in flat buckets (one collective per ~32 MB)."""
-        if self.world == 1:
-            return
-        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-        bucket, size = [], 0
-        for g in grads + [None]:
-            if g is not None:
-                bucket.append(g)
-                size += g.numel()
-            if bucket and (g is None or size > 8_000_000):
-                flat = torch.cat([b.reshape(-1) for b in bucket])
-                torch.distributed.all_reduce(flat)
-                flat /= self.world
-                off = 0
-                for b in bucket:
-                    b.copy_(flat[off: off + b.numel()].view_as(b))
-                    off += b.numel()
-                bucket, size = [], 0
-        for p, g in zip(params, grads):
-            p.grad = g
+    recipe: Recipe
+    out: Path
+    dist: Distributed
+    stage: Stage
+    model: Any
+    processor: Any
+    samples: list
+    sampler: Any
+    collator: Any
+    ctx: Context
+    identity: dict
+    sharded: bool
+    dtype: torch.dtype | None
+    scaler: Any
+    saved_names: list[str]
+    log: MetricsLog
+    start_step: int = 0
+    step: int = 0
+    loaded: dict | None = None  # the checkpoint being resumed, until its sub-step's state is restored
+    sub_idx: int = -1
+    optimizer: Any = None
+    scheduler: Any = None
+    trainable: list = field(default_factory=list)
+    batches: Any = None
+    first_metrics: dict = field(default_factory=dict)
+    last_metrics: dict = field(default_factory=dict)
+    rows_trained: int = 0
+    t_start: float = 0.0
 
 
+# -- model and data ---------------------------------------------------------------------------
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -117,8 +118,8 @@ def load_samples(data: dict, key: str, skipped: list[dict] | None = None):
     ``{path, split, config, kind, limit, streaming, ...columns}`` (hub id, saved dataset or files).
     Manifest lines too long to read are appended to ``skipped``; no usable row is an error naming
     the source."""
-    from .hf_datasets import read_hf_dataset
-    from .manifest import read_manifest
+    from molora.data.hf_datasets import read_hf_dataset
+    from molora.data.manifest import read_manifest
 
     spec = data[key]
     if isinstance(spec, dict):
@@ -155,51 +156,50 @@ def _move(batch, device):
     return batch.to(device) if torch.is_tensor(batch) else batch
 
 
-class MetricsLog:
-    """metrics.jsonl (+ TensorBoard when available) on rank 0; a resumed run drops rows past its step."""
-
-    def __init__(self, out: Path, enabled: bool, resume_step: int | None):
-        self.enabled = enabled
-        self.path = out / "metrics.jsonl"
-        self.tb = None
-        if not enabled:
-            return
-        if resume_step is not None and self.path.exists():
-            keep = [l for l in self.path.read_text().splitlines() if l and json.loads(l).get("step", 0) <= resume_step]
-            self.path.write_text("".join(l + "\n" for l in keep))
-        elif resume_step is None and self.path.exists():
-            self.path.unlink()
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.tb = SummaryWriter(str(out / "tensorboard"), purge_step=resume_step)
-        except Exception:  # tensorboard missing: JSONL only
-            self.tb = None
-
-    def write(self, row: dict) -> None:
-        if not self.enabled:
-            return
-        with open(self.path, "a") as fh:
-            fh.write(json.dumps(row) + "\n")
-        if self.tb is not None:
-            for k, v in row.items():
-                if isinstance(v, (int, float)) and k != "step":
-                    self.tb.add_scalar(k, v, row["step"])
-
-    def close(self):
-        if self.tb is not None:
-            self.tb.close()
+def _tokens(batch: dict, paired: bool) -> int:
+    b = batch["chosen"] if paired else batch
+    mask = b.get("attention_mask")
+    return int(mask.sum()) if mask is not None else int(b["input_ids"].numel())  # packed: every token is real
 
 
+# -- the run ------------------------------------------------------------------------------------
 def train(recipe: Recipe, output_dir: str | Path, *, resume: bool = False, strict: bool | None = None,
           cpu: bool = False, progress: bool = True, overwrite: bool = False, resume_anyway: bool = False) -> dict:
     """Run ``recipe`` into ``output_dir``. A folder that already holds a run needs ``resume`` (which
     checks that the recipe, data and model match the checkpoint's; ``resume_anyway`` accepts a change)
     or ``overwrite``; resuming a finished run trains nothing and returns its summary."""
+    run = setup(recipe, Path(output_dir), resume=resume, strict=strict, cpu=cpu, overwrite=overwrite,
+                resume_anyway=resume_anyway)
+    if isinstance(run, dict):  # the run had finished already
+        return run
+    bar = _progress_bar(run) if progress and run.dist.is_main else None
+    while run.step < recipe.max_steps:
+        enter_substep(run)
+        metrics = step(run)
+        if run.dist.is_main and (run.step % max(1, recipe.training.log_every) == 0 or run.step == recipe.max_steps):
+            run.log.write(metrics)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{metrics['loss']:.4f}", lr=f"{metrics['lr']:.2e}",
+                            sps=f"{metrics['samples_per_s']:.1f}", tps=f"{metrics['tokens_per_s']:.0f}")
+        if recipe.save_every and run.step % recipe.save_every == 0 and run.step < recipe.max_steps:
+            checkpoint(run)
+        t = recipe.training
+        if t.eval_every and recipe.data.get("eval") and run.step % t.eval_every == 0:
+            ev = evaluate(run)
+            if run.dist.is_main:
+                run.log.write({"step": run.step, **ev})
+    if bar is not None:
+        bar.close()
+    return finish(run)
+
+
+def setup(recipe: Recipe, out: Path, *, resume: bool, strict: bool | None, cpu: bool, overwrite: bool,
+          resume_anyway: bool) -> Run | dict:
+    """Everything before the first step; a finished run's summary when there is nothing to train."""
     from .collate import Collator
     from .sampler import LengthGroupedBatches
 
-    out = Path(output_dir)
     if not recipe.data.get("train"):
         raise ConfigError("the recipe has no training data: pass data.train=PATH", recipe.name)
     check_output_dir(out)
@@ -207,16 +207,14 @@ def train(recipe: Recipe, output_dir: str | Path, *, resume: bool = False, stric
     plan = plan_run(out, run_identity(recipe), resume=resume or resume_anyway, overwrite=overwrite,
                     resume_anyway=resume_anyway)
     dist = Distributed(cpu=cpu)
-    is_main = dist.rank == 0
     if plan.mode == "finished":
-        return finished_run(out, plan, is_main)
-    stage = stage_registry.get(recipe.stage)
-    strict = recipe.strict if strict is None else strict
+        return finished_run(out, plan, dist.is_main)
+    st = stage(recipe.stage)
     unreadable: list[dict] = []
     samples = load_samples(recipe.data, "train", unreadable)  # a bad line stops here, before the model loads
-    bad_kind = sorted({s.kind for s in samples} - set(stage.DATA_KINDS))
+    bad_kind = sorted({s.kind for s in samples} - set(st.data_kinds))
     if bad_kind:
-        raise ConfigError(f"stage {recipe.stage!r} takes {stage.DATA_KINDS} rows, the manifest has {bad_kind}",
+        raise ConfigError(f"stage {recipe.stage!r} takes {st.data_kinds} rows, the manifest has {bad_kind}",
                           recipe.data["train"])
     start_run(recipe, out, dist, plan)
 
@@ -225,25 +223,20 @@ def train(recipe: Recipe, output_dir: str | Path, *, resume: bool = False, stric
     t = recipe.training
     sharded = dist.world > 1 and (t.parallel == "fsdp2" or os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true")
     model.split_frozen_rows = t.split_frozen_rows and not sharded
-    if recipe.training.activation_checkpointing:
+    if t.activation_checkpointing:
         model.enable_activation_checkpointing()
     global_batch = t.micro_batch_size * t.grad_accum * dist.world
     sampler = LengthGroupedBatches([s.length for s in samples], global_batch, recipe.seed,
                                    group_by_length=t.group_by_length)
-    collator = Collator(processor, strict=strict, spec_augment=t.spec_augment,
-                        max_tokens=recipe.data.get("max_tokens"))
+    collator = Collator(processor, strict=recipe.strict if strict is None else strict, spec_augment=t.spec_augment,
+                        max_tokens=recipe.data.get("max_tokens"), pack=t.packing and not st.paired)
     collator.skipped.extend(unreadable)
-    paired = getattr(stage, "PAIRED", False)
-    collate = collator.collate_preference if paired else collator
     dtype = _precision(t.precision, dist.device)
-    scaler = torch.amp.GradScaler(dist.device.type) if dtype == torch.float16 else None
-
     # parameters any sub-step trains: these are what checkpoints hold
-    union = sorted({c for s in recipe.substeps for c in s.train})
-    apply_plan(model, union)
+    apply_plan(model, sorted({c for s in recipe.substeps for c in s.train}))
     saved_names = [n for n, p in model.named_parameters() if p.requires_grad]
     if sharded:
-        if paired or t.eval_every:
+        if st.paired or t.eval_every:
             raise ConfigError("FSDP2 runs support the LM stages without periodic evaluation for now (DPO's "
                               "reference pass and rank-0 evaluation need unsharded weights): use training.parallel=dp",
                               recipe.name)
@@ -251,164 +244,136 @@ def train(recipe: Recipe, output_dir: str | Path, *, resume: bool = False, stric
 
         shard_model(model, dist)
     ctx = Context(recipe)
-    if paired:  # the DPO reference: every trainable tensor as built, before any step (a resumed run
+    if st.paired:  # the DPO reference: every trainable tensor as built, before any step (a resumed run
         # rebuilds the same model from the same seed / path, so it gets the same reference)
         ctx.reference_params = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-
-    ckpt_root = out / "checkpoints"
-    start_step, loaded = 0, None
+    run = Run(recipe, out, dist, st, model, processor, samples, sampler, collator, ctx, plan.identity, sharded,
+              dtype, torch.amp.GradScaler(dist.device.type) if dtype == torch.float16 else None, saved_names,
+              log=None)
     if plan.mode == "resume" and plan.checkpoint is not None:
-        loaded = load_checkpoint(plan.checkpoint, dist.rank)
-        st = loaded["state"]
-        if st["world_size"] != dist.world:
-            raise ConfigError(f"checkpoint was written by {st['world_size']} process(es), this run has "
-                              f"{dist.world}", str(plan.checkpoint))
-        start_step = st["step"]
-        if sharded:
-            from .sharding import load_model_state
+        _restore(run, load_checkpoint(plan.checkpoint, dist.rank), plan.checkpoint)
+    elif plan.mode == "resume" and dist.is_main:
+        print(f"[molora] --resume: no checkpoint in {out / 'checkpoints'}, starting from step 0")
+    run.log = MetricsLog(out, dist.is_main, run.start_step if run.loaded else None)
+    run.batches = sampler.batches()
+    run.t_start = time.perf_counter()
+    return run
 
-            load_model_state(model, {k: v.to(dist.device) for k, v in loaded["weights"].items()})
+
+def _restore(run: Run, loaded: dict, where: Path) -> None:
+    """Weights, data position and skip list from a checkpoint (optimiser, schedule and RNG follow
+    when the loop reaches the checkpoint's sub-step and step)."""
+    st = loaded["state"]
+    if st["world_size"] != run.dist.world:
+        raise ConfigError(f"checkpoint was written by {st['world_size']} process(es), this run has "
+                          f"{run.dist.world}", str(where))
+    run.start_step = run.step = st["step"]
+    if run.sharded:
+        from .sharding import load_model_state
+
+        load_model_state(run.model, {k: v.to(run.dist.device) for k, v in loaded["weights"].items()})
+    else:
+        with torch.no_grad():
+            named = dict(run.model.named_parameters())
+            for k, v in loaded["weights"].items():
+                named[k].copy_(v)
+    run.sampler.load_state_dict(st["sampler"])
+    run.collator.skipped = list(st.get("skipped", []))
+    run.loaded = loaded
+
+
+def _progress_bar(run: Run):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=run.recipe.max_steps, initial=run.start_step, desc=run.recipe.name, dynamic_ncols=True)
+
+
+def enter_substep(run: Run) -> None:
+    """At a sub-step boundary: its freeze plan, a fresh optimiser and schedule (restored from the
+    checkpoint being resumed when it was written in this sub-step)."""
+    recipe, t = run.recipe, run.recipe.training
+    i, sub, start, n = recipe.substep_at(run.step)
+    if i == run.sub_idx:
+        return
+    run.sub_idx = i
+    apply_plan(run.model, sub.train)
+    run.trainable = [p for p in run.model.parameters() if p.requires_grad]
+    run.optimizer = build_optimizer(run.model, t)
+    run.scheduler = build_scheduler(run.optimizer, t, n)
+    loaded = run.loaded
+    if loaded is not None and loaded["state"].get("substep") == i:
+        if run.sharded:
+            from .sharding import load_optimizer_state
+
+            load_optimizer_state(run.model, run.optimizer, loaded["optimizer"])
         else:
-            with torch.no_grad():
-                named = dict(model.named_parameters())
-                for k, v in loaded["weights"].items():
-                    named[k].copy_(v)
-        sampler.load_state_dict(st["sampler"])
-        collator.skipped = list(st.get("skipped", []))
-    elif plan.mode == "resume" and is_main:
-        print(f"[molora] --resume: no checkpoint in {ckpt_root}, starting from step 0")
+            run.optimizer.load_state_dict(loaded["optimizer"])
+        run.scheduler.load_state_dict(loaded["scheduler"])
+        rebase_groups(run.optimizer, run.scheduler, t)  # --resume-anyway: the recipe's rates, not the saved ones
+    if run.dist.is_main:
+        print(substep_banner(recipe, sub, start, n, run.model))
 
-    log = MetricsLog(out, is_main, start_step if loaded else None)
-    batches = sampler.batches()
-    sub_idx, optimizer, scheduler = -1, None, None
-    trainable: list[torch.nn.Parameter] = []
-    bar = None
-    if is_main and progress:
-        from tqdm.auto import tqdm
 
-        bar = tqdm(total=recipe.max_steps, initial=start_step, desc=f"{recipe.name}", dynamic_ncols=True)
-    first_metrics: dict = {}
-    last_metrics: dict = {}
-    rows_trained = 0
-    t_start = time.perf_counter()
-    step = start_step
-    while step < recipe.max_steps:
-        i, sub, sub_start, sub_len = recipe.substep_at(step)
-        if i != sub_idx:  # a new sub-step: its freeze plan, a fresh optimiser and schedule
-            sub_idx = i
-            apply_plan(model, sub.train)
-            trainable = [p for p in model.parameters() if p.requires_grad]
-            optimizer = build_optimizer(model, t)
-            scheduler = build_scheduler(optimizer, t, sub_len)
-            if loaded is not None and loaded["state"].get("substep") == i:
-                if sharded:
-                    from .sharding import load_optimizer_state
-
-                    load_optimizer_state(model, optimizer, loaded["optimizer"])
-                else:
-                    optimizer.load_state_dict(loaded["optimizer"])
-                scheduler.load_state_dict(loaded["scheduler"])
-                rebase_groups(optimizer, scheduler, t)  # --resume-anyway: the recipe's rates, not the saved ones
-            if is_main:
-                print(substep_banner(recipe, sub, sub_start, sub_len, model))
-        if loaded is not None and loaded["rng"] is not None:
-            set_rng_state(loaded["rng"])
-        loaded = None if loaded is not None and step == start_step else loaded
-        model.train()
-        t0 = time.perf_counter()
-        global_batch_idx = next(batches)
-        micro = [collate([samples[j] for j in idx]) for idx in sampler.shard(global_batch_idx, dist.rank, dist.world,
-                                                                               t.grad_accum)]
-        counts = [stage.batch_count(b) if b is not None else 0 for b in micro]
-        n_tokens_local = sum(int((b["attention_mask"] if not paired else b["chosen"]["attention_mask"]).sum())
-                             for b in micro if b is not None)
-        total, n_tok = dist.all_sum([float(sum(counts)), float(n_tokens_local)])
-        rows_trained += int(total)
-        lrs = step_lrs(optimizer, t)  # what this step uses (the scheduler moves on after it)
-        loss_sum, extra = 0.0, {}
-        if total > 0:
-            for b in micro:
-                if b is None:
-                    continue
-                b = _move(b, dist.device)
-                with torch.autocast(dist.device.type, dtype=dtype, enabled=dtype is not None):
-                    l, m = stage.loss(model, b, ctx)
-                scaled = l / total * dist.world  # gradients are averaged over processes below
-                if scaled.requires_grad:  # rows that reach no trainable weight contribute no gradient
-                    (scaler.scale(scaled) if scaler else scaled).backward()
-                loss_sum += float(l.detach())
-                for k, v in m.items():
-                    extra[k] = extra.get(k, 0.0) + v / len(micro)
-        if not sharded:  # FSDP2 reduce-scatters gradients itself
-            dist.average_gradients(trainable)
-        if scaler:
-            scaler.unscale_(optimizer)
-        gnorm = clip_gradients(trainable, t.max_grad_norm, dist, sharded) if t.max_grad_norm else 0.0
-        if total > 0 and scaler is not None:
-            scaler.step(optimizer)
-            scaler.update()
-        elif total > 0:
-            optimizer.step()
-        if total > 0:
-            scheduler.step()
-        else:  # every row of this batch was skipped: the schedule still counts the step
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step\\(\\)` before")
-                scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
-        loss_total = dist.all_sum([loss_sum])[0] / max(total, 1)
-        dt = time.perf_counter() - t0
-        extra = {k: v for k, v in zip(extra, dist.all_sum([v / dist.world for v in extra.values()]))}
-        last_metrics = {"step": step, "substep": sub.name, "loss": loss_total, **lrs,
-                        "grad_norm": gnorm, "samples_per_s": global_batch / dt, "tokens_per_s": n_tok / dt,
-                        "skipped": collator.num_skipped, **extra}
-        first_metrics = first_metrics or last_metrics
-        if is_main and (step % max(1, t.log_every) == 0 or step == recipe.max_steps):
-            log.write(last_metrics)
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss_total:.4f}", lr=f"{last_metrics['lr']:.2e}",
-                            sps=f"{last_metrics['samples_per_s']:.1f}", tps=f"{last_metrics['tokens_per_s']:.0f}")
-        if recipe.save_every and step % recipe.save_every == 0 and step < recipe.max_steps:
-            weights, opt_state = _training_state(model, optimizer, saved_names, sharded)
-            save_checkpoint(ckpt_root, step, weights=weights, optimizer_state=opt_state, scheduler=scheduler,
-                            state={"step": step, "substep": sub_idx, "sampler": sampler.state_dict(),
-                                   "skipped": collator.skipped, "recipe": recipe.name,
-                                   "identity": plan.identity},
-                            rank=dist.rank, world=dist.world, barrier=dist.barrier, keep_last=recipe.keep_last)
-        if t.eval_every and recipe.data.get("eval") and step % t.eval_every == 0:
-            ev = evaluate_loss(model, recipe, processor, stage, ctx, dist)
-            if is_main:
-                log.write({"step": step, **ev})
-    if bar is not None:
-        bar.close()
-    dist.barrier()
-    summary = {"steps": step, "final": last_metrics, "skipped": collator.skipped,
-               "wall_seconds": time.perf_counter() - t_start}
-    if sharded:  # gather the full model on rank 0 into an ordinary (unsharded) copy
-        from .sharding import full_model_state
-
-        full = full_model_state(model)
-        if is_main:
-            from molora import MoLoRAModel
-
-            model = MoLoRAModel(model.config)
-            model.load_state_dict(full)
-    if is_main:
-        model.eval()
-        model.freeze_base()
-        save_final(model, processor, out)
-        write_json_atomic(out / "summary.json", summary)
-        write_json_atomic(out / RUN_FILE, {**json.loads((out / RUN_FILE).read_text()), "status": "finished",
-                                           "steps": step})
-        print_run_summary(out, summary, first_metrics, collator.skipped)
-    log.close()
-    dist.barrier()
-    if rows_trained == 0 and start_step < recipe.max_steps:
-        raise RunError(f"nothing was trained: every sample was skipped ({collator.num_skipped} listed in "
-                       f"{out / 'summary.json'})", str(recipe.data["train"]))
-    return summary
+def step(run: Run) -> dict:
+    """One global batch: every micro-batch of this process forward and backward (the loss summed
+    and divided by the global count), gradients averaged over processes, clipped, the optimiser and
+    the schedule stepped. Returns the step's metrics."""
+    recipe, t, dist, model = run.recipe, run.recipe.training, run.dist, run.model
+    if run.loaded is not None:  # the resumed step: every process's RNG as it was when the checkpoint was written
+        if run.loaded["rng"] is not None:
+            set_rng_state(run.loaded["rng"])
+        run.loaded = None
+    model.train()
+    t0 = time.perf_counter()
+    paired = run.stage.paired
+    collate = run.collator.collate_preference if paired else run.collator
+    idx = next(run.batches)
+    micro = [collate([run.samples[j] for j in ids]) for ids in run.sampler.shard(idx, dist.rank, dist.world, t.grad_accum)]
+    counts = [run.stage.count(b) if b is not None else 0 for b in micro]
+    total, n_tok = dist.all_sum([float(sum(counts)), float(sum(_tokens(b, paired) for b in micro if b is not None))])
+    run.rows_trained += int(total)
+    lrs = step_lrs(run.optimizer, t)  # what this step uses (the scheduler moves on after it)
+    loss_sum, extra = 0.0, {}
+    if total > 0:
+        for b in micro:
+            if b is None:
+                continue
+            with torch.autocast(dist.device.type, dtype=run.dtype, enabled=run.dtype is not None):
+                loss, m = run.stage.loss(model, _move(b, dist.device), run.ctx)
+            scaled = loss / total * dist.world  # gradients are averaged over processes below
+            if scaled.requires_grad:  # rows that reach no trainable weight contribute no gradient
+                (run.scaler.scale(scaled) if run.scaler else scaled).backward()
+            loss_sum += float(loss.detach())
+            for k, v in m.items():
+                extra[k] = extra.get(k, 0.0) + v / len(micro)
+    if not run.sharded:  # FSDP2 reduce-scatters gradients itself
+        dist.average_gradients(run.trainable)
+    if run.scaler:
+        run.scaler.unscale_(run.optimizer)
+    gnorm = clip_gradients(run.trainable, t.max_grad_norm, dist, run.sharded) if t.max_grad_norm else 0.0
+    if total > 0 and run.scaler is not None:
+        run.scaler.step(run.optimizer)
+        run.scaler.update()
+    elif total > 0:
+        run.optimizer.step()
+    if total > 0:
+        run.scheduler.step()
+    else:  # every row of this batch was skipped: the schedule still counts the step
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step\\(\\)` before")
+            run.scheduler.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    run.step += 1
+    dt = time.perf_counter() - t0
+    extra = dict(zip(extra, dist.all_sum([v / dist.world for v in extra.values()])))
+    global_batch = t.micro_batch_size * t.grad_accum * dist.world
+    metrics = {"step": run.step, "substep": recipe.substep_at(run.step - 1)[1].name,
+               "loss": dist.all_sum([loss_sum])[0] / max(total, 1), **lrs, "grad_norm": gnorm,
+               "samples_per_s": global_batch / dt, "tokens_per_s": n_tok / dt,
+               "skipped": run.collator.num_skipped, **extra}
+    run.first_metrics = run.first_metrics or metrics
+    run.last_metrics = metrics
+    return metrics
 
 
 @torch.no_grad()
@@ -431,25 +396,34 @@ def clip_gradients(params: list[torch.nn.Parameter], max_norm: float, dist: Dist
     return norm
 
 
-def _training_state(model, optimizer, names: list[str], sharded: bool) -> tuple[dict, dict]:
-    """(trainable weights, optimiser state) to checkpoint; with FSDP2 both are gathered in full on
-    rank 0 (every rank must call this)."""
-    if sharded:
+def checkpoint(run: Run) -> Path:
+    """An atomic, resumable checkpoint of this step (every process writes its RNG state)."""
+    if run.sharded:  # both gathered in full on rank 0 (every rank must call this)
         from .sharding import full_model_state, full_optimizer_state
 
-        full = full_model_state(model)
-        return {n: full[n] for n in names if n in full}, full_optimizer_state(model, optimizer)
-    named = dict(model.named_parameters())
-    return {n: named[n] for n in names}, optimizer.state_dict()
+        full = full_model_state(run.model)
+        weights = {n: full[n] for n in run.saved_names if n in full}
+        opt_state = full_optimizer_state(run.model, run.optimizer)
+    else:
+        named = dict(run.model.named_parameters())
+        weights, opt_state = {n: named[n] for n in run.saved_names}, run.optimizer.state_dict()
+    state = {"step": run.step, "substep": run.sub_idx, "sampler": run.sampler.state_dict(),
+             "skipped": run.collator.skipped, "recipe": run.recipe.name, "identity": run.identity}
+    return save_checkpoint(run.out / "checkpoints", run.step, weights=weights, optimizer_state=opt_state,
+                           scheduler=run.scheduler, state=state, rank=run.dist.rank, world=run.dist.world,
+                           barrier=run.dist.barrier, keep_last=run.recipe.keep_last)
 
 
 @torch.no_grad()
-def evaluate_loss(model, recipe, processor, stage, ctx, dist) -> dict:
+def evaluate(run: Run) -> dict:
+    """Loss on ``data.eval`` (shared over processes), plus generation metrics on rank 0 with
+    ``training.eval_generate``."""
     from .collate import Collator
 
+    recipe, dist, model, st = run.recipe, run.dist, run.model, run.stage
     samples = load_samples(recipe.data, "eval")
-    coll = Collator(processor, strict=False)
-    collate = coll.collate_preference if getattr(stage, "PAIRED", False) else coll
+    coll = Collator(run.processor, strict=False)
+    collate = coll.collate_preference if st.paired else coll
     model.eval()
     tot, n = 0.0, 0
     bs = recipe.training.micro_batch_size
@@ -458,19 +432,51 @@ def evaluate_loss(model, recipe, processor, stage, ctx, dist) -> dict:
         b = collate([samples[j] for j in mine[s: s + bs]])
         if b is None:
             continue
-        l, _ = stage.loss(model, _move(b, dist.device), ctx)
-        tot += float(l)
-        n += stage.batch_count(b)
+        loss, _ = st.loss(model, _move(b, dist.device), run.ctx)
+        tot += float(loss)
+        n += st.count(b)
     tot, n = dist.all_sum([tot, float(n)])
     out = {"eval_loss": tot / max(n, 1)}
-    if recipe.training.eval_generate and dist.rank == 0 and not getattr(stage, "PAIRED", False):
+    if recipe.training.eval_generate and dist.is_main and not st.paired:
         from .evaluation import generation_metrics
 
-        metrics = generation_metrics(model, processor, samples, batch_size=bs)
+        metrics = generation_metrics(model, run.processor, samples, batch_size=bs)
         out.update({k: v for k, v in metrics.items() if k != "predictions"})
     dist.barrier()
     model.train()
     return out
+
+
+def finish(run: Run) -> dict:
+    """``final/`` (atomic, a molora model folder with PEFT adapters), ``summary.json``, the run record
+    marked finished, and the end-of-run lines."""
+    dist, out = run.dist, run.out
+    dist.barrier()
+    summary = {"steps": run.step, "final": run.last_metrics, "skipped": run.collator.skipped,
+               "wall_seconds": time.perf_counter() - run.t_start}
+    model = run.model
+    if run.sharded:  # gather the full model on rank 0 into an ordinary (unsharded) copy
+        from .sharding import full_model_state
+
+        full = full_model_state(model)
+        if dist.is_main:
+            from molora import MoLoRAModel
+
+            model = MoLoRAModel(model.config)
+            model.load_state_dict(full)
+    if dist.is_main:
+        model.eval()
+        model.freeze_base()
+        save_final(model, run.processor, out)
+        write_json_atomic(out / "summary.json", summary)
+        write_json_atomic(out / RUN_FILE, {**json.loads((out / RUN_FILE).read_text()), "status": "finished", "steps": run.step})
+        print_run_summary(out, summary, run.first_metrics, run.collator.skipped)
+    run.log.close()
+    dist.barrier()
+    if run.rows_trained == 0 and run.start_step < run.recipe.max_steps:
+        raise RunError(f"nothing was trained: every sample was skipped ({run.collator.num_skipped} listed in "
+                       f"{out / 'summary.json'})", str(run.recipe.data["train"]))
+    return summary
 
 
 def run(recipe_name: str, overrides: list[str], output_dir: str, resume: bool = False, strict: bool | None = None,

@@ -16,7 +16,7 @@ from conftest import drawn_image, synth_audio
 from molora import MoLoRAConfig, MoLoRAProcessor
 from molora.errors import AudioError, ImageError, MediaError, MoLoRAError
 from molora.stages.collate import Collator
-from molora.stages.manifest import Sample, read_manifest
+from molora.data.manifest import Sample, read_manifest
 from molora.stages.sampler import LengthGroupedBatches, shard
 
 
@@ -219,7 +219,7 @@ def test_undecodable_hub_media_is_a_collate_time_skip(proc, tmp_path):
 
     from datasets import Dataset, Image
 
-    from molora.stages.hf_datasets import read_hf_dataset
+    from molora.data.hf_datasets import read_hf_dataset
 
     buf = io.BytesIO()
     drawn_image(40, 30).save(buf, format="PNG")

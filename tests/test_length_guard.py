@@ -15,7 +15,7 @@ from molora import MoLoRAProcessor
 from molora.errors import LengthError, MoLoRAError
 from molora.stages.collate import Collator
 from molora.stages.length_guard import RowLength
-from molora.stages.manifest import ManifestError, read_manifest
+from molora.data.manifest import ManifestError, read_manifest
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +99,7 @@ def test_a_huge_manifest_line_is_never_read_whole(tmp_path):
     assert len(samples) == 2 and peak < 3 << 20  # bounded by the limit (readline's buffers), not the 8 MiB line
     assert skipped == [{"source": f"{m.resolve()}:2", "item": "line",
                         "reason": f"line of {len(huge) + 1:,} bytes is over the limit of 1,048,576 bytes "
-                                  "(molora.stages.manifest.MAX_LINE_BYTES)"}]
+                                  "(molora.data.manifest.MAX_LINE_BYTES)"}]
     with pytest.raises(ManifestError, match=r"m.jsonl:2: line of [\d,]+ bytes is over the limit"):
         read_manifest(m, max_line_bytes=1 << 20)
 

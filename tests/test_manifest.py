@@ -12,7 +12,7 @@ import soundfile as sf
 
 from conftest import drawn_image, synth_audio
 from molora.errors import MoLoRAError
-from molora.stages.manifest import (ASR_PROMPT, AUDIO_TOKENS_UNKNOWN, IMAGE_TOKENS_UNKNOWN, VQA_SUFFIX, ManifestError,
+from molora.data.manifest import (ASR_PROMPT, AUDIO_TOKENS_UNKNOWN, IMAGE_TOKENS_UNKNOWN, VQA_SUFFIX, ManifestError,
                                     Sample, read_manifest)
 
 
@@ -149,7 +149,7 @@ def _wav_bytes(x: np.ndarray, sr: int) -> bytes:
 def test_hf_reader_asr_save_to_disk_and_parquet(tmp_path):
     from datasets import Audio, Dataset
 
-    from molora.stages.hf_datasets import read_hf_dataset
+    from molora.data.hf_datasets import read_hf_dataset
 
     clips = [synth_audio(0.5, seed=0), synth_audio(0.7, seed=1)]
     # an Audio feature holding encoded WAV bytes (how hub parquet shards store audio)
@@ -180,7 +180,7 @@ def test_hf_reader_asr_save_to_disk_and_parquet(tmp_path):
 def test_hf_reader_vqa_layouts(tmp_path):
     from datasets import Dataset, DatasetDict, Features, Image, Sequence, Value
 
-    from molora.stages.hf_datasets import read_hf_dataset
+    from molora.data.hf_datasets import read_hf_dataset
 
     imgs = [drawn_image(50, 30, seed=1), drawn_image(30, 50, seed=2)]
     docvqa = Dataset.from_dict({"image": imgs, "question": ["q1", "q2"], "answers": [["a", "b"], ["c"]]},
@@ -208,7 +208,7 @@ def test_hf_reader_vqa_layouts(tmp_path):
 def test_hf_reader_offline_error_names_dataset(monkeypatch):
     import datasets
 
-    from molora.stages.hf_datasets import read_hf_dataset
+    from molora.data.hf_datasets import read_hf_dataset
 
     def unreachable(*a, **k):
         raise ConnectionError("Couldn't reach 'someone/speech' on the Hub (LocalEntryNotFoundError)")

@@ -10,7 +10,7 @@ import torch
 from datafactory import corpus
 from molora import MoLoRAModel, MoLoRAProcessor
 from molora.stages.evaluation import preference_metrics
-from molora.stages.manifest import Sample, read_manifest
+from molora.data.manifest import Sample, read_manifest
 from molora.synthetic.mistake_pairs import is_right, is_wrong, mistake_pairs, write_pairs
 
 

@@ -106,7 +106,7 @@ def test_quickstart_fast_runs_every_stage(tmp_path):
     assert f"| {dpo['preference']['reward_margin']:+.3f} | {dpo['preference']['reward_accuracy']:.3f} |" in report
     assert re.search(r"\*\*assistant\*\*: `[^`]*` \((right|wrong)\)", report)
     # the stage manifests sit in their data root: `molora train` reads them with the default checks
-    from molora.stages.manifest import read_manifest
+    from molora.data.manifest import read_manifest
 
     commands = re.findall(r"^molora train --recipe (tiny-\w+) data\.train=(\S+) ", report, flags=re.M)
     assert [c[0] for c in commands] == ["tiny-vision", "tiny-speech", "tiny-joint", "tiny-sft", "tiny-dpo"]

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from molora.stages.manifest import read_manifest
+from molora.data.manifest import read_manifest
 from molora.synthetic import charts, documents, preferences, sentences
 from molora.synthetic.build import CORPORA, build_corpora
 from molora.synthetic.common import parallel_map, write_wav

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from molora.eval import anls, normalize_english, relaxed_accuracy_any
 from molora.stages.evaluation import prompt_of, reference_of
-from molora.stages.manifest import Sample
+from molora.data.manifest import Sample
 
 __all__ = ["is_right", "is_wrong", "mistake_pairs", "write_pairs"]
 

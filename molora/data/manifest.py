@@ -322,7 +322,7 @@ def read_manifest(path: str | os.PathLike, *, allow_outside_root: bool = False,
             where = f"{mpath}:{lineno}"
             if isinstance(raw, int):
                 reason = (f"line of {raw:,} bytes is over the limit of {max_line_bytes:,} bytes "
-                          "(molora.stages.manifest.MAX_LINE_BYTES)")
+                          "(molora.data.manifest.MAX_LINE_BYTES)")
                 if skipped is None:
                     raise ManifestError(reason, where)
                 skipped.append({"source": where, "item": "line", "reason": reason})
