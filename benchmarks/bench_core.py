@@ -382,6 +382,19 @@ def _ratios(results: dict) -> dict:
     return out
 
 
+def _peak_rss_mb() -> float:
+    """This process's own peak RSS. ``VmHWM`` belongs to the address space, so it starts afresh at
+    exec; ``ru_maxrss`` survives exec, and a child would report its parent's peak (the parent writes
+    the weights) instead of its own."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="small")
@@ -395,7 +408,7 @@ def main():
     if args.child:
         case, impl, workdir = args.child
         res = run_case(case, impl, args.preset, args.repeats, workdir, args.threads)
-        res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        res["peak_rss_mb"] = _peak_rss_mb()
         print("RESULT " + json.dumps(res))
         return
     results = {}

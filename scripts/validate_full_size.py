@@ -53,6 +53,11 @@ STEPS = ("fp32", "write", "molora", "convert", "reference", "compare")
 
 
 def rss_gb() -> float:
+    """This process's peak RSS (VmHWM starts afresh at exec; ru_maxrss would carry the parent's)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
