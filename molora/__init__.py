@@ -2,7 +2,7 @@
 from .config import MoLoRAConfig
 from .errors import MoLoRAError
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 
 def __getattr__(name):  # heavy imports only when used
