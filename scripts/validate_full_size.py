@@ -411,7 +411,7 @@ def markdown(s: dict) -> str:
               f"peak RSS {c['peak_rss_gb']} GB",
               f"- transformers + peft load: {r['load_s']} s, RSS after load {r['rss_after_load_gb']} GB, "
               f"peak {r['peak_rss_gb']} GB",
-              f"- steps (s): " + ", ".join(f"{k} {v:.0f}" for k, v in s["step_seconds"].items())]
+              "- steps (s): " + ", ".join(f"{k} {v:.0f}" for k, v in s["step_seconds"].items())]
     return "\n".join(lines)
 
 

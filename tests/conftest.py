@@ -39,6 +39,27 @@ def user_content(*parts) -> list[dict]:
     return content
 
 
+def double_tiny(seed: int = 0):
+    """A random tiny model in float64 for comparing execution paths: LoRA B non-zero (so the adapters
+    move the logits), the speech projector trainable, dropout off (both runs see the same function);
+    train mode, with its processor."""
+    from molora import MoLoRAModel, MoLoRAProcessor
+
+    torch.manual_seed(seed)
+    cfg = MoLoRAConfig.preset("tiny")
+    model = MoLoRAModel(cfg).double()
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if ".lora_B." in n:
+                p.normal_(0, 0.1)
+    for p in model.audio_embed.audio_projection.parameters():
+        p.requires_grad_(True)
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+    return model.train(), MoLoRAProcessor.from_config(cfg)
+
+
 def randomize_(module: torch.nn.Module, seed: int = 0) -> None:
     """Every parameter and buffer random and non-zero (zeros would hide wiring bugs)."""
     g = torch.Generator().manual_seed(seed)

@@ -13,8 +13,7 @@ import itertools
 import pytest
 import torch
 
-from conftest import drawn_image, synth_audio
-from molora import MoLoRAConfig, MoLoRAModel, MoLoRAProcessor
+from conftest import double_tiny, drawn_image, synth_audio
 from molora.packing import pack_batch
 from molora.plan import BatchFacts, FastPaths, choose_plan
 
@@ -24,20 +23,6 @@ TRAIN_PATHS = [("pack", True), ("packed_attention", "block"), ("drop_padding", T
 LOSS_RTOL, GRAD_RTOL, GRAD_ATOL = 1e-10, 1e-9, 1e-12  # float64: summation orders only
 
 
-def _model(seed=0):
-    torch.manual_seed(seed)
-    cfg = MoLoRAConfig.preset("tiny")
-    model = MoLoRAModel(cfg).double()
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            if ".lora_B." in n:
-                p.normal_(0, 0.1)
-    for p in model.audio_embed.audio_projection.parameters():
-        p.requires_grad_(True)
-    for m in model.modules():  # no dropout: both paths must see the same function
-        if isinstance(m, torch.nn.Dropout):
-            m.p = 0.0
-    return model.train(), MoLoRAProcessor.from_config(cfg)
 
 
 def _conversations(with_answers=True):
@@ -90,7 +75,7 @@ def _took(plan, names):
 
 @pytest.fixture(scope="module")
 def training():
-    model, proc = _model(seed=7)
+    model, proc = double_tiny(seed=7)
     batch = _double(proc(_conversations(), return_labels=True))
     assert batch["attention_mask"].eq(0).any()  # the batch is padded
     batch["labels"][1] = -100  # a row with nothing to learn still runs (and adds nothing)
@@ -119,7 +104,7 @@ def test_training_paths_in_pairs(training, pair):
 
 @pytest.mark.parametrize("side, reduction", [("right", "mean"), ("left", "sum")])
 def test_padding_side_and_mean_reduction(side, reduction):
-    model, proc = _model(seed=11)
+    model, proc = double_tiny(seed=11)
     batch = _double(proc(_conversations(), return_labels=True, padding_side=side))
     plain = _step(model, batch, FastPaths.off(), return_logits=False, loss_reduction=reduction)
     fast = _step(model, batch, FastPaths(), return_logits=False, loss_reduction=reduction)
@@ -137,7 +122,7 @@ def test_collator_packed_batch_trains_like_the_padded_one(backend, split):
     """A batch packed before the forward (``pack_batch``: what the trainer's collator sends) gives
     the padded batch's loss and gradients, with each packed-attention kernel; rows in adapter
     order (text, vision, speech) so each adapter owns a span."""
-    model, proc = _model(seed=3)
+    model, proc = double_tiny(seed=3)
     convs = _conversations()
     order = sorted(range(len(convs)), key=lambda i: model.router.adapter_index(
         model.row_types(proc([convs[i]])["input_ids"])).item())
@@ -168,7 +153,7 @@ INFERENCE_PATHS = [("drop_padding", True), ("narrow", True), ("length_groups", T
                          ids=lambda t: "+".join(t) if len(t) < 5 else "all")
 def test_each_inference_path_gives_the_plain_logits(names):
     """Generation's prefill (left padding, the last position's logits) and a single-adapter batch."""
-    model, proc = _model(seed=5)
+    model, proc = double_tiny(seed=5)
     model.eval()
     mixed = _double(proc(_conversations(with_answers=False)))
     speech = _double(proc([_conversations(with_answers=False)[2]] * 2))  # one adapter: merging applies
@@ -189,7 +174,7 @@ def test_each_inference_path_gives_the_plain_logits(names):
 
 
 def test_generation_is_the_same_on_every_plan():
-    model, proc = _model(seed=13)
+    model, proc = double_tiny(seed=13)
     model.eval()
     batch = _double(proc(_conversations(with_answers=False)))
     model.fast_paths = FastPaths.off()
@@ -203,7 +188,7 @@ def test_fused_lora_under_autocast_matches_the_generic_path():
     close to the float32 computation as autocast's generic path is: both round activations to bf16
     (8 bits), in different places, so neither is closer than bf16 allows; the bound is twice the
     generic path's own distance from float32, over all gradients together."""
-    model, proc = _model(seed=17)
+    model, proc = double_tiny(seed=17)
     model.float()
     batch = proc(_conversations(), return_labels=True)
     exact = _step(model, batch, FastPaths(fused_lora=False), return_logits=False, loss_reduction="sum")
@@ -251,7 +236,7 @@ def test_plan_choice():
 
 
 def test_forward_refuses_unknown_keywords():
-    model, proc = _model()
+    model, proc = double_tiny()
     batch = proc(_conversations(with_answers=False)[:1])
     with pytest.raises(TypeError):
         model(**batch, atention_mask=batch["attention_mask"])

@@ -13,7 +13,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from molora import MoLoRAConfig, MoLoRAModel, MoLoRAProcessor
+from conftest import double_tiny
 from molora.adapters.lora_fused import routed_linear
 
 
@@ -59,7 +59,7 @@ def _mixed(proc, synth_audio, drawn_image):
 def test_padded_mixed_batch_trains_like_solo_rows():
     from conftest import drawn_image, synth_audio
 
-    model, proc = _double_tiny(0)  # no dropout: the two runs must see the same function
+    model, proc = double_tiny(0)  # no dropout: the two runs must see the same function
     convs = _mixed(proc, synth_audio, drawn_image)
 
     def grads(batches):
@@ -104,20 +104,6 @@ def test_fused_dropout_gradients_match_the_masked_formula():
         torch.testing.assert_close(g1, g2)
 
 
-def _double_tiny(seed=0):
-    torch.manual_seed(seed)
-    cfg = MoLoRAConfig.preset("tiny")
-    model = MoLoRAModel(cfg).double()
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            if ".lora_B." in n:
-                p.normal_(0, 0.1)
-    for p in model.audio_embed.audio_projection.parameters():
-        p.requires_grad_(True)
-    for m in model.modules():
-        if isinstance(m, torch.nn.Dropout):
-            m.p = 0.0
-    return model.train(), MoLoRAProcessor.from_config(cfg)
 
 
 def _as_double(batch):
@@ -131,7 +117,7 @@ def test_growing_kv_cache_generates_the_dynamic_cache_tokens(monkeypatch):
     import molora.generation as generation
     from molora.kv_cache import GrowingCache
 
-    model, proc = _double_tiny(seed=3)
+    model, proc = double_tiny(seed=3)
     model.eval()
     convs = [c[:1] for c in _mixed(proc, synth_audio, drawn_image)]
     batch = _as_double(proc(convs))
