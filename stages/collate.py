@@ -11,9 +11,11 @@ corrupt or refused by the processor's own checks (any ``MediaError``) and the ro
 processes. ``None`` when every sample was skipped. ``strict=True`` raises instead.
 Only media problems and over-long rows are skipped; any other error propagates.
 
-Optional SpecAugment masks ``audio_input_features`` within each clip's valid frames, drawing
-from torch's global RNG (a seeded run is reproducible, a resumed run that restores the RNG
-state is bit-identical).
+Optional SpecAugment masks ``audio_input_features`` within each clip's valid frames (torchaudio's
+frequency / time masking, the same draws). With ``augment_seed`` each row draws from its own
+generator seeded by ``augment_seed`` and the row's ``source``, so a row's masks do not depend on
+which process, micro-batch or thread collates it (the trainer passes one seed per step); without
+it, from torch's global RNG.
 
 With ``pack=True`` (the trainer's LM stages, ``training.packing``) the batch is packed: the rows,
 sorted by the adapter their input type routes to (a stable sort: text rows first, then each
@@ -24,6 +26,7 @@ device; the same loss and gradients as the padded batch.
 from __future__ import annotations
 
 import copy
+import hashlib
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -166,7 +169,7 @@ class Collator:
         return batch
 
     # -- entry points ---------------------------------------------------------------------
-    def __call__(self, samples: list[Sample]) -> dict | None:
+    def __call__(self, samples: list[Sample], *, augment_seed: int | None = None) -> dict | None:
         loaded = self._loaded(list(samples), ("asr", "chat", "vqa"))
         if not loaded:
             return None
@@ -176,7 +179,7 @@ class Collator:
         if not good:
             return None
         batch = out[0]
-        self._spec_augment(batch)
+        self._spec_augment(batch, _row_generators(augment_seed, good))
         if self.pack:
             from molora.packing import pack_batch
 
@@ -195,7 +198,7 @@ class Collator:
         adapter = None if route is None else route.adapter
         return -1 if adapter is None else config.adapter_names.index(adapter)
 
-    def collate_preference(self, samples: list[Sample]) -> dict | None:
+    def collate_preference(self, samples: list[Sample], *, augment_seed: int | None = None) -> dict | None:
         """``{"chosen": batch, "rejected": batch}``: the same prompts with the chosen / rejected reply
         as the assistant turn (labels only on the reply). Same skip rules; None if all skipped."""
         loaded = self._loaded(list(samples), ("preference",))
@@ -212,28 +215,59 @@ class Collator:
             return None
         pair = out[0]
         if self.spec_augment and "audio_input_features" in pair["chosen"]:
-            self._spec_augment(pair["chosen"])  # one mask draw, shared: both replies see the same audio
+            # one mask draw, shared: both replies see the same audio
+            self._spec_augment(pair["chosen"], _row_generators(augment_seed, good))
             pair["rejected"]["audio_input_features"].copy_(pair["chosen"]["audio_input_features"])
         return pair
 
     # -- SpecAugment ----------------------------------------------------------------------
-    def _spec_augment(self, batch: dict) -> None:
+    def _spec_augment(self, batch: dict, generators: list | None = None) -> None:
+        """Mask each clip's valid frames in place: ``num_freq_masks`` bands of mel bins, then
+        ``num_time_masks`` bands of frames. Row i draws from ``generators[i]`` (None: the global RNG)."""
         spec = self.spec_augment
         feats = batch.get("audio_input_features")
         if not spec or feats is None:
             return
-        import torchaudio.transforms as T
-
         mask = batch.get("audio_attention_mask")
         frames = mask.sum(-1).tolist() if mask is not None else [feats.shape[1]] * feats.shape[0]
-        fmask = T.FrequencyMasking(min(spec["freq_mask_param"], feats.shape[-1]))
+        # the features' rows are the clips in batch order (rows without audio have none)
+        if generators is not None and len(generators) != len(frames):
+            raise MoLoRAError(f"{len(generators)} clip generators for {len(frames)} feature rows", "spec_augment")
+        gens = [None] * len(frames) if generators is None else generators
+        freq_param = min(spec["freq_mask_param"], feats.shape[-1])
         for i, n in enumerate(int(f) for f in frames):
             if n <= 0:
                 continue
-            x = feats[i, :n].T.unsqueeze(0)  # [1, n_mels, frames]: torchaudio's (..., freq, time)
+            x = feats[i, :n]  # [frames, n_mels]
             for _ in range(spec["num_freq_masks"]):
-                x = fmask(x)
-            tmask = T.TimeMasking(min(spec["time_mask_param"], n))
+                mask_band_(x, freq_param, 1, gens[i])
             for _ in range(spec["num_time_masks"]):
-                x = tmask(x)
-            feats[i, :n] = x[0].T
+                mask_band_(x, min(spec["time_mask_param"], n), 0, gens[i])
+
+
+def mask_band_(x: torch.Tensor, mask_param: int, dim: int, generator: torch.Generator | None = None) -> None:
+    """Zero one band ``[start, start + width)`` of ``x`` along ``dim``, in place, drawn as
+    ``torchaudio.functional.mask_along_axis`` draws it (p = 1): width ~ U(0, mask_param), start ~
+    U(0, size - width), both truncated; from ``generator`` (None: torch's global RNG, torchaudio's draws)."""
+    if mask_param < 1:
+        return
+    width = torch.rand(1, generator=generator) * mask_param
+    start = torch.rand(1, generator=generator) * (x.shape[dim] - width)
+    lo, n = int(start.long()), int(width.long())
+    if n > 0:
+        x.narrow(dim, lo, n).zero_()
+
+
+def _row_generators(seed: int | None, rows: list[Sample]) -> list[torch.Generator] | None:
+    """One generator per audio clip, in the order of the batch's feature rows (row by row, clips in
+    conversation order), seeded by ``seed``, the row's source and the clip's place (None without a seed)."""
+    if seed is None:
+        return None
+    gens = []
+    for s in rows:
+        clips = sum(1 for m in s.messages if isinstance(m.get("content"), list)
+                    for p in m["content"] if isinstance(p, dict) and p.get("type") == "audio")
+        for k in range(clips):
+            digest = hashlib.blake2b(f"{seed}:{s.source}:{k}".encode(), digest_size=8).digest()
+            gens.append(torch.Generator().manual_seed(int.from_bytes(digest, "little") >> 1))
+    return gens

@@ -54,6 +54,9 @@ class Training:
     split_frozen_rows: bool = True
     # the collator packs each micro-batch's rows without padding (molora/packing.py; the LM stages)
     packing: bool = True
+    # collate the next step's batch in a background thread while this step computes (stages/feed.py);
+    # unset: on with an accelerator, off on CPU (there the thread competes with the step for the cores)
+    prefetch: bool | None = None
 
 
 @dataclass

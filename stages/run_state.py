@@ -34,7 +34,7 @@ RUN_FILE = "run.json"
 RUN_OUTPUTS = ("checkpoints", "final", "metrics.jsonl", "tensorboard", "summary.json", "recipe.json", RUN_FILE)
 # recipe keys that change how a run is recorded, not what it computes: free to change on --resume
 BOOKKEEPING = {"source", "save_every", "keep_last", "strict", "training.log_every", "training.eval_every",
-               "training.eval_generate", "data.eval"}
+               "training.eval_generate", "data.eval", "training.prefetch"}
 
 
 def write_json_atomic(path: Path, data: Any) -> None:

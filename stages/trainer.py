@@ -28,6 +28,7 @@ import torch
 from molora.errors import ConfigError, RunError
 
 from .checkpointing import load_checkpoint, save_checkpoint, set_rng_state
+from .feed import StepFeed
 from .distributed import Distributed
 from .freeze import apply_plan
 from .metrics_log import MetricsLog
@@ -77,7 +78,9 @@ class Run:
     optimizer: Any = None
     scheduler: Any = None
     trainable: list = field(default_factory=list)
-    batches: Any = None
+    feed: Any = None  # StepFeed: each step's micro-batches
+    sampler_state: dict | None = None  # the sampler right after the last step's batch
+    skipped_upto: int = 0  # skip-list entries up to the last step's batch
     first_metrics: dict = field(default_factory=dict)
     last_metrics: dict = field(default_factory=dict)
     rows_trained: int = 0
@@ -173,22 +176,26 @@ def train(recipe: Recipe, output_dir: str | Path, *, resume: bool = False, stric
     if isinstance(run, dict):  # the run had finished already
         return run
     bar = _progress_bar(run) if progress and run.dist.is_main else None
-    while run.step < recipe.max_steps:
-        enter_substep(run)
-        metrics = step(run)
-        if run.dist.is_main and (run.step % max(1, recipe.training.log_every) == 0 or run.step == recipe.max_steps):
-            run.log.write(metrics)
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(loss=f"{metrics['loss']:.4f}", lr=f"{metrics['lr']:.2e}",
-                            sps=f"{metrics['samples_per_s']:.1f}", tps=f"{metrics['tokens_per_s']:.0f}")
-        if recipe.save_every and run.step % recipe.save_every == 0 and run.step < recipe.max_steps:
-            checkpoint(run)
-        t = recipe.training
-        if t.eval_every and recipe.data.get("eval") and run.step % t.eval_every == 0:
-            ev = evaluate(run)
-            if run.dist.is_main:
-                run.log.write({"step": run.step, **ev})
+    try:
+        while run.step < recipe.max_steps:
+            enter_substep(run)
+            metrics = step(run)
+            if run.dist.is_main and (run.step % max(1, recipe.training.log_every) == 0 or run.step == recipe.max_steps):
+                run.log.write(metrics)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{metrics['loss']:.4f}", lr=f"{metrics['lr']:.2e}",
+                                sps=f"{metrics['samples_per_s']:.1f}", tps=f"{metrics['tokens_per_s']:.0f}")
+            if recipe.save_every and run.step % recipe.save_every == 0 and run.step < recipe.max_steps:
+                checkpoint(run)
+            t = recipe.training
+            if t.eval_every and recipe.data.get("eval") and run.step % t.eval_every == 0:
+                run.feed.wait()  # the processor is not shared between threads
+                ev = evaluate(run)
+                if run.dist.is_main:
+                    run.log.write({"step": run.step, **ev})
+    finally:
+        run.feed.close()
     if bar is not None:
         bar.close()
     return finish(run)
@@ -255,7 +262,10 @@ def setup(recipe: Recipe, out: Path, *, resume: bool, strict: bool | None, cpu: 
     elif plan.mode == "resume" and dist.is_main:
         print(f"[molora] --resume: no checkpoint in {out / 'checkpoints'}, starting from step 0")
     run.log = MetricsLog(out, dist.is_main, run.start_step if run.loaded else None)
-    run.batches = sampler.batches()
+    run.skipped_upto = collator.num_skipped
+    run.feed = StepFeed(samples, sampler, collator, paired=run.stage.paired, rank=dist.rank, world=dist.world,
+                        grad_accum=t.grad_accum, seed=recipe.seed, last_step=recipe.max_steps,
+                        prefetch=t.prefetch if t.prefetch is not None else dist.device.type != "cpu")
     run.t_start = time.perf_counter()
     return run
 
@@ -326,9 +336,8 @@ def step(run: Run) -> dict:
     model.train()
     t0 = time.perf_counter()
     paired = run.stage.paired
-    collate = run.collator.collate_preference if paired else run.collator
-    idx = next(run.batches)
-    micro = [collate([run.samples[j] for j in ids]) for ids in run.sampler.shard(idx, dist.rank, dist.world, t.grad_accum)]
+    data = run.feed.get(run.step)
+    micro, run.sampler_state, run.skipped_upto = data.micro, data.sampler_state, data.skipped
     counts = [run.stage.count(b) if b is not None else 0 for b in micro]
     total, n_tok = dist.all_sum([float(sum(counts)), float(sum(_tokens(b, paired) for b in micro if b is not None))])
     run.rows_trained += int(total)
@@ -370,7 +379,7 @@ def step(run: Run) -> dict:
     metrics = {"step": run.step, "substep": recipe.substep_at(run.step - 1)[1].name,
                "loss": dist.all_sum([loss_sum])[0] / max(total, 1), **lrs, "grad_norm": gnorm,
                "samples_per_s": global_batch / dt, "tokens_per_s": n_tok / dt,
-               "skipped": run.collator.num_skipped, **extra}
+               "skipped": run.skipped_upto, **extra}
     run.first_metrics = run.first_metrics or metrics
     run.last_metrics = metrics
     return metrics
@@ -407,8 +416,10 @@ def checkpoint(run: Run) -> Path:
     else:
         named = dict(run.model.named_parameters())
         weights, opt_state = {n: named[n] for n in run.saved_names}, run.optimizer.state_dict()
-    state = {"step": run.step, "substep": run.sub_idx, "sampler": run.sampler.state_dict(),
-             "skipped": run.collator.skipped, "recipe": run.recipe.name, "identity": run.identity}
+    # the sampler and skip list as they were after this step's batch (the feed may have read ahead)
+    sampler = run.sampler_state if run.sampler_state is not None else run.sampler.state_dict()
+    state = {"step": run.step, "substep": run.sub_idx, "sampler": sampler,
+             "skipped": run.collator.skipped[:run.skipped_upto], "recipe": run.recipe.name, "identity": run.identity}
     return save_checkpoint(run.out / "checkpoints", run.step, weights=weights, optimizer_state=opt_state,
                            scheduler=run.scheduler, state=state, rank=run.dist.rank, world=run.dist.world,
                            barrier=run.dist.barrier, keep_last=run.recipe.keep_last)

@@ -231,3 +231,50 @@ def test_undecodable_hub_media_is_a_collate_time_skip(proc, tmp_path):
     assert col(samples)["input_ids"].shape[0] == 1
     assert col.num_skipped == 1 and col.skipped[0]["source"] == f"{tmp_path / 'vqa'}[train]:1"
     assert "not a readable image" in col.skipped[0]["reason"]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_mask_band_draws_as_torchaudio(seed):
+    """molora's band masking is torchaudio's FrequencyMasking / TimeMasking, draw for draw."""
+    import torchaudio.transforms as T
+
+    from molora.stages.collate import mask_band_
+
+    feats = torch.randn(37, 80, generator=torch.Generator().manual_seed(seed)) + 5  # [frames, mels]
+    ref = feats.T.unsqueeze(0)  # torchaudio's (..., freq, time)
+    torch.manual_seed(seed)
+    for _ in range(2):
+        ref = T.FrequencyMasking(27)(ref)
+    for _ in range(3):
+        ref = T.TimeMasking(10)(ref)
+    ours = feats.clone()
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(2):
+        mask_band_(ours, 27, 1, g)
+    for _ in range(3):
+        mask_band_(ours, 10, 0, g)
+    assert torch.equal(ours, ref[0].T) and not torch.equal(ours, feats)
+
+
+def test_spec_augment_with_a_seed_follows_the_row_not_the_batch(proc):
+    """With ``augment_seed`` a clip's masks depend on the seed and the row's source only: the same
+    in any batch, position or process, and other masks under another seed."""
+    a, b, c = _audio_samples([0.9, 1.2, 0.6])
+    spec = {"freq_mask_param": 10, "time_mask_param": 20, "num_freq_masks": 2, "num_time_masks": 2}
+    col = Collator(proc, spec_augment=spec)
+
+    frames = Collator(proc)([a])["audio_input_features"].shape[1]  # clip a's frames (alone: no padding)
+
+    def clip(batch_samples, which, seed=5):
+        batch = col(batch_samples, augment_seed=seed)
+        i = [s.source for s in batch_samples].index(which.source)
+        return batch["audio_input_features"][i, :frames]
+
+    alone = clip([a], a)
+    torch.manual_seed(0)
+    assert torch.equal(clip([b, a, c], a), alone)
+    torch.manual_seed(1)  # the global RNG plays no part
+    assert torch.equal(clip([a, c], a), alone)
+    assert not torch.equal(clip([a], a, seed=6), alone)
+    plain = Collator(proc)([a])["audio_input_features"][0, :alone.shape[0]]
+    assert not torch.equal(alone, plain) and ((alone == plain) | (alone == 0)).all()

@@ -102,7 +102,9 @@ def test_sigkill_and_resume_is_bit_identical(tmp_path):
 @pytest.mark.slow
 def test_two_processes_equal_one(tmp_path):
     data = corpus(tmp_path / "data", "mixed")
-    common = ["--recipe", "tiny-sft", f"data.train={data}", "max_steps=6", "seed=2", "--cpu"]
+    # SpecAugment on: each clip's masks follow the row, not the process that collates it
+    common = ["--recipe", "tiny-sft", f"data.train={data}", "max_steps=6", "seed=2", "--cpu",
+              "training.spec_augment={freq_mask_param: 8, time_mask_param: 5}"]
     threads = EXACT_ENV
     one = _run_cli([*common, "training.micro_batch_size=4", "training.grad_accum=2",
                     "--output-dir", str(tmp_path / "one")], env=threads)
@@ -222,3 +224,45 @@ def test_fsdp2_two_processes_equal_one_and_resume(tmp_path):
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     c = load_file(str(tmp_path / "again" / "final" / "model.safetensors"))
     assert all(torch.equal(b[k], c[k]) for k in b)
+
+
+@pytest.mark.slow
+def test_prefetch_changes_nothing_but_time(tmp_path):
+    """Collating the next step in a background thread (training.prefetch) gives the run it gives
+    without: the same weights bit for bit, losses, SpecAugment masks, skip list and checkpoints
+    (the sampler position and skip list as of the step, not as of the batch read ahead); a run
+    resumed from a prefetching run's checkpoint without prefetch ends in the same weights."""
+    data = corpus(tmp_path / "data", "mixed")
+    (tmp_path / "data" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    rows = [json.loads(l) for l in data.read_text().splitlines()]
+    rows[7:7] = [{"messages": [{"role": "user", "content": [{"type": "image", "image": "broken.png"}]},
+                               {"role": "assistant", "content": "x"}]},
+                 {"audio": "missing.wav", "text": "gone"}]
+    manifest = write_manifest(tmp_path / "data" / "with_bad_media.jsonl", rows)
+    common = {"data.train": str(manifest), "max_steps": 8, "save_every": 2, "keep_last": 10, "seed": 4,
+              "training.micro_batch_size": 4, "training.grad_accum": 2,
+              "training.spec_augment": {"freq_mask_param": 8, "time_mask_param": 5}}
+    runs = {}
+    for prefetch in (True, False):
+        out = tmp_path / f"prefetch-{prefetch}"
+        runs[prefetch] = train(load_recipe("tiny-sft", {**common, "training.prefetch": prefetch}), out, progress=False)
+    on, off = tmp_path / "prefetch-True", tmp_path / "prefetch-False"
+    assert runs[True]["skipped"] == runs[False]["skipped"] and len(runs[True]["skipped"]) == 2
+    assert [r["loss"] for r in metrics(on)] == [r["loss"] for r in metrics(off)]
+    assert [r["skipped"] for r in metrics(on)] == [r["skipped"] for r in metrics(off)]
+    a, b = (load_file(str(p / "final" / "model.safetensors")) for p in (on, off))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    for step in (2, 4, 6):
+        sa, sb = (json.loads((p / "checkpoints" / f"step-{step}" / "trainer_state.json").read_text())
+                  for p in (on, off))
+        assert sa["sampler"] == sb["sampler"] and sa["skipped"] == sb["skipped"], step
+    # resume the prefetching run's step-4 checkpoint without prefetch: the same end
+    import shutil
+
+    resumed = tmp_path / "resumed"
+    shutil.copytree(on, resumed)
+    for name in ("final", "checkpoints/step-6"):  # as if killed after the step-4 checkpoint
+        shutil.rmtree(resumed / name)
+    train(load_recipe("tiny-sft", {**common, "training.prefetch": False}), resumed, resume=True, progress=False)
+    c = load_file(str(resumed / "final" / "model.safetensors"))
+    assert all(torch.equal(a[k], c[k]) for k in a)
