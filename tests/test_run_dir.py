@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -161,13 +162,16 @@ def test_disk_full_while_checkpointing_keeps_earlier_checkpoints(tmp_path, data,
 @pytest.mark.slow
 def test_ctrl_c_says_how_to_resume_and_that_command_resumes(tmp_path, data):
     out = tmp_path / "run"
-    cmd = ["train", "--recipe", "tiny-sft", f"data.train={data}", "max_steps=400", "save_every=2",
+    # a run far longer than the test: interrupted once any checkpoint is written (the older ones rotate
+    # away with keep_last, so no particular step is waited for)
+    cmd = ["train", "--recipe", "tiny-sft", f"data.train={data}", "max_steps=100000", "save_every=2",
            "training.micro_batch_size=2", "--output-dir", str(out)]
     p = subprocess.Popen([sys.executable, "-m", "molora.cli", *cmd], cwd=ROOT, stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True)
     t0 = time.time()
-    while not (out / "checkpoints" / "step-2").exists() and time.time() - t0 < 300:
+    while not list((out / "checkpoints").glob("step-*")) and p.poll() is None and time.time() - t0 < 300:
         time.sleep(0.2)
+    assert p.poll() is None, "the run ended before it was interrupted"
     p.send_signal(signal.SIGINT)
     _, err = p.communicate(timeout=120)
     assert p.returncode == 130, err[-2000:]
@@ -178,12 +182,13 @@ def test_ctrl_c_says_how_to_resume_and_that_command_resumes(tmp_path, data):
     # the printed command is the one to run (here with fewer steps, so the test ends: --resume-anyway)
     import shlex
 
+    newest = int(re.search(r"step-(\d+)", line).group(1))
     args = shlex.split(resume)[1:]
-    args = [a if a != "max_steps=400" else "max_steps=6" for a in args] + ["--resume-anyway"]
+    args = [a if a != "max_steps=100000" else f"max_steps={newest + 4}" for a in args] + ["--resume-anyway"]
     r = subprocess.run([sys.executable, "-m", "molora.cli", *args], cwd=ROOT, capture_output=True, text=True,
                        timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
-    assert json.loads((out / "summary.json").read_text())["steps"] == 6
+    assert json.loads((out / "summary.json").read_text())["steps"] == newest + 4
 
 
 def test_empty_manifest_names_the_file(tmp_path):
