@@ -367,8 +367,8 @@ def _merged_logits(model, preset: str) -> dict:
 
 def step_compare(workdir: Path, out_json: Path) -> dict:
     res = {s: json.loads((workdir / f"{s}.json").read_text()) for s in STEPS[:-1]}
-    a, b = torch.load(workdir / "logits_molora.pt"), torch.load(workdir / "logits_reference.pt")
-    merged = torch.load(workdir / "logits_reference_merged.pt")
+    a, b, merged = (torch.load(workdir / f"logits_{name}.pt", weights_only=True)
+                    for name in ("molora", "reference", "reference_merged"))
     rows = {}
     for kind in a:
         m, r = res["molora"]["prompts"][kind], res["reference"]["prompts"][kind]
