@@ -154,12 +154,12 @@ class MoLoRAModel(nn.Module):
         if loss_reduction not in ("mean", "sum"):
             raise ValueError(f"loss_reduction must be 'mean' or 'sum', got {loss_reduction!r}")
         prefill = cache is None or cache.get_seq_length() == 0
-        plan = self.plan(input_ids, attention_mask, labels, cu_seqlens, row_types, cache, route, logits_to_keep,
-                         return_logits)
+        plan, split = self._plan_and_split(input_ids, attention_mask, labels, cu_seqlens, row_types, cache, route,
+                                           logits_to_keep, return_logits)
         if plan.split_frozen_rows:
             batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels,
                      "cu_seqlens": cu_seqlens, "position_ids": position_ids, **media}
-            return self._forward_split(batch, row_types, loss_reduction, plan)
+            return self._forward_split(batch, row_types, split, loss_reduction, plan)
         # embed -> route -> decoder -> loss
         embeds = self.embed(input_ids, row_types, cu_seqlens, **media) if prefill else \
             self.language_model.embed_tokens(input_ids)  # decode steps carry only new text tokens
@@ -213,6 +213,14 @@ class MoLoRAModel(nn.Module):
     def plan(self, input_ids, attention_mask=None, labels=None, cu_seqlens=None, row_types=None, cache=None,
              route=None, logits_to_keep=0, return_logits=True) -> ExecutionPlan:
         """The execution plan of a call with these inputs (``molora/plan.py``)."""
+        if row_types is None:
+            row_types = self.row_types(input_ids, cu_seqlens)
+        return self._plan_and_split(input_ids, attention_mask, labels, cu_seqlens, row_types, cache, route,
+                                    logits_to_keep, return_logits)[0]
+
+    def _plan_and_split(self, input_ids, attention_mask, labels, cu_seqlens, row_types, cache, route, logits_to_keep,
+                        return_logits):
+        """The plan, and the (frozen, other) rows when the frozen-row split can apply (else None)."""
         from .frozen_rows import backbone_frozen
 
         padded = attention_mask is not None and attention_mask.shape == input_ids.shape and \
@@ -220,14 +228,17 @@ class MoLoRAModel(nn.Module):
         prefill = cache is None or cache.get_seq_length() == 0
         training_loss = labels is not None and not return_logits and not logits_to_keep and cache is None \
             and route is None
+        grad = torch.is_grad_enabled()
+        # looked for only where the switch could use it (it reads the batch back from the device)
+        split = frozen_text_rows(self, input_ids, row_types, cu_seqlens) if (
+            self.fast_paths.split_frozen_rows and training_loss and grad and not self.touch_all
+            and backbone_frozen(self)) else None
         facts = BatchFacts(
             packed_input=cu_seqlens is not None, padded=padded, training_loss=training_loss,
             reads_subset=route is None and ((labels is None and 0 < logits_to_keep < input_ids.shape[1])
                                             or training_loss),
-            prefill=prefill, seq_len=int(input_ids.shape[1]), grad=torch.is_grad_enabled(),
-            frozen_rows_possible=training_loss and backbone_frozen(self)
-            and frozen_text_rows(self, input_ids, row_types, cu_seqlens) is not None)
-        return choose_plan(self.fast_paths, facts, self.device, self.dtype, touch_all=self.touch_all)
+            prefill=prefill, seq_len=int(input_ids.shape[1]), grad=grad, frozen_rows_possible=split is not None)
+        return choose_plan(self.fast_paths, facts, self.device, self.dtype, touch_all=self.touch_all), split
 
     def step_route(self, row_types: list[str]) -> Route:
         """The route of a one-token-per-row decode step (reused for every step of a generate)."""
@@ -245,23 +256,19 @@ class MoLoRAModel(nn.Module):
         flat = hidden.reshape(-1, hidden.shape[-1]).to(weight.device)
         return F.linear(flat, weight).view(*hidden.shape[:-1], weight.shape[0])
 
-    def _forward_split(self, batch: dict, row_types, reduction, plan) -> MoLoRAOutput:
+    def _forward_split(self, batch: dict, row_types, split, reduction, plan) -> MoLoRAOutput:
         """The loss of the text-only rows of a frozen backbone (no trainable weight reaches them:
         ``molora/frozen_rows.py``) without autograd, plus the loss of the others with it; the same
-        value and gradients as one pass."""
-        frozen, rest = frozen_text_rows(self, batch["input_ids"], row_types, batch["cu_seqlens"])
+        value and gradients as one pass. Neither part splits again: the first runs without grad, the
+        second holds no frozen text row."""
+        frozen, rest = split
         if batch["cu_seqlens"] is None and batch["attention_mask"] is None:
             batch["attention_mask"] = torch.ones_like(batch["input_ids"])
-        switches = self.fast_paths
-        self.fast_paths = switches.replace(split_frozen_rows=False)
-        try:
-            with torch.no_grad():
-                fixed = self(**row_subset(batch, frozen, with_media=False), row_types=[row_types[i] for i in frozen],
-                             return_logits=False, loss_reduction="sum").loss
-            loss = self(**row_subset(batch, rest, with_media=True), row_types=[row_types[i] for i in rest],
-                        return_logits=False, loss_reduction="sum").loss
-        finally:
-            self.fast_paths = switches
+        with torch.no_grad():
+            fixed = self(**row_subset(batch, frozen, with_media=False), row_types=[row_types[i] for i in frozen],
+                         return_logits=False, loss_reduction="sum").loss
+        loss = self(**row_subset(batch, rest, with_media=True), row_types=[row_types[i] for i in rest],
+                    return_logits=False, loss_reduction="sum").loss
         loss = loss + fixed
         if reduction == "mean":
             targets = F.pad(batch["labels"][:, 1:], (0, 1), value=-100)
