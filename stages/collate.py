@@ -191,8 +191,7 @@ class Collator:
     def _adapter_rank(self, sample: Sample) -> int:
         """Index of the adapter the sample's input type routes to (-1: none), from its content types."""
         config = self.processor.config
-        kinds = {p.get("type") for m in sample.messages if isinstance(m.get("content"), list)
-                 for p in m["content"] if isinstance(p, dict)}
+        kinds = {p.get("type") for p in _content_parts(sample)}
         names = [m.input_type for m in config.modality_entries() if m.content_type in kinds]
         route = config.router.get("+".join(names) or "text")
         adapter = None if route is None else route.adapter
@@ -265,9 +264,15 @@ def _row_generators(seed: int | None, rows: list[Sample]) -> list[torch.Generato
         return None
     gens = []
     for s in rows:
-        clips = sum(1 for m in s.messages if isinstance(m.get("content"), list)
-                    for p in m["content"] if isinstance(p, dict) and p.get("type") == "audio")
+        clips = sum(p.get("type") == "audio" for p in _content_parts(s))
         for k in range(clips):
             digest = hashlib.blake2b(f"{seed}:{s.source}:{k}".encode(), digest_size=8).digest()
             gens.append(torch.Generator().manual_seed(int.from_bytes(digest, "little") >> 1))
     return gens
+
+
+def _content_parts(sample: Sample):
+    """The typed parts (``{"type": ...}`` dicts) of a sample's messages, in conversation order."""
+    for m in sample.messages:
+        if isinstance(m.get("content"), list):
+            yield from (p for p in m["content"] if isinstance(p, dict))
