@@ -2,19 +2,19 @@
 data position. Written to a temporary folder and renamed into place (atomic); keep-last-N."""
 from __future__ import annotations
 
-import errno
 import json
 import os
 import random
 import re
 import shutil
 import signal
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
+
+from molora.staging import partial_folder
 
 STEP_DIR = re.compile(r"step-(\d+)$")
 
@@ -45,39 +45,6 @@ def list_checkpoints(root: Path) -> list[tuple[int, Path]]:
         if m and p.is_dir() and (p / "trainer_state.json").exists():
             out.append((int(m.group(1)), p))
     return sorted(out)
-
-
-_DISK_FULL_WORDS = ("no space left", "storagefull", "disk quota", "unexpected pos")
-
-
-def as_disk_full(error: BaseException, path: Path) -> OSError | None:
-    """``error`` from a write under ``path`` as ``OSError(ENOSPC)`` when the disk is full, else None.
-    torch.save reports a full disk as "RuntimeError: ... unexpected pos", safetensors as an IoError
-    string: both are recognised, and so is a disk with (almost) no space left after the failure."""
-    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
-        return error
-    text = str(error).lower()
-    try:
-        free = shutil.disk_usage(path if path.exists() else path.parent).free
-    except OSError:
-        free = None
-    if any(w in text for w in _DISK_FULL_WORDS) or (free is not None and free < 1 << 20):
-        return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
-    return None
-
-
-@contextmanager
-def partial_folder(tmp: Path):
-    """Writes into ``tmp`` (a folder renamed into place afterwards): a failure removes it, and a full
-    disk comes out as ``OSError(ENOSPC)`` whatever the writer called it."""
-    try:
-        yield tmp
-    except Exception as e:
-        full = as_disk_full(e, tmp)
-        shutil.rmtree(tmp, ignore_errors=True)
-        if full is not None:
-            raise full from e
-        raise
 
 
 def save_checkpoint(root: Path, step: int, *, weights: dict, optimizer_state: dict, scheduler, state: dict,

@@ -23,8 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from molora.errors import RunError
+from molora.staging import partial_folder
 
-from .checkpointing import list_checkpoints, partial_folder
+from .checkpointing import list_checkpoints
 
 __all__ = ["RUN_FILE", "RunPlan", "run_identity", "plan_run", "check_output_dir", "start_run", "finished_run",
            "save_final", "write_json_atomic", "describe_changes"]
