@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .config_types import check_fields
 from .errors import ConfigError
 
 INPUT_TYPES = ("text", "image", "speech", "image+speech")  # the reference modalities' input types
@@ -196,6 +197,24 @@ def _reference_router() -> dict[str, Route]:
     }
 
 
+_SECTIONS = {"backbone": BackboneConfig, "vision": VisionConfig, "audio": AudioConfig}
+
+
+def _check_types(d: dict) -> None:
+    """Every value of a config dict (``MoLoRAConfig.to_dict()``'s form) has its field's type."""
+    if not isinstance(d, dict):
+        raise ConfigError(f"must be an object {{section: {{...}}}}, got {type(d).__name__}", "config")
+    for name, section in _SECTIONS.items():
+        check_fields(d.get(name, {}), section, f"{name}.")
+    for name, entry in (("adapters", LoraSpec), ("router", Route)):
+        group = d.get(name, {})
+        if not isinstance(group, dict):
+            raise ConfigError(f"must be an object {{name: {{...}}}}, got {type(group).__name__}", name)
+        for key, value in group.items():
+            check_fields(value, entry, f"{name}.{key}.")
+    check_fields(d, MoLoRAConfig, names={k: k for k in ("audio_projectors", "modalities", "tokenizer", "name")})
+
+
 @dataclass
 class MoLoRAConfig:
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
@@ -225,7 +244,11 @@ class MoLoRAConfig:
             for name in ("short_factor", "long_factor"):
                 f = getattr(b, name)
                 if f is None or len(f) != rot // 2:
-                    raise ConfigError(f"{name} must have {rot // 2} entries (rotary dims / 2)", "backbone")
+                    raise ConfigError(
+                        f"{name} has {'no' if f is None else len(f)} entries but hidden_size {b.hidden_size} / "
+                        f"num_attention_heads {b.num_attention_heads} x partial_rotary_factor "
+                        f"{b.partial_rotary_factor} gives {rot} rotary dims, so {rot // 2} are needed: one of "
+                        f"these fields is wrong", "backbone")
         for t, route in self.router.items():
             if route.adapter is not None and route.adapter not in self.adapters:
                 raise ConfigError(f"routes to unknown adapter {route.adapter!r}", f"router[{t!r}]")
@@ -263,6 +286,7 @@ class MoLoRAConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "MoLoRAConfig":
+        _check_types(d)
         d = copy.deepcopy(d)
         for key in ("model_type", "torch_dtype", "dtype"):  # config.json's file-level fields
             d.pop(key, None)

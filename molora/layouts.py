@@ -18,8 +18,9 @@ from __future__ import annotations
 import re
 
 from .config import AudioConfig, BackboneConfig, LoraSpec, MoLoRAConfig, VisionConfig
+from .config_types import check_fields, fits
 from .encoders import conformer as _conformer
-from .errors import CheckpointError
+from .errors import CheckpointError, ConfigError
 from .modalities import image_embed as _image_embed
 from .peft_adapters import compact_modules
 
@@ -275,20 +276,23 @@ def vision_from_phi4mm(d: dict, shapes: dict[str, tuple] | None = None) -> Visio
     return v
 
 
+# molora's AudioConfig field -> the official config.json's audio_processor.config key
+_PHI4MM_AUDIO = {"hidden_size": "attention_dim", "num_attention_heads": "attention_heads",
+                 "intermediate_size": "linear_units", "num_blocks": "num_blocks", "input_size": "input_size",
+                 "kernel_size": "kernel_size", "ext_pw_out_channel": "ext_pw_out_channel",
+                 "depthwise_separable_out_channel": "depthwise_seperable_out_channel",
+                 "depthwise_multiplier": "depthwise_multiplier", "time_reduction": "time_reduction",
+                 "chunk_size": "chunk_size", "left_chunk": "left_chunk", "activation": "activation",
+                 "conv_activation": "conv_activation", "conv_glu_type": "conv_glu_type"}
+
+
 def from_phi4mm_config(d: dict, tokenizer: str | None = None, shapes: dict[str, tuple] | None = None,
                        where: str = "config.json") -> MoLoRAConfig:
     if "molora" in d:
         return MoLoRAConfig.from_dict(d["molora"])
     ac = (d.get("audio_processor") or {}).get("config", {})
     audio = AudioConfig()
-    for ours, theirs in [("hidden_size", "attention_dim"), ("num_attention_heads", "attention_heads"),
-                         ("intermediate_size", "linear_units"), ("num_blocks", "num_blocks"),
-                         ("input_size", "input_size"), ("kernel_size", "kernel_size"),
-                         ("ext_pw_out_channel", "ext_pw_out_channel"),
-                         ("depthwise_separable_out_channel", "depthwise_seperable_out_channel"),
-                         ("depthwise_multiplier", "depthwise_multiplier"), ("time_reduction", "time_reduction"),
-                         ("chunk_size", "chunk_size"), ("left_chunk", "left_chunk"), ("activation", "activation"),
-                         ("conv_activation", "conv_activation"), ("conv_glu_type", "conv_glu_type")]:
+    for ours, theirs in _PHI4MM_AUDIO.items():
         if theirs in ac:
             setattr(audio, ours, ac[theirs])
     audio.nemo_conv_channels = (ac.get("nemo_conv_settings") or {}).get("conv_channels", audio.nemo_conv_channels)
@@ -338,3 +342,75 @@ def phi4mm_adapters(d: dict, shapes: dict[str, tuple] | None, where: str = "conf
             spec.target_modules, spec.modules = compact_modules(list(ranks), int(d["num_hidden_layers"]))
         adapters[name] = spec
     return adapters
+
+
+# -- checks of a public config.json before it is used ------------------------------------------------
+
+_FLAT_BACKBONE = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                  "num_key_value_heads", "hidden_act", "rms_norm_eps", "rope_theta", "partial_rotary_factor",
+                  "original_max_position_embeddings", "max_position_embeddings", "tie_word_embeddings",
+                  "bos_token_id", "pad_token_id", "initializer_range")
+_ROPE = {"rope_theta": "rope_theta", "partial_rotary_factor": "partial_rotary_factor",
+         "short_factor": "short_factor", "long_factor": "long_factor"}
+
+
+def _section(d: dict, key: str, label: str | None = None) -> dict:
+    value = d.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"must be an object {{key: value}}, got {type(value).__name__}", label or key)
+    return value
+
+
+def check_flat_config(d: dict) -> dict:
+    """An official (``phi4mm``) or transformers-native config.json with every field molora reads of
+    the type it needs (a ConfigError names the key); null values count as absent."""
+    d = {k: v for k, v in d.items() if v is not None}
+    check_fields(d, BackboneConfig, names={k: k for k in _FLAT_BACKBONE},
+                 required=("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads"))
+    if "eos_token_id" in d and not fits(d["eos_token_id"], int | list[int]):
+        raise ConfigError(f"must be an integer or a list of integers, got {d['eos_token_id']!r}", "eos_token_id")
+    for key in ("rope_parameters", "rope_scaling"):
+        rope = _section(d, key)
+        check_fields(rope, BackboneConfig, f"{key}.", names=_ROPE)
+        for kind in ("rope_type", "type"):
+            if kind in rope and not isinstance(rope[kind], str):
+                raise ConfigError(f"must be a string, got {rope[kind]!r}", f"{key}.{kind}")
+    vc, ac = _section(d, "vision_config"), _section(d, "audio_config")
+    check_fields(vc, VisionConfig, "vision_config.", names={**{k: k for k in _VISION_HF_FIELDS}, "image_size": "crop_size"})
+    check_fields(vc, BackboneConfig, "vision_config.", names={"image_token_id": "image_token_id"})
+    check_fields(ac, AudioConfig, "audio_config.", names={k: k for k in _AUDIO_HF_FIELDS})
+    check_fields(ac, BackboneConfig, "audio_config.", names={"audio_token_id": "audio_token_id"})
+    # the official layout's sections
+    check_fields(_section(_section(d, "audio_processor"), "config", "audio_processor.config"), AudioConfig,
+                 "audio_processor.config.", names=_PHI4MM_AUDIO)
+    image = _section(_section(d, "embd_layer"), "image_embd_layer", "embd_layer.image_embd_layer")
+    check_fields(image, VisionConfig, "embd_layer.image_embd_layer.", names={"image_size": "crop_size"})
+    check_fields(_section(d, "img_processor"), VisionConfig, "img_processor.")
+    for key, value in d.items():
+        if key.endswith("_lora"):
+            check_fields(_section(d, key), LoraSpec, f"{key}.", names={"r": "r", "alpha": "lora_alpha", "dropout": "dp"})
+    return d
+
+
+def check_decoder_shapes(b: dict, shapes: dict[str, tuple], layout: str, section: str = "") -> None:
+    """The decoder's shape fields of a config (``b``: flat, as in config.json) against the weights'
+    headers: a field the weights contradict is named, with the tensor that shows it."""
+    pre = "language_model." if layout == "molora" else "model."
+    found = []
+    emb = shapes.get(pre + "embed_tokens.weight")
+    if emb is not None and len(emb) == 2:
+        found += [("vocab_size", emb[0], pre + "embed_tokens.weight", emb),
+                  ("hidden_size", emb[1], pre + "embed_tokens.weight", emb)]
+    for key in (f"{pre}layers.0.mlp.down_proj.weight", f"{pre}layers.0.mlp.down_proj.base_layer.weight"):
+        if len(shapes.get(key) or ()) == 2:
+            found.append(("intermediate_size", shapes[key][1], key, shapes[key]))
+    layers = {int(m.group(1)) for k in shapes if (m := re.match(re.escape(pre) + r"layers\.(\d+)\.", k))}
+    if layers:
+        found.append(("num_hidden_layers", max(layers) + 1, f"{pre}layers.{max(layers)}.*", None))
+    for field, want, key, shape in found:
+        have = b.get(field)
+        if isinstance(have, int) and not isinstance(have, bool) and have != want:
+            seen = f"{key} has shape {list(shape)}" if shape is not None else f"the last layer is {key}"
+            raise ConfigError(f"is {have} but the weights have {want} ({seen})", section + field)

@@ -10,30 +10,16 @@ from __future__ import annotations
 
 import difflib
 import math
-import types
 import typing
 from typing import Any
 
+from molora.config_types import describe, is_union as _is_union
 from molora.errors import ConfigError
 
 __all__ = ["coerce", "check_keys", "describe"]
 
 _TRUE = {"true", "yes", "on", "1"}
 _FALSE = {"false", "no", "off", "0"}
-
-
-def describe(tp: Any) -> str:
-    """What a user should type for ``tp`` ("a number", "an integer", "true or false", ...)."""
-    args = [a for a in typing.get_args(tp) if a is not type(None)]
-    if _is_union(tp):
-        return " or ".join(describe(a) for a in args) + (" (or null)" if type(None) in typing.get_args(tp) else "")
-    origin = typing.get_origin(tp) or tp
-    return {bool: "true or false", int: "an integer", float: "a number", str: "a string",
-            dict: "a mapping {key: value}", list: "a list"}.get(origin, getattr(origin, "__name__", str(origin)))
-
-
-def _is_union(tp: Any) -> bool:
-    return typing.get_origin(tp) in (typing.Union, types.UnionType)
 
 
 def _fail(value: Any, tp: Any, key: str) -> None:
