@@ -3,26 +3,30 @@ backbone, an open_clip SigLIP checkpoint for the vision tower, fresh conformer /
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
-from .checkpoint import read_safetensors, resolve_path
+from .checkpoint import resolve_path
+from .weight_files import read_weights
 from .config import MoLoRAConfig
-from .errors import CheckpointError
+from .errors import CheckpointError, ConfigError
 from .layouts import adapted
 
 
 def backbone_config_from_phi3(directory: Path, config: MoLoRAConfig) -> MoLoRAConfig:
     """Take the decoder's shapes from a Phi-3 / Phi-4-mini config.json (real values, not defaults)."""
-    from .layouts import _backbone_from_flat
+    from .checkpoint import _read_json
+    from .layouts import _backbone_from_flat, check_flat_config
 
-    d = json.loads((directory / "config.json").read_text())
+    d = _read_json(directory / "config.json")
     if d.get("model_type") not in ("phi3", "phi4mm", "phi4_multimodal"):
         raise CheckpointError(f"expected a Phi-3 / Phi-4-mini checkpoint, got model_type {d.get('model_type')!r}",
                               str(directory))
-    b = _backbone_from_flat(d, config.backbone)
+    try:
+        b = _backbone_from_flat(check_flat_config(d), config.backbone)
+    except ConfigError as e:
+        raise CheckpointError(str(e), str(directory / "config.json")) from None
     b.image_token_id, b.audio_token_id = config.backbone.image_token_id, config.backbone.audio_token_id
     return config.replace(backbone=b.__dict__)
 
@@ -42,7 +46,7 @@ def assemble(config: MoLoRAConfig, backbone: str | None = None, vision: str | No
     torch.manual_seed(seed)
     model = MoLoRAModel(config)
     if directory is not None:
-        raw = read_safetensors(directory)
+        raw = read_weights(directory)
         lm = {}
         for k, v in raw.items():
             if k == "lm_head.weight":

@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
+import re
 from pathlib import Path
 
 import torch
@@ -16,12 +15,13 @@ from safetensors.torch import save_file
 
 from . import layouts, peft_adapters, placement
 from .config import MoLoRAConfig
-from .errors import CheckpointError
+from .errors import CheckpointError, ConfigError
 from .presets import TINY_BPE_VOCAB
+from .staging import staged
+from .weight_files import (ADAPTER_WEIGHTS, INDEX, WEIGHTS, read_adapter_weights, read_weights,  # noqa: F401
+                           stored_dtype, weight_shapes)
 
-WEIGHTS = "model.safetensors"
 LAYOUTS = ("molora", "phi4mm", "phi4_multimodal")
-INDEX = "model.safetensors.index.json"
 HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "vision-lora/*", "speech-lora/*"]
 
 
@@ -44,54 +44,6 @@ def resolve_path(path_or_id: str | os.PathLike) -> Path:
                               "elsewhere and pass its local path", s) from None
 
 
-def read_safetensors(directory: Path, prefix_filter=None) -> dict[str, torch.Tensor]:
-    """All tensors of a (possibly sharded) safetensors checkpoint in ``directory``."""
-    files: list[Path]
-    if (directory / INDEX).exists():
-        index = json.loads((directory / INDEX).read_text())
-        files = [directory / f for f in dict.fromkeys(index["weight_map"].values())]
-    else:
-        files = sorted(directory.glob("*.safetensors"))
-    if not files:
-        raise CheckpointError("no .safetensors weights found (molora reads weights from safetensors only)",
-                              str(directory))
-    out = {}
-    for f in files:
-        try:
-            with safe_open(str(f), framework="pt") as fh:
-                for k in fh.keys():
-                    if prefix_filter is None or prefix_filter(k):
-                        out[k] = fh.get_tensor(k)
-        except Exception as e:
-            raise CheckpointError(f"unreadable safetensors file ({e})", str(f)) from None
-    return out
-
-
-def weight_shapes(directory: Path) -> dict[str, tuple]:
-    """Key -> shape of every tensor in a safetensors checkpoint, read from the headers only."""
-    files = sorted(directory.glob("*.safetensors"))
-    out = {}
-    for f in files:
-        with safe_open(str(f), framework="pt") as fh:
-            for k in fh.keys():
-                out[k] = tuple(fh.get_slice(k).get_shape())
-    return out
-
-
-_SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}
-
-
-def stored_dtype(directory: Path) -> torch.dtype | None:
-    """The dtype of the first floating-point tensor in a safetensors checkpoint (headers only; None: none)."""
-    for f in sorted(Path(directory).glob("*.safetensors")):
-        with safe_open(str(f), framework="pt") as fh:
-            for k in fh.keys():
-                dtype = _SAFETENSORS_DTYPES.get(fh.get_slice(k).get_dtype())
-                if dtype is not None:
-                    return dtype
-    return None
-
-
 def is_preset(path_or_id) -> bool:
     """A preset name (``tiny``, ...) that is not also a local path."""
     from .presets import PRESETS
@@ -101,11 +53,16 @@ def is_preset(path_or_id) -> bool:
 
 def _read_json(path: Path) -> dict:
     try:
-        return json.loads(path.read_text())
+        d = json.loads(path.read_text())
     except FileNotFoundError:
         raise CheckpointError("missing config.json", str(path.parent)) from None
     except json.JSONDecodeError as e:
         raise CheckpointError(f"invalid JSON ({e})", str(path)) from None
+    except UnicodeDecodeError:
+        raise CheckpointError("not a text (JSON) file", str(path)) from None
+    if not isinstance(d, dict):
+        raise CheckpointError(f"holds a JSON {type(d).__name__}, not an object {{\"model_type\": ...}}", str(path))
+    return d
 
 
 def detect_layout(directory: Path) -> str:
@@ -122,33 +79,55 @@ def _peft_folders(directory: Path) -> dict[str, Path]:
     for p in sorted(directory.glob("*-lora")):
         if (p / "adapter_config.json").exists():
             folders[p.name[: -len("-lora")]] = p
-        elif any(p.glob("*.safetensors")):
+        elif (p / ADAPTER_WEIGHTS).exists():
             raise CheckpointError("an adapter folder with weights but no adapter_config.json", str(p))
     return folders
 
 
 def load_config(path_or_id) -> MoLoRAConfig:
+    """The config of a checkpoint (any layout); a field of the wrong type, or one the weights
+    contradict, is an error naming config.json and the field."""
     directory = resolve_path(path_or_id)
     layout = detect_layout(directory)
+    where = str(directory / "config.json")
     d = _read_json(directory / "config.json")
+    try:
+        return _config(d, layout, directory, str(path_or_id), where)
+    except ConfigError as e:
+        raise CheckpointError(str(e), where) from None
+
+
+def _config(d: dict, layout: str, directory: Path, name: str, where: str) -> MoLoRAConfig:
+    if layout == "phi3":
+        raise CheckpointError("a bare Phi-3 / Phi-4-mini checkpoint is a backbone only: use "
+                              "molora.checkpoint.assemble(config, backbone=..., vision=...)", str(directory))
+    own = d if layout == "molora" else d.get("molora") if layout == "phi4mm" else None
+    if own is not None:
+        if not isinstance(own, dict):
+            raise ConfigError(f"must be an object, got {type(own).__name__}", "molora")
+        prefix = "" if layout == "molora" else "molora."
+        backbone = own.get("backbone")
+        if isinstance(backbone, dict):
+            layouts.check_decoder_shapes(backbone, weight_shapes(directory), layout, f"{prefix}backbone.")
+        try:
+            return MoLoRAConfig.from_dict(own)
+        except ConfigError as e:
+            raise ConfigError(e.reason, prefix + (e.item or "config")) from None
+    d = layouts.check_flat_config(d)
+    shapes = weight_shapes(directory)
+    layouts.check_decoder_shapes(d, shapes, layout)
     vocab = d.get("vocab_size", 0)
-    tok = "bytes" if vocab < 1000 else "tiny-bpe" if vocab == TINY_BPE_VOCAB else str(path_or_id)
-    if layout == "molora":
-        return MoLoRAConfig.from_dict(d)
+    tok = "bytes" if vocab < 1000 else "tiny-bpe" if vocab == TINY_BPE_VOCAB else name
     if layout == "phi4mm":
-        return layouts.from_phi4mm_config(d, tokenizer=tok, shapes=None if "molora" in d else weight_shapes(directory),
-                                          where=str(directory / "config.json"))
-    if layout == "phi4_multimodal":
-        config = layouts.from_transformers_config(d, {}, tokenizer=tok)
-        adapters = {name: peft_adapters.spec_from_peft_folder(folder, config.backbone)
-                    for name, folder in _peft_folders(directory).items()}
-        return layouts.from_transformers_config(d, adapters, tokenizer=tok)
-    raise CheckpointError("a bare Phi-3 / Phi-4-mini checkpoint is a backbone only: use "
-                          "molora.checkpoint.assemble(config, backbone=..., vision=...)", str(directory))
+        return layouts.from_phi4mm_config(d, tokenizer=tok, shapes=shapes, where=where)
+    config = layouts.from_transformers_config(d, {}, tokenizer=tok)
+    adapters = {name: peft_adapters.spec_from_peft_folder(folder, config.backbone)
+                for name, folder in _peft_folders(directory).items()}
+    return layouts.from_transformers_config(d, adapters, tokenizer=tok)
 
 
 def load_state_dict(directory: Path, layout: str, config: MoLoRAConfig) -> dict[str, torch.Tensor]:
-    raw = read_safetensors(directory)
+    raw = read_weights(directory)
     if layout == "molora":
         return raw
     if layout == "phi4mm":
@@ -156,7 +135,7 @@ def load_state_dict(directory: Path, layout: str, config: MoLoRAConfig) -> dict[
     sd = layouts.from_transformers_state_dict(raw, config)
     for name, folder in _peft_folders(directory).items():
         sd.update(peft_adapters.adapter_tensors(folder, name, config.adapters[name], config.backbone,
-                                                read_safetensors(folder)))
+                                                read_adapter_weights(folder)))
     return sd
 
 
@@ -268,37 +247,18 @@ def load_model(path_or_id, dtype=None, device=None, *, torch_dtype=None, device_
 
 # -- saving ------------------------------------------------------------------------------------------
 
-def _atomic_dir(directory: Path):
-    directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
+_SHARD = re.compile(r"model-\d{5}-of-\d{5}\.safetensors")
+PEFT_FILES = frozenset({"adapter_config.json", ADAPTER_WEIGHTS, "README.md"})
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _open_up(tmp: Path) -> None:
-    """The modes a plain mkdir / open would give (0755 / 0644 under the usual umask 022): mkdtemp's
-    private 0700 must not survive the rename, or a serving account cannot read the checkpoint."""
-    mask = _umask()
-    for path in [tmp, *tmp.rglob("*")]:
-        os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~mask)
-
-
-def _commit_dir(tmp: Path, directory: Path) -> None:
-    """Replace ``directory`` by ``tmp`` (files written first, then renamed: never a half checkpoint)."""
-    directory = Path(directory)
-    _open_up(tmp)
-    if directory.exists():
-        old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
-        os.replace(directory, old)
-        os.replace(tmp, directory)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, directory)
+def model_entry(entry: Path) -> bool:
+    """Whether an entry of a checkpoint folder is one `save_model` writes: config.json, the weights
+    and their index, an ``<adapter>-lora/`` folder of PEFT files only. A new save replaces these (and
+    removes those it does not write again: the shards of an earlier, bigger save, an adapter the
+    model no longer has); it leaves every other entry (processor files, the user's own) as it is."""
+    if entry.is_dir() and not entry.is_symlink():
+        return entry.name.endswith("-lora") and all(p.is_file() and p.name in PEFT_FILES for p in entry.iterdir())
+    return entry.name in ("config.json", WEIGHTS, INDEX) or _SHARD.fullmatch(entry.name) is not None
 
 
 def _contiguous(sd: dict) -> dict:
@@ -330,36 +290,38 @@ def save_model(model, directory, layout: str = "molora", peft_folders: bool = Tr
     molora and phi4mm keep the LoRA weights inside the shards; every layout also gets PEFT
     folders ``<adapter>-lora/`` (the transformers-native layout keeps adapters only there).
     Weights above ``max_shard_size`` are sharded with an index, as transformers does; config.json
-    records ``torch_dtype``. Written to a temporary folder, then renamed.
+    records ``torch_dtype``. Written to a staging folder, then moved into place: into an existing
+    folder, only the entries `model_entry` accepts are replaced (processor files and the user's own
+    files stay); a failure leaves the folder as it was, and a full disk is ``OSError(ENOSPC)``.
     """
     if not safe_serialization:
         raise CheckpointError("molora writes safetensors only (safe_serialization=False is not supported)",
                               str(directory))
     if layout not in LAYOUTS:
         raise CheckpointError(f"layout must be one of {', '.join(LAYOUTS)}", layout)
-    directory = Path(directory)
-    tmp = _atomic_dir(directory)
-    try:
-        sd = _contiguous(model.state_dict())
-        cfg = model.config
-        if layout == "molora":
-            weights, config = sd, {**cfg.to_dict(), **_dtype_fields(model)}
-        elif layout == "phi4mm":
-            weights = {layouts.to_phi4mm_key(k): v for k, v in sd.items()}
-            config = {**layouts.to_phi4mm_config(cfg), **_dtype_fields(model)}
-        else:
-            weights = layouts.to_transformers_state_dict(sd)
-            config = {**layouts.to_transformers_config(cfg), **_dtype_fields(model)}
-            peft_folders = True
-        written = write_weights(weights, tmp, max_shard_size)
-        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-        written.append("config.json")
-        if peft_folders:
-            written += [str(Path(f).relative_to(tmp)) for f in export_peft(model, tmp, sd=sd)]
-        _commit_dir(tmp, directory)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with staged(Path(directory), owned=model_entry) as tmp:
+        return write_model(model, tmp, layout, peft_folders, max_shard_size)
+
+
+def write_model(model, directory: Path, layout: str = "molora", peft_folders: bool = True,
+                max_shard_size: int | str = "5GB") -> list[str]:
+    """The files of `save_model`, written into ``directory`` as they are (no staging)."""
+    sd = _contiguous(model.state_dict())
+    cfg = model.config
+    if layout == "molora":
+        weights, config = sd, {**cfg.to_dict(), **_dtype_fields(model)}
+    elif layout == "phi4mm":
+        weights = {layouts.to_phi4mm_key(k): v for k, v in sd.items()}
+        config = {**layouts.to_phi4mm_config(cfg), **_dtype_fields(model)}
+    else:
+        weights = layouts.to_transformers_state_dict(sd)
+        config = {**layouts.to_transformers_config(cfg), **_dtype_fields(model)}
+        peft_folders = True
+    written = write_weights(weights, directory, max_shard_size)
+    (directory / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    written.append("config.json")
+    if peft_folders:
+        written += [str(Path(f).relative_to(directory)) for f in export_peft(model, directory, sd=sd)]
     return written
 
 

@@ -84,7 +84,7 @@ def _next_step(args, argv: list[str]) -> str:
     if args.command == "quickstart":
         return "rerun it to start again (the synthetic corpora built so far are cached)"
     if args.command == "convert":
-        return f"the destination may hold a partial copy: {_rerun(argv, '--force')}"
+        return f"the destination is as it was (nothing is moved in until all is written): {_rerun(argv)}"
     return ""
 
 

@@ -7,10 +7,17 @@ hub id, or a preset name (``tiny`` writes the shipped tiny weights). DST gets th
 chosen layout (written to a temporary folder, then renamed; sharded above ``--max-shard-size``),
 the PEFT adapter folders (``vision-lora/``, ``speech-lora/``) and the processor files (the summary
 names each file written). ``--dtype auto`` keeps the dtype SRC's weights are stored in.
+
+Nothing is written until SRC (weights and processor) has been read, and DST changes only when the
+whole output is in place. ``--force`` replaces a DST that holds checkpoint files only: a DST with
+anything else in it (a notes file, another folder), or DST being SRC, inside it or above it, is
+refused. A source whose processor cannot be read is an error (``--no-processor`` writes the model
+only); a source with no tokenizer converts with a warning on stderr.
 """
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -22,12 +29,74 @@ from .errors import CheckpointError
 __all__ = ["LAYOUTS", "DTYPES", "convert", "add_parser"]
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def checkpoint_entry(entry: Path) -> bool:
+    """An entry `convert` writes (and so may replace): the model's files (`checkpoint.model_entry`),
+    the processor / tokenizer files, or a staging folder of molora's."""
+    from .checkpoint import model_entry
+    from .processor_files import PROCESSOR_FILES
+    from .staging import is_leftover
+
+    return model_entry(entry) or (entry.is_file() and entry.name in PROCESSOR_FILES) or is_leftover(entry)
+
+
+def _check_apart(source: Path, dst: Path) -> None:
+    """The destination is neither the source folder, nor inside it, nor above it."""
+    s, d = source.resolve(), dst.resolve()
+    if d == s:
+        raise CheckpointError("the destination is the source checkpoint itself; write to another folder", str(dst))
+    if s in d.parents:
+        raise CheckpointError(f"the destination is inside the source checkpoint {source}; write to a folder "
+                              "outside it", str(dst))
+    if d in s.parents:
+        raise CheckpointError(f"the destination holds the source checkpoint {source}; write to a folder outside "
+                              "it", str(dst))
+
+
+def _check_destination(dst: Path, force: bool) -> None:
+    """An absent or empty folder; with ``force``, one that holds checkpoint files only."""
+    if not dst.is_dir() or not any(dst.iterdir()):
+        return
+    if not force:
+        raise CheckpointError("the destination exists and is not empty; pass --force to replace the checkpoint "
+                              "in it", str(dst))
+    foreign = sorted(e.name + ("/" if e.is_dir() else "") for e in dst.iterdir() if not checkpoint_entry(e))
+    if foreign:
+        more = f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
+        raise CheckpointError(f"it holds {', '.join(foreign[:3])}{more}, which molora did not write (--force "
+                              "replaces checkpoint files only): move them away or choose another folder", str(dst))
+
+
+def _read_processor(src: str):
+    """The source's processor, read before anything is written: a source whose tokenizer cannot be
+    read is an error (a converted folder without it could not be served), not a note."""
+    from .errors import MoLoRAError
+    from .processor import MoLoRAProcessor
+
+    hint = "; pass --no-processor to write the model only"
+    try:
+        return MoLoRAProcessor.from_pretrained(src)
+    except MoLoRAError as e:
+        raise CheckpointError(f"cannot read the processor / tokenizer: {e.reason}{hint}", e.item or src) from None
+    except OSError:
+        raise
+    except Exception as e:  # transformers' tokenizer loaders raise many types
+        raise CheckpointError(f"cannot read the processor / tokenizer ({type(e).__name__}: {e}){hint}", src) from None
+
+
 def convert(src: str, dst: str | Path, layout: str = "molora", dtype: str = "auto", *, force: bool = False,
             processor: bool = True, max_shard_size: int | str = "5GB") -> dict:
-    """Load ``src`` (any layout, hub id or preset) and write it to ``dst`` in ``layout``; returns a summary."""
-    from .checkpoint import detect_layout, is_preset, resolve_path, stored_dtype
+    """Load ``src`` (any layout, hub id or preset) and write it to ``dst`` in ``layout``; returns a summary
+    (``warnings``: what the output lacks, e.g. a tokenizer the source did not have).
+
+    Nothing is written unless everything was read; the output is staged, then moved into place, so a
+    failure (a full disk: ``OSError(ENOSPC)``) leaves ``dst`` as it was. ``force`` replaces a ``dst``
+    that holds checkpoint files only; a ``dst`` holding anything else, or that is the source, inside
+    it or above it, is refused."""
+    from .checkpoint import detect_layout, is_preset, resolve_path, stored_dtype, write_model
     from .model import MoLoRAModel
-    from .processor import MoLoRAProcessor
+    from .staging import check_folder_path, staged
 
     t0 = time.perf_counter()
     if layout not in LAYOUTS:
@@ -35,39 +104,37 @@ def convert(src: str, dst: str | Path, layout: str = "molora", dtype: str = "aut
     if dtype != "auto" and dtype not in DTYPES:
         raise CheckpointError(f"unknown dtype {dtype!r}; choose auto or one of {', '.join(DTYPES)}", str(dst))
     dst = Path(dst).expanduser()
-    if dst.exists() and not dst.is_dir():
-        raise CheckpointError("the destination is a file, not a directory", str(dst))
-    if dst.exists() and any(dst.iterdir()) and not force:
-        raise CheckpointError("the destination exists and is not empty; pass --force to replace it", str(dst))
+    check_folder_path(dst)
     if is_preset(src):
         source_layout, source_dtype = f"preset:{src}", torch.float32
     else:
         directory = resolve_path(src)
-        if dst.exists() and dst.resolve() == directory.resolve():
-            raise CheckpointError("the destination is the source checkpoint itself; write to another directory",
-                                  str(dst))
+        _check_apart(directory, dst)
         source_layout, source_dtype = detect_layout(directory), stored_dtype(directory) or torch.float32
+    _check_destination(dst, force)
     target = source_dtype if dtype == "auto" else DTYPES[dtype]
     model = MoLoRAModel.from_pretrained(str(src), dtype=target)
-    model_files = model.save_pretrained(dst, layout=layout, max_shard_size=max_shard_size)
-    processor_files, processor_note = [], "not asked for"
-    if processor:
-        try:
-            processor_files = MoLoRAProcessor.from_pretrained(str(src)).save_pretrained(dst)
-            processor_note = "wrote " + ", ".join(processor_files)
-            if not any(f.startswith("tokenizer") for f in processor_files):
-                processor_note += " (no tokenizer in the source: media settings only)"
-        except Exception as e:  # e.g. an unreadable tokenizer
-            processor_note = f"not written ({type(e).__name__}: {e})"
+    proc = _read_processor(str(src)) if processor else None
+    with staged(dst, owned=checkpoint_entry) as tmp:
+        model_files = write_model(model, tmp, layout, True, max_shard_size)
+        processor_files = proc.save_pretrained(tmp) if proc is not None else []
+    tokenizer = any(f.startswith("tokenizer") for f in processor_files)
+    warnings, note = [], "not asked for (--no-processor)"
+    if proc is not None:
+        note = "wrote " + ", ".join(processor_files)
+        if not tokenizer:
+            note += " (no tokenizer in the source: media settings only)"
+            warnings.append(f"{src} has no tokenizer files, so {dst} has none either (media settings only): copy "
+                            "the tokenizer's files (tokenizer.json, tokenizer_config.json, ...) into it before "
+                            "serving it")
     params = list(model.state_dict().values())
     return {"source": str(src), "source_layout": source_layout, "destination": str(dst), "layout": layout,
             "dtype": str(target).removeprefix("torch."), "tensors": len(params),
             "parameters": sum(p.numel() for p in params),
             "bytes": sum(p.numel() * p.element_size() for p in params),
             "adapters": sorted(model.config.adapters), "model_files": model_files,
-            "processor": any(f.startswith("tokenizer") for f in processor_files),
-            "processor_files": processor_files, "processor_note": processor_note,
-            "seconds": round(time.perf_counter() - t0, 3)}
+            "processor": tokenizer, "processor_files": processor_files, "processor_note": note,
+            "warnings": warnings, "seconds": round(time.perf_counter() - t0, 3)}
 
 
 def _run(args) -> int:
@@ -80,6 +147,8 @@ def _run(args) -> int:
           f"{len(shards)} file(s); adapters {', '.join(summary['adapters']) or 'none'} (PEFT folders "
           f"{', '.join(sorted({f.split('/')[0] for f in summary['model_files'] if '/' in f})) or 'none'}); "
           f"processor: {summary['processor_note']}; {summary['seconds']:.1f} s")
+    for warning in summary["warnings"]:
+        print(f"molora convert: warning: {warning}", file=sys.stderr)
     if args.summary_json:
         Path(args.summary_json).write_text(json.dumps(summary, indent=1))
     return 0
@@ -92,7 +161,8 @@ def add_parser(sub) -> None:
                                    "id, or a preset name); DST gets the model, its PEFT adapter folders and the "
                                    "processor files.")
     p.add_argument("src", help="checkpoint directory (any layout), hub id, or preset name (tiny)")
-    p.add_argument("dst", help="output directory (must be absent or empty unless --force)")
+    p.add_argument("dst", help="output directory (absent or empty, unless --force); neither the source folder "
+                               "nor inside or above it")
     p.add_argument("--layout", choices=LAYOUTS, default="molora",
                    help="molora (default), phi4mm (the official Phi-4-multimodal-instruct layout), or "
                         "phi4_multimodal (transformers-native + vision-lora/ speech-lora/ PEFT folders)")
@@ -101,7 +171,11 @@ def add_parser(sub) -> None:
     p.add_argument("--max-shard-size", default="5GB",
                    help="largest weights file; bigger models are sharded with an index, as transformers does "
                         "(default 5GB)")
-    p.add_argument("--force", action="store_true", help="replace a non-empty DST")
+    p.add_argument("--force", action="store_true",
+                   help="replace the checkpoint in a non-empty DST: allowed only when DST holds nothing but "
+                        "checkpoint files (config.json, model*.safetensors and its index, <adapter>-lora/ PEFT "
+                        "folders, processor and tokenizer files); any other file (notes, other folders) makes it "
+                        "refuse, so nothing molora did not write is ever deleted")
     p.add_argument("--no-processor", action="store_true", help="write the model only")
     p.add_argument("--summary-json", metavar="PATH", help="also write the summary as JSON here")
     p.set_defaults(func=_run)

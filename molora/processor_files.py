@@ -22,6 +22,10 @@ from .errors import CheckpointError
 PREPROCESSOR = "preprocessor_config.json"
 PROCESSOR = "processor_config.json"
 CHAT_TEMPLATE_JSON = "chat_template.json"
+# every file a processor or tokenizer folder may hold (molora's, transformers' fast and slow tokenizers)
+PROCESSOR_FILES = frozenset({PREPROCESSOR, PROCESSOR, CHAT_TEMPLATE_JSON, "chat_template.jinja", "molora_processor.json",
+                             "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+                             "vocab.json", "merges.txt", "tokenizer.model", "generation_config.json"})
 
 # fields molora's front ends fix: (section, field) -> the value they compute with, or a function of the config
 _AUDIO_FIXED = {"feature_size": lambda c: c.audio.num_mel_bins, "sampling_rate": lambda c: c.audio.sampling_rate,

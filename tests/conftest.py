@@ -76,6 +76,16 @@ def randomize_(module: torch.nn.Module, seed: int = 0) -> None:
                 p.copy_(torch.randn(p.shape, generator=g) * 0.05)
 
 
+def random_tiny(seed: int = 0):
+    """A tiny model in eval mode with every weight random and non-zero (LoRA B too)."""
+    from molora import MoLoRAModel
+
+    torch.manual_seed(0)
+    model = MoLoRAModel(tiny_config()).eval()
+    randomize_(model, seed=seed)
+    return model
+
+
 def lora_targets_regex() -> str:
     return r"model\.layers\.\d+\.(self_attn\.(qkv_proj|o_proj)|mlp\.(gate_up_proj|down_proj))"
 

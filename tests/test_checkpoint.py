@@ -53,7 +53,7 @@ def test_unreadable_checkpoints_give_clear_errors(tiny_model, tmp_path):
     d = tmp_path / "shapes"
     tiny_model.save_pretrained(d)
     cfg = json.loads((d / "config.json").read_text())
-    cfg["backbone"]["intermediate_size"] = 96
+    cfg["vision"]["intermediate_size"] = 96
     (d / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(CheckpointError, match="shape mismatch"):
         MoLoRAModel.from_pretrained(str(d))

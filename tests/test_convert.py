@@ -115,8 +115,13 @@ def test_bad_requests_name_the_item(source, tmp_path, capsys, monkeypatch):
     assert "nobody-offline/no-such-model" in err and "hub" in err and not (tmp_path / "z").exists()
     assert cli(["convert", str(src), str(src), "--force"]) == 2
     assert "source checkpoint itself" in capsys.readouterr().err
-    assert cli(["convert", str(src), str(busy), "--force"]) == 0  # asked for: replaced
-    assert detect_layout(busy) == "molora" and not (busy / "keep.txt").exists()
+    assert cli(["convert", str(src), str(busy), "--force"]) == 2  # --force never deletes what molora did not write
+    err = capsys.readouterr().err
+    assert "keep.txt" in err and "did not write" in err and (busy / "keep.txt").read_text() == "mine"
+    (busy / "keep.txt").unlink()
+    assert cli(["convert", str(src), str(busy), "--layout", "phi4mm"]) == 0
+    assert cli(["convert", str(src), str(busy), "--force"]) == 0  # a folder of checkpoint files: replaced
+    assert detect_layout(busy) == "molora"
     with pytest.raises(SystemExit):
         cli(["convert", str(src), str(tmp_path / "y"), "--layout", "gguf"])
 
