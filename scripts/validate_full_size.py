@@ -275,6 +275,7 @@ def step_convert(ckpt: Path, native: Path) -> dict:
     from molora.convert import convert
     from molora.layouts import from_phi4mm_key, to_transformers_state_dict
     from molora.peft_adapters import adapter_state_dicts
+    from molora.weight_files import weight_files
 
     t0 = time.perf_counter()
     summary = convert(str(ckpt), native, layout="phi4_multimodal")
@@ -283,9 +284,9 @@ def step_convert(ckpt: Path, native: Path) -> dict:
           f"{summary['processor_note']}", flush=True)
     # every source tensor against its converted copy: names through the layout mapping, values bit for bit
     source = {}
-    for f in sorted(ckpt.glob("*.safetensors")):
+    for f, keys in weight_files(ckpt).items():  # the files the index names, as the loader reads them
         with safe_open(str(f), framework="pt") as fh:
-            source.update({from_phi4mm_key(k): (f, k) for k in fh.keys()})
+            source.update({from_phi4mm_key(k): (f, k) for k in (fh.keys() if keys is None else keys)})
     names = {mk: mk for mk in source}
     where = {nk: (native, mk) for nk, mk in to_transformers_state_dict(names).items()}
     for adapter, keys in adapter_state_dicts(names).items():

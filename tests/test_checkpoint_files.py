@@ -223,3 +223,23 @@ def test_a_damaged_weights_file_is_named(model, tmp_path, layout, damage, reason
         MoLoRAModel.from_pretrained(str(d))
     with pytest.raises(CheckpointError, match=r"model\.safetensors: unreadable safetensors file"):
         stored_dtype(d)
+
+
+def test_the_full_size_check_compares_what_the_loader_reads(model, tmp_path):
+    """scripts/validate_full_size.py's convert step compares the source's tensors (those the index or
+    model.safetensors holds, not a backup beside them) with their converted copies."""
+    import importlib.util
+    from pathlib import Path
+
+    from molora import MoLoRAProcessor
+    from molora.layouts import to_phi4mm_key
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "validate_full_size.py"
+    spec = importlib.util.spec_from_file_location("validate_full_size", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    d = _save(model, tmp_path, "phi4mm")
+    MoLoRAProcessor.from_config(model.config).save_pretrained(d)
+    save_file({to_phi4mm_key(k): v for k, v in _other(model).items()}, str(d / "model_backup.safetensors"))
+    out = script.step_convert(d, tmp_path / "native")
+    assert out["bit_exact"] and out["tensors_compared"] == len(model.state_dict())
