@@ -81,8 +81,13 @@ def _read_processor(src: str):
         raise CheckpointError(f"cannot read the processor / tokenizer: {e.reason}{hint}", e.item or src) from None
     except OSError:
         raise
-    except Exception as e:  # transformers' tokenizer loaders raise many types
-        raise CheckpointError(f"cannot read the processor / tokenizer ({type(e).__name__}: {e}){hint}", src) from None
+    except Exception as e:  # transformers' tokenizer loaders raise many types, most without the file name
+        from .processor_files import PROCESSOR_FILES
+
+        folder = Path(src)
+        files = sorted(p.name for p in folder.iterdir() if p.name in PROCESSOR_FILES) if folder.is_dir() else []
+        raise CheckpointError(f"cannot read the processor / tokenizer{' (' + ', '.join(files) + ')' if files else ''}: "
+                              f"{type(e).__name__}: {e}{hint}", src) from None
 
 
 def convert(src: str, dst: str | Path, layout: str = "molora", dtype: str = "auto", *, force: bool = False,

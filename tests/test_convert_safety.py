@@ -105,7 +105,8 @@ def test_a_processor_that_cannot_be_read_is_an_error(model, tmp_path, capsys):
     (src / "tokenizer.json").write_text("{broken")
     assert cli(["convert", str(src), str(tmp_path / "out")]) == 2
     line = _one_line(capsys)
-    assert "cannot read the processor / tokenizer" in line and "--no-processor" in line
+    assert f"{src}: cannot read the processor / tokenizer (" in line and "tokenizer.json" in line
+    assert "--no-processor" in line
     assert not (tmp_path / "out").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["src"]
     assert cli(["convert", str(src), str(tmp_path / "out"), "--no-processor"]) == 0  # the model only, as asked
     assert "processor: not asked for" in capsys.readouterr().out
