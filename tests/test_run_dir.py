@@ -216,7 +216,7 @@ def test_every_sample_skipped_is_an_error_not_a_silent_run(tmp_path):
      "the same command to continue: the items already written are kept"),
     ("convert", NotADirectoryError(errno.ENOTDIR, "Not a directory", "/f/x"), 1,
      "molora convert: error: /f/x: a part of this path is a file, not a folder (choose another path); the "
-     "destination may hold a partial copy: molora convert tiny /f/x --force"),
+     "destination is as it was (nothing is moved in until all is written): molora convert tiny /f/x"),
     ("chat", ConfigError("must be > 0", "temperature"), 2, "molora chat: error: temperature: must be > 0"),
     ("train", KeyboardInterrupt(), 130, "molora train: interrupted; no checkpoint was written yet (save_every=N "
                                         "writes them); start again with: molora train --recipe tiny-sft "
