@@ -7,7 +7,8 @@
 * a local directory written by ``Dataset.save_to_disk`` / ``DatasetDict.save_to_disk``
   (``datasets.load_from_disk``);
 * local data files (``.parquet``, ``.json``/``.jsonl``, ``.csv``, ``.arrow``) or a directory of
-  them: ``load_dataset`` with the matching builder.
+  them: ``load_dataset`` with the matching builder. Relative media paths in them resolve against the
+  file's folder (the folder, for a directory), as a manifest's do, never against the working folder.
 
 Supported column layouts (the first column found wins):
 
@@ -36,7 +37,7 @@ from molora.errors import AudioError, ImageError, MediaError, MoLoRAError
 
 from .manifest import ASR_PROMPT, VQA_SUFFIX, Sample, estimate_length
 
-__all__ = ["read_hf_dataset", "decode_audio_value", "decode_image_value",
+__all__ = ["read_hf_dataset", "decode_audio_value", "decode_image_value", "data_folder", "rebased",
            "TEXT_FALLBACKS", "QUESTION_FALLBACKS", "ANSWERS_FALLBACKS"]
 
 TEXT_FALLBACKS = ("text", "sentence", "transcription", "normalized_text", "transcript")
@@ -170,6 +171,27 @@ def decode_image_value(value: Any, item: str):
 # ----------------------------------------------------------------------------------------
 # loading
 # ----------------------------------------------------------------------------------------
+def data_folder(name: str) -> Path | None:
+    """The folder relative media paths of a local source resolve against: a data file's own folder (as a
+    manifest's), a data folder itself; None for a hub id."""
+    p = Path(name).expanduser()
+    if p.is_file():
+        return p.resolve().parent
+    return p.resolve() if p.is_dir() else None
+
+
+def rebased(value: Any, base: Path | None) -> Any:
+    """A media value whose relative path is made absolute against ``base`` (``data_folder``); anything else
+    (bytes, arrays, absolute paths, URLs, hub data) unchanged."""
+    if base is None:
+        return value
+    path = value.get("path") if isinstance(value, dict) and value.get("bytes") is None else value
+    if not isinstance(path, str) or not path.strip() or "://" in path or Path(path).expanduser().is_absolute():
+        return value
+    full = str(base / path)
+    return {**value, "path": full} if isinstance(value, dict) else full
+
+
 def _offline_error(name: str, split: str, config: str | None, err: Exception) -> MoLoRAError:
     cfg = f", config {config!r}" if config else ""
     return MoLoRAError(
@@ -244,15 +266,17 @@ def read_hf_dataset(name_or_path: str | os.PathLike, *, split: str, config: str 
                     prompt: str | None = None) -> Iterator[Sample]:
     """Yield ``Sample`` objects (``kind`` "asr" or "vqa") from a hub dataset or a local copy.
 
-    ``source`` of each sample is ``"NAME[SPLIT]:INDEX"``. Raises ``MoLoRAError`` naming the dataset
-    when it cannot be loaded (telling the user to download it and pass a local path when the hub
-    is unreachable) and when a row lacks the expected columns or has a non-string transcript.
+    ``source`` of each sample is ``"NAME[SPLIT] row N"`` (N counted from 1, as manifest lines are).
+    Raises ``MoLoRAError`` naming the dataset when it cannot be loaded (telling the user to download it
+    and pass a local path when the hub is unreachable) and when a row lacks the expected columns or has
+    a non-string transcript.
     """
     if kind not in ("asr", "vqa"):
         raise MoLoRAError(f"kind must be 'asr' or 'vqa', got {kind!r}", str(name_or_path))
     name = str(name_or_path)
     ds = _load(name, split, config, streaming)
     ds = _no_decode(ds, audio_column if kind == "asr" else image_column)
+    base = data_folder(name)    # relative media paths: against the data file's folder, as a manifest's
     it = iter(ds)
     for idx in range(limit if limit is not None else 2 ** 62):
         try:
@@ -264,8 +288,11 @@ def read_hf_dataset(name_or_path: str | os.PathLike, *, split: str, config: str 
         except Exception as e:  # noqa: BLE001 - streamed data fetched lazily
             if idx == 0 and not Path(name).expanduser().exists():
                 raise _offline_error(name, split, config, e) from e
-            raise MoLoRAError(f"cannot read row {idx}: {type(e).__name__}: {e}", f"{name}[{split}]") from e
-        source = f"{name}[{split}]:{idx}"
+            raise MoLoRAError(f"cannot read row {idx + 1}: {type(e).__name__}: {e}", f"{name}[{split}]") from e
+        source = f"{name}[{split}] row {idx + 1}"      # counted from 1, as manifest lines are
+        media = audio_column if kind == "asr" else image_column
+        if media in row:
+            row = {**row, media: rebased(row[media], base)}
         yield (_asr_sample(row, source, audio_column, text_column, prompt) if kind == "asr"
                else _vqa_sample(row, source, image_column, question_column, answers_column))
 
