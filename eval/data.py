@@ -68,7 +68,7 @@ def load_rows(name_or_path: str, *, split: str, config: str | None, media_column
     local = Path(name_or_path).expanduser().exists()
     streaming = limit is not None and not local
     try:
-        ds = _load(str(name_or_path), split, config, streaming)
+        ds = _load(str(name_or_path), split, config, streaming, media_column)
         ds = _no_decode(ds, media_column)
         if streaming:
             rows = []

@@ -298,3 +298,18 @@ def test_a_doubled_results_file_is_deduplicated_on_resume(model, tmp_path):
     assert asr(model, "--manifest", m, "--output-dir", out) == 0
     assert (out / "clips.jsonl").read_text() == once
     assert json.loads((out / "summary.json").read_text())["sets"]["clips"]["items"] == 3
+
+
+def test_an_audiofolder_is_evaluated(model, tmp_path, monkeypatch):
+    """Hugging Face's AudioFolder layout (clips + metadata.csv with file_name / transcription), which
+    `datasets` itself can only build with torchcodec installed."""
+    data = tmp_path / "folder"
+    files = clips(data)
+    (data / "metadata.csv").write_text("file_name,transcription\n" + "".join(f"{f},{t}\n" for f, t, _ in files))
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    out = tmp_path / "out"
+    assert asr(model, "--data", data, "--output-dir", out) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["skipped_count"] == 0 and summary["sets"]["folder"]["items"] == 3
+    assert sorted(r["text"] for r in read_rows(out / "folder.jsonl")) == sorted(TEXTS)

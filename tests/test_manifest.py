@@ -303,3 +303,14 @@ def test_hf_reader_resolves_relative_media_against_the_data_file(tmp_path, monke
     (s,) = read_hf_dataset(path, split="train", streaming=False)
     audio = s.messages[0]["content"][0]["audio"]
     assert isinstance(audio, tuple) and audio[1] == 16000      # decoded: found beside the data file
+
+
+def test_hf_reader_reads_an_imagefolder(tmp_path):
+    """ImageFolder: images + metadata.jsonl naming them in ``file_name`` (training's datasets spec)."""
+    from molora.data.hf_datasets import read_hf_dataset
+
+    drawn_image(50, 30, seed=1).save(tmp_path / "a.png")
+    (tmp_path / "metadata.jsonl").write_text(json.dumps({"file_name": "a.png", "question": "q", "answers": ["x"]})
+                                            + "\n")
+    (s,) = read_hf_dataset(tmp_path, split="train", kind="vqa")
+    assert s.messages[0]["content"][0]["image"].size == (50, 30) and s.answers == ["x"]

@@ -6,6 +6,8 @@
   by default;
 * a local directory written by ``Dataset.save_to_disk`` / ``DatasetDict.save_to_disk``
   (``datasets.load_from_disk``);
+* an AudioFolder / ImageFolder directory (media files + ``metadata.csv`` / ``metadata.jsonl`` whose
+  ``file_name`` column names them): the metadata as a table, ``file_name`` as the media column;
 * local data files (``.parquet``, ``.json``/``.jsonl``, ``.csv``, ``.arrow``) or a directory of
   them: ``load_dataset`` with the matching builder. Relative media paths in them resolve against the
   file's folder (the folder, for a directory), as a manifest's do, never against the working folder.
@@ -205,10 +207,28 @@ def _is_saved_to_disk(p: Path) -> bool:
     return p.is_dir() and ((p / "dataset_dict.json").exists() or (p / "state.json").exists())
 
 
-def _load(name_or_path: str, split: str, config: str | None, streaming: bool):
+_METADATA = ("metadata.csv", "metadata.jsonl")
+
+
+def _folder_metadata(p: Path) -> Path | None:
+    """The ``metadata.csv`` / ``.jsonl`` of an AudioFolder / ImageFolder layout (media files beside a metadata
+    file whose ``file_name`` column names them), when ``p`` is one."""
+    found = [p / n for n in _METADATA if (p / n).is_file()] if p.is_dir() else []
+    return found[0] if len(found) == 1 else None
+
+
+def _load(name_or_path: str, split: str, config: str | None, streaming: bool, media_column: str | None = None):
     import datasets
 
     p = Path(name_or_path).expanduser()
+    meta = _folder_metadata(p) if media_column else None
+    if meta is not None:
+        # AudioFolder / ImageFolder: the metadata read as a table, its file names as media paths relative to the
+        # folder (decoded here with soundfile / PIL: `datasets` would need torchcodec to build the folder)
+        ds = datasets.load_dataset(_BUILDERS[meta.suffix], data_files={split: str(meta.resolve())}, split=split)
+        if "file_name" in ds.column_names and media_column not in ds.column_names:
+            ds = ds.rename_column("file_name", media_column)
+        return ds
     if _is_saved_to_disk(p):
         ds = datasets.load_from_disk(str(p))
         if isinstance(ds, datasets.DatasetDict):
@@ -274,7 +294,7 @@ def read_hf_dataset(name_or_path: str | os.PathLike, *, split: str, config: str 
     if kind not in ("asr", "vqa"):
         raise MoLoRAError(f"kind must be 'asr' or 'vqa', got {kind!r}", str(name_or_path))
     name = str(name_or_path)
-    ds = _load(name, split, config, streaming)
+    ds = _load(name, split, config, streaming, audio_column if kind == "asr" else image_column)
     ds = _no_decode(ds, audio_column if kind == "asr" else image_column)
     base = data_folder(name)    # relative media paths: against the data file's folder, as a manifest's
     it = iter(ds)
