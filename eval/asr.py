@@ -18,9 +18,9 @@ generate + decode are timed per batch (dataset decoding excluded) after one warm
 absolute path, so the file reads back as a NeMo-style manifest), appended and flushed per batch; a
 re-run skips clips already there and never writes a clip twice. ``OUT/run.json`` records the model
 and settings that produced them: a run of another model or with other settings is refused unless
-``--overwrite``. A clip that cannot
-be used (missing, corrupt, NaN samples, a symlink loop) is skipped and listed (``--strict`` stops
-instead); a set none of whose clips could be scored is an error (exit 2) naming it and the first reasons.
+``--overwrite``. A clip that cannot be used (missing, corrupt, NaN samples, a symlink loop) is
+skipped and listed (``--strict`` stops instead); a set none of whose clips could be scored is an
+error (exit 2) naming it and the first reasons.
 ``OUT/summary.json`` / ``summary.md``: per-set WER (corpus level, rounded to 2 decimals), the
 unweighted mean of the rounded WERs, per-set and composite RTFx (with how many seconds of audio it
 was measured over; under 60 s it is flagged as noisy), batch size, dtype, device, and the protocol
@@ -527,8 +527,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"scoring protocol of --manifest / --data, and of set names both protocols have "
                         f"(default {DEFAULT_PROTOCOL})")
     g.add_argument("--data", help="local data: with --sets, a directory holding one saved dataset per set (DIR/<set>); "
-                                  "without, one dataset (save_to_disk dir, parquet/JSON/CSV file or directory; a "
-                                  ".jsonl file is read as a manifest, as --manifest). Relative audio paths in it "
+                                  "without, one dataset (save_to_disk dir, parquet/JSON/CSV file or directory, an "
+                                  "AudioFolder with metadata.csv; a .jsonl file is read as a manifest, as "
+                                  "--manifest). Relative audio paths in it "
                                   "resolve against the file's own folder, never the working folder")
     g.add_argument("--split", default="test", help="split of a single --data dataset (default test)")
     g.add_argument("--config", help="config of a single --data dataset")
