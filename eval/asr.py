@@ -14,13 +14,18 @@ Per set: references whose normalised text is empty (and TED-LIUM's
 the rest are sorted longest first and decoded greedily in batches; feature extraction +
 generate + decode are timed per batch (dataset decoding excluded) after one warm-up batch.
 ``OUT/<set>.jsonl`` receives one leaderboard-format row per clip (``id``, ``audio_filepath``,
-``duration``, ``time``, ``text``, ``pred_text``), appended and flushed per batch; a re-run
-skips clips already there. ``OUT/run.json`` records the model and settings that produced them: a
-run of another model or with other settings is refused unless ``--overwrite``. A clip that cannot
-be used (missing, corrupt, NaN samples) is skipped and listed (``--strict`` stops instead).
+``duration``, ``time``, ``text``, ``pred_text``; for manifests ``audio_filepath`` is the clip's
+absolute path, so the file reads back as a NeMo-style manifest), appended and flushed per batch; a
+re-run skips clips already there and never writes a clip twice. ``OUT/run.json`` records the model
+and settings that produced them: a run of another model or with other settings is refused unless
+``--overwrite``. A clip that cannot be used (missing, corrupt, NaN samples, a symlink loop) is
+skipped and listed (``--strict`` stops instead); a set none of whose clips could be scored is an
+error (exit 2) naming it and the first reasons.
 ``OUT/summary.json`` / ``summary.md``: per-set WER (corpus level, rounded to 2 decimals), the
-unweighted mean of the rounded WERs, per-set and composite RTFx, batch size, dtype, device, and the
-protocol with the exact code it reproduces.
+unweighted mean of the rounded WERs, per-set and composite RTFx (with how many seconds of audio it
+was measured over; under 60 s it is flagged as noisy), batch size, dtype, device, and the protocol
+with the exact code it reproduces. ``molora eval rescore OUT --protocol P`` scores the saved
+predictions again under another protocol without running the model.
 
 Chunked sets (rows with ``chunk_index`` and ``parent_id``, the current protocol's Earnings22):
 predictions are joined per ``parent_id`` in ``chunk_index`` order (stripped, empty ones left out)
@@ -36,12 +41,12 @@ from typing import NamedTuple
 from molora.errors import ConfigError
 
 from .data import Item, SourceError, column_names, dataset_items, encoded_audio_seconds, first_column, load_rows, \
-    manifest_rows, media_of, unique_key
+    manifest_rows, media_of, row_name, unique_key
 from .identity import RunRecord, producer_of
 from .normalizer import normalizer_name
 from .protocols import ASR_PROMPT, DEFAULT_PROTOCOL, EARNINGS22_PROMPT, PROTOCOLS, AsrSet, get_protocol
 from .report import ResultFile, markdown_table, run_settings, skip_fields, skip_note, write_summary
-from .skips import SkipList, print_skips
+from .skips import SkipList, nothing_scored, print_skips
 from .wer import average_wer, is_scored_reference, rtfx, wer_details
 
 __all__ = ["AsrSet", "PROTOCOLS", "Selection", "resolve_sets", "prepare_sets", "asr_items", "score_rows",
@@ -75,7 +80,8 @@ def resolve_sets(sets: str | None = None, *, protocol: str | None = None, data: 
     if manifests:
         if sets or data:
             raise ConfigError("--manifest cannot be combined with --sets or --data", "--manifest")
-        out = [AsrSet(Path(m).stem, source="manifest", path=str(m), prompt=prompt or ASR_PROMPT) for m in manifests]
+        out = [AsrSet(name, source="manifest", path=str(m), prompt=prompt or ASR_PROMPT)
+               for name, m in zip(set_names(manifests), manifests)]
         _check_unique(out)
         return Selection("custom", False, out, protocol or DEFAULT_PROTOCOL)
     if data and not sets:
@@ -114,6 +120,30 @@ def resolve_sets(sets: str | None = None, *, protocol: str | None = None, data: 
     complete = set(names) == set(known_sets)
     label = proto.name if complete else f"{proto.name} (subset: {', '.join(names)})"
     return Selection(label, complete, chosen, proto.name)
+
+
+def set_names(paths: list[str]) -> list[str]:
+    """One set name per manifest path (its result file is ``OUT/<name>.jsonl``): the file's stem, with as many
+    of its folders in front (``a_clips``, ``b_clips``) as it takes to tell manifests sharing a name apart. The
+    same file given twice is an error."""
+    import os
+
+    full = [Path(os.path.abspath(Path(p).expanduser())) for p in paths]
+    twice = sorted({str(f) for f in full if full.count(f) > 1})
+    if twice:
+        raise ConfigError(f"{twice[0]} is given twice", "--manifest")
+
+    def name(f: Path, depth: int) -> str:
+        folders = [x for x in f.parent.parts[len(f.parent.parts) - depth:] if x != f.parent.anchor] if depth else []
+        return "_".join([*folders, f.stem if depth <= len(f.parent.parts) else f.name.replace(".", "_")])
+
+    depth = [0] * len(full)
+    names = [name(f, 0) for f in full]
+    while len(set(names)) < len(names):
+        clash = {n for n in names if names.count(n) > 1}
+        depth = [d + (n in clash) for d, n in zip(depth, names)]
+        names = [name(f, d) for f, d in zip(full, depth)]
+    return names
 
 
 def _check_unique(sets: list[AsrSet]) -> None:
@@ -195,9 +225,9 @@ def asr_items(s: AsrSet, limit: int | None = None, *, protocol: str = DEFAULT_PR
     (empty after ``protocol``'s normalisation / TED-LIUM ignore) before inference. Rows with unusable
     values go to ``skips`` (or raise when it is None)."""
     skips = skips if skips is not None else SkipList(strict=True)
-    if s.source == "manifest":
-        return _manifest_items(s, limit, protocol, allow_outside_root)
-    from molora.data.hf_datasets import TEXT_FALLBACKS
+    if s.source == "manifest" or (s.source == "data" and _is_manifest_file(s.path)):
+        return _manifest_items(s, limit, protocol, allow_outside_root, skips)
+    from molora.data.hf_datasets import TEXT_FALLBACKS, data_folder, rebased
 
     if s.source == "data":
         if not Path(s.path).expanduser().exists():
@@ -224,18 +254,19 @@ def asr_items(s: AsrSet, limit: int | None = None, *, protocol: str = DEFAULT_PR
     len_col, id_col = first_column(cols, LENGTH_COLUMNS), first_column(cols, ID_COLUMNS)
     seen: dict[str, int] = {}
     dropped = 0
+    base = data_folder(name)
 
     def make(row, i):
         nonlocal dropped
         text = row[text_col]
         if not isinstance(text, str):
-            raise SourceError(f"transcript must be a string, got {text!r}", f"{name}:{i}")
+            raise SourceError(f"transcript must be a string, got {text!r}", row_name(name, i))
         if not is_scored_reference(text, protocol=protocol):
             dropped += 1
             return None
         key = unique_key(row[id_col] if id_col else i, seen)
         duration = float(row[len_col]) if len_col and row[len_col] is not None else \
-            encoded_audio_seconds(rows[i]["audio"])
+            encoded_audio_seconds(rebased(rows[i]["audio"], base))
         meta = {"id": key, "audio_filepath": key, "duration": duration, "text": text}
         if "chunk_index" in row and row.get("parent_id") is not None:
             meta.update(chunk_index=int(row["chunk_index"]), parent_id=str(row["parent_id"]))
@@ -245,34 +276,45 @@ def asr_items(s: AsrSet, limit: int | None = None, *, protocol: str = DEFAULT_PR
     return items, dropped
 
 
-def _manifest_items(s: AsrSet, limit: int | None, protocol: str, allow_outside_root: bool) -> tuple[list[Item], int]:
+def _is_manifest_file(path: str | None) -> bool:
+    """A ``.jsonl`` file given as ``--data`` is read as a manifest (as ``molora eval docvqa`` reads one), so its
+    media resolve against its own folder like ``--manifest``'s."""
+    p = Path(path or "").expanduser()
+    return p.suffix.lower() == ".jsonl" and p.is_file()
+
+
+def _manifest_items(s: AsrSet, limit: int | None, protocol: str, allow_outside_root: bool,
+                    skips: SkipList) -> tuple[list[Item], int]:
     import soundfile as sf
 
+    from molora.data.manifest import AUDIO_KEYS
     from molora.encoders.audio_features import load_audio
 
-    pairs = manifest_rows(s.path, allow_outside_root=allow_outside_root)
-    if not pairs:
+    before = len(skips)
+    pairs = manifest_rows(s.path, allow_outside_root=allow_outside_root, skips=skips)
+    if not pairs and len(skips) == before:
         raise SourceError("the manifest holds no rows", str(Path(s.path).expanduser().resolve()))
     if limit is not None:
         pairs = pairs[:limit]
     items, dropped, seen = [], 0, {}
     for sample, raw in pairs:
         if sample.kind != "asr":
-            raise SourceError(f"an ASR manifest row needs 'audio' and 'text' (this row is a {sample.kind} row)",
-                              sample.source)
+            raise SourceError(f"an ASR manifest row needs 'audio' (or NeMo's 'audio_filepath') and 'text' (this "
+                              f"row is a {sample.kind} row)", sample.source)
         text = raw["text"]
         if not is_scored_reference(text, protocol=protocol):
             dropped += 1
             continue
         path = media_of(sample, "audio")
-        key = unique_key(raw.get("id", raw["audio"]), seen)
+        key = unique_key(raw.get("id", next(raw[k] for k in AUDIO_KEYS if k in raw)), seen)
         duration = raw.get("duration")
         if duration is None:
             try:
                 duration = float(sf.info(path).duration)
             except Exception:  # noqa: BLE001 - load_audio reports the file when it is decoded
                 duration = 0.0
-        meta = {"id": key, "audio_filepath": raw["audio"], "duration": float(duration), "text": text}
+        # the resolved path: the result file reads back as a manifest (NeMo layout) from any folder
+        meta = {"id": key, "audio_filepath": path, "duration": float(duration), "text": text}
         items.append(Item(key, raw.get("prompt") or s.prompt, "audio", lambda p=path: load_audio(p), meta,
                           float(duration), source=sample.source, media=path))
     return items, dropped
@@ -382,9 +424,6 @@ def evaluate_asr(model, processor, sets: list[AsrSet], output_dir, *, protocol: 
         if rows:
             entry.update(score_rows(rows, scoring))
         per_set[s.name] = entry
-    scored = {k: v for k, v in per_set.items() if "wer" in v}
-    audio = sum(v["audio_seconds"] for v in scored.values())
-    spent = sum(v["inference_seconds"] for v in scored.values())
     summary = {
         "task": "asr",
         "protocol": protocol,
@@ -403,15 +442,56 @@ def evaluate_asr(model, processor, sets: list[AsrSet], output_dir, *, protocol: 
                   f"{warmup_batches} warm-up batch(es); RTFx = audio seconds / timed seconds; composite = all audio "
                   "/ all time",
         "sets": per_set,
-        "average_wer": average_wer([v["wer"] for v in scored.values()]) if scored else None,
-        "composite_rtfx": round(rtfx(audio, spent), proto.composite_rtfx_decimals) if spent > 0 else None,
-        "audio_seconds": round(audio, 3),
-        "inference_seconds": round(spent, 6),
+        **combine_sets(per_set, scoring),
         **skip_fields(skips),
     }
     write_summary(out, summary, _markdown(summary) + skip_note(skips))
     print_skips(skips.entries, str(out / "summary.json"))
+    empty = [(s, dropped) for s, _, dropped in prepared if "wer" not in per_set[s.name]]
+    if empty:
+        s, dropped = empty[0]
+        where = _source_name(s)
+        err = nothing_scored(where, [e for e in skips.entries if e["source"].startswith(where)], "clip", dropped)
+        if len(empty) > 1:
+            err = type(err)(f"{err.reason} (and {len(empty) - 1} more set(s) with nothing scored: "
+                            f"{', '.join(x.name for x, _ in empty[1:])})", err.item)
+        raise err
     return summary
+
+
+NOISY_AUDIO_SECONDS = 60.0
+
+
+def combine_sets(per_set: dict[str, dict], scoring: str) -> dict:
+    """The run's numbers from per-set scores (``score_rows``; sets without ``wer`` left out): average WER,
+    composite RTFx, audio and timed seconds, and the RTFx note. Marks each set's ``rtfx_noisy``."""
+    proto = get_protocol(scoring)
+    scored = [v for v in per_set.values() if "wer" in v]
+    audio = sum(v["audio_seconds"] for v in scored)
+    spent = sum(v["inference_seconds"] for v in scored)
+    for v in scored:
+        v["rtfx_noisy"] = v["audio_seconds"] < NOISY_AUDIO_SECONDS
+    return {"average_wer": average_wer([v["wer"] for v in scored]) if scored else None,
+            "composite_rtfx": round(rtfx(audio, spent), proto.composite_rtfx_decimals) if spent > 0 else None,
+            "audio_seconds": round(audio, 3), "inference_seconds": round(spent, 6), "rtfx_note": rtfx_note(audio)}
+
+
+def rtfx_note(audio_seconds: float) -> str:
+    """How much audio RTFx was measured over, flagged as noisy under ``NOISY_AUDIO_SECONDS``."""
+    note = f"RTFx measured over {audio_seconds:.1f} s of audio"
+    if audio_seconds < NOISY_AUDIO_SECONDS:
+        note += (f": under {NOISY_AUDIO_SECONDS:.0f} s, timer and start-up noise can move it several-fold between "
+                 "runs; time a larger set for speed numbers")
+    return note
+
+
+def _source_name(s: AsrSet) -> str:
+    """How item sources of set ``s`` start (a manifest's absolute path, a dataset's name)."""
+    if s.source == "manifest" or (s.source == "data" and _is_manifest_file(s.path)):
+        from molora.data.manifest import manifest_path
+
+        return str(manifest_path(s.path))
+    return str(s.path or s.dataset)
 
 
 def _markdown(s: dict) -> str:
@@ -425,7 +505,7 @@ def _markdown(s: dict) -> str:
             f"Scoring reproduces {s['scoring']['reproduces']} ({s['scoring']['wer']}).\n\n"
             + markdown_table(["set", "WER %", "RTFx", "clips", "dropped", "audio s"], rows)
             + f"\n**Average WER: {s['average_wer']}** (unweighted mean of the rounded per-set WERs); "
-              f"composite RTFx {s['composite_rtfx']}\n{note}\n"
+              f"composite RTFx {s['composite_rtfx']} ({s['rtfx_note']})\n{note}\n"
             f"- normaliser: {s['normalizer']}\n"
             f"- batch size {st['batch_size']}, dtype {st['dtype']}, device {st['device']} ({st['device_name']}), "
             f"greedy, max_new_tokens {st['max_new_tokens']}\n"
@@ -447,13 +527,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"scoring protocol of --manifest / --data, and of set names both protocols have "
                         f"(default {DEFAULT_PROTOCOL})")
     g.add_argument("--data", help="local data: with --sets, a directory holding one saved dataset per set (DIR/<set>); "
-                                  "without, one dataset (save_to_disk dir, parquet/JSON file or directory)")
+                                  "without, one dataset (save_to_disk dir, parquet/JSON/CSV file or directory, an "
+                                  "AudioFolder with metadata.csv; a .jsonl file is read as a manifest, as "
+                                  "--manifest). Relative audio paths in it "
+                                  "resolve against the file's own folder, never the working folder")
     g.add_argument("--split", default="test", help="split of a single --data dataset (default test)")
     g.add_argument("--config", help="config of a single --data dataset")
-    g.add_argument("--manifest", action="append", help="ASR JSONL manifest ({\"audio\": PATH, \"text\": ...}); "
-                                                       "repeat for several sets")
+    g.add_argument("--manifest", action="append",
+                   help="ASR JSONL manifest: rows {\"audio\": PATH, \"text\": ...} or NeMo / Open ASR rows "
+                        "{\"audio_filepath\": PATH, \"duration\": S, \"text\": ...} (a results file of this command "
+                        "reads back as one). Relative paths resolve against the manifest's own folder (never the "
+                        "working folder) and must stay inside it unless --allow-outside-root. Repeat for several "
+                        "sets; each writes OUT/<name>.jsonl, <name> its file name (with its folder in front when "
+                        "two share a name)")
     g.add_argument("--allow-outside-root", action="store_true",
-                   help="let a manifest name audio outside its own folder (the quickstart's manifests do)")
+                   help="let a manifest name audio outside its own folder (the quickstart's manifests and the results "
+                        "files of another --output-dir do)")
     g = p.add_argument_group("how")
     g.add_argument("--output-dir", required=True, help="per-set JSONL manifests, run.json and summary.json/.md go "
                                                        "here; re-running resumes")
@@ -465,7 +554,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-new-tokens", type=int, default=128)
     g.add_argument("--prompt", help="override the prompt (default: the reference prompt of each set)")
     g.add_argument("--limit", type=int, help="evaluate only the first N clips of each set (smoke runs)")
-    g.add_argument("--warmup-batches", type=int, default=1, help="untimed batches before timing (default 1)")
+    g.add_argument("--warmup-batches", type=int, default=1,
+                   help="untimed batches before timing, per set (default 1). RTFx over under 60 s of audio is noisy: "
+                        "the summary says how much audio it was measured over")
 
 
 def main(args) -> int:
@@ -486,5 +577,6 @@ def main(args) -> int:
         print(f"{name}: WER {v.get('wer')}  RTFx {v.get('rtfx')}  ({v.get('items', 0)} clips)")
     print(f"average WER {summary['average_wer']} ({summary['protocol']}; scoring reproduces "
           f"{summary['scoring']['reproduces']}); composite RTFx {summary['composite_rtfx']}")
+    print(summary["rtfx_note"])
     print(f"results: {Path(args.output_dir) / 'summary.md'}")
     return 0

@@ -17,7 +17,8 @@ it was read from (``*_human.json`` / ``*_augmented.json``), or from the manifest
 (``--human`` / ``--augmented``). Prompt: question +
 "\\nAnswer the question with a single word.", greedy, 16 new tokens. ``OUT/predictions.jsonl``
 rows: ``id``, ``subset``, ``question``, ``answers``, ``prediction``, ``correct``; summary:
-accuracy (0..1) per subset and overall (over all questions; x100 in the Markdown).
+accuracy (0..1) per subset and overall (over all questions; 0..1 in the Markdown and on the console
+too), titled after the data (its file or folder names; "ChartQA test" for the hub set).
 """
 from __future__ import annotations
 
@@ -28,8 +29,8 @@ from molora.errors import ConfigError
 
 from .relaxed import RELATIVE_TOLERANCE, RELAXED_REFERENCE, relaxed_accuracy_any
 from .report import markdown_table, run_settings, skip_fields, skip_note, write_summary
-from .skips import SkipList, print_skips
-from .vqa import add_common_arguments, download_hint, load_for_args, run_vqa, vqa_items, vqa_record
+from .skips import SkipList, nothing_scored, print_skips
+from .vqa import add_common_arguments, download_hint, load_for_args, run_vqa, source_title, vqa_items, vqa_record
 
 __all__ = ["CHARTQA_SUFFIX", "chartqa_items", "evaluate_chartqa", "add_arguments", "main", "accuracy_by_subset"]
 
@@ -88,7 +89,9 @@ def evaluate_chartqa(model, processor, sources: list[tuple[str, str | None]], ou
                    batch_size=batch_size, max_new_tokens=max_new_tokens, warmup_batches=warmup_batches,
                    desc="chartqa", record=record, overwrite=overwrite, skips=skips)
     scores = accuracy_by_subset(rows)
-    summary = {"task": "chartqa", "model": model_name, "data": [d for d, _ in sources], "split": split,
+    title = source_title([d for d, _ in sources], split, (DEFAULT_DATA, "ChartQA"))
+    summary = {"task": "chartqa", "title": title, "model": model_name, "data": [d for d, _ in sources],
+               "split": split,
                "metric": f"relaxed accuracy: numeric answers within {RELATIVE_TOLERANCE:.0%} of the target "
                          "(relative to the target; trailing % divides by 100; zero target -> exact), "
                          "else case-insensitive exact match",
@@ -98,13 +101,15 @@ def evaluate_chartqa(model, processor, sources: list[tuple[str, str | None]], ou
                                          "dtype": str(dtype), "device": str(device), "max_new_tokens": max_new_tokens,
                                          "decoding": "greedy", "limit": limit}),
                **skip_fields(skips)}
-    md = (f"# ChartQA {split}: {model_name}\n\n"
-          + markdown_table(["subset", "relaxed accuracy (x100)", "questions"],
-                           [(k, 100 * v["accuracy"], v["questions"]) for k, v in scores.items()])
+    md = (f"# Relaxed accuracy on {title}: {model_name}\n\n"
+          + markdown_table(["subset", "relaxed accuracy (0..1)", "questions"],
+                           [(k, f"{v['accuracy']:.4f}", v["questions"]) for k, v in scores.items()])
           + f"\nbatch size {batch_size}, dtype {dtype}, device {device}, greedy, max_new_tokens {max_new_tokens}\n"
           + skip_note(skips))
     write_summary(output_dir, summary, md)
     print_skips(skips.entries, str(Path(output_dir) / "summary.json"))
+    if not rows:
+        raise nothing_scored(" + ".join(d for d, _ in sources), skips.entries, "question")
     return summary
 
 
@@ -131,5 +136,5 @@ def main(args) -> int:
                          warmup_batches=args.warmup_batches, model_name=args.model, dtype=dtype, device=device,
                          items=items, overwrite=args.overwrite, skips=skips)
     for k, v in s["scores"].items():
-        print(f"ChartQA {k}: relaxed accuracy {100 * v['accuracy']:.2f} ({v['questions']} questions)")
+        print(f"{s['title']} {k}: relaxed accuracy {v['accuracy']:.4f} (0..1; {v['questions']} questions)")
     return 0

@@ -1,4 +1,4 @@
-"""`molora eval {asr,docvqa,chartqa}`: the sub-subcommands, registered on the `molora` parser.
+"""`molora eval {asr,docvqa,chartqa,rescore}`: the sub-subcommands, registered on the `molora` parser.
 
 Only argparse is imported here; each runner imports torch and the model when it runs.
 """
@@ -12,6 +12,8 @@ _RUNNERS = {
     "asr": ("WER / RTFx on the Open ASR leaderboard sets, local datasets or manifests", "molora.eval.asr"),
     "docvqa": ("ANLS on DocVQA validation, or the test-split submission file", "molora.eval.docvqa"),
     "chartqa": ("relaxed accuracy on ChartQA (human / augmented / overall)", "molora.eval.chartqa"),
+    "rescore": ("score an earlier run's saved predictions again (another ASR protocol), without the model",
+                "molora.eval.rescore"),
 }
 
 
@@ -29,6 +31,8 @@ def check_arguments(args) -> None:
         value = getattr(args, name, None)
         if value is not None and value < low:
             raise ConfigError(f"must be at least {low}, got {value}", flag)
+    if getattr(args, "output_dir", None) is None:   # rescore: reads a run's folder, writes next to its summary
+        return
     out = Path(args.output_dir).expanduser()
     if out.exists() and not out.is_dir():
         raise ConfigError(f"{out} is a file; --output-dir takes a folder (created when missing)", "--output-dir")
@@ -45,10 +49,12 @@ def add_eval_parser(sub) -> argparse.ArgumentParser:
     """Add `eval` to the `molora` subparsers ``sub``; returns the `eval` parser."""
     import importlib
 
-    e = sub.add_parser("eval", help="evaluate a model: asr (WER), docvqa (ANLS), chartqa (relaxed accuracy)",
+    e = sub.add_parser("eval", help="evaluate a model: asr (WER), docvqa (ANLS), chartqa (relaxed accuracy); "
+                                    "rescore an earlier run",
                        description="Each task writes per-item JSONL results and summary.json + summary.md to "
-                                   "--output-dir; re-running the same command resumes.")
-    tasks = e.add_subparsers(dest="eval_task", required=True, metavar="{asr,docvqa,chartqa}")
+                                   "--output-dir; re-running the same command resumes. `rescore DIR` scores a "
+                                   "run's saved predictions again (e.g. with another ASR --protocol).")
+    tasks = e.add_subparsers(dest="eval_task", required=True, metavar="{asr,docvqa,chartqa,rescore}")
     for name, (help_, module) in _RUNNERS.items():
         mod = importlib.import_module(module)
         p = tasks.add_parser(name, help=help_, description=mod.__doc__,

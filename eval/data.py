@@ -13,7 +13,6 @@ non-string transcript, answers that are not strings) is skipped and listed like 
 from __future__ import annotations
 
 import io
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +20,8 @@ from typing import Any, Callable
 
 from molora.errors import MoLoRAError
 
-__all__ = ["Item", "load_rows", "dataset_items", "manifest_rows", "unique_key", "SourceError", "OUTSIDE_ROOT_HINT"]
+__all__ = ["Item", "load_rows", "dataset_items", "manifest_rows", "unique_key", "SourceError", "OUTSIDE_ROOT_HINT",
+           "row_name"]
 
 # how `molora eval` lets manifest media live outside the manifest's folder (the quickstart's caches do)
 OUTSIDE_ROOT_HINT = "add --allow-outside-root to the molora eval command to permit this"
@@ -68,7 +68,7 @@ def load_rows(name_or_path: str, *, split: str, config: str | None, media_column
     local = Path(name_or_path).expanduser().exists()
     streaming = limit is not None and not local
     try:
-        ds = _load(str(name_or_path), split, config, streaming)
+        ds = _load(str(name_or_path), split, config, streaming, media_column)
         ds = _no_decode(ds, media_column)
         if streaming:
             rows = []
@@ -104,20 +104,23 @@ def first_column(names, candidates: tuple[str, ...]) -> str | None:
 def dataset_items(rows, name: str, *, media: str, media_column: str,
                   make: Callable[[dict, int], dict | None], skips=None) -> list[Item]:
     """Items over ``rows`` (see ``load_rows``). ``make(row, index)`` returns the item's fields
-    (``key``, ``prompt``, ``meta``; or None to leave the row out); media are decoded lazily by index.
-    A ``MoLoRAError`` from ``make`` (a bad value in that row) goes to ``skips`` (a ``SkipList``) when given."""
-    from molora.data.hf_datasets import decode_audio_value, decode_image_value
+    (``key``, ``prompt``, ``meta``; or None to leave the row out); media are decoded lazily by index,
+    relative media paths against the source's folder (``data_folder``). A ``MoLoRAError`` from ``make``
+    (a bad value in that row) goes to ``skips`` (a ``SkipList``) when given. Rows are named
+    ``NAME row N``, N counted from 1 (as manifest lines are)."""
+    from molora.data.hf_datasets import data_folder, decode_audio_value, decode_image_value, rebased
 
     names = column_names(rows)
     if len(rows) and media_column not in names:
         raise SourceError(f"no {media} column {media_column!r}; the dataset has columns {names}", name)
+    base = data_folder(name)
     media_free = [c for c in names if c != media_column]
     # the light columns in one sequential pass (no media bytes read)
     light = rows.select_columns(media_free) if hasattr(rows, "select_columns") else \
         ({k: v for k, v in r.items() if k != media_column} for r in rows)
     items = []
     for i, row in enumerate(light):
-        where = f"{name}:{i}"
+        where = row_name(name, i)
         try:
             fields = make(row, i)
         except MoLoRAError as e:
@@ -130,13 +133,19 @@ def dataset_items(rows, name: str, *, media: str, media_column: str,
 
         def load(i=i, where=where):
             full = rows[i]
+            value = rebased(full[media_column], base)
             if media == "audio":
-                return decode_audio_value(full[media_column], where, full)
-            return decode_image_value(full[media_column], where)
+                return decode_audio_value(value, where, full)
+            return decode_image_value(value, where)
 
         items.append(Item(fields["key"], fields["prompt"], media, load, fields.get("meta", {}),
                           fields.get("length", 0.0), source=where))
     return items
+
+
+def row_name(name: str, index: int) -> str:
+    """How messages name row ``index`` (0-based) of a dataset: ``NAME row N`` with N counted from 1."""
+    return f"{name} row {index + 1}"
 
 
 def encoded_audio_seconds(value: Any) -> float:
@@ -159,21 +168,21 @@ def encoded_audio_seconds(value: Any) -> float:
 # ----------------------------------------------------------------------------------------
 # manifests
 # ----------------------------------------------------------------------------------------
-def manifest_rows(path: str | os.PathLike, allow_outside_root: bool = False) -> list[tuple[Any, dict]]:
-    """``[(Sample, raw_row)]`` of a JSONL manifest: ``read_manifest`` validates every line (errors
-    name ``file:line``) and resolves media paths (inside the manifest's folder unless
-    ``allow_outside_root``); the raw row gives the fields a Sample does not keep (``id``,
-    ``duration``, ``type``...)."""
-    from molora.data.manifest import read_manifest
+def manifest_rows(path: str | os.PathLike, allow_outside_root: bool = False, skips=None) -> list[tuple[Any, dict]]:
+    """``[(Sample, raw_row)]`` of a JSONL manifest: ``read_manifest_rows`` validates every line (errors
+    name ``file:line``) and resolves media paths against the manifest's folder (inside it unless
+    ``allow_outside_root``); the raw row gives the fields a Sample does not keep (``id``, ``duration``,
+    ``type``...). Rows the reader leaves out (a media path that never names a file, a line too long to
+    read) go to ``skips`` (a ``SkipList``; None: they raise)."""
+    from molora.data.manifest import read_manifest_rows
+    from molora.errors import MediaError
 
-    samples = read_manifest(path, allow_outside_root=allow_outside_root, outside_root_hint=OUTSIDE_ROOT_HINT)
-    raw: dict[int, dict] = {}
-    with open(Path(path).expanduser(), "rb") as f:
-        for lineno, line in enumerate(f, start=1):
-            text = line.decode("utf-8-sig" if lineno == 1 else "utf-8")
-            if text.strip():
-                raw[lineno] = json.loads(text)
-    return [(s, raw[int(s.source.rsplit(":", 1)[1])]) for s in samples]
+    lost: list[dict] | None = None if skips is None else []
+    pairs = read_manifest_rows(path, allow_outside_root=allow_outside_root, outside_root_hint=OUTSIDE_ROOT_HINT,
+                               skipped=lost)
+    for e in lost or []:
+        skips.add(e["source"], e["item"], (MediaError if e["item"] != "line" else SourceError)(e["reason"]))
+    return pairs
 
 
 def media_of(sample, kind: str):

@@ -15,7 +15,8 @@ listed in the summary (``--strict`` stops instead).
 Prompt: question + "\\nAnswer the question using a single word or phrase.", greedy, 32 new
 tokens (the common harnesses). ``OUT/predictions.jsonl``: one row per question (``id``,
 ``question``, ``answers``, ``prediction``, ``anls``), appended per batch; a re-run resumes.
-``OUT/summary.json`` / ``.md``: ANLS (0..1, mean over questions; x100 in the Markdown).
+``OUT/summary.json`` / ``.md``: ANLS (0..1, mean over questions; 0..1 in the Markdown and on the
+console too), titled after the data (its file or folder name; "DocVQA validation" for the hub set).
 With ``--split test`` (answers hidden) ``OUT/submission.json`` is
 ``[{"questionId": ..., "answer": ...}]`` for the official server.
 """
@@ -26,8 +27,8 @@ from pathlib import Path
 
 from .anls import ANLS_REFERENCE, ANLS_THRESHOLD, anls, mean_anls
 from .report import markdown_table, run_settings, skip_fields, skip_note, write_json, write_summary
-from .skips import SkipList, print_skips
-from .vqa import add_common_arguments, download_hint, load_for_args, run_vqa, vqa_items, vqa_record
+from .skips import SkipList, nothing_scored, print_skips
+from .vqa import add_common_arguments, download_hint, load_for_args, run_vqa, source_title, vqa_items, vqa_record
 
 __all__ = ["DOCVQA_SUFFIX", "docvqa_items", "evaluate_docvqa", "add_arguments", "main"]
 
@@ -64,7 +65,9 @@ def evaluate_docvqa(model, processor, data: str, output_dir, *, split: str = "va
     rows = run_vqa(model, processor, items, output_dir, score=score, batch_size=batch_size,
                    max_new_tokens=max_new_tokens, warmup_batches=warmup_batches, desc="docvqa", record=record,
                    overwrite=overwrite, skips=skips)
-    summary = {"task": "docvqa", "model": model_name, "data": data, "split": split, "questions": len(rows),
+    title = source_title([data], split, (DEFAULT_DATA, "DocVQA"))
+    summary = {"task": "docvqa", "title": title, "model": model_name, "data": data, "split": split,
+               "questions": len(rows),
                "metric": f"ANLS (0..1): mean over questions of max over answers of 1 - NL, 0 below "
                          f"{ANLS_THRESHOLD} (exactly {ANLS_THRESHOLD} kept); lowercased, stripped, whitespace "
                          "collapsed; NL = edit distance / max(len(gt.upper()), len(pred.upper())) of the raw strings",
@@ -79,16 +82,18 @@ def evaluate_docvqa(model, processor, data: str, output_dir, *, split: str = "va
         submission = [{"questionId": _qid(r["id"]), "answer": r["prediction"]} for r in rows]
         write_json(out / "submission.json", submission)
         summary.update(anls=None, submission="submission.json")
-        md = (f"# DocVQA test predictions: {model_name}\n\n{len(rows)} questions; answers are hidden: upload "
+        md = (f"# DocVQA test predictions, {title}: {model_name}\n\n{len(rows)} questions; answers are hidden: upload "
               f"`submission.json` to the DocVQA server for the score.\n")
     else:
         summary["anls"] = mean_anls([r["prediction"] for r in rows], [r["answers"] for r in rows]) if rows else None
-        md = (f"# DocVQA {split}: {model_name}\n\n"
-              + markdown_table(["questions", "ANLS (x100)"],
-                               [(len(rows), None if summary["anls"] is None else 100 * summary["anls"])])
+        md = (f"# ANLS on {title}: {model_name}\n\n"
+              + markdown_table(["questions", "ANLS (0..1)"],
+                               [(len(rows), None if summary["anls"] is None else f"{summary['anls']:.4f}")])
               + f"\nbatch size {batch_size}, dtype {dtype}, device {device}, greedy, max_new_tokens {max_new_tokens}\n")
     write_summary(out, summary, md + skip_note(skips))
     print_skips(skips.entries, str(out / "summary.json"))
+    if not rows:
+        raise nothing_scored(str(data), skips.entries, "question")
     return summary
 
 
@@ -111,7 +116,7 @@ def main(args) -> int:
                         warmup_batches=args.warmup_batches, model_name=args.model, dtype=dtype, device=device,
                         items=items, overwrite=args.overwrite, skips=skips)
     if s.get("anls") is not None:
-        print(f"DocVQA {args.split}: ANLS {100 * s['anls']:.2f} over {s['questions']} questions")
+        print(f"{s['title']}: ANLS {s['anls']:.4f} (0..1) over {s['questions']} questions")
     else:
-        print(f"DocVQA {args.split}: {s['questions']} predictions -> {Path(args.output_dir) / 'submission.json'}")
+        print(f"{s['title']}: {s['questions']} predictions -> {Path(args.output_dir) / 'submission.json'}")
     return 0

@@ -26,7 +26,7 @@ from molora.errors import ConfigError
 
 from .report import write_json
 
-__all__ = ["weights_fingerprint", "producer_of", "RunRecord"]
+__all__ = ["weights_fingerprint", "producer_of", "RunRecord", "read_record", "RECORD"]
 
 RECORD = "run.json"
 _SAMPLES_PER_TENSOR = 4096
@@ -71,6 +71,19 @@ def _describe_differences(old: dict, new: dict, prefix: str = "") -> list[str]:
     return out
 
 
+def read_record(path: Path) -> tuple[dict | None, str | None]:
+    """``(record, None)`` from a ``run.json``, or ``(None, why)`` when it is torn, not JSON or not a record."""
+    try:
+        old = json.loads(Path(path).read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        return None, f"not valid JSON ({e.msg if isinstance(e, json.JSONDecodeError) else e.reason}: torn by a " \
+                     "crash or edited?)"
+    if isinstance(old, dict) and isinstance(old.get("producer"), dict) and isinstance(old.get("sources"), dict) \
+            and isinstance(old.get("batch_sizes", []), list):
+        return old, None
+    return None, "not a run record (it needs 'producer', 'sources' and a 'batch_sizes' list)"
+
+
 class RunRecord:
     """The ``run.json`` of one output folder (see the module docstring).
 
@@ -87,14 +100,29 @@ class RunRecord:
         names = set(self.sources) | set((old or {}).get("sources", {}))
         return [self.out / n for n in sorted(names) if (self.out / n).exists() and (self.out / n).stat().st_size]
 
+    def _read_old(self, overwrite: bool) -> tuple[dict | None, str | None]:
+        """The folder's record, or ``(None, why)`` when it is torn, not JSON or not a record: an error naming the
+        file unless ``overwrite`` (which then starts the folder over)."""
+        if not self.path.exists():
+            return None, None
+        old, why = read_record(self.path)
+        if why is None:
+            return old, None
+        if not overwrite:
+            raise ConfigError(
+                f"{why}. It records which model and settings produced the results in {self.out}: choose another "
+                "--output-dir, or pass --overwrite (Python: overwrite=True) to delete this folder's results and "
+                "start over", str(self.path))
+        return None, f"{RECORD} is unreadable ({why})"
+
     def claim(self, overwrite: bool = False, extra_outputs: tuple[str, ...] = ()) -> None:
         """Check the folder against this run (refuse a mismatch unless ``overwrite``), then write the record."""
         if self.out.exists() and not self.out.is_dir():
             raise ConfigError("is a file; the output folder must be a directory (created when missing)", str(self.out))
-        old = json.loads(self.path.read_text(encoding="utf-8")) if self.path.exists() else None
+        old, unreadable = self._read_old(overwrite)
         results = self._existing_results(old)
-        problems: list[str] = []
-        if old is None and results:
+        problems: list[str] = [unreadable] if unreadable else []
+        if old is None and results and not unreadable:
             problems.append(f"{', '.join(p.name for p in results)} exist(s) but no {RECORD} says what produced them")
         elif old is not None:
             if old.get("task") != self.task:
@@ -115,7 +143,8 @@ class RunRecord:
                 + ". Pass --overwrite (Python: overwrite=True) to delete them and start over, or choose another "
                 "--output-dir", str(self.out))
         if problems:   # overwrite: the earlier results go, with their summary
-            for p in results + [self.out / n for n in ("summary.json", "summary.md", *extra_outputs)]:
+            rescored = sorted(self.out.glob("summary.rescored*.json")) + sorted(self.out.glob("summary.rescored*.md"))
+            for p in results + rescored + [self.out / n for n in ("summary.json", "summary.md", *extra_outputs)]:
                 p.unlink(missing_ok=True)
             old = None
         merged = dict((old or {}).get("sources", {}))

@@ -39,7 +39,9 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
 
 
 class ResultFile:
-    """Per-item results of one evaluation set, keyed by ``key_field``."""
+    """Per-item results of one evaluation set, keyed by ``key_field``: one row per item. Opening the file
+    drops rows of an item already written above them (rewriting the file when there are any); ``append``
+    first reads rows appended since (by another run into the same folder) and never writes an item twice."""
 
     def __init__(self, path: str | os.PathLike, key_field: str = "id"):
         self.path = Path(path)
@@ -47,11 +49,18 @@ class ResultFile:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._repair()
         self.rows: dict[str, dict] = {}
-        for row in read_jsonl(self.path):
-            if key_field not in row:
-                raise MoLoRAError(f"a result row has no {key_field!r} (not a file written by molora eval?)",
-                                  str(self.path))
-            self.rows[str(row[key_field])] = row
+        rows = read_jsonl(self.path)
+        for lineno, row in enumerate(rows, start=1):
+            self._take(row, lineno)
+        if len(self.rows) < len(rows):   # the same item more than once: keep its first row
+            write_text(self.path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in self.rows.values()))
+        self._offset = self.path.stat().st_size if self.path.exists() else 0
+
+    def _take(self, row, lineno: int) -> None:
+        if not isinstance(row, dict) or self.key_field not in row:
+            raise MoLoRAError(f"a result row has no {self.key_field!r} (not a file written by molora eval?)",
+                              f"{self.path}:{lineno}")
+        self.rows.setdefault(str(row[self.key_field]), row)
 
     def _repair(self) -> None:
         if not self.path.exists():
@@ -62,19 +71,44 @@ class ResultFile:
             with open(self.path, "r+b") as f:
                 f.truncate(cut)
 
+    def _catch_up(self) -> None:
+        """Take the complete rows written to the file since it was last read (another run's)."""
+        if not self.path.exists() or self.path.stat().st_size <= self._offset:
+            return
+        with open(self.path, "rb") as f:
+            f.seek(self._offset)
+            data = f.read()
+        data = data[:data.rfind(b"\n") + 1]   # a row still being written is read next time
+        for line in data.decode("utf-8").splitlines():
+            if line.strip():
+                try:
+                    self._take(json.loads(line), 0)
+                except (json.JSONDecodeError, MoLoRAError):
+                    continue
+        self._offset += len(data)
+
     @property
     def done(self) -> set[str]:
         return set(self.rows)
 
     def append(self, rows: Iterable[dict]) -> None:
-        rows = list(rows)
+        """Write the rows of items not in the file yet (flushed and synced); rows of items already there are
+        left out."""
+        self._catch_up()
+        new: dict[str, dict] = {}
+        for row in rows:
+            key = str(row[self.key_field])
+            if key not in self.rows:
+                new.setdefault(key, row)
+        if not new:
+            return
         with open(self.path, "a", encoding="utf-8") as f:
-            for row in rows:
+            for row in new.values():
                 f.write(json.dumps(row, ensure_ascii=False) + "\n")
             f.flush()
             os.fsync(f.fileno())
-        for row in rows:
-            self.rows[str(row[self.key_field])] = row
+        self.rows.update(new)
+        self._offset = self.path.stat().st_size
 
     def select(self, keys: Sequence[str]) -> list[dict]:
         """The rows of ``keys`` in that order (keys without a row are left out)."""
@@ -103,12 +137,13 @@ def write_text(path: str | os.PathLike, text: str) -> None:
     _atomic_write(Path(path), text)
 
 
-def write_summary(output_dir: str | os.PathLike, summary: dict, markdown: str) -> tuple[Path, Path]:
-    """``summary.json`` and ``summary.md`` in ``output_dir``; returns both paths."""
+def write_summary(output_dir: str | os.PathLike, summary: dict, markdown: str,
+                  stem: str = "summary") -> tuple[Path, Path]:
+    """``<stem>.json`` and ``<stem>.md`` in ``output_dir``; returns both paths."""
     out = Path(output_dir)
-    write_json(out / "summary.json", summary)
-    write_text(out / "summary.md", markdown)
-    return out / "summary.json", out / "summary.md"
+    write_json(out / f"{stem}.json", summary)
+    write_text(out / f"{stem}.md", markdown)
+    return out / f"{stem}.json", out / f"{stem}.md"
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence]) -> str:

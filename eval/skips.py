@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from molora.errors import MoLoRAError
 
-__all__ = ["SkipList", "print_skips"]
+__all__ = ["SkipList", "print_skips", "nothing_scored"]
 
 
 class SkipList:
@@ -40,3 +40,20 @@ def print_skips(entries: list[dict[str, str]], where: str) -> None:
         print(f"  {e['source']}{item}: {e['reason']}")
     if len(entries) > 20:
         print(f"  ... and {len(entries) - 20} more")
+
+
+def nothing_scored(source: str, entries: list[dict[str, str]], what: str = "item", dropped: int = 0) -> MoLoRAError:
+    """The error of a source none of whose items could be scored: how many were skipped, with the first
+    three reasons (the summary lists them all), or that every reference was dropped."""
+    from .data import SourceError
+
+    if entries:
+        first = "; ".join(f"{e['source']}" + (f" ({e['item']})" if e["item"] and e["item"] != e["source"] else "")
+                          + f": {e['reason']}" for e in entries[:3])
+        more = f" and {len(entries) - 3} more" if len(entries) > 3 else ""
+        why = f"every one of its {len(entries)} {what}(s) was skipped: {first}{more}"
+    elif dropped:
+        why = f"all {dropped} references are empty after normalisation (dropped, as the leaderboard drops them)"
+    else:
+        why = "it holds none"
+    return SourceError(f"no {what} could be scored: {why}", source)

@@ -8,13 +8,13 @@ from pathlib import Path
 from typing import Callable
 
 from .data import Item, SourceError, column_names, dataset_items, first_column, load_rows, manifest_rows, media_of, \
-    unique_key
+    row_name, unique_key
 from .identity import RunRecord, producer_of
 from .report import ResultFile
 from .skips import SkipList
 from .vqa_layouts import ACCEPTED_LAYOUTS, detect_layout, official_records
 
-__all__ = ["vqa_items", "subset_of", "run_vqa", "add_common_arguments", "load_for_args"]
+__all__ = ["vqa_items", "subset_of", "run_vqa", "add_common_arguments", "load_for_args", "source_title"]
 
 QUESTION_COLUMNS = ("question", "query")
 ANSWER_COLUMNS = ("answers", "answer", "label")
@@ -67,8 +67,9 @@ def vqa_items(source: str, *, split: str, config: str | None, suffix: str, limit
     seen: dict[str, int] = {}
     items: list[Item] = []
     if layout == "manifest":
-        pairs = manifest_rows(source, allow_outside_root=allow_outside_root)
-        if not pairs:
+        before = len(skips)
+        pairs = manifest_rows(source, allow_outside_root=allow_outside_root, skips=skips)
+        if not pairs and len(skips) == before:
             raise SourceError("the manifest holds no rows", str(Path(source).expanduser().resolve()))
         for i, (sample, raw) in enumerate(pairs[:limit] if limit is not None else pairs):
             if sample.kind != "vqa":
@@ -113,7 +114,7 @@ def vqa_items(source: str, *, split: str, config: str | None, suffix: str, limit
         raise SourceError(f"no answers column (tried {list(ANSWER_COLUMNS)}); columns: {cols}", name)
 
     def make(row, i):
-        where = f"{name}:{i}"
+        where = row_name(name, i)
         question = row[q_col]
         if not isinstance(question, str):
             raise SourceError(f"question must be a string, got {question!r}", where)
@@ -170,8 +171,9 @@ def add_common_arguments(p: argparse.ArgumentParser, *, default_data: str, defau
     g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     g = p.add_argument_group("data")
     g.add_argument("--data", default=default_data,
-                   help=f"hub id, local dataset (save_to_disk dir, parquet/JSON file or dir), the official release "
-                        f"layout (file or folder) or a VQA JSONL manifest (default {default_data})")
+                   help=f"hub id, local dataset (save_to_disk dir, parquet/JSON/CSV file or dir), the official "
+                        f"release layout (file or folder) or a VQA JSONL manifest (default {default_data}). Relative "
+                        "image paths resolve against the file's own folder, never the working folder")
     g.add_argument("--split", default=default_split, help=f"dataset split (default {default_split})")
     g.add_argument("--config", default=default_config, help=f"dataset config (default {default_config})")
     g.add_argument("--limit", type=int, help="evaluate only the first N questions")
@@ -186,6 +188,22 @@ def add_common_arguments(p: argparse.ArgumentParser, *, default_data: str, defau
     g.add_argument("--batch-size", type=int, default=8)
     g.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
     g.add_argument("--warmup-batches", type=int, default=0, help="untimed batches first (default 0: not timed runs)")
+
+
+def source_title(sources: list[str], split: str, default: tuple[str, str]) -> str:
+    """What summaries call the data: ``default[1]`` ("DocVQA validation") for the task's own hub set
+    ``default[0]``, otherwise the user's sources by name (a file's or folder's name, a hub id), with the
+    split where a dataset has splits."""
+    if list(sources) == [default[0]]:
+        return f"{default[1]} {split}"
+    names = []
+    for src in sources:
+        p = Path(src).expanduser()
+        if p.is_file() and p.suffix.lower() in (".jsonl", ".json"):
+            names.append(p.name)                       # a manifest or annotation file: no splits
+        else:
+            names.append(f"{p.name if p.exists() else src} [{split}]")
+    return " + ".join(names)
 
 
 def download_hint(data: str, split: str, config: str | None, flag: str = "--data") -> str:

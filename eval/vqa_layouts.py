@@ -124,8 +124,14 @@ def detect_layout(source: str, split: str) -> tuple[str, list[Path]]:
 def _media_path(base: Path, value, where: str, root: Path, allow_outside_root: bool) -> str:
     if not isinstance(value, str) or not value.strip():
         raise SourceError(f"image must be a path string, got {value!r}", where)
+    if "\x00" in value:
+        raise SourceError(f"image {value!r} contains a NUL character (\\x00), which no file name can hold", where)
     path = Path(value).expanduser()
-    resolved = (path if path.is_absolute() else base / path).resolve()
+    try:
+        resolved = (path if path.is_absolute() else base / path).resolve()
+    except (RuntimeError, OSError) as e:  # Python 3.11: RuntimeError("Symlink loop from ...")
+        raise SourceError(f"image {value!r}: {'symlink loop' if isinstance(e, RuntimeError) else e}: the path never "
+                          "names a file", where) from None
     if not allow_outside_root and not resolved.is_relative_to(root):
         raise SourceError(f"image {value!r} resolves to {resolved}, outside the data root {root} "
                           f"({OUTSIDE_ROOT_HINT})", where)
@@ -134,19 +140,19 @@ def _media_path(base: Path, value, where: str, root: Path, allow_outside_root: b
 
 def official_records(layout: str, files: list[Path], *, allow_outside_root: bool = False) -> list[dict]:
     """Question records of an official layout: ``{"where", "id", "question", "answers", "subset", "image"}``
-    (``where`` = ``FILE data[i]`` / ``FILE[i]``, ``image`` an absolute path, ``answers`` None when absent).
+    (``where`` = ``FILE question N``, N counted from 1; ``image`` an absolute path, ``answers`` None when absent).
     A record with unusable values becomes ``{"where", "error": SourceError}`` (skipped and listed later)."""
     out: list[dict] = []
     for f in files:
         f = f.resolve()
         obj = _read_json(f)
         if layout == "docvqa-json":
-            rows, subset, base, at = obj["data"], None, f.parent, f"{f} data[{{}}]"
+            rows, subset, base = obj["data"], None, f.parent
         else:
             subset = "human" if "human" in f.name else ("augmented" if "augment" in f.name else None)
-            rows, base, at = obj, f.parent / "png", f"{f}[{{}}]"
+            rows, base = obj, f.parent / "png"
         for i, r in enumerate(rows):
-            where = at.format(i)
+            where = f"{f} question {i + 1}"     # counted from 1, as manifest lines and dataset rows are
             try:
                 out.append(_record(layout, r, i, where, base, f.parent, subset, allow_outside_root))
             except SourceError as e:

@@ -128,14 +128,22 @@ class MoLoRAProcessor:
         if isinstance(content, str):
             return content
         if not isinstance(content, list):
-            raise MoLoRAError("content must be a string or a list of parts", f"conversation[{conv_idx}].messages[{msg_idx}]")
+            raise MoLoRAError(f"content must be a string or a list of parts, got {type(content).__name__}",
+                              f"conversation[{conv_idx}].messages[{msg_idx}]")
         out = []
         for j, part in enumerate(content):
             item = f"conversation[{conv_idx}].messages[{msg_idx}].content[{j}]"
-            kind = part.get("type") if isinstance(part, dict) else None
+            if not isinstance(part, dict):
+                raise MoLoRAError(f"a content part must be a dict like {{'type': 'text', 'text': ...}}, got "
+                                  f"{type(part).__name__}", item)
+            kind = part.get("type")
             entry = next((m for m in self.modalities.values() if m.content_type == kind), None)
             if kind == "text":
-                out.append(part.get("text", ""))
+                if "text" not in part:
+                    raise MoLoRAError("text part has no 'text' key", item)
+                if not isinstance(part["text"], str):
+                    raise MoLoRAError(f"'text' must be a string, got {type(part['text']).__name__}", item)
+                out.append(part["text"])
             elif entry is not None:
                 value = next((part[k] for k in (kind, "path", "url") if k in part), None)
                 if value is None:
@@ -152,10 +160,17 @@ class MoLoRAProcessor:
         media: dict[str, list] = {name: [] for name in self.modalities}
         segments = []
         for i, msg in enumerate(conversation):
-            role = msg.get("role") if isinstance(msg, dict) else None
-            if role not in ROLES:
-                raise MoLoRAError(f"role must be one of {ROLES}, got {role!r}", f"conversation[{conv_idx}].messages[{i}]")
-            segments.append((role, self._render_parts(msg.get("content", ""), conv_idx, i, media)))
+            where = f"conversation[{conv_idx}].messages[{i}]"
+            if not isinstance(msg, dict):
+                raise MoLoRAError(f"a message must be a dict with 'role' and 'content', got {type(msg).__name__}",
+                                  where)
+            for key in ("role", "content"):
+                if key not in msg:
+                    raise MoLoRAError(f"message has no {key!r} key (a message is {{'role': ..., 'content': ...}})",
+                                      where)
+            if msg["role"] not in ROLES:
+                raise MoLoRAError(f"role must be one of {ROLES}, got {msg['role']!r}", where)
+            segments.append((msg["role"], self._render_parts(msg["content"], conv_idx, i, media)))
         if add_generation_prompt and (not segments or segments[-1][0] != "assistant"):
             segments.append(("assistant", None))
         return segments, media

@@ -119,7 +119,8 @@ def build_model(spec: dict, seed: int):
 def load_samples(data: dict, key: str, skipped: list[dict] | None = None):
     """``data.<key>`` is a JSONL manifest path, or a datasets spec
     ``{path, split, config, kind, limit, streaming, ...columns}`` (hub id, saved dataset or files).
-    Manifest lines too long to read are appended to ``skipped``; no usable row is an error naming
+    Manifest rows left out (a line too long to read, a media path that never names a file) are appended to
+    ``skipped``; no usable row is an error naming
     the source."""
     from molora.data.hf_datasets import read_hf_dataset
     from molora.data.manifest import read_manifest
@@ -141,7 +142,8 @@ def load_samples(data: dict, key: str, skipped: list[dict] | None = None):
         if skipped is not None:
             skipped.extend(lost)
         if not samples and lost:
-            raise ConfigError(f"no usable rows: all {len(lost)} line(s) are too long to read", where)
+            raise ConfigError(f"no usable rows: all {len(lost)} were skipped (first: {lost[0]['source']}: "
+                              f"{lost[0]['reason']})", where)
     if not samples:
         raise ConfigError("no rows: the data is empty", where)
     return samples

@@ -106,3 +106,26 @@ def test_session_keeps_history_and_system_prompt(chat):
     assert r2 == expected
     s.reset()
     assert [m["role"] for m in s.history] == ["system"]
+
+
+# ----------------------------------------------------------------------------------------
+# issue 23: malformed messages are refused, naming the message and what is wrong
+# ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("bad, words", [
+    ({"role": "user"}, ("messages[1]", "no 'content' key")),
+    ({"content": "hi"}, ("messages[1]", "no 'role' key")),
+    ({"role": "robot", "content": "hi"}, ("messages[1]", "role must be one of", "'robot'")),
+    ({"role": "user", "content": 5}, ("messages[1]", "content must be a string or a list", "int")),
+    ({"role": "user", "content": ["hi"]}, ("messages[1].content[0]", "must be a dict", "str")),
+    ({"role": "user", "content": [{"type": "video", "video": "v.mp4"}]}, ("messages[1].content[0]", "'video'")),
+    ({"role": "user", "content": [{"type": "text"}]}, ("messages[1].content[0]", "no 'text' key")),
+    ({"role": "user", "content": [{"type": "text", "text": 3}]}, ("messages[1].content[0]", "'text' must be a string")),
+    ({"role": "user", "content": [{"type": "image"}]}, ("messages[1].content[0]", "image part has no 'image'")),
+])
+def test_malformed_messages_are_refused_everywhere(chat, bad, words):
+    messages = [{"role": "system", "content": "be brief"}, bad]
+    for call in (lambda: chat.generate(messages, max_new_tokens=2), lambda: list(chat.stream(messages)),
+                 lambda: chat.processor(messages)):
+        with pytest.raises(MoLoRAError) as e:
+            call()
+        assert all(w in str(e.value) for w in words), str(e.value)

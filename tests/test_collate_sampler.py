@@ -229,7 +229,7 @@ def test_undecodable_hub_media_is_a_collate_time_skip(proc, tmp_path):
     samples = list(read_hf_dataset(tmp_path / "vqa", split="train", kind="vqa"))  # the stream does not stop
     col = Collator(proc)
     assert col(samples)["input_ids"].shape[0] == 1
-    assert col.num_skipped == 1 and col.skipped[0]["source"] == f"{tmp_path / 'vqa'}[train]:1"
+    assert col.num_skipped == 1 and col.skipped[0]["source"] == f"{tmp_path / 'vqa'}[train] row 2"
     assert "not a readable image" in col.skipped[0]["reason"]
 
 

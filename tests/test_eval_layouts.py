@@ -197,7 +197,27 @@ def test_official_layout_images_stay_inside_the_data_root(tiny, tmp_path, capsys
     assert cli(["eval", "docvqa", "--model", str(model_dir), "--data", str(ann), "--output-dir", str(out),
                 "--max-new-tokens", "2", "--strict"]) == 2
     err = capsys.readouterr().err
-    assert f"{ann} data[0]" in err and "outside the data root" in err and "--allow-outside-root" in err
+    assert f"{ann} question 1" in err and "outside the data root" in err and "--allow-outside-root" in err
     assert cli(["eval", "docvqa", "--model", str(model_dir), "--data", str(ann), "--output-dir", str(out),
                 "--max-new-tokens", "2", "--allow-outside-root"]) == 0
     assert len(read_rows(out / "predictions.jsonl")) == 4
+
+
+def test_official_layout_records_with_unusable_image_paths_are_skipped_and_listed(tiny, tmp_path):
+    """A NUL in an image path and a symlink loop are per-record skips named ``FILE question N`` (N from 1)."""
+    _, _, model_dir = tiny
+    ann = docvqa_release(tmp_path / "data")
+    docs = ann.parent / "documents"
+    (docs / "loop1.png").symlink_to(docs / "loop2.png")
+    (docs / "loop2.png").symlink_to(docs / "loop1.png")
+    obj = json.loads(ann.read_text())
+    obj["data"][1]["image"] = "documents/doc\u0000.png"
+    obj["data"][2]["image"] = "documents/loop1.png"
+    ann.write_text(json.dumps(obj))
+    out = tmp_path / "out"
+    assert cli(["eval", "docvqa", "--model", str(model_dir), "--data", str(ann), "--output-dir", str(out),
+                "--max-new-tokens", "2"]) == 0
+    skipped = json.loads((out / "summary.json").read_text())["skipped"]
+    assert [e["source"] for e in skipped] == [f"{ann} question 2", f"{ann} question 3"]
+    assert "NUL" in skipped[0]["reason"] and "symlink loop" in skipped[1]["reason"]
+    assert len(read_rows(out / "predictions.jsonl")) == 2

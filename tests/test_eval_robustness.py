@@ -173,7 +173,7 @@ def test_bad_dataset_rows_are_skipped_and_named_by_index(models, tmp_path):
     assert run("asr", "--model", a, "--data", tmp_path / "set", "--output-dir", out) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert [(e["source"], e["reason"]) for e in summary["skipped"]] == [
-        (f"{tmp_path / 'set'}:1", "transcript must be a string, got None")]
+        (f"{tmp_path / 'set'} row 2", "transcript must be a string, got None")]
     assert summary["sets"]["set"]["items"] == 2
 
 

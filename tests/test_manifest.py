@@ -160,7 +160,7 @@ def test_hf_reader_asr_save_to_disk_and_parquet(tmp_path):
     for src in (tmp_path / "asr", tmp_path / "asr.parquet"):
         samples = list(read_hf_dataset(src, split="train", kind="asr"))
         assert [s.kind for s in samples] == ["asr", "asr"]
-        assert samples[1].source == f"{src}[train]:1"
+        assert samples[1].source == f"{src}[train] row 2"
         arr, sr = samples[0].messages[0]["content"][0]["audio"]
         assert sr == 16000 and arr.dtype == np.float32
         np.testing.assert_allclose(arr, clips[0], atol=1e-4)  # 16-bit WAV round trip
@@ -219,3 +219,98 @@ def test_hf_reader_offline_error_names_dataset(monkeypatch):
     msg = str(e.value)
     assert "someone/speech" in msg and "local path" in msg and "download" in msg
     assert not os.path.exists("someone/speech")
+
+
+# ----------------------------------------------------------------------------------------
+# issue 23: paths that break path resolution, NeMo manifests, relative paths in data files
+# ----------------------------------------------------------------------------------------
+def test_nul_in_a_media_path_names_file_and_line(tmp_path):
+    m = write_manifest(tmp_path, [{"audio": "a.wav", "text": "ok"}, {"audio": "a\u0000.wav", "text": "x"}])
+    with pytest.raises(ManifestError) as e:
+        read_manifest(m)
+    assert f"{m.resolve()}:2" in str(e.value) and "NUL" in str(e.value)
+    img = write_manifest(tmp_path, [{"image": "x\u0000.png", "question": "q", "answers": ["a"]}], "img.jsonl")
+    with pytest.raises(ManifestError, match=r"img.jsonl:1: image .* NUL"):
+        read_manifest(img)
+
+
+def test_a_symlink_loop_is_a_per_row_skip(tmp_path):
+    from molora.errors import AudioError
+
+    sf.write(tmp_path / "a.wav", synth_audio(0.3), 16000)
+    (tmp_path / "loop1.wav").symlink_to(tmp_path / "loop2.wav")
+    (tmp_path / "loop2.wav").symlink_to(tmp_path / "loop1.wav")
+    m = write_manifest(tmp_path, [{"audio": "a.wav", "text": "one"}, {"audio": "loop1.wav", "text": "two"},
+                                  {"audio": "a.wav", "text": "three"}])
+    skipped: list = []
+    samples = read_manifest(m, skipped=skipped)
+    assert [s.messages[1]["content"] for s in samples] == ["one", "three"]
+    assert skipped == [{"source": f"{m.resolve()}:2", "item": str(tmp_path.resolve() / "loop1.wav"),
+                        "reason": "audio: symlink loop: the path never names a file"}]
+    # without a skip list: the bad medium's own error, naming file, line and path
+    with pytest.raises(AudioError, match=rf"{m.resolve()}:2 \(.*loop1.wav\): audio: symlink loop"):
+        read_manifest(m)
+
+
+def test_training_counts_a_symlink_loop_row_as_a_skip(tmp_path):
+    from datafactory import corpus
+    from molora.stages.recipe import load_recipe
+    from molora.stages.trainer import train
+
+    data = corpus(tmp_path / "data", "asr", n=4)
+    (data.parent / "loop1.wav").symlink_to(data.parent / "loop2.wav")
+    (data.parent / "loop2.wav").symlink_to(data.parent / "loop1.wav")
+    rows = [json.loads(line) for line in data.read_text().splitlines()]
+    m = write_manifest(data.parent, rows[:2] + [{"audio": "loop1.wav", "text": "red"}] + rows[2:], "loop.jsonl")
+    summary = train(load_recipe("tiny-speech", {"data.train": str(m), "max_steps": 1,
+                                                "training.micro_batch_size": 4}), tmp_path / "out", progress=False)
+    assert [(s["source"], s["reason"]) for s in summary["skipped"]] == [
+        (f"{m.resolve()}:3", "audio: symlink loop: the path never names a file")]
+
+
+def test_nemo_manifest_rows_are_asr_rows(tmp_path):
+    sf.write(tmp_path / "a.wav", synth_audio(0.8), 16000)
+    # as NeMo writes them: one object per line, audio_filepath relative to the manifest, duration, text
+    m = tmp_path / "nemo.jsonl"
+    m.write_text('{"audio_filepath": "a.wav", "duration": 0.8, "text": "hello world"}\n'
+                 '{"audio_filepath": "a.wav", "duration": 0.8, "text": "again", "offset": 0.0}\n')
+    s = read_manifest(m)
+    assert [x.kind for x in s] == ["asr", "asr"]
+    assert s[0].messages[0]["content"][0]["audio"] == str(tmp_path.resolve() / "a.wav")
+    assert s[0].messages[1]["content"] == "hello world"
+    assert s[0].length == 4 + 10 + len(ASR_PROMPT) + 4 + len("hello world")      # the duration column
+    for row, reason in (({"audio_filepath": "a.wav", "text": "x", "offset": 1.5}, "'offset' is 1.5"),
+                        ({"audio_filepath": "a.wav", "audio": "a.wav", "text": "x"}, "both 'audio' and"),
+                        ({"audio_filepath": "../a.wav", "text": "x"}, "outside the data root")):
+        bad = write_manifest(tmp_path, [row], "bad.jsonl")
+        with pytest.raises(ManifestError, match=rf"bad.jsonl:1: .*{reason}"):
+            read_manifest(bad)
+
+
+@pytest.mark.parametrize("ext", ["csv", "jsonl", "parquet"])
+def test_hf_reader_resolves_relative_media_against_the_data_file(tmp_path, monkeypatch, ext):
+    from datasets import Dataset
+
+    from molora.data.hf_datasets import read_hf_dataset
+
+    (tmp_path / "data").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    sf.write(tmp_path / "data" / "a.wav", synth_audio(0.5), 16000)
+    ds = Dataset.from_dict({"audio": ["a.wav"], "text": ["hello"]})
+    path = tmp_path / "data" / f"train.{ext}"
+    {"csv": ds.to_csv, "jsonl": ds.to_json, "parquet": ds.to_parquet}[ext](str(path))
+    monkeypatch.chdir(tmp_path / "elsewhere")          # the working folder holds no a.wav
+    (s,) = read_hf_dataset(path, split="train", streaming=False)
+    audio = s.messages[0]["content"][0]["audio"]
+    assert isinstance(audio, tuple) and audio[1] == 16000      # decoded: found beside the data file
+
+
+def test_hf_reader_reads_an_imagefolder(tmp_path):
+    """ImageFolder: images + metadata.jsonl naming them in ``file_name`` (training's datasets spec)."""
+    from molora.data.hf_datasets import read_hf_dataset
+
+    drawn_image(50, 30, seed=1).save(tmp_path / "a.png")
+    (tmp_path / "metadata.jsonl").write_text(json.dumps({"file_name": "a.png", "question": "q", "answers": ["x"]})
+                                            + "\n")
+    (s,) = read_hf_dataset(tmp_path, split="train", kind="vqa")
+    assert s.messages[0]["content"][0]["image"].size == (50, 30) and s.answers == ["x"]

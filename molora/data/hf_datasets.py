@@ -6,8 +6,11 @@
   by default;
 * a local directory written by ``Dataset.save_to_disk`` / ``DatasetDict.save_to_disk``
   (``datasets.load_from_disk``);
+* an AudioFolder / ImageFolder directory (media files + ``metadata.csv`` / ``metadata.jsonl`` whose
+  ``file_name`` column names them): the metadata as a table, ``file_name`` as the media column;
 * local data files (``.parquet``, ``.json``/``.jsonl``, ``.csv``, ``.arrow``) or a directory of
-  them: ``load_dataset`` with the matching builder.
+  them: ``load_dataset`` with the matching builder. Relative media paths in them resolve against the
+  file's folder (the folder, for a directory), as a manifest's do, never against the working folder.
 
 Supported column layouts (the first column found wins):
 
@@ -36,7 +39,7 @@ from molora.errors import AudioError, ImageError, MediaError, MoLoRAError
 
 from .manifest import ASR_PROMPT, VQA_SUFFIX, Sample, estimate_length
 
-__all__ = ["read_hf_dataset", "decode_audio_value", "decode_image_value",
+__all__ = ["read_hf_dataset", "decode_audio_value", "decode_image_value", "data_folder", "rebased",
            "TEXT_FALLBACKS", "QUESTION_FALLBACKS", "ANSWERS_FALLBACKS"]
 
 TEXT_FALLBACKS = ("text", "sentence", "transcription", "normalized_text", "transcript")
@@ -170,6 +173,27 @@ def decode_image_value(value: Any, item: str):
 # ----------------------------------------------------------------------------------------
 # loading
 # ----------------------------------------------------------------------------------------
+def data_folder(name: str) -> Path | None:
+    """The folder relative media paths of a local source resolve against: a data file's own folder (as a
+    manifest's), a data folder itself; None for a hub id."""
+    p = Path(name).expanduser()
+    if p.is_file():
+        return p.resolve().parent
+    return p.resolve() if p.is_dir() else None
+
+
+def rebased(value: Any, base: Path | None) -> Any:
+    """A media value whose relative path is made absolute against ``base`` (``data_folder``); anything else
+    (bytes, arrays, absolute paths, URLs, hub data) unchanged."""
+    if base is None:
+        return value
+    path = value.get("path") if isinstance(value, dict) and value.get("bytes") is None else value
+    if not isinstance(path, str) or not path.strip() or "://" in path or Path(path).expanduser().is_absolute():
+        return value
+    full = str(base / path)
+    return {**value, "path": full} if isinstance(value, dict) else full
+
+
 def _offline_error(name: str, split: str, config: str | None, err: Exception) -> MoLoRAError:
     cfg = f", config {config!r}" if config else ""
     return MoLoRAError(
@@ -183,10 +207,28 @@ def _is_saved_to_disk(p: Path) -> bool:
     return p.is_dir() and ((p / "dataset_dict.json").exists() or (p / "state.json").exists())
 
 
-def _load(name_or_path: str, split: str, config: str | None, streaming: bool):
+_METADATA = ("metadata.csv", "metadata.jsonl")
+
+
+def _folder_metadata(p: Path) -> Path | None:
+    """The ``metadata.csv`` / ``.jsonl`` of an AudioFolder / ImageFolder layout (media files beside a metadata
+    file whose ``file_name`` column names them), when ``p`` is one."""
+    found = [p / n for n in _METADATA if (p / n).is_file()] if p.is_dir() else []
+    return found[0] if len(found) == 1 else None
+
+
+def _load(name_or_path: str, split: str, config: str | None, streaming: bool, media_column: str | None = None):
     import datasets
 
     p = Path(name_or_path).expanduser()
+    meta = _folder_metadata(p) if media_column else None
+    if meta is not None:
+        # AudioFolder / ImageFolder: the metadata read as a table, its file names as media paths relative to the
+        # folder (decoded here with soundfile / PIL: `datasets` would need torchcodec to build the folder)
+        ds = datasets.load_dataset(_BUILDERS[meta.suffix], data_files={split: str(meta.resolve())}, split=split)
+        if "file_name" in ds.column_names and media_column not in ds.column_names:
+            ds = ds.rename_column("file_name", media_column)
+        return ds
     if _is_saved_to_disk(p):
         ds = datasets.load_from_disk(str(p))
         if isinstance(ds, datasets.DatasetDict):
@@ -244,15 +286,17 @@ def read_hf_dataset(name_or_path: str | os.PathLike, *, split: str, config: str 
                     prompt: str | None = None) -> Iterator[Sample]:
     """Yield ``Sample`` objects (``kind`` "asr" or "vqa") from a hub dataset or a local copy.
 
-    ``source`` of each sample is ``"NAME[SPLIT]:INDEX"``. Raises ``MoLoRAError`` naming the dataset
-    when it cannot be loaded (telling the user to download it and pass a local path when the hub
-    is unreachable) and when a row lacks the expected columns or has a non-string transcript.
+    ``source`` of each sample is ``"NAME[SPLIT] row N"`` (N counted from 1, as manifest lines are).
+    Raises ``MoLoRAError`` naming the dataset when it cannot be loaded (telling the user to download it
+    and pass a local path when the hub is unreachable) and when a row lacks the expected columns or has
+    a non-string transcript.
     """
     if kind not in ("asr", "vqa"):
         raise MoLoRAError(f"kind must be 'asr' or 'vqa', got {kind!r}", str(name_or_path))
     name = str(name_or_path)
-    ds = _load(name, split, config, streaming)
+    ds = _load(name, split, config, streaming, audio_column if kind == "asr" else image_column)
     ds = _no_decode(ds, audio_column if kind == "asr" else image_column)
+    base = data_folder(name)    # relative media paths: against the data file's folder, as a manifest's
     it = iter(ds)
     for idx in range(limit if limit is not None else 2 ** 62):
         try:
@@ -264,8 +308,11 @@ def read_hf_dataset(name_or_path: str | os.PathLike, *, split: str, config: str 
         except Exception as e:  # noqa: BLE001 - streamed data fetched lazily
             if idx == 0 and not Path(name).expanduser().exists():
                 raise _offline_error(name, split, config, e) from e
-            raise MoLoRAError(f"cannot read row {idx}: {type(e).__name__}: {e}", f"{name}[{split}]") from e
-        source = f"{name}[{split}]:{idx}"
+            raise MoLoRAError(f"cannot read row {idx + 1}: {type(e).__name__}: {e}", f"{name}[{split}]") from e
+        source = f"{name}[{split}] row {idx + 1}"      # counted from 1, as manifest lines are
+        media = audio_column if kind == "asr" else image_column
+        if media in row:
+            row = {**row, media: rebased(row[media], base)}
         yield (_asr_sample(row, source, audio_column, text_column, prompt) if kind == "asr"
                else _vqa_sample(row, source, image_column, question_column, answers_column))
 

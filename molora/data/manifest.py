@@ -4,11 +4,15 @@ One JSON object per line (blank lines are allowed). Media paths are relative to 
 manifest's directory (the *data root*); they are resolved to absolute paths here, and a
 path that leaves the root (``..``, a symlink, an absolute path elsewhere) is refused unless
 ``allow_outside_root=True``. Files are *not* opened or checked for existence here: a missing
-or corrupt file is a collate-time skip (see ``molora.stages.collate``).
+or corrupt file is a collate-time skip (see ``molora.stages.collate``). A media path that can
+never name a file (a symlink loop) is a per-row ``MediaError``: listed in ``skipped`` when the
+caller passes that list (the trainer and the evaluators do), like a bad file at collate time.
 
 Row shapes::
 
     ASR         {"audio": PATH, "text": TRANSCRIPT, "prompt"?: STR, "duration"?: SECONDS}
+                NeMo / Open ASR manifests: {"audio_filepath": PATH, "duration": SECONDS, "text": ...}
+                (``offset`` 0 only: molora reads whole files)
     chat        {"messages": [...]}                       (image/audio parts hold paths)
     VQA         {"image": PATH, "question": Q, "answers": [A, ...]}
     preference  {"messages": [... ending with a user turn], "chosen": STR, "rejected": STR}
@@ -17,6 +21,7 @@ Other keys (``"id"``, ...) are ignored. Every error names ``file:line`` and the 
 """
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -24,14 +29,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from molora.errors import MoLoRAError
+from molora.errors import AudioError, ImageError, MediaError, MoLoRAError
 
-__all__ = ["Sample", "ManifestError", "read_manifest", "parse_row", "loads_row", "estimate_length",
-           "ASR_PROMPT", "VQA_SUFFIX", "KINDS", "MAX_LINE_BYTES"]
+__all__ = ["Sample", "ManifestError", "read_manifest", "read_manifest_rows", "parse_row", "loads_row",
+           "manifest_path", "estimate_length", "ASR_PROMPT", "VQA_SUFFIX", "KINDS", "MAX_LINE_BYTES", "AUDIO_KEYS"]
 
 ASR_PROMPT = "Transcribe the audio clip into text."
 VQA_SUFFIX = "\nAnswer the question using a single word or phrase."
 KINDS = ("asr", "chat", "vqa", "preference")
+AUDIO_KEYS = ("audio", "audio_filepath")    # molora's own key, NeMo / Open ASR manifests' key
 _ROLES = ("system", "user", "assistant")
 
 # Length estimates (tokens) used only for length grouping; rough Phi-4-multimodal numbers.
@@ -147,14 +153,25 @@ class _Row:
             self.fail(f"field {key!r} is empty")
         return v
 
-    def path(self, value: Any, field: str) -> str:
+    def path(self, value: Any, field: str, kind: str) -> str:
+        """``value`` resolved against the data root. A NUL character or an unusable path is a ManifestError;
+        a path that never names a file (a symlink loop) is a per-row ``AudioError`` / ``ImageError``
+        (``kind``) whose item is the path, so callers can skip and list the row as a bad medium."""
         if not isinstance(value, str) or not value.strip():
             self.fail(f"{field} must be a non-empty path string, got {value!r}")
+        if "\x00" in value:
+            self.fail(f"{field} {value!r} contains a NUL character (\\x00), which no file name can hold")
         if "://" in value:
             self.fail(f"{field} {value!r} is a URL; manifests take local paths relative to {self.root}")
         p = Path(value).expanduser()
         p = p if p.is_absolute() else self.root / p
-        resolved = p.resolve()  # follows symlinks and '..' (the file need not exist)
+        try:
+            resolved = p.resolve()  # follows symlinks and '..' (the file need not exist)
+        except (RuntimeError, OSError) as e:  # Python 3.11: RuntimeError("Symlink loop from ...")
+            error = AudioError if kind == "audio" else ImageError
+            reason = "symlink loop" if isinstance(e, RuntimeError) or getattr(e, "errno", None) == errno.ELOOP else \
+                f"cannot resolve the path ({e})"
+            raise error(f"{field}: {reason}: the path never names a file", str(p)) from None
         if not self.allow and not resolved.is_relative_to(self.root):
             self.fail(f"{field} {value!r} resolves to {resolved}, outside the data root {self.root} "
                       f"({self.hint})")
@@ -191,7 +208,7 @@ class _Row:
                     raw = next((part[k] for k in (kind, "path", "url") if k in part), None)
                     if raw is None:
                         self.fail(f"{pat} ({kind}) has no {kind!r} path")
-                    parts.append({"type": kind, kind: self.path(raw, f"{pat}.{kind}")})
+                    parts.append({"type": kind, kind: self.path(raw, f"{pat}.{kind}", kind)})
                 else:
                     self.fail(f"{pat}.type must be 'text', 'image' or 'audio', got {kind!r}")
             out.append({"role": role, "content": parts})
@@ -219,22 +236,29 @@ def parse_row(row: Any, where: str, root: Path, *, allow_outside_root: bool = Fa
         if not any(m["role"] == "assistant" and m["content"] for m in msgs):
             r.fail("chat 'messages' have no non-empty assistant turn (nothing to learn from)")
         return Sample(msgs, "chat", where, length=estimate_length(msgs, probe_media=probe_media))
-    if "audio" in row and "image" in row:
-        r.fail("unknown row shape: both 'audio' and 'image' (use a chat row with 'messages' for mixed media)")
-    if "audio" in row:
-        audio = r.path(row["audio"], "audio")
+    audio_key = [k for k in AUDIO_KEYS if k in row]
+    if len(audio_key) > 1:
+        r.fail("both 'audio' and 'audio_filepath' (give the clip once)")
+    if audio_key and "image" in row:
+        r.fail(f"unknown row shape: both {audio_key[0]!r} and 'image' (use a chat row with 'messages' for mixed "
+               "media)")
+    if audio_key:
+        audio = r.path(row[audio_key[0]], audio_key[0], "audio")
         text = r.text(row, "text")
         prompt = r.text(row, "prompt") if "prompt" in row else ASR_PROMPT
         duration = row.get("duration")
         if duration is not None and (isinstance(duration, bool) or not isinstance(duration, (int, float))
                                      or not math.isfinite(duration) or duration < 0):
             r.fail(f"field 'duration' must be a non-negative number of seconds, got {duration!r}")
+        if row.get("offset") not in (None, 0, 0.0):
+            r.fail(f"field 'offset' is {row['offset']!r}: molora reads whole files, not segments of them "
+                   "(cut the segment into its own file, or drop 'offset' when it is 0)")
         msgs = [{"role": "user", "content": [{"type": "audio", "audio": audio}, {"type": "text", "text": prompt}]},
                 {"role": "assistant", "content": text}]
         return Sample(msgs, "asr", where,
                       length=estimate_length(msgs, probe_media=probe_media, audio_duration=duration))
     if "image" in row:
-        image = r.path(row["image"], "image")
+        image = r.path(row["image"], "image", "image")
         question = r.text(row, "question")
         if "answers" not in row:
             r.fail("missing field 'answers'")
@@ -248,8 +272,8 @@ def parse_row(row: Any, where: str, root: Path, *, allow_outside_root: bool = Fa
                 {"role": "assistant", "content": answers[0]}]
         return Sample(msgs, "vqa", where, answers=list(answers),
                       length=estimate_length(msgs, probe_media=probe_media))
-    r.fail(f"unknown row shape with keys {sorted(row)} (expected audio+text, messages, image+question+answers, "
-           "or messages+chosen+rejected)")
+    r.fail(f"unknown row shape with keys {sorted(row)} (expected audio+text, audio_filepath+text (NeMo), messages, "
+           "image+question+answers, or messages+chosen+rejected)")
     raise AssertionError("unreachable")
 
 
@@ -303,29 +327,56 @@ def read_manifest(path: str | os.PathLike, *, allow_outside_root: bool = False,
                   max_line_bytes: int = MAX_LINE_BYTES, skipped: list[dict] | None = None) -> list[Sample]:
     """Read a JSONL manifest -> list of Sample (see the module docstring for row shapes).
 
-    Raises ``ManifestError`` naming ``file:line`` on the first malformed line. ``probe_media``
-    reads audio/image *headers* for the length estimate (no decoding; unreadable files fall back
-    to a constant); pass False on very large manifests to skip all file access. A line over
-    ``max_line_bytes`` is never read whole: it is appended to ``skipped`` (``{"source", "item",
+    Raises ``ManifestError`` naming ``file:line`` (lines counted from 1, as editors show them) on the
+    first malformed line. ``probe_media`` reads audio/image *headers* for the length estimate (no
+    decoding; unreadable files fall back to a constant); pass False on very large manifests to skip all
+    file access. A line over ``max_line_bytes`` is never read whole, and a row whose media path never
+    names a file (a symlink loop) is left out: both are appended to ``skipped`` (``{"source", "item",
     "reason"}``, as the collator lists bad media) when that list is given, else an error.
     """
+    return [s for s, _ in read_manifest_rows(path, allow_outside_root=allow_outside_root, probe_media=probe_media,
+                                             outside_root_hint=outside_root_hint, max_line_bytes=max_line_bytes,
+                                             skipped=skipped)]
+
+
+def manifest_path(path: str | os.PathLike) -> Path:
+    """The manifest's absolute path (symlinks resolved), or ManifestError naming why it cannot be read."""
     if not str(path).strip():
         raise ManifestError("empty manifest path", "manifest")
-    mpath = Path(path).expanduser().resolve()
+    if "\x00" in str(path):
+        raise ManifestError("the path contains a NUL character (\\x00)", repr(str(path)))
+    try:
+        mpath = Path(path).expanduser().resolve()
+    except (RuntimeError, OSError) as e:
+        raise ManifestError(f"cannot resolve the path ({'symlink loop' if isinstance(e, RuntimeError) else e})",
+                            str(path)) from None
     if not mpath.is_file():
         raise ManifestError("is a directory, not a manifest file" if mpath.is_dir() else "manifest file not found",
                             str(mpath))
+    return mpath
+
+
+def read_manifest_rows(path: str | os.PathLike, *, allow_outside_root: bool = False,
+                       probe_media: bool = True, outside_root_hint: str | None = None,
+                       max_line_bytes: int = MAX_LINE_BYTES,
+                       skipped: list[dict] | None = None) -> list[tuple[Sample, dict]]:
+    """``read_manifest`` that also returns each row as decoded (``[(Sample, row)]``): the keys a Sample
+    does not keep (``id``, ``duration``, ...) are there."""
+    mpath = manifest_path(path)
     root = mpath.parent
-    samples = []
+    out = []
+
+    def skip(where: str, item: str, reason: str, error: type[MoLoRAError]) -> None:
+        if skipped is None:
+            raise error(reason, f"{where} ({item})" if item and item != "line" else where)
+        skipped.append({"source": where, "item": item, "reason": reason})
+
     with open(mpath, "rb") as f:
         for lineno, raw in _lines(f, max_line_bytes):
             where = f"{mpath}:{lineno}"
             if isinstance(raw, int):
-                reason = (f"line of {raw:,} bytes is over the limit of {max_line_bytes:,} bytes "
-                          "(molora.data.manifest.MAX_LINE_BYTES)")
-                if skipped is None:
-                    raise ManifestError(reason, where)
-                skipped.append({"source": where, "item": "line", "reason": reason})
+                skip(where, "line", f"line of {raw:,} bytes is over the limit of {max_line_bytes:,} bytes "
+                                    "(molora.data.manifest.MAX_LINE_BYTES)", ManifestError)
                 continue
             try:
                 line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
@@ -333,6 +384,12 @@ def read_manifest(path: str | os.PathLike, *, allow_outside_root: bool = False,
                 raise ManifestError(f"not valid UTF-8 ({e.reason} at byte {e.start})", where) from None
             if not line.strip():
                 continue
-            samples.append(parse_row(loads_row(line, where), where, root, allow_outside_root=allow_outside_root,
-                                     probe_media=probe_media, outside_root_hint=outside_root_hint))
-    return samples
+            row = loads_row(line, where)
+            try:
+                sample = parse_row(row, where, root, allow_outside_root=allow_outside_root, probe_media=probe_media,
+                                   outside_root_hint=outside_root_hint)
+            except MediaError as e:
+                skip(where, e.item or "", e.reason, type(e))
+                continue
+            out.append((sample, row))
+    return out
