@@ -6,7 +6,9 @@ SRC is anything ``MoLoRAModel.from_pretrained`` reads: a directory in any of the
 hub id, or a preset name (``tiny`` writes the shipped tiny weights). DST gets the model in the
 chosen layout (written to a temporary folder, then renamed; sharded above ``--max-shard-size``),
 the PEFT adapter folders (``vision-lora/``, ``speech-lora/``) and the processor files (the summary
-names each file written). ``--dtype auto`` keeps the dtype SRC's weights are stored in.
+names each file written). ``--dtype auto`` keeps the dtype SRC's weights are stored in. A checkpoint
+folder is read and written shard by shard (peak memory: about the largest shard, whatever the
+checkpoint's size), with a progress bar.
 """
 from __future__ import annotations
 
@@ -18,14 +20,18 @@ import torch
 
 from .checkpoint import LAYOUTS
 from .errors import CheckpointError
+from .stored_tensors import total_bytes
 
 __all__ = ["LAYOUTS", "DTYPES", "convert", "add_parser"]
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 def convert(src: str, dst: str | Path, layout: str = "molora", dtype: str = "auto", *, force: bool = False,
-            processor: bool = True, max_shard_size: int | str = "5GB") -> dict:
-    """Load ``src`` (any layout, hub id or preset) and write it to ``dst`` in ``layout``; returns a summary."""
-    from .checkpoint import detect_layout, is_preset, resolve_path, stored_dtype
+            processor: bool = True, max_shard_size: int | str = "5GB", progress: bool | None = None) -> dict:
+    """Rewrite ``src`` (any layout, hub id or preset) to ``dst`` in ``layout``; returns a summary. A checkpoint
+    folder is streamed: each destination shard is filled from the source files (cast tensor by tensor),
+    written and let go, so memory holds about one shard whatever the checkpoint's size. ``progress``: a
+    bytes progress bar (None: on a terminal, for checkpoints of 1 GiB or more)."""
+    from .checkpoint import detect_layout, is_preset, resolve_path, stored_dtype, stored_model, write_checkpoint
     from .model import MoLoRAModel
     from .processor import MoLoRAProcessor
 
@@ -48,8 +54,14 @@ def convert(src: str, dst: str | Path, layout: str = "molora", dtype: str = "aut
                                   str(dst))
         source_layout, source_dtype = detect_layout(directory), stored_dtype(directory) or torch.float32
     target = source_dtype if dtype == "auto" else DTYPES[dtype]
-    model = MoLoRAModel.from_pretrained(str(src), dtype=target)
-    model_files = model.save_pretrained(dst, layout=layout, max_shard_size=max_shard_size)
+    if is_preset(src):  # a preset is built in memory
+        model = MoLoRAModel.from_pretrained(str(src), dtype=target)
+        config, tensors = model.config, model.state_dict()
+    else:  # read from the source files shard by shard as the destination's shards are written
+        config, tensors = stored_model(directory)
+        tensors = {k: v.cast(target) for k, v in tensors.items()}
+    model_files = write_checkpoint(tensors, config, target, dst, layout, max_shard_size=max_shard_size,
+                                   progress=progress)
     processor_files, processor_note = [], "not asked for"
     if processor:
         try:
@@ -59,12 +71,12 @@ def convert(src: str, dst: str | Path, layout: str = "molora", dtype: str = "aut
                 processor_note += " (no tokenizer in the source: media settings only)"
         except Exception as e:  # e.g. an unreadable tokenizer
             processor_note = f"not written ({type(e).__name__}: {e})"
-    params = list(model.state_dict().values())
+    params = list(tensors.values())
     return {"source": str(src), "source_layout": source_layout, "destination": str(dst), "layout": layout,
             "dtype": str(target).removeprefix("torch."), "tensors": len(params),
             "parameters": sum(p.numel() for p in params),
-            "bytes": sum(p.numel() * p.element_size() for p in params),
-            "adapters": sorted(model.config.adapters), "model_files": model_files,
+            "bytes": total_bytes(params),
+            "adapters": sorted(config.adapters), "model_files": model_files,
             "processor": any(f.startswith("tokenizer") for f in processor_files),
             "processor_files": processor_files, "processor_note": processor_note,
             "seconds": round(time.perf_counter() - t0, 3)}
