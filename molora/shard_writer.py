@@ -63,7 +63,7 @@ class Progress:
         from tqdm.auto import tqdm
 
         self.bar = tqdm(total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1024, dynamic_ncols=True,
-                        disable=None if enabled is None else not enabled, leave=False)
+                        disable=None if enabled is None else not enabled)
 
     def update(self, n: int) -> None:
         self.bar.update(n)

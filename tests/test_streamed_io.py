@@ -188,3 +188,18 @@ def test_cast_load_and_save_hold_no_second_copy(sources, big_source, tmp_path):
     r = run_child("load", sources[0], root / "bf16", tmp_path / "out")
     assert r["load_bf16_as_float32"] < r["model"] + 2 * SHARD, r
     assert r["save_float32"] < 3 * SHARD, r
+
+
+def test_convert_and_save_show_a_bytes_progress_bar(sources, tmp_path, capsys):
+    """A bar over the bytes written (tqdm, as training and evaluation show theirs), when asked for; the
+    library default shows it on a terminal for checkpoints of 1 GiB or more, never for a tiny one."""
+    from molora.convert import convert
+
+    root, model = sources
+    convert(str(root / "phi4mm"), tmp_path / "a", layout="phi4_multimodal", processor=False, progress=True)
+    err = capsys.readouterr().err
+    assert "writing a" in err and "100%" in err and "5.54M" in err
+    model.save_pretrained(tmp_path / "b", progress=True)
+    assert "writing b" in capsys.readouterr().err
+    model.save_pretrained(tmp_path / "c")
+    assert "writing" not in capsys.readouterr().err
