@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from .checkpoint import resolve_path
-from .weight_files import read_weights
+from .stored_tensors import read, stored_tensors
 from .config import MoLoRAConfig
 from .errors import CheckpointError, ConfigError
 from .layouts import adapted
@@ -46,7 +46,7 @@ def assemble(config: MoLoRAConfig, backbone: str | None = None, vision: str | No
     torch.manual_seed(seed)
     model = MoLoRAModel(config)
     if directory is not None:
-        raw = read_weights(directory)
+        raw = read(stored_tensors(directory))
         lm = {}
         for k, v in raw.items():
             if k == "lm_head.weight":

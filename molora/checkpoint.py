@@ -11,15 +11,14 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
-from . import layouts, peft_adapters, placement
+from . import layouts, peft_adapters, placement, shard_writer, stored_tensors
 from .config import MoLoRAConfig
 from .errors import CheckpointError, ConfigError
 from .presets import TINY_BPE_VOCAB
 from .staging import staged
-from .weight_files import (ADAPTER_WEIGHTS, INDEX, WEIGHTS, read_adapter_weights, read_weights,  # noqa: F401
-                           stored_dtype, weight_shapes)
+from .stored_tensors import StoredTensor, stored_dtype, weight_shapes  # noqa: F401 (stored_dtype: API)
+from .weight_files import ADAPTER_WEIGHTS, INDEX, WEIGHTS  # noqa: F401 (names other modules import)
 
 LAYOUTS = ("molora", "phi4mm", "phi4_multimodal")
 HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "vision-lora/*", "speech-lora/*"]
@@ -126,8 +125,9 @@ def _config(d: dict, layout: str, directory: Path, name: str, where: str) -> MoL
     return layouts.from_transformers_config(d, adapters, tokenizer=tok)
 
 
-def load_state_dict(directory: Path, layout: str, config: MoLoRAConfig) -> dict[str, torch.Tensor]:
-    raw = read_weights(directory)
+def load_state_dict(directory: Path, layout: str, config: MoLoRAConfig) -> dict[str, StoredTensor]:
+    """molora key -> the stored tensor it comes from (headers only: nothing is read yet)."""
+    raw = stored_tensors.stored_tensors(directory)
     if layout == "molora":
         return raw
     if layout == "phi4mm":
@@ -135,8 +135,16 @@ def load_state_dict(directory: Path, layout: str, config: MoLoRAConfig) -> dict[
     sd = layouts.from_transformers_state_dict(raw, config)
     for name, folder in _peft_folders(directory).items():
         sd.update(peft_adapters.adapter_tensors(folder, name, config.adapters[name], config.backbone,
-                                                read_adapter_weights(folder)))
+                                                stored_tensors.stored_adapter(folder)))
     return sd
+
+
+def stored_model(directory: Path) -> tuple[MoLoRAConfig, dict[str, StoredTensor]]:
+    """A checkpoint's config and its state dict as stored tensors, checked against the config and in the
+    model's own key order (headers only: nothing is read)."""
+    config = load_config(directory)
+    model = build_empty(config)
+    return config, _checked(model, load_state_dict(directory, detect_layout(directory), config), str(directory))
 
 
 def build_empty(config: MoLoRAConfig):
@@ -146,7 +154,8 @@ def build_empty(config: MoLoRAConfig):
         return MoLoRAModel(config)
 
 
-def _materialize(model, sd: dict, where: str) -> None:
+def _checked(model, sd: dict, where: str) -> dict:
+    """``sd`` (tensors or stored tensors) in the model's key order, after checking keys and shapes."""
     expected = model.state_dict()
     tied = config_tied(model)
     missing = [k for k in expected if k not in sd]
@@ -159,8 +168,13 @@ def _materialize(model, sd: dict, where: str) -> None:
         if tuple(sd[k].shape) != tuple(v.shape):
             raise CheckpointError(f"shape mismatch for {k}: checkpoint {tuple(sd[k].shape)}, model {tuple(v.shape)}",
                                   where)
-    sd = {k: sd[k] for k in expected}
-    model.load_state_dict(sd, assign=True, strict=True)
+    return {k: sd[k] for k in expected}
+
+
+def _materialize(model, sd: dict, where: str) -> None:
+    """Load ``sd`` (tensors, or stored tensors read now: memory-mapped as stored, or cast one by one) into
+    the meta ``model``."""
+    model.load_state_dict(stored_tensors.read(_checked(model, sd, where)), assign=True, strict=True)
     _rebuild_buffers(model)
     model.freeze_base()
 
@@ -240,8 +254,13 @@ def load_model(path_or_id, dtype=None, device=None, *, torch_dtype=None, device_
     layout = detect_layout(directory)
     config = load_config(directory)
     model = build_empty(config)
-    _materialize(model, load_state_dict(directory, layout, config), str(directory))
     target = placement.resolve_dtype(dtype, torch_dtype)
+    sd = load_state_dict(directory, layout, config)
+    if target is not None and placement.on_cpu(device_map):  # cast tensor by tensor as they are read
+        sd = {k: v.cast(target) for k, v in sd.items()}
+        placement.check_fits(sum(v.nbytes for v in sd.values() if v.dtype != v.stored), torch.device("cpu"),
+                             str(directory))
+    _materialize(model, sd, str(directory))
     return placement.place(model, target, device_map, max_memory, where=str(directory)).eval()
 
 
@@ -261,82 +280,100 @@ def model_entry(entry: Path) -> bool:
     return entry.name in ("config.json", WEIGHTS, INDEX) or _SHARD.fullmatch(entry.name) is not None
 
 
-def _contiguous(sd: dict) -> dict:
-    return {k: v.detach().contiguous().cpu() for k, v in sd.items()}
-
-
-def _dtype_fields(model) -> dict:
+def _dtype_fields(dtype: torch.dtype) -> dict:
     """``torch_dtype`` (and transformers 5's ``dtype``) for config.json: the dtype the weights are saved in."""
-    name = str(model.dtype).removeprefix("torch.")
+    name = str(dtype).removeprefix("torch.")
     return {"torch_dtype": name, "dtype": name}
 
 
-def write_weights(sd: dict, directory: Path, max_shard_size: int | str = "5GB") -> list[str]:
+def write_weights(sd: dict, directory: Path, max_shard_size: int | str = "5GB", progress=None) -> list[str]:
     """``model.safetensors``, or shards ``model-0000i-of-0000n.safetensors`` + ``model.safetensors.index.json``
     when the weights exceed ``max_shard_size``, as Hugging Face writes them (huggingface_hub's
-    save_torch_state_dict). Returns the file names written."""
-    from huggingface_hub import save_torch_state_dict, split_torch_state_dict_into_shards
-
-    split = split_torch_state_dict_into_shards(sd, max_shard_size=max_shard_size)
-    save_torch_state_dict(sd, directory, max_shard_size=max_shard_size)
-    return sorted(split.filename_to_tensors) + ([INDEX] if split.is_sharded else [])
+    save_torch_state_dict), one shard in memory at a time. Returns the file names written."""
+    return shard_writer.write_shards(sd, directory, max_shard_size, progress)
 
 
 def save_model(model, directory, layout: str = "molora", peft_folders: bool = True,
-               max_shard_size: int | str = "5GB", safe_serialization: bool = True) -> list[str]:
+               max_shard_size: int | str = "5GB", safe_serialization: bool = True,
+               progress: bool | None = None) -> list[str]:
     """Write ``model`` to ``directory`` in ``layout`` (molora | phi4mm | phi4_multimodal); returns the
     files written (paths relative to ``directory``).
 
     molora and phi4mm keep the LoRA weights inside the shards; every layout also gets PEFT
     folders ``<adapter>-lora/`` (the transformers-native layout keeps adapters only there).
     Weights above ``max_shard_size`` are sharded with an index, as transformers does; config.json
-    records ``torch_dtype``. Written to a staging folder, then moved into place: into an existing
-    folder, only the entries `model_entry` accepts are replaced (processor files and the user's own
-    files stay); a failure leaves the folder as it was, and a full disk is ``OSError(ENOSPC)``.
+    records ``torch_dtype``. Written one shard at a time (no second copy of the model: a shard is
+    copied to the CPU only when it is written) into a staging folder, then moved into place (see
+    `write_checkpoint`). ``progress``: a bytes progress bar (None: on a terminal, for models of 1 GiB
+    or more).
     """
     if not safe_serialization:
         raise CheckpointError("molora writes safetensors only (safe_serialization=False is not supported)",
                               str(directory))
+    return write_checkpoint(model.state_dict(), model.config, model.dtype, directory, layout, peft_folders,
+                            max_shard_size, progress)
+
+
+def write_checkpoint(sd: dict, cfg: MoLoRAConfig, dtype: torch.dtype, directory, layout: str = "molora",
+                     peft_folders: bool = True, max_shard_size: int | str = "5GB",
+                     progress: bool | None = None) -> list[str]:
+    """``save_model`` for a state dict in molora's keys whose values are tensors or ``StoredTensor``s (read
+    from their files shard by shard: ``molora convert`` rewrites a checkpoint of any size this way).
+    Written to a staging folder, then moved into place: into an existing folder, only the entries
+    `model_entry` accepts are replaced (processor files and the user's own files stay); a failure
+    leaves the folder as it was, and a full disk is ``OSError(ENOSPC)``."""
     if layout not in LAYOUTS:
         raise CheckpointError(f"layout must be one of {', '.join(LAYOUTS)}", layout)
     with staged(Path(directory), owned=model_entry) as tmp:
-        return write_model(model, tmp, layout, peft_folders, max_shard_size)
+        return write_checkpoint_files(sd, cfg, dtype, tmp, layout, peft_folders, max_shard_size, progress,
+                                      name=Path(directory).name)
 
 
-def write_model(model, directory: Path, layout: str = "molora", peft_folders: bool = True,
-                max_shard_size: int | str = "5GB") -> list[str]:
-    """The files of `save_model`, written into ``directory`` as they are (no staging)."""
-    sd = _contiguous(model.state_dict())
-    cfg = model.config
+def write_checkpoint_files(sd: dict, cfg: MoLoRAConfig, dtype: torch.dtype, directory: Path, layout: str = "molora",
+                           peft_folders: bool = True, max_shard_size: int | str = "5GB",
+                           progress: bool | None = None, name: str | None = None) -> list[str]:
+    """The files of `write_checkpoint`, written into ``directory`` as they are (no staging); returns
+    their paths relative to it. ``name``: the folder named on the progress bar."""
     if layout == "molora":
-        weights, config = sd, {**cfg.to_dict(), **_dtype_fields(model)}
+        weights, config = sd, {**cfg.to_dict(), **_dtype_fields(dtype)}
     elif layout == "phi4mm":
         weights = {layouts.to_phi4mm_key(k): v for k, v in sd.items()}
-        config = {**layouts.to_phi4mm_config(cfg), **_dtype_fields(model)}
+        config = {**layouts.to_phi4mm_config(cfg), **_dtype_fields(dtype)}
     else:
         weights = layouts.to_transformers_state_dict(sd)
-        config = {**layouts.to_transformers_config(cfg), **_dtype_fields(model)}
+        config = {**layouts.to_transformers_config(cfg), **_dtype_fields(dtype)}
         peft_folders = True
-    written = write_weights(weights, directory, max_shard_size)
-    (directory / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    written.append("config.json")
-    if peft_folders:
-        written += [str(Path(f).relative_to(directory)) for f in export_peft(model, directory, sd=sd)]
+    lora = [t for a in peft_adapters.adapter_state_dicts(sd).values() for t in a.values()] if peft_folders else []
+    total = stored_tensors.total_bytes([*weights.values(), *lora])
+    bar = shard_writer.Progress(total, f"writing {name or directory.name}",
+                                (None if total >= 2**30 else False) if progress is None else progress)
+    try:
+        written = write_weights(weights, directory, max_shard_size, bar)
+        (directory / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        written.append("config.json")
+        if peft_folders:
+            written += [str(Path(f).relative_to(directory))
+                        for f in export_peft(None, directory, sd=sd, config=cfg, progress=bar)]
+    finally:
+        bar.close()
     return written
 
 
-def export_peft(model, directory, adapters: list[str] | None = None, sd: dict | None = None) -> list[Path]:
+def export_peft(model, directory, adapters: list[str] | None = None, sd: dict | None = None, *,
+                config: MoLoRAConfig | None = None, progress=None) -> list[Path]:
     """Write each adapter as a PEFT folder ``<directory>/<name>-lora/`` that peft and vLLM load;
-    returns the files written."""
-    sd = _contiguous(model.state_dict()) if sd is None else sd
+    returns the files written. ``sd`` and ``config`` stand for the model's (``model`` may then be None):
+    a state dict of tensors or ``StoredTensor``s."""
+    sd = model.state_dict() if sd is None else sd
+    cfg = model.config if config is None else config
     out = []
     for name, tensors in peft_adapters.adapter_state_dicts(sd).items():
         if adapters is not None and name not in adapters:
             continue
         folder = Path(directory) / f"{name}-lora"
         folder.mkdir(parents=True, exist_ok=True)
-        save_file(tensors, str(folder / "adapter_model.safetensors"), metadata={"format": "pt"})
+        shard_writer.write_file(tensors, folder / "adapter_model.safetensors", progress)
         (folder / "adapter_config.json").write_text(
-            json.dumps(peft_adapters.peft_config(name, model.config.adapters[name]), indent=2))
+            json.dumps(peft_adapters.peft_config(name, cfg.adapters[name]), indent=2))
         out += [folder / "adapter_config.json", folder / "adapter_model.safetensors"]
     return out

@@ -13,6 +13,8 @@ whole output is in place. ``--force`` replaces a DST that holds checkpoint files
 anything else in it (a notes file, another folder), or DST being SRC, inside it or above it, is
 refused. A source whose processor cannot be read is an error (``--no-processor`` writes the model
 only); a source with no tokenizer converts with a warning on stderr.
+A checkpoint folder is read and written shard by shard (peak memory: about the largest shard,
+whatever the checkpoint's size), with a progress bar.
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ import torch
 
 from .checkpoint import LAYOUTS
 from .errors import CheckpointError
+from .stored_tensors import total_bytes
 
 __all__ = ["LAYOUTS", "DTYPES", "convert", "add_parser"]
 
@@ -91,15 +94,18 @@ def _read_processor(src: str):
 
 
 def convert(src: str, dst: str | Path, layout: str = "molora", dtype: str = "auto", *, force: bool = False,
-            processor: bool = True, max_shard_size: int | str = "5GB") -> dict:
-    """Load ``src`` (any layout, hub id or preset) and write it to ``dst`` in ``layout``; returns a summary
+            processor: bool = True, max_shard_size: int | str = "5GB", progress: bool | None = None) -> dict:
+    """Rewrite ``src`` (any layout, hub id or preset) to ``dst`` in ``layout``; returns a summary
     (``warnings``: what the output lacks, e.g. a tokenizer the source did not have).
 
     Nothing is written unless everything was read; the output is staged, then moved into place, so a
     failure (a full disk: ``OSError(ENOSPC)``) leaves ``dst`` as it was. ``force`` replaces a ``dst``
     that holds checkpoint files only; a ``dst`` holding anything else, or that is the source, inside
-    it or above it, is refused."""
-    from .checkpoint import detect_layout, is_preset, resolve_path, stored_dtype, write_model
+    it or above it, is refused. A checkpoint folder is streamed: each destination shard is filled from
+    the source files (cast tensor by tensor), written and let go, so memory holds about one shard
+    whatever the checkpoint's size. ``progress``: a bytes progress bar (None: on a terminal, for
+    checkpoints of 1 GiB or more)."""
+    from .checkpoint import detect_layout, is_preset, resolve_path, stored_dtype, stored_model, write_checkpoint_files
     from .model import MoLoRAModel
     from .staging import check_folder_path, staged
 
@@ -118,10 +124,16 @@ def convert(src: str, dst: str | Path, layout: str = "molora", dtype: str = "aut
         source_layout, source_dtype = detect_layout(directory), stored_dtype(directory) or torch.float32
     _check_destination(dst, force)
     target = source_dtype if dtype == "auto" else DTYPES[dtype]
-    model = MoLoRAModel.from_pretrained(str(src), dtype=target)
+    if is_preset(src):  # a preset is built in memory
+        model = MoLoRAModel.from_pretrained(str(src), dtype=target)
+        config, tensors = model.config, model.state_dict()
+    else:  # read from the source files shard by shard as the destination's shards are written
+        config, tensors = stored_model(directory)
+        tensors = {k: v.cast(target) for k, v in tensors.items()}
     proc = _read_processor(str(src)) if processor else None
     with staged(dst, owned=checkpoint_entry) as tmp:
-        model_files = write_model(model, tmp, layout, True, max_shard_size)
+        model_files = write_checkpoint_files(tensors, config, target, tmp, layout, True, max_shard_size, progress,
+                                             name=dst.name)
         processor_files = proc.save_pretrained(tmp) if proc is not None else []
     tokenizer = any(f.startswith("tokenizer") for f in processor_files)
     warnings, note = [], "not asked for (--no-processor)"
@@ -132,12 +144,11 @@ def convert(src: str, dst: str | Path, layout: str = "molora", dtype: str = "aut
             warnings.append(f"{src} has no tokenizer files, so {dst} has none either (media settings only): copy "
                             "the tokenizer's files (tokenizer.json, tokenizer_config.json, ...) into it before "
                             "serving it")
-    params = list(model.state_dict().values())
+    params = list(tensors.values())
     return {"source": str(src), "source_layout": source_layout, "destination": str(dst), "layout": layout,
             "dtype": str(target).removeprefix("torch."), "tensors": len(params),
-            "parameters": sum(p.numel() for p in params),
-            "bytes": sum(p.numel() * p.element_size() for p in params),
-            "adapters": sorted(model.config.adapters), "model_files": model_files,
+            "parameters": sum(p.numel() for p in params), "bytes": total_bytes(params),
+            "adapters": sorted(config.adapters), "model_files": model_files,
             "processor": tokenizer, "processor_files": processor_files, "processor_note": note,
             "warnings": warnings, "seconds": round(time.perf_counter() - t0, 3)}
 

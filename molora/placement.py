@@ -52,6 +52,16 @@ def as_device(value) -> torch.device:
         raise CheckpointError(f"unknown device {value!r}", "device_map") from None
 
 
+def on_cpu(device_map) -> bool:
+    """Whether ``device_map`` puts the whole model on the CPU (None: where it is loaded, the CPU); a model
+    that stays on the CPU is cast as its tensors are read, one at a time, not after the whole is loaded."""
+    if device_map is None:
+        return True
+    if isinstance(device_map, (dict, int)) or (isinstance(device_map, str) and device_map == "auto"):
+        return False
+    return as_device(device_map).type == "cpu"
+
+
 def available_bytes(device: torch.device) -> int:
     """Free memory on ``device``: the host's available memory for CPU, the free memory of an accelerator."""
     if device.type == "cpu":

@@ -4,15 +4,13 @@ Weights come only from the files the index (``model.safetensors.index.json``: it
 tensor name -> shard file) or the canonical name (``model.safetensors``) point to; a PEFT folder's
 from its ``adapter_model.safetensors``. Other ``*.safetensors`` files beside them (a backup, an
 older export) are never read. `weight_files` is the one place that decides which files and which
-tensors of each: the readers below (whole state dict, headers only) and any later reader that goes
-shard by shard start from it.
+tensors of each; `molora.stored_tensors` reads them (headers first, weights shard by shard).
 """
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-import torch
 from safetensors import safe_open
 
 from .errors import CheckpointError
@@ -20,8 +18,6 @@ from .errors import CheckpointError
 WEIGHTS = "model.safetensors"
 INDEX = "model.safetensors.index.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
-
-_DTYPES = {"F64": torch.float64, "F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}
 
 
 def _index(path: Path) -> dict[str, str]:
@@ -63,14 +59,14 @@ def weight_files(directory: Path) -> dict[Path, list[str] | None]:
     raise CheckpointError(f"no {WEIGHTS} or {INDEX}{hint}", str(directory))
 
 
-def _open(f: Path):
+def open_file(f: Path):
     try:
         return safe_open(str(f), framework="pt")
     except Exception as e:  # safetensors' own error type: truncated, corrupt header, unknown dtype
         raise CheckpointError(f"unreadable safetensors file ({e})", str(f)) from None
 
 
-def _keys(fh, f: Path, wanted: list[str] | None, index: Path | None) -> list[str]:
+def checked_keys(fh, f: Path, wanted: list[str] | None, index: Path | None) -> list[str]:
     if wanted is None:
         return list(fh.keys())
     present = set(fh.keys())
@@ -81,54 +77,10 @@ def _keys(fh, f: Path, wanted: list[str] | None, index: Path | None) -> list[str
     return wanted
 
 
-def read_file(f: Path, keys: list[str] | None = None, keep=None, index: Path | None = None) -> dict[str, torch.Tensor]:
-    """Tensors ``keys`` (None: all) of one safetensors file; ``keep(key)`` filters them."""
-    out = {}
-    with _open(f) as fh:
-        for k in _keys(fh, f, keys, index):
-            if keep is None or keep(k):
-                try:
-                    out[k] = fh.get_tensor(k)
-                except Exception as e:
-                    raise CheckpointError(f"unreadable tensor {k!r} ({e})", str(f)) from None
-    return out
-
-
-def read_weights(directory: Path, keep=None) -> dict[str, torch.Tensor]:
-    """Every tensor of the checkpoint in ``directory`` (see `weight_files`); ``keep(key)`` filters them."""
-    directory = Path(directory)
-    out = {}
-    for f, keys in weight_files(directory).items():
-        out.update(read_file(f, keys, keep, directory / INDEX))
-    return out
-
-
-def read_adapter_weights(folder: Path) -> dict[str, torch.Tensor]:
-    """A PEFT folder's tensors: its ``adapter_model.safetensors`` only."""
+def adapter_file(folder: Path) -> Path:
+    """A PEFT folder's weights file: its ``adapter_model.safetensors`` (no other file is read)."""
     f = Path(folder) / ADAPTER_WEIGHTS
     if not f.is_file():
         raise CheckpointError(f"no {ADAPTER_WEIGHTS} (PEFT adapter weights are read from that file only)",
                               str(folder))
-    return read_file(f)
-
-
-def weight_headers(directory: Path) -> dict[str, tuple[tuple, str]]:
-    """Key -> (shape, safetensors dtype name) of every tensor of the checkpoint, from the headers only."""
-    directory = Path(directory)
-    out = {}
-    for f, keys in weight_files(directory).items():
-        with _open(f) as fh:
-            for k in _keys(fh, f, keys, directory / INDEX):
-                s = fh.get_slice(k)
-                out[k] = (tuple(s.get_shape()), s.get_dtype())
-    return out
-
-
-def weight_shapes(directory: Path) -> dict[str, tuple]:
-    """Key -> shape of every tensor of the checkpoint, read from the headers only."""
-    return {k: shape for k, (shape, _) in weight_headers(directory).items()}
-
-
-def stored_dtype(directory: Path) -> torch.dtype | None:
-    """The dtype of the first floating-point tensor of the checkpoint (headers only; None: none)."""
-    return next((_DTYPES[d] for _, d in weight_headers(directory).values() if d in _DTYPES), None)
+    return f

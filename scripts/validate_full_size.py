@@ -27,7 +27,9 @@ the step's own:
   compare    logits difference, greedy tokens, times, peak RSS -> ``--json`` and a markdown table
 
 Both checkpoints exist during ``convert`` (~23 GB of disk); everything written is deleted at the end
-unless ``--keep``. Fits in 24 GB of RAM. Prompts are token ids (no tokenizer is downloaded); media
+unless ``--keep``. Fits in 24 GB of RAM; ``--preset phi4-14b-multimodal`` (17.6 B parameters, 35 GB in
+bfloat16) needs ~73 GB of disk and ~58 GB of memory (a 64 GB machine) (the script prints both figures first). Every step's
+peak RSS is reported against the checkpoint's size; ``convert`` streams, so its peak is a few shards. Prompts are token ids (no tokenizer is downloaded); media
 placeholders are expanded by molora's processor, whose features feed both models.
 """
 from __future__ import annotations
@@ -40,7 +42,6 @@ import shutil
 import subprocess
 import sys
 import time
-from contextlib import ExitStack
 from pathlib import Path
 
 import torch
@@ -121,6 +122,15 @@ def step_write(ckpt: Path, preset: str) -> dict:
         json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
     return {"parameters": sum(torch.Size(s).numel() for s in shapes.values()), "bytes": total,
             "shards": len(shards), "tensors": len(shapes)}
+
+
+def requirements(preset: str) -> dict:
+    """What a run needs, from the shapes: disk for the source and the converted copy (both exist during
+    convert); memory for the largest step, transformers + peft, scaled from the 5.57 B run (17.9 GB peak
+    for an 11.15 GB checkpoint: the whole bfloat16 model, load transients, the prompts' activations)."""
+    _, shapes = official_shapes(preset)
+    ckpt = sum(torch.Size(s).numel() * 2 for s in shapes.values()) / 1e9
+    return {"checkpoint_gb": ckpt, "disk_gb": 2 * ckpt * 1.02 + 1, "memory_gb": ckpt * 17.9 / 11.15 + 1}
 
 
 # -- prompts ----------------------------------------------------------------------------------------------
@@ -294,21 +304,15 @@ def step_convert(ckpt: Path, native: Path) -> dict:
     index_file = native / "model.safetensors.index.json"
     index = json.loads(index_file.read_text())["weight_map"] if index_file.exists() else {}
     compared = 0
-    with ExitStack() as stack:
-        handles = {}
-
-        def handle(f: Path):
-            if f not in handles:
-                handles[f] = stack.enter_context(safe_open(str(f), framework="pt"))
-            return handles[f]
-
-        for key, (folder, mk) in where.items():
-            f, k = source[mk]
-            target = folder / (index.get(key, "model.safetensors") if folder == native else "adapter_model.safetensors")
-            x, y = handle(f).get_tensor(k), handle(target).get_tensor(key if folder == native else key[1])
+    for key, (folder, mk) in where.items():  # one tensor at a time: nothing stays mapped
+        f, k = source[mk]
+        target = folder / (index.get(key, "model.safetensors") if folder == native else "adapter_model.safetensors")
+        with safe_open(str(f), framework="pt") as a, safe_open(str(target), framework="pt") as b:
+            x, y = a.get_tensor(k), b.get_tensor(key if folder == native else key[1])
             if x.dtype != y.dtype or not torch.equal(x, y):
                 raise SystemExit(f"convert changed {k} -> {key}")
-            compared += 1
+        del x, y
+        compared += 1
     assert compared == len(source), (compared, len(source))
     return {"convert_s": round(convert_s, 2), "convert_peak_rss_gb": round(convert_rss, 2),
             "tensors_compared": compared, "bit_exact": True, "model_files": summary["model_files"],
@@ -388,6 +392,7 @@ def step_compare(workdir: Path, out_json: Path) -> dict:
                "convert": res["convert"],
                "reference": {k: v for k, v in res["reference"].items() if k != "prompts"},
                "step_seconds": {s: res[s]["step_s"] for s in STEPS[:-1]},
+               "step_peak_rss_gb": {s: res[s]["peak_rss_gb"] for s in STEPS[:-1]},
                "machine": {"cpus": os.cpu_count(), "torch": torch.__version__,
                            "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)}}
     out_json.write_text(json.dumps(summary, indent=1) + "\n")
@@ -409,10 +414,12 @@ def markdown(s: dict) -> str:
                   f"{w['shards']} shards, {w['tensors']} tensors (written in {s['step_seconds']['write']:.0f} s)",
               f"- molora load: {m['load_s']} s, RSS after load {m['rss_after_load_gb']} GB, peak {m['peak_rss_gb']} GB",
               f"- convert to phi4_multimodal: {c['convert_s']} s, {c['tensors_compared']} tensors bit-exact, "
-              f"peak RSS {c['peak_rss_gb']} GB",
+              f"peak RSS {c['convert_peak_rss_gb']} GB (convert alone), {c['peak_rss_gb']} GB (with the check)",
               f"- transformers + peft load: {r['load_s']} s, RSS after load {r['rss_after_load_gb']} GB, "
               f"peak {r['peak_rss_gb']} GB",
-              "- steps (s): " + ", ".join(f"{k} {v:.0f}" for k, v in s["step_seconds"].items())]
+              "- steps (s): " + ", ".join(f"{k} {v:.0f}" for k, v in s["step_seconds"].items()),
+              "- peak RSS per step against the checkpoint's " f"{w['bytes'] / 2**30:.2f} GiB: " + ", ".join(
+                  f"{k} {v:.2f} GiB ({v / (w['bytes'] / 2**30):.2f}x)" for k, v in s["step_peak_rss_gb"].items())]
     return "\n".join(lines)
 
 
@@ -444,7 +451,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
     ap.add_argument("--json", default=str(ROOT / "benchmarks" / "results_full_size.json"))
     ap.add_argument("--keep", action="store_true", help="keep the checkpoints")
-    ap.add_argument("--preset", default="phi4-multimodal", help="other shapes, for a dry run of the script (tiny)")
+    ap.add_argument("--preset", default="phi4-multimodal",
+                    help="other shapes: phi4-14b-multimodal (35 GB in bfloat16: ~73 GB of disk, ~58 GB of memory), "
+                         "or small / tiny for a dry run of the script")
     ap.add_argument("--step", choices=STEPS[:-1], help=argparse.SUPPRESS)
     args = ap.parse_args()
     torch.set_num_threads(args.threads or os.cpu_count() or 2)
@@ -455,9 +464,14 @@ def main() -> None:
     if workdir.exists():
         raise SystemExit(f"{workdir} exists; remove it or pass another --workdir")
     workdir.mkdir(parents=True)
+    need = requirements(args.preset)
+    print(f"{args.preset}: checkpoint {need['checkpoint_gb']:.1f} GB (bfloat16); needs {need['disk_gb']:.0f} GB of disk "
+          f"(source and converted copy during convert) and ~{need['memory_gb']:.0f} GB of memory (transformers + peft "
+          f"step: the whole model in memory; molora maps it; convert streams a few shards)", flush=True)
     free = shutil.disk_usage(workdir).free / 1e9
-    if free < 24 and args.preset == "phi4-multimodal":
-        raise SystemExit(f"needs ~23 GB of free disk in {workdir}, {free:.0f} GB free")
+    if free < need["disk_gb"]:
+        shutil.rmtree(workdir, ignore_errors=True)
+        raise SystemExit(f"needs ~{need['disk_gb']:.0f} GB of free disk in {workdir}, {free:.0f} GB free")
     t0 = time.perf_counter()
     try:
         for step in STEPS[:-1]:

@@ -125,12 +125,12 @@ def test_a_source_without_a_tokenizer_converts_with_a_warning(tmp_path, capsys):
 # -- a full disk ----------------------------------------------------------------------------------------------
 
 def _disk_full(monkeypatch):
-    import safetensors.torch
+    import molora.shard_writer
 
     def full(*args, **kwargs):
         raise SafetensorError(ENOSPC_TEXT)
 
-    monkeypatch.setattr(safetensors.torch, "save_file", full)  # what huggingface_hub's writer calls
+    monkeypatch.setattr(molora.shard_writer, "save_file", full)  # safetensors' writer, as molora's shard writer calls it
 
 
 def test_convert_on_a_full_disk_is_one_line_and_changes_nothing(model, tmp_path, capsys, monkeypatch):
