@@ -109,15 +109,18 @@ def _os_error_line(e: OSError) -> str:
 def handle(args, argv: list[str], err=None) -> int:
     """Run ``args.func`` and turn known failures into one line on stderr with the next step."""
     from .errors import MoLoRAError
+    from .signals import Terminated, sigterm_raises
 
     err = err or sys.stderr
     head = f"molora {args.command}"
     try:
-        return args.func(args)
-    except KeyboardInterrupt:
+        with sigterm_raises():
+            return args.func(args)
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM: 128 + the signal's number, as a shell reports it
         step = _next_step(args, argv)
-        print(f"\n{head}: interrupted" + (f"; {step}" if step else ""), file=err)
-        return 130
+        what, code = ("terminated (SIGTERM)", 143) if isinstance(e, Terminated) else ("interrupted", 130)
+        print(f"\n{head}: {what}" + (f"; {step}" if step else ""), file=err)
+        return code
     except MoLoRAError as e:
         print(f"{head}: error: {e}", file=err)
         return 2

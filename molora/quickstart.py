@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import time
 from pathlib import Path
 
@@ -167,8 +166,10 @@ def _losses(run_dir: Path) -> list[float]:
 def window_means(losses: list[float]) -> tuple[float, float]:
     """Mean training loss over the first and the last tenth of a stage's steps (one step's loss
     depends on what its batch held)."""
-    k = max(1, len(losses) // 10)
-    return round(sum(losses[:k]) / k, 5), round(sum(losses[-k:]) / k, 5)
+    from molora.stages.loss_curve import loss_windows
+
+    first, last, _ = loss_windows(losses)
+    return round(first, 5), round(last, 5)
 
 
 def chat_turns(model, processor, samples, predictions) -> list[dict]:
@@ -229,15 +230,11 @@ def write_plots(out: Path, results: dict) -> list[str]:
 
     files = []
     fig, axes = plt.subplots(1, len(results["stages"]), figsize=(3.2 * len(results["stages"]), 2.8), squeeze=False)
+    from molora.stages.loss_curve import draw_loss
+
     for ax, (name, st) in zip(axes[0], results["stages"].items()):
-        xs, ys = range(1, len(st["losses"]) + 1), st["losses"]
-        ax.plot(xs, ys, color="tab:blue", alpha=0.35, lw=0.8)
-        k = max(1, len(ys) // 20)  # moving average over ~5% of the stage
-        smooth = [sum(ys[max(0, i - k + 1): i + 1]) / len(ys[max(0, i - k + 1): i + 1]) for i in range(len(ys))]
-        ax.plot(xs, smooth, color="tab:blue", lw=1.6)
+        draw_loss(ax, list(range(1, len(st["losses"]) + 1)), st["losses"])
         ax.set_title(name)
-        ax.set_xlabel("step")
-        ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("training loss")
     fig.tight_layout()
     fig.savefig(out / "loss.png", dpi=90)
@@ -344,16 +341,22 @@ def write_report(out: Path, results: dict, timings: dict, turns: list[dict], fas
 
 def run(output_dir: str | os.PathLike = "runs/quickstart", *, fast: bool = False, seed: int = 0,
         corpora_root=None, progress: bool = True) -> dict:
+    from molora.folder_lock import hold_folder
+    from molora.stages.run_state import check_output_dir
+
+    out = Path(output_dir)
+    check_output_dir(out)
+    with hold_folder(out, what="molora quickstart"):  # another quickstart into this folder is refused
+        return _run(out, fast=fast, seed=seed, corpora_root=corpora_root, progress=progress)
+
+
+def _run(out: Path, *, fast: bool, seed: int, corpora_root, progress: bool) -> dict:
     from molora import MoLoRAModel, MoLoRAProcessor
     from molora.checkpoint import preset_weights
     from molora.stages.trainer import seed_everything, train
-    from molora.stages.run_state import check_output_dir
     from molora.synthetic.build import build_corpora
 
     t0 = time.perf_counter()
-    out = Path(output_dir)
-    check_output_dir(out)
-    out.mkdir(parents=True, exist_ok=True)
     size = "tiny" if fast else "default"
     _log(f"corpora ({size} sizes; cached after the first run)")
     corpora = build_corpora(corpora_root, seed=seed, sizes=size, names=CORPORA, log=_log)
@@ -390,11 +393,10 @@ def run(output_dir: str | os.PathLike = "runs/quickstart", *, fast: bool = False
                 _log("no wrong answer to learn from: DPO skipped")
                 continue
         run_dir = out / stage
-        if run_dir.exists():
-            shutil.rmtree(run_dir)
         recipe = stage_recipe(stage, current, data[stage], seed, fast)
         _log(f"stage {stage}: {recipe.max_steps} steps")
-        summary = train(recipe, run_dir, progress=progress)
+        # an earlier quickstart's stage run is replaced; what else the folder holds is left alone
+        summary = train(recipe, run_dir, progress=progress, overwrite=True)
         current, previous, previous_predictions = str(run_dir / "final"), model, predictions
         seed_everything(seed)
         model, processor = MoLoRAModel.from_pretrained(current), MoLoRAProcessor.from_pretrained(current)

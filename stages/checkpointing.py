@@ -8,12 +8,15 @@ import random
 import re
 import shutil
 import signal
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from molora.errors import CheckpointError
 from molora.staging import partial_folder
 
 STEP_DIR = re.compile(r"step-(\d+)$")
@@ -36,15 +39,65 @@ def set_rng_state(st: dict) -> None:
         torch.cuda.set_rng_state(st["cuda"])
 
 
-def list_checkpoints(root: Path) -> list[tuple[int, Path]]:
+def list_checkpoints(root: Path, *, committed_only: bool = True) -> list[tuple[int, Path]]:
+    """(step, folder) of each ``step-N`` checkpoint under ``root``, oldest first; ``committed_only``:
+    only those with their ``trainer_state.json`` (the file a checkpoint is committed with)."""
     if not root.exists():
         return []
     out = []
     for p in root.iterdir():
         m = STEP_DIR.match(p.name)
-        if m and p.is_dir() and (p / "trainer_state.json").exists():
+        if m and p.is_dir() and (not committed_only or (p / "trainer_state.json").exists()):
             out.append((int(m.group(1)), p))
     return sorted(out)
+
+
+def _torch_file_problem(path: Path) -> str | None:
+    """torch.save writes a zip archive: a missing, empty or cut-short file has no readable directory."""
+    if not path.is_file():
+        return "missing"
+    if path.stat().st_size == 0:
+        return "empty (0 bytes)"
+    try:
+        zipfile.ZipFile(path).close()
+    except (zipfile.BadZipFile, OSError) as e:
+        return f"not a complete torch file ({e})"
+    return None
+
+
+def checkpoint_problem(path: Path) -> tuple[str, str] | None:
+    """(file, reason) of the first damaged file of the checkpoint folder ``path``, or None when every
+    file it needs is there and whole (cheap checks: headers and archive directories, no tensor read)."""
+    state_file = path / "trainer_state.json"
+    if not state_file.is_file():
+        return state_file.name, "missing"
+    try:
+        state = json.loads(state_file.read_text())
+    except (OSError, ValueError) as e:
+        return state_file.name, f"unreadable ({e})"
+    m = STEP_DIR.match(path.name)
+    if not isinstance(state, dict) or not isinstance(state.get("world_size"), int) or \
+            (m is not None and state.get("step") != int(m.group(1))):
+        return state_file.name, "not the state of this step (no step / world_size, or another step's)"
+    weights = path / "trainable.safetensors"
+    if not weights.is_file():
+        return weights.name, "missing"
+    try:
+        with safe_open(str(weights), "pt"):
+            pass
+    except Exception as e:  # safetensors reports a short file as an error about its header
+        return weights.name, f"not a complete safetensors file ({e})"
+    for name in ["optimizer.pt", "scheduler.pt", *(f"rng-{r}.pt" for r in range(state["world_size"]))]:
+        problem = _torch_file_problem(path / name)
+        if problem is not None:
+            return name, problem
+    return None
+
+
+def tensor_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """Each tensor's shape in a safetensors file, from its header (no tensor is read)."""
+    with safe_open(str(path), "pt") as f:
+        return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
 
 
 def save_checkpoint(root: Path, step: int, *, weights: dict, optimizer_state: dict, scheduler, state: dict,
@@ -68,11 +121,12 @@ def save_checkpoint(root: Path, step: int, *, weights: dict, optimizer_state: di
             torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
     barrier()
     if rank == 0:
-        (tmp / "trainer_state.json").write_text(json.dumps({**state, "world_size": world}, indent=1))
-        with open(tmp / "trainer_state.json", "rb") as fh:
-            os.fsync(fh.fileno())
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
+        with partial_folder(tmp):
+            (tmp / "trainer_state.json").write_text(json.dumps({**state, "world_size": world}, indent=1))
+            with open(tmp / "trainer_state.json", "rb") as fh:
+                os.fsync(fh.fileno())
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(tmp, final)
         for _, old in list_checkpoints(root)[:-keep_last] if keep_last > 0 else []:
             shutil.rmtree(old, ignore_errors=True)
     barrier()
@@ -92,12 +146,20 @@ def _fault_hook(step: int) -> None:
 
 
 def load_checkpoint(path: Path, rank: int) -> dict:
-    state = json.loads((path / "trainer_state.json").read_text())
+    """Everything a resumed run restores; a file that cannot be read is a CheckpointError naming it
+    (``checkpoint_problem`` catches the usual damage before the model is even built)."""
+    def read(name: str, reader):
+        try:
+            return reader(path / name)
+        except (OSError, ValueError, RuntimeError, EOFError) as e:  # torch / safetensors / json errors
+            raise CheckpointError(f"cannot be read ({type(e).__name__}: {' '.join(str(e).split())[:200]}); "
+                                  f"remove {path} to resume from the checkpoint before it", str(path / name)) from None
+
     rng_file = path / f"rng-{rank}.pt"
     return {
-        "state": state,
-        "weights": load_file(str(path / "trainable.safetensors")),
-        "optimizer": torch.load(path / "optimizer.pt", weights_only=True),
-        "scheduler": torch.load(path / "scheduler.pt", weights_only=True),
-        "rng": torch.load(rng_file, weights_only=True) if rng_file.exists() else None,
+        "state": read("trainer_state.json", lambda p: json.loads(p.read_text())),
+        "weights": read("trainable.safetensors", lambda p: load_file(str(p))),
+        "optimizer": read("optimizer.pt", lambda p: torch.load(p, weights_only=True)),
+        "scheduler": read("scheduler.pt", lambda p: torch.load(p, weights_only=True)),
+        "rng": read(rng_file.name, lambda p: torch.load(p, weights_only=True)) if rng_file.exists() else None,
     }

@@ -1,11 +1,34 @@
 """metrics.jsonl and TensorBoard for a training run (rank 0 writes; a resumed run drops the rows past
-its step)."""
+its step, and a line a killed run left half-written, saying so)."""
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-__all__ = ["MetricsLog"]
+from .run_state import write_text_atomic
+
+__all__ = ["MetricsLog", "read_rows"]
+
+
+def read_rows(path: Path, announce: bool = False) -> list[dict]:
+    """The rows of a metrics.jsonl; a line that is not a JSON object (the torn last line of a run that
+    was killed while writing it) is left out, and with ``announce`` named in one printed line."""
+    rows, torn = [], []
+    for i, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError:
+            row = None
+        if isinstance(row, dict):
+            rows.append(row)
+        else:
+            torn.append(i)
+    if torn and announce:
+        print(f"[molora] {path}: dropped unreadable line(s) {', '.join(map(str, torn))} (a write cut short when "
+              "the run stopped)")
+    return rows
 
 
 class MetricsLog:
@@ -18,8 +41,8 @@ class MetricsLog:
         if not enabled:
             return
         if resume_step is not None and self.path.exists():
-            keep = [l for l in self.path.read_text().splitlines() if l and json.loads(l).get("step", 0) <= resume_step]
-            self.path.write_text("".join(l + "\n" for l in keep))
+            keep = [json.dumps(r) for r in read_rows(self.path, announce=True) if r.get("step", 0) <= resume_step]
+            write_text_atomic(self.path, "".join(l + "\n" for l in keep))
         elif resume_step is None and self.path.exists():
             self.path.unlink()
         try:

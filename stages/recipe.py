@@ -212,6 +212,24 @@ CHOICES = {"training.schedule": ("cosine", "linear", "constant"), "training.prec
 LR_GROUPS = ("encoder", "projector", "lora", "other")
 
 
+def _nested_keys() -> dict[str, str]:
+    """Each key of a section by its bare name (``lr`` -> ``training.lr``): what a top-level key meant."""
+    sections = {"training": _dataclass_fields(Training), "data": DATA_FIELDS, "model": MODEL_FIELDS, "dpo": DPO_FIELDS}
+    return {k: f"{name}.{k}" for name, fields in sections.items() for k in fields}
+
+
+def _datasets_spec(spec: Any, key: str) -> None:
+    """A ``data.<key>`` datasets spec ({path, split, ...}): its keys are read_hf_dataset's options."""
+    if not isinstance(spec, dict):
+        return
+    import inspect
+
+    from molora.data.hf_datasets import read_hf_dataset
+
+    options = {n for n, p in inspect.signature(read_hf_dataset).parameters.items() if p.kind == p.KEYWORD_ONLY}
+    check_keys(spec, options | {"path"}, f"data.{key}")
+
+
 def _section(raw: dict, name: str, fields: dict[str, Any]) -> dict:
     value = raw.get(name) or {}
     check_keys(value, fields, name)
@@ -227,7 +245,7 @@ def build_recipe(raw: dict, source: str = "") -> Recipe:
     the known ones listed, every value is coerced to its field's type, ranges are checked."""
     if not isinstance(raw, dict):
         raise ConfigError(f"a recipe is a mapping of keys, got {type(raw).__name__}", source or "recipe")
-    check_keys(raw, TOP_FIELDS, "")
+    check_keys(raw, TOP_FIELDS, "", elsewhere=_nested_keys())
     top = {k: coerce(v, TOP_FIELDS[k], k) for k, v in raw.items()}
     from .table import stage as stage_entry
 
@@ -252,6 +270,8 @@ def build_recipe(raw: dict, source: str = "") -> Recipe:
         substeps.append(Substep(**{k: coerce(v, fields[k], f"substeps[{i}].{k}") for k, v in s.items()}))
     model = _section(raw, "model", MODEL_FIELDS) or {"preset": "tiny"}
     data = _section(raw, "data", DATA_FIELDS)
+    for key in ("train", "eval"):
+        _datasets_spec(data.get(key), key)
     dpo = {"beta": 0.1, **_section(raw, "dpo", DPO_FIELDS)}
     r = Recipe(name=top.get("name") or Path(source).stem, stage=stage, model=model, data=data, training=training,
                substeps=substeps, max_steps=top.get("max_steps", 100), save_every=top.get("save_every", 0),

@@ -7,10 +7,15 @@ checkpoint carries the same identity. Before anything loads, ``plan_run`` decide
 * a folder with no run in it: a fresh run;
 * a run and no ``--resume``: refused, unless ``--overwrite`` (which removes the old run's
   checkpoints, final model, metrics and summaries, and nothing else);
-* ``--resume``: the recipe, data and model are compared with the newest checkpoint's (or
-  ``run.json``'s when no checkpoint was written); any difference is refused with the keys that
-  changed, unless ``--resume-anyway``;
+* ``--resume``: the newest checkpoint whose files are all there and whole (a damaged newer one is
+  named, with the file and the reason, and passed over); the recipe, data and model are compared
+  with its (or ``run.json``'s when no checkpoint was written); any difference is refused with the
+  keys that changed, unless ``--resume-anyway``; a model whose trainable tensors have other shapes
+  than the checkpoint's is refused before anything is written;
 * ``--resume`` on a finished run: nothing to train (the command says so and returns).
+
+The folder belongs to one process at a time: ``hold_output_dir`` takes ``molora.folder_lock`` on
+rank 0 (the other ranks of a launch wait for its answer) before anything is read or written.
 """
 from __future__ import annotations
 
@@ -18,31 +23,51 @@ import hashlib
 import json
 import os
 import shutil
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
-from molora.errors import RunError
+from molora.errors import MoLoRAError, RunError
+from molora.folder_lock import FolderBusyError, hold_folder
 from molora.staging import partial_folder
 
-from .checkpointing import list_checkpoints
+from .checkpointing import checkpoint_problem, list_checkpoints, tensor_shapes
 
 __all__ = ["RUN_FILE", "RunPlan", "run_identity", "plan_run", "check_output_dir", "start_run", "finished_run",
-           "save_final", "write_json_atomic", "describe_changes"]
+           "save_final", "write_json_atomic", "write_text_atomic", "describe_changes", "hold_output_dir",
+           "check_checkpoint_shapes"]
 
 RUN_FILE = "run.json"
 # what a run writes into its folder (--overwrite removes exactly these)
-RUN_OUTPUTS = ("checkpoints", "final", "metrics.jsonl", "tensorboard", "summary.json", "recipe.json", RUN_FILE)
+RUN_OUTPUTS = ("checkpoints", "final", "metrics.jsonl", "tensorboard", "summary.json", "recipe.json", "loss.png",
+               RUN_FILE)
 # recipe keys that change how a run is recorded, not what it computes: free to change on --resume
 BOOKKEEPING = {"source", "save_every", "keep_last", "strict", "training.log_every", "training.eval_every",
                "training.eval_generate", "data.eval", "training.prefetch"}
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON to ``path`` through a temporary file and a rename: a crash leaves the old file or the new."""
+@contextmanager
+def replacing(path: Path) -> Iterator[Path]:
+    """A temporary path beside ``path`` to write, renamed onto ``path`` when the block ends: a crash
+    leaves the old file or the new, and a failure or an interruption (Ctrl-C, SIGTERM) removes it."""
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    with replacing(path) as tmp:
+        tmp.write_text(text)
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """``write_text_atomic`` of ``data`` as JSON."""
+    write_text_atomic(path, json.dumps(data, indent=1))
 
 
 def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
@@ -134,6 +159,12 @@ class RunPlan:
     checkpoint: Path | None = None
     changes: list[str] = field(default_factory=list)
     previous: dict = field(default_factory=dict)
+    damaged: list[tuple[Path, str, str]] = field(default_factory=list)  # newer checkpoints passed over: (folder, file, reason)
+
+    def fallback_lines(self) -> list[str]:
+        """One line per damaged checkpoint passed over by --resume."""
+        to = f"resuming from {self.checkpoint.name}, the newest intact checkpoint" if self.checkpoint else ""
+        return [f"[molora] --resume: {folder} is damaged ({name}: {reason}); {to}" for folder, name, reason in self.damaged]
 
 
 def _read_run(out: Path) -> dict:
@@ -176,8 +207,13 @@ def plan_run(out: Path, identity: dict, *, resume: bool, overwrite: bool, resume
             raise RunError(f"already holds a training run ({what}); pass --resume to continue it, --overwrite to "
                            "replace it, or choose another --output-dir", str(out))
         return RunPlan("fresh", identity, previous=previous)
-    found = list_checkpoints(out / "checkpoints")
-    checkpoint = found[-1][1] if found else None
+    checkpoint, damaged = None, []
+    for _, folder in reversed(list_checkpoints(out / "checkpoints", committed_only=False)):
+        problem = checkpoint_problem(folder)
+        if problem is None:
+            checkpoint = folder
+            break
+        damaged.append((folder, *problem))
     recorded = previous.get("identity")
     if checkpoint is not None:
         state = json.loads((checkpoint / "trainer_state.json").read_text())
@@ -185,12 +221,16 @@ def plan_run(out: Path, identity: dict, *, resume: bool, overwrite: bool, resume
     changes = describe_changes(recorded, identity) if recorded else []
     if previous.get("status") == "finished" and (out / "final").is_dir():
         return RunPlan("finished", identity, checkpoint, changes, previous)
+    if damaged and checkpoint is None:
+        what = "; ".join(f"{folder.name}: {name}: {reason}" for folder, name, reason in damaged)
+        raise RunError(f"--resume: no intact checkpoint to continue from ({what}); start again with --overwrite "
+                       "(or another --output-dir)", str(out / "checkpoints"))
     if changes and not resume_anyway:
         where = checkpoint.name if checkpoint is not None else RUN_FILE
         raise RunError(f"--resume: this command differs from the run it would continue ({where}): "
                        + "; ".join(changes) + ". Pass --resume-anyway to continue with the new settings, or "
                        "--overwrite (or another --output-dir) to start a new run", str(out))
-    return RunPlan("resume", identity, checkpoint, changes, previous)
+    return RunPlan("resume", identity, checkpoint, changes, previous, damaged)
 
 
 def clear_run(out: Path) -> None:
@@ -203,6 +243,56 @@ def clear_run(out: Path) -> None:
             p.unlink()
 
 
+# temporary names molora's own writers use in a run folder (a run killed mid-write leaves them)
+_LEFTOVERS = (".final.partial", "..final.partial.tmp-*", "..final.partial.old-*", ".*.json.tmp", ".metrics.jsonl.tmp",
+              ".loss.png.tmp", "checkpoints/.step-*.tmp")
+
+
+def clear_leftovers(out: Path) -> None:
+    """Remove the temporary files and folders an interrupted run of this folder left (only those names:
+    the caller holds the folder, so no writer of them is alive)."""
+    for pattern in _LEFTOVERS:
+        for p in out.glob(pattern):
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
+
+
+@contextmanager
+def hold_output_dir(out: Path, dist, what: str = "molora train") -> Iterator[None]:
+    """Hold ``out`` for this run (``molora.folder_lock``): rank 0 takes the lock, every rank learns
+    whether it could, so a refused launch stops on every process instead of waiting at a barrier."""
+    with ExitStack() as stack:
+        failure: BaseException | None = None
+        if dist.is_main:
+            try:
+                stack.enter_context(hold_folder(out, what=what))
+            except (MoLoRAError, OSError) as e:
+                failure = e
+        if dist.all_sum([1.0 if failure is not None else 0.0])[0]:
+            raise failure if failure is not None else FolderBusyError(
+                "in use by another run (the launch's first process could not take it)", str(out))
+        yield
+
+
+def check_checkpoint_shapes(checkpoint: Path, model) -> None:
+    """Every tensor of the checkpoint is a parameter of ``model`` with the same shape, or one line
+    naming the tensor and both shapes (checked before the run writes anything)."""
+    weights = checkpoint / "trainable.safetensors"
+    named = dict(model.named_parameters())
+    for name, shape in tensor_shapes(weights).items():
+        if name not in named:
+            raise RunError(f"--resume: tensor {name} of the checkpoint is not a parameter of this run's model; "
+                           "this model cannot continue it (start a new run: --overwrite or another --output-dir)",
+                           str(weights))
+        mine = tuple(named[name].shape)
+        if mine != shape:
+            raise RunError(f"--resume: tensor {name} has shape {list(shape)} in the checkpoint and {list(mine)} in "
+                           "this run's model; this model cannot continue it (start a new run: --overwrite or "
+                           "another --output-dir)", str(weights))
+
+
 def start_run(recipe, out: Path, dist, plan: RunPlan) -> None:
     """Apply the plan to ``out``: a fresh run clears what an earlier run wrote (--overwrite), then
     ``run.json`` and ``recipe.json`` record this run (a resume with --resume-anyway lists its changes)."""
@@ -211,6 +301,7 @@ def start_run(recipe, out: Path, dist, plan: RunPlan) -> None:
         if plan.mode == "fresh":
             clear_run(out)
         out.mkdir(parents=True, exist_ok=True)
+        clear_leftovers(out)
         record = {"status": "running", "identity": plan.identity, "max_steps": recipe.max_steps}
         if plan.mode == "resume" and plan.changes:
             record["resumed_with_changes"] = plan.previous.get("resumed_with_changes", []) + [plan.changes]

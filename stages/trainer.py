@@ -1,10 +1,10 @@
 """The trainer: one loop for every stage of the table (``stages/table.py``), on accelerate's process
 state, from one CPU to many GPUs.
 
-    train(recipe, out)  =  setup  ->  for each step: (sub-step boundary) -> step -> checkpoint? -> evaluate?
-                           ->  finish
+    train(recipe, out)  =  hold the folder  ->  setup  ->  loop: for each step: (sub-step boundary) -> step
+                           -> checkpoint? -> evaluate? (every eval_every steps and at the end)  ->  finish
 
-``setup`` decides what to do with the output folder (start, resume, refuse; ``run_state.py``),
+The output folder is held (``molora.folder_lock``) for the whole run; ``setup`` decides what to do with the output folder (start, resume, refuse; ``run_state.py``),
 loads the data and the model, and restores a checkpoint; ``step`` runs one global batch (its
 micro-batches, gradient averaging across processes, clipping, the optimiser); ``checkpoint`` writes
 an atomic, resumable checkpoint; ``evaluate`` computes the eval loss (and generation metrics);
@@ -31,12 +31,13 @@ from .checkpointing import load_checkpoint, save_checkpoint, set_rng_state
 from .feed import StepFeed
 from .distributed import Distributed
 from .freeze import apply_plan
-from .metrics_log import MetricsLog
+from .loss_curve import save_loss_plot
+from .metrics_log import MetricsLog, read_rows
 from .optim import build_optimizer, build_scheduler, rebase_groups, step_lrs
 from .recipe import Recipe
-from .run_messages import print_run_summary, substep_banner
-from .run_state import (RUN_FILE, check_output_dir, finished_run, plan_run, run_identity, save_final,
-                        start_run, write_json_atomic)
+from .run_messages import loss_summary, plan_notes, print_run_summary, substep_banner
+from .run_state import (RUN_FILE, check_checkpoint_shapes, check_output_dir, finished_run, hold_output_dir, plan_run,
+                        run_identity, save_final, start_run, write_json_atomic)
 from .table import Stage, stage
 
 __all__ = ["train", "run", "build_model", "load_samples", "seed_everything", "clip_gradients", "Distributed"]
@@ -81,10 +82,11 @@ class Run:
     feed: Any = None  # StepFeed: each step's micro-batches
     sampler_state: dict | None = None  # the sampler right after the last step's batch
     skipped_upto: int = 0  # skip-list entries up to the last step's batch
-    first_metrics: dict = field(default_factory=dict)
     last_metrics: dict = field(default_factory=dict)
     rows_trained: int = 0
     t_start: float = 0.0
+    eval_samples: list = field(default_factory=list)  # data.eval, read once before the first step
+    last_eval: dict | None = None
 
 
 # -- model and data ---------------------------------------------------------------------------
@@ -172,50 +174,63 @@ def train(recipe: Recipe, output_dir: str | Path, *, resume: bool = False, stric
           cpu: bool = False, progress: bool = True, overwrite: bool = False, resume_anyway: bool = False) -> dict:
     """Run ``recipe`` into ``output_dir``. A folder that already holds a run needs ``resume`` (which
     checks that the recipe, data and model match the checkpoint's; ``resume_anyway`` accepts a change)
-    or ``overwrite``; resuming a finished run trains nothing and returns its summary."""
-    run = setup(recipe, Path(output_dir), resume=resume, strict=strict, cpu=cpu, overwrite=overwrite,
-                resume_anyway=resume_anyway)
-    if isinstance(run, dict):  # the run had finished already
-        return run
-    bar = _progress_bar(run) if progress and run.dist.is_main else None
-    try:
-        while run.step < recipe.max_steps:
-            enter_substep(run)
-            metrics = step(run)
-            if run.dist.is_main and (run.step % max(1, recipe.training.log_every) == 0 or run.step == recipe.max_steps):
-                run.log.write(metrics)
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{metrics['loss']:.4f}", lr=f"{metrics['lr']:.2e}",
-                                sps=f"{metrics['samples_per_s']:.1f}", tps=f"{metrics['tokens_per_s']:.0f}")
-            if recipe.save_every and run.step % recipe.save_every == 0 and run.step < recipe.max_steps:
-                checkpoint(run)
-            t = recipe.training
-            if t.eval_every and recipe.data.get("eval") and run.step % t.eval_every == 0:
-                run.feed.wait()  # the processor is not shared between threads
-                ev = evaluate(run)
-                if run.dist.is_main:
-                    run.log.write({"step": run.step, **ev})
-    finally:
-        run.feed.close()
-    if bar is not None:
-        bar.close()
-    return finish(run)
-
-
-def setup(recipe: Recipe, out: Path, *, resume: bool, strict: bool | None, cpu: bool, overwrite: bool,
-          resume_anyway: bool) -> Run | dict:
-    """Everything before the first step; a finished run's summary when there is nothing to train."""
-    from .collate import Collator
-    from .sampler import LengthGroupedBatches
-
+    or ``overwrite``; resuming a finished run trains nothing and returns its summary. The folder is
+    held by this run from start to end: another run (or --overwrite) into it is refused."""
+    out = Path(output_dir)
     if not recipe.data.get("train"):
         raise ConfigError("the recipe has no training data: pass data.train=PATH", recipe.name)
     check_output_dir(out)
+    dist = Distributed(cpu=cpu)
+    with hold_output_dir(out, dist):
+        run = setup(recipe, out, dist, resume=resume, strict=strict, overwrite=overwrite, resume_anyway=resume_anyway)
+        if isinstance(run, dict):  # the run had finished already
+            return run
+        try:
+            loop(run, progress)
+        except BaseException:
+            run.log.close()
+            raise
+        finally:
+            run.feed.close()
+        return finish(run)
+
+
+def loop(run: Run, progress: bool) -> None:
+    """Every step from the run's position to ``max_steps``, with its logging, checkpoints and evaluations."""
+    recipe, t = run.recipe, run.recipe.training
+    bar = _progress_bar(run) if progress and run.dist.is_main else None
+    while run.step < recipe.max_steps:
+        enter_substep(run)
+        metrics = step(run)
+        if run.dist.is_main and (run.step % max(1, t.log_every) == 0 or run.step == recipe.max_steps):
+            run.log.write(metrics)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{metrics['loss']:.4f}", lr=f"{metrics['lr']:.2e}",
+                            sps=f"{metrics['samples_per_s']:.1f}", tps=f"{metrics['tokens_per_s']:.0f}")
+        if recipe.save_every and run.step % recipe.save_every == 0 and run.step < recipe.max_steps:
+            checkpoint(run)
+        at_end = run.step == recipe.max_steps
+        if run.eval_samples and ((t.eval_every and run.step % t.eval_every == 0) or at_end):
+            run.feed.wait()  # the processor is not shared between threads
+            run.last_eval = {"step": run.step, **evaluate(run)}
+            if run.dist.is_main:
+                run.log.write(run.last_eval)
+    if bar is not None:
+        bar.close()
+
+
+def setup(recipe: Recipe, out: Path, dist: Distributed, *, resume: bool, strict: bool | None, overwrite: bool,
+          resume_anyway: bool) -> Run | dict:
+    """Everything before the first step (the caller holds ``out``); a finished run's summary when there
+    is nothing to train. Nothing is written to ``out`` until the data, the model and the checkpoint to
+    resume have been read and checked."""
+    from .collate import Collator
+    from .sampler import LengthGroupedBatches
+
     # what to do with the output folder, decided before anything loads or is written
     plan = plan_run(out, run_identity(recipe), resume=resume or resume_anyway, overwrite=overwrite,
                     resume_anyway=resume_anyway)
-    dist = Distributed(cpu=cpu)
     if plan.mode == "finished":
         return finished_run(out, plan, dist.is_main)
     st = stage(recipe.stage)
@@ -225,12 +240,23 @@ def setup(recipe: Recipe, out: Path, *, resume: bool, strict: bool | None, cpu: 
     if bad_kind:
         raise ConfigError(f"stage {recipe.stage!r} takes {st.data_kinds} rows, the manifest has {bad_kind}",
                           recipe.data["train"])
-    start_run(recipe, out, dist, plan)
-
-    model, processor = build_model(recipe.model, recipe.seed)
-    model.to(dist.device)
+    eval_samples = load_samples(recipe.data, "eval") if recipe.data.get("eval") else []
     t = recipe.training
     sharded = dist.world > 1 and (t.parallel == "fsdp2" or os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true")
+    if sharded and (st.paired or eval_samples):
+        raise ConfigError("FSDP2 runs support the LM stages without evaluation for now (DPO's reference pass and "
+                          "rank-0 evaluation need unsharded weights): use training.parallel=dp, or leave data.eval "
+                          "unset", recipe.name)
+
+    model, processor = build_model(recipe.model, recipe.seed)
+    if plan.mode == "resume" and plan.checkpoint is not None:
+        check_checkpoint_shapes(plan.checkpoint, model)  # --resume-anyway with another model: refused here
+    if dist.is_main:
+        for line in plan.fallback_lines() + plan_notes(recipe):
+            print(line)
+    start_run(recipe, out, dist, plan)
+
+    model.to(dist.device)
     model.split_frozen_rows = t.split_frozen_rows and not sharded
     if t.activation_checkpointing:
         model.enable_activation_checkpointing()
@@ -245,10 +271,6 @@ def setup(recipe: Recipe, out: Path, *, resume: bool, strict: bool | None, cpu: 
     apply_plan(model, sorted({c for s in recipe.substeps for c in s.train}))
     saved_names = [n for n, p in model.named_parameters() if p.requires_grad]
     if sharded:
-        if st.paired or t.eval_every:
-            raise ConfigError("FSDP2 runs support the LM stages without periodic evaluation for now (DPO's "
-                              "reference pass and rank-0 evaluation need unsharded weights): use training.parallel=dp",
-                              recipe.name)
         from .sharding import shard_model
 
         shard_model(model, dist)
@@ -258,7 +280,7 @@ def setup(recipe: Recipe, out: Path, *, resume: bool, strict: bool | None, cpu: 
         ctx.reference_params = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
     run = Run(recipe, out, dist, st, model, processor, samples, sampler, collator, ctx, plan.identity, sharded,
               dtype, torch.amp.GradScaler(dist.device.type) if dtype == torch.float16 else None, saved_names,
-              log=None)
+              log=None, eval_samples=eval_samples)
     if plan.mode == "resume" and plan.checkpoint is not None:
         _restore(run, load_checkpoint(plan.checkpoint, dist.rank), plan.checkpoint)
     elif plan.mode == "resume" and dist.is_main:
@@ -323,7 +345,7 @@ def enter_substep(run: Run) -> None:
         run.scheduler.load_state_dict(loaded["scheduler"])
         rebase_groups(run.optimizer, run.scheduler, t)  # --resume-anyway: the recipe's rates, not the saved ones
     if run.dist.is_main:
-        print(substep_banner(recipe, sub, start, n, run.model))
+        print(substep_banner(recipe, sub, start, n, run.model, run.optimizer))
 
 
 def step(run: Run) -> dict:
@@ -382,7 +404,6 @@ def step(run: Run) -> dict:
                "loss": dist.all_sum([loss_sum])[0] / max(total, 1), **lrs, "grad_norm": gnorm,
                "samples_per_s": global_batch / dt, "tokens_per_s": n_tok / dt,
                "skipped": run.skipped_upto, **extra}
-    run.first_metrics = run.first_metrics or metrics
     run.last_metrics = metrics
     return metrics
 
@@ -434,7 +455,7 @@ def evaluate(run: Run) -> dict:
     from .collate import Collator
 
     recipe, dist, model, st = run.recipe, run.dist, run.model, run.stage
-    samples = load_samples(recipe.data, "eval")
+    samples = run.eval_samples
     coll = Collator(run.processor, strict=False)
     collate = coll.collate_preference if st.paired else coll
     model.eval()
@@ -467,6 +488,8 @@ def finish(run: Run) -> dict:
     dist.barrier()
     summary = {"steps": run.step, "final": run.last_metrics, "skipped": run.collator.skipped,
                "wall_seconds": time.perf_counter() - run.t_start}
+    if run.last_eval is not None:
+        summary["eval"] = run.last_eval
     model = run.model
     if run.sharded:  # gather the full model on rank 0 into an ordinary (unsharded) copy
         from .sharding import full_model_state
@@ -481,9 +504,12 @@ def finish(run: Run) -> dict:
         model.eval()
         model.freeze_base()
         save_final(model, run.processor, out)
+        rows = read_rows(run.log.path) if run.log.path.exists() else []  # this run's and, resumed, the earlier part's
+        summary["windows"] = loss_summary(rows)
+        save_loss_plot(out / "loss.png", rows, title=f"{run.recipe.name} ({run.recipe.stage})")
         write_json_atomic(out / "summary.json", summary)
         write_json_atomic(out / RUN_FILE, {**json.loads((out / RUN_FILE).read_text()), "status": "finished", "steps": run.step})
-        print_run_summary(out, summary, run.first_metrics, run.collator.skipped)
+        print_run_summary(out, summary, run.collator.skipped)
     run.log.close()
     dist.barrier()
     if run.rows_trained == 0 and run.start_step < run.recipe.max_steps:

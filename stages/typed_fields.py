@@ -16,7 +16,7 @@ from typing import Any
 from molora.config_types import describe, is_union as _is_union
 from molora.errors import ConfigError
 
-__all__ = ["coerce", "check_keys", "describe"]
+__all__ = ["coerce", "check_keys", "closest_key", "describe"]
 
 _TRUE = {"true", "yes", "on", "1"}
 _FALSE = {"false", "no", "off", "0"}
@@ -105,13 +105,46 @@ def _number(value: Any) -> float | None:
     return None
 
 
-def check_keys(given, known, section: str) -> None:
-    """Refuse a key of ``given`` that is not in ``known`` (``section`` is its dotted parent, or '')."""
+# names other trainers use for molora's keys (Hugging Face TrainingArguments and the like)
+SYNONYMS = {"learning_rate": "lr", "batch_size": "micro_batch_size", "per_device_train_batch_size": "micro_batch_size",
+            "train_batch_size": "micro_batch_size", "gradient_accumulation_steps": "grad_accum",
+            "lr_scheduler_type": "schedule", "scheduler": "schedule", "warmup": "warmup_steps",
+            "eval_steps": "eval_every", "save_steps": "save_every", "logging_steps": "log_every", "steps": "max_steps",
+            "gradient_checkpointing": "activation_checkpointing", "save_total_limit": "keep_last"}
+
+
+def closest_key(key: str, known, elsewhere: dict[str, str] | None = None) -> str | None:
+    """The known key a user most likely meant by ``key``: a close spelling (difflib), a known key it
+    begins, a synonym, or (``elsewhere``: bare name -> dotted key of another section) the same name
+    in another section (``lr`` -> ``training.lr``)."""
+    known = [str(x) for x in known]
+    key = str(key)
+    elsewhere = elsewhere or {}
+    if SYNONYMS.get(key) in known:
+        return SYNONYMS[key]
+    for name in (key, SYNONYMS.get(key)):  # the same name in another section: eval_every -> training.eval_every
+        if name in elsewhere:
+            return elsewhere[name]
+    close = difflib.get_close_matches(key, known, n=1)
+    if close:
+        return close[0]
+    starts = [k for k in known if k.startswith(key + "_")]
+    if len(starts) == 1:
+        return starts[0]
+    close = difflib.get_close_matches(key, list(elsewhere), n=1)
+    return elsewhere[close[0]] if close else None
+
+
+def check_keys(given, known, section: str, elsewhere: dict[str, str] | None = None) -> None:
+    """Refuse a key of ``given`` that is not in ``known`` (``section`` is its dotted parent, or ''),
+    suggesting the closest (``closest_key``)."""
     unknown = [k for k in given if k not in known]
     if not unknown:
         return
     k = unknown[0]
-    close = difflib.get_close_matches(str(k), [str(x) for x in known], n=1)
-    hint = f" (did you mean {section + '.' if section else ''}{close[0]}?)" if close else ""
+    close = closest_key(k, known, elsewhere)
+    hint = ""
+    if close:
+        hint = f" (did you mean {close}?)" if close not in known else f" (did you mean {section + '.' if section else ''}{close}?)"
     raise ConfigError(f"unknown key{hint}; the known keys{' of ' + section if section else ''} are "
                       f"{', '.join(sorted(known))}", f"{section}.{k}" if section else str(k))

@@ -61,7 +61,7 @@ def test_end_of_run_summary(tmp_path, capsys):
     assert "[molora] done: 2 step(s) in" in out
     assert f"  loss {summary['final']['loss']:.4f} (step 2)" not in out  # the first step is named, then the last
     assert "(step 1) -> " in out and f"-> {summary['final']['loss']:.4f} (step 2)" in out
-    assert "reward_margin 0.0000 -> " in out and "reward_accuracy 0.0000 -> " in out
+    assert "reward_margin 0.0000 (step 1) -> " in out and "reward_accuracy 0.0000 (step 1) -> " in out
     assert f"model: {tmp_path / 'out' / 'final'}" in out
 
 

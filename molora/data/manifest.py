@@ -298,7 +298,8 @@ def loads_row(line: str, where: str) -> Any:
     except _DuplicateKey as e:
         raise ManifestError(f"key {e.args[0]!r} is given twice in one object", where) from None
     except json.JSONDecodeError as e:
-        raise ManifestError(f"invalid JSON ({e.msg} at column {e.colno})", where) from None
+        # json's messages may end in "at" ("Unterminated string starting at"): one "at" before the column
+        raise ManifestError(f"invalid JSON ({e.msg.removesuffix(' at')} at column {e.colno})", where) from None
 
 
 def _lines(f, limit: int):
