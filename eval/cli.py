@@ -38,11 +38,29 @@ def check_arguments(args) -> None:
         raise ConfigError(f"{out} is a file; --output-dir takes a folder (created when missing)", "--output-dir")
 
 
+def _folder(args):
+    """The folder the command writes into: --output-dir, or (rescore) the run's own folder."""
+    from pathlib import Path
+
+    if getattr(args, "output_dir", None):
+        return Path(args.output_dir).expanduser()
+    run_dir = Path(getattr(args, "run_dir", None) or "").expanduser()
+    return run_dir if getattr(args, "run_dir", None) and run_dir.is_dir() else None  # else rescore says what is wrong
+
+
 def _run(args) -> int:
+    """Run the task holding its folder: a second `molora eval` (or train) into it is refused, so two
+    processes never write one results file (see molora/folder_lock.py)."""
     import importlib
+    from contextlib import nullcontext
+
+    from molora.folder_lock import hold_folder
 
     check_arguments(args)
-    return importlib.import_module(_RUNNERS[args.eval_task][1]).main(args)
+    folder = _folder(args)
+    holding = hold_folder(folder, what=f"molora eval {args.eval_task}") if folder is not None else nullcontext()
+    with holding:
+        return importlib.import_module(_RUNNERS[args.eval_task][1]).main(args)
 
 
 def add_eval_parser(sub) -> argparse.ArgumentParser:

@@ -49,7 +49,7 @@ def _read_json(path: Path):
         with open(path, encoding="utf-8-sig") as f:
             return json.load(f)
     except json.JSONDecodeError as e:
-        raise SourceError(f"invalid JSON ({e.msg} at line {e.lineno} column {e.colno})", str(path)) from None
+        raise SourceError(f"invalid JSON ({e.msg.removesuffix(' at')} at line {e.lineno} column {e.colno})", str(path)) from None
     except UnicodeDecodeError as e:
         raise SourceError(f"not valid UTF-8 ({e.reason} at byte {e.start})", str(path)) from None
 

@@ -313,3 +313,34 @@ def test_an_audiofolder_is_evaluated(model, tmp_path, monkeypatch):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["skipped_count"] == 0 and summary["sets"]["folder"]["items"] == 3
     assert sorted(r["text"] for r in read_rows(out / "folder.jsonl")) == sorted(TEXTS)
+
+
+# ----------------------------------------------------------------------------------------
+# One process at a time in an output folder
+# ----------------------------------------------------------------------------------------
+def test_an_eval_into_a_folder_in_use_is_refused_and_writes_nothing(model, tmp_path, capsys):
+    """Two evals into one folder doubled every row; now the folder belongs to one process (its lock),
+    as a training run's does: the second is refused with one line naming the holder."""
+    import subprocess
+    import sys
+
+    m = nemo_manifest(tmp_path / "data")
+    out = tmp_path / "out"
+    # another process holds the folder (a real one: the lock is per open file, so the holder must be
+    # another process for the refusal to be what a user sees)
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom molora.folder_lock import hold_folder\n"
+                               f"with hold_folder({str(out)!r}, what='molora eval asr'):\n"
+                               "    print('held', flush=True); time.sleep(60)"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert asr(model, "--manifest", m, "--output-dir", out) == 2
+        line = one_error_line(capsys)
+        assert f"{out}: in use by molora eval asr (pid {holder.pid}" in line, line
+        assert sorted(p.name for p in out.iterdir()) == [".molora.lock"]
+        assert cli(["eval", "rescore", str(out)]) == 2
+        assert "in use by molora eval asr" in one_error_line(capsys)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert asr(model, "--manifest", m, "--output-dir", out) == 0  # the lock dies with its holder
+    assert len(read_rows(out / "clips.jsonl")) == len(TEXTS)
