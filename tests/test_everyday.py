@@ -98,3 +98,35 @@ def test_speech_corpus_writes_clips_at_several_sample_rates(tmp_path):
         {r["text"] for r in everyday_corpus.read_jsonl(paths["train"])}
     again = everyday_corpus.build(tmp_path / "again", seed=0, sizes={"train": 6, "dev": 2}, workers=1)
     assert again["train"].read_text() == paths["train"].read_text()  # the same rows (audio paths relative)
+
+
+@pytest.mark.slow
+def test_pretrain_script_everyday_smoke(tmp_path):
+    """scripts/pretrain_tiny.py --corpus everyday: the everyday corpus and a larger tokenizer end to end (smoke
+    sizes); a second run continues from the first with its tokenizer (as the recipe's runs 2-4 do)."""
+    import json
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    from molora.presets import TINY_SPECIAL_TOKENS
+    from molora.tokenizer import load_tiny_tokenizer
+
+    script, first, second = ROOT / "scripts" / "pretrain_tiny.py", tmp_path / "1", tmp_path / "2"
+    common = ["--smoke", "--corpora-root", str(tmp_path / "syn"), "--corpus", "everyday"]
+    r = subprocess.run([sys.executable, str(script), "--out", str(first), "--phases", "lm,ctc,speech",
+                        "--vocab-size", "1536", *common], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    info = json.loads((first / "pretrain.json").read_text())
+    assert (info["corpus"], info["vocab_size"]) == ("everyday", 1536)
+    tok = load_tiny_tokenizer(first / "tokenizer.json")
+    assert len(tok) == 1536 and tok.convert_tokens_to_ids(TINY_SPECIAL_TOKENS) == list(range(256, 264))
+    sd = load_file(str(first / "model.safetensors"))
+    assert sd["language_model.embed_tokens.weight"].shape[0] == 1536
+    r = subprocess.run([sys.executable, str(script), "--out", str(second), "--phases", "mixed",
+                        "--tokenizer", str(first / "tokenizer.json"), "--start-from", str(first / "model.safetensors"),
+                        *common], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert (second / "tokenizer.json").read_text() == (first / "tokenizer.json").read_text()
+    assert json.loads((second / "pretrain.json").read_text())["vocab_size"] == 1536

@@ -21,7 +21,7 @@ from molora.synthetic.speech import speak
 from molora.synthetic.speech_corpus import speak_splits
 
 __all__ = ["NAME", "VERSION", "SIZES", "VOICES", "VARIANTS", "RATE_RANGE", "PITCH_RANGE", "SAMPLE_RATES",
-           "draw_style", "split_texts", "frequency_text", "tokenizer_texts", "build", "read_jsonl"]
+           "draw_style", "split_texts", "frequency_text", "train_sentences", "tokenizer_texts", "build", "read_jsonl"]
 
 NAME = "everyday"
 VERSION = "v1"
@@ -43,8 +43,7 @@ def split_texts(sizes: dict[str, int], seed: int = 0) -> dict[str, list[str]]:
     """Sentences per split (train / dev streams of the generator; no sentence of dev is in train)."""
     out = {}
     for split, n in sizes.items():
-        sents = everyday_sentences(n, seed=1000 * seed + SPLIT_SEEDS.get(split, 7))
-        out[split] = sents
+        out[split] = everyday_sentences(n, seed=1000 * seed + SPLIT_SEEDS.get(split, 7))
     if "dev" in out and "train" in out:
         train = set(out["train"])
         out["dev"] = [s for s in out["dev"] if s not in train]
@@ -65,9 +64,14 @@ def frequency_text(total_words: int = 1_000_000, top: int = 30000) -> list[str]:
     return out
 
 
+def train_sentences(n: int, seed: int = 0) -> list[str]:
+    """``n`` sentences of the train stream (the speech corpus's train split is its first sentences)."""
+    return everyday_sentences(n, seed=1000 * seed + SPLIT_SEEDS["train"])
+
+
 def tokenizer_texts(n_sentences: int = 100_000, seed: int = 0) -> list[str]:
     """What the everyday tokenizer learns from: generated sentences (train stream) + ``frequency_text``."""
-    return everyday_sentences(n_sentences, seed=1000 * seed + SPLIT_SEEDS["train"]) + frequency_text()
+    return train_sentences(n_sentences, seed) + frequency_text()
 
 
 def _clip(out_dir: str, seed: int, split: str, index: int, text: str) -> dict:
