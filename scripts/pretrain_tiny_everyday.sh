@@ -2,7 +2,7 @@
 # The tiny weights on everyday English (docs/everyday-english.md): the four runs of
 # scripts/pretrain_tiny_recipe.sh, each with --corpus everyday (generated everyday sentences in the text
 # phases, their espeak-ng clips in the speech phases). Run 1 builds the everyday speech corpus (20,000 clips;
-# ~40 min on one core, cached under the corpora root) and learns the 6144-token tokenizer; runs 2-4 take that
+# ~5 min and ~4 GB of WAV, cached under the corpora root) and learns the 6144-token tokenizer; runs 2-4 take that
 # tokenizer (--tokenizer) and start from the previous run's weights.
 # Expected CPU time, one thread: ~4 h in all (the shipped recipe's 2.2 h, the corpus, a 6x larger vocabulary,
 # longer speech phases). An estimate: these runs have not been made yet.
