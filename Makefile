@@ -43,11 +43,11 @@ PRESET ?= phi4-multimodal
 gpu-check: $(STAMP)
 	$(PY) benchmarks/gpu_check.py --device $(DEVICE) --preset $(PRESET)
 
-# The lock: pyproject's ranges (+ the test extra and the build tools), resolved for CPython 3.11 on
+# The lock: pyproject's ranges (+ the test and everyday extras and the build tools), resolved for CPython 3.11 on
 # Linux x86-64 by uv (run from a throwaway venv so the lock does not depend on what is installed).
 lock:
 	test -x .venv-lock/bin/uv || { $(PYTHON) -m venv .venv-lock && .venv-lock/bin/pip install -q $(UV); }
-	.venv-lock/bin/uv pip compile pyproject.toml requirements-build.in --extra test -c constraints-lock.txt \
+	.venv-lock/bin/uv pip compile pyproject.toml requirements-build.in --extra test --extra everyday -c constraints-lock.txt \
 	    --python-version 3.11 --python-platform x86_64-manylinux_2_28 --generate-hashes --upgrade -o $(LOCK)
 
 # Not in CI: the newest versions pyproject's ranges allow, in a separate venv, then the suite.

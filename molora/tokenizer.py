@@ -60,9 +60,10 @@ def build_byte_tokenizer() -> PreTrainedTokenizerFast:
 TINY_BPE_FILE = "tokenizer.json"  # in molora/weights/tiny/, written by scripts/pretrain_tiny.py
 
 
-def _bpe_pre_tokenizer():
-    # digits one by one (numbers are read digit by digit from images), then GPT-2's byte-level split
-    return pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
+def _bpe_pre_tokenizer(individual_digits: bool = True):
+    # digits one by one (numbers are read digit by digit from images) or a run of digits as one piece
+    # (BPE then learns frequent numbers), then GPT-2's byte-level split
+    return pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=individual_digits),
                                     pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)])
 
 
@@ -72,16 +73,18 @@ def _fast(tk: Tokenizer) -> PreTrainedTokenizerFast:
         unk_token=None, additional_special_tokens=[t for t in TINY_SPECIAL_TOKENS if t != "<|endoftext|>"])
 
 
-def train_bpe_tokenizer(texts, vocab_size: int = TINY_BPE_VOCAB) -> PreTrainedTokenizerFast:
+def train_bpe_tokenizer(texts, vocab_size: int = TINY_BPE_VOCAB, individual_digits: bool = True) \
+        -> PreTrainedTokenizerFast:
     """A byte-level BPE tokenizer learned from ``texts`` with the byte tokenizer's id layout kept:
     ids 0..255 are the bytes, 256.. the special tokens (so every id the chat template and the
     placeholders use is the same as the byte tokenizer's), then the learned merges up to ``vocab_size``.
-    Any text still encodes (bytes are the fallback). Deterministic for the same texts."""
+    Any text still encodes (bytes are the fallback). Deterministic for the same texts. ``individual_digits``:
+    every digit its own piece (the shipped tokenizer), else runs of digits may merge."""
     from tokenizers import trainers
 
     n_fixed = TINY_VOCAB  # bytes + special + reserved rows
     probe = Tokenizer(models.BPE())
-    probe.pre_tokenizer = _bpe_pre_tokenizer()
+    probe.pre_tokenizer = _bpe_pre_tokenizer(individual_digits)
     trainer = trainers.BpeTrainer(vocab_size=256 + vocab_size - n_fixed, initial_alphabet=_byte_alphabet(),
                                   special_tokens=[], show_progress=False, min_frequency=2)
     probe.train_from_iterator(list(texts), trainer)
@@ -100,7 +103,7 @@ def train_bpe_tokenizer(texts, vocab_size: int = TINY_BPE_VOCAB) -> PreTrainedTo
         vocab[f"<|reserved_{i}|>"] = i
         special.append(f"<|reserved_{i}|>")
     tk = Tokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False, byte_fallback=False))
-    tk.pre_tokenizer = _bpe_pre_tokenizer()
+    tk.pre_tokenizer = _bpe_pre_tokenizer(individual_digits)
     tk.decoder = decoders.ByteLevel()
     tk.add_special_tokens(special)
     return _fast(tk)

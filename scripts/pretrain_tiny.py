@@ -3,6 +3,12 @@
     python scripts/pretrain_tiny.py                       # one full run of the default phases (~30 min, 1 thread)
     python scripts/pretrain_tiny.py --smoke --out /tmp/w  # a few steps of every phase (tests)
     scripts/pretrain_tiny_recipe.sh OUT                   # the shipped weights: four runs (~2.2 h, 1 thread)
+    scripts/pretrain_tiny_everyday.sh OUT                 # the same four runs on everyday English as well
+
+``--corpus everyday`` adds the everyday-English corpus (``molora/synthetic/everyday_corpus.py``: generated
+sentences to the text phases, their espeak-ng clips to the speech phases) and learns a larger tokenizer
+(``--vocab-size``, default 6144) from the corpora's text plus English word frequencies; ``--tokenizer PATH``
+uses a ready tokenizer.json instead (the backbone's vocabulary follows the tokenizer). docs/everyday-english.md.
 
 Like the real model's parts (Phi-4-mini, SigLIP, the speech encoder) the tiny ones are pretrained
 before molora's stages run, and the stages then start from them. Phases (``--phases``, in order):
@@ -59,7 +65,8 @@ SMOKE = {"lm_steps": 3, "lm_batch": 4, "ctc_steps": 3, "ctc_batch": 4, "speech_s
          "vision_steps": 2, "vision_batch": 4, "mixed_steps": 2, "mixed_batch": 4, "ocr_steps": 3, "ocr_batch": 2,
          "read_pages": 4, "crops_steps": 2, "crops_batch": 2, "crops_rows": 8,
          "lookup_steps": 2, "lookup_batch": 4, "lookup_rows": 12, "mixed_lookup_rows": 6,
-         "keep_drills": 0, "keep_speech": 0, "regions_steps": 2, "regions_batch": 2, "regions_rows": 6}
+         "keep_drills": 0, "keep_speech": 0, "regions_steps": 2, "regions_batch": 2, "regions_rows": 6,
+         "everyday_text": 40}
 
 
 def alongside(main: list, extras: list[tuple[list, int]]) -> list:
@@ -320,6 +327,14 @@ def _pad(feats):
     return x, mask
 
 
+def ctc_words(text: str) -> str:
+    """A written transcript as the words of the word-level CTC head (the leaderboard normaliser's form: lower
+    case, no punctuation; numbers and money as it writes them)."""
+    from molora.eval import normalize_english
+
+    return normalize_english(text)
+
+
 def set_cmvn(model, feats) -> None:
     """The encoder's global CMVN statistics from the training features (as the real encoder ships them)."""
     allf = torch.cat(feats)
@@ -529,6 +544,11 @@ def main(argv=None) -> dict:
     ap.add_argument("--save-full", action="store_true",
                     help="after every phase also write the whole model (temporary projectors / LoRAs included) to "
                          "OUT/full, loadable with MoLoRAModel.from_pretrained")
+    ap.add_argument("--corpus", choices=("quickstart", "everyday"), default="quickstart",
+                    help="everyday: the everyday-English corpus too (text and speech) and a larger tokenizer")
+    ap.add_argument("--tokenizer", default=None, help="a tokenizer.json to use instead of learning one (phase 0)")
+    ap.add_argument("--vocab-size", type=int, default=None,
+                    help="the learned tokenizer's size (default: 1024, or 6144 with --corpus everyday)")
     ap.add_argument("--scale", type=float, default=1.0, help="multiply every phase's steps")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=N",
                     help="override one plan entry after --scale, e.g. --set vision_steps=4500 (repeatable)")
@@ -539,7 +559,8 @@ def main(argv=None) -> dict:
     from molora.data.manifest import read_manifest
     from molora.synthetic.build import build_corpora
     from molora.synthetic.sentences import _vocabulary
-    from molora.tokenizer import TINY_BPE_FILE, train_bpe_tokenizer
+    from molora.presets import TINY_BPE_VOCAB
+    from molora.tokenizer import TINY_BPE_FILE, load_tiny_tokenizer, train_bpe_tokenizer
 
     t0 = time.perf_counter()
     plan = dict(SMOKE if args.smoke else FULL)
@@ -553,14 +574,30 @@ def main(argv=None) -> dict:
     train_lm = not args.text_only_backbone
     corpora = build_corpora(args.corpora_root, seed=args.seed, sizes="tiny" if args.smoke else "default", log=log)
     seed_all(args.seed)
-    config = MoLoRAConfig.preset("tiny")
-    model = MoLoRAModel(config)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     convs = text_conversations(corpora, args.seed)
-    log("phase 0: tokenizer (byte-level BPE on the corpora's text)")
-    tokenizer = train_bpe_tokenizer(m["content"] for c in convs for m in c)
+    everyday = None
+    if args.corpus == "everyday":
+        from molora.synthetic import everyday_corpus
+
+        everyday = everyday_corpus.build(args.corpora_root, seed=args.seed, sizes="tiny" if args.smoke else "default",
+                                         log=log)
+        convs += [[{"role": "assistant", "content": s}]
+                  for s in everyday_corpus.train_sentences(plan["everyday_text"], args.seed)]
+    if args.tokenizer:
+        log(f"phase 0: tokenizer from {args.tokenizer}")
+        tokenizer = load_tiny_tokenizer(Path(args.tokenizer))
+    else:
+        log("phase 0: tokenizer (byte-level BPE on the corpora's text)")
+        texts = [m["content"] for c in convs for m in c]
+        if everyday is not None:
+            texts += everyday_corpus.frequency_text()
+        tokenizer = train_bpe_tokenizer(texts, args.vocab_size or (6144 if everyday else TINY_BPE_VOCAB))
     tokenizer.backend_tokenizer.save(str(out / TINY_BPE_FILE))
+    config = MoLoRAConfig.preset("tiny")
+    config.backbone.vocab_size = len(tokenizer)
+    model = MoLoRAModel(config)
     processor = MoLoRAProcessor.from_config(config, tokenizer=tokenizer)
     rng = random.Random(args.seed)
     if args.start_from:
@@ -586,6 +623,8 @@ def main(argv=None) -> dict:
         save()
 
     speech = read_manifest(corpora["speech"]["train"])
+    if everyday is not None:
+        speech += read_manifest(everyday["train"])
     vision_parts = ["vision_encoder", "vision_projector", "vision_lora"]
     speech_parts = ["audio_encoder", "speech_projector", "speech_lora"]
 
@@ -599,11 +638,12 @@ def main(argv=None) -> dict:
     if "ctc" in phases:
         log("phase 2: conformer (word CTC)")
         feats = _audio_features(processor, speech)
-        texts = [s.messages[-1]["content"] for s in speech]
+        words = ctc_words if everyday is not None else (lambda t: t)  # everyday text is written: CTC on its words
+        texts = [words(s.messages[-1]["content"]) for s in speech]
         vocab = sorted(set(_vocabulary()) | {w for t in texts for w in t.split()})
         set_cmvn(model, feats)
         dev = read_manifest(corpora["speech"]["dev"])
-        held_out = (_audio_features(processor, dev), [s.messages[-1]["content"] for s in dev])
+        held_out = (_audio_features(processor, dev), [words(s.messages[-1]["content"]) for s in dev])
         pretrain_ctc(model, feats, texts, vocab, plan["ctc_steps"], plan["ctc_batch"], 2e-3, rng, losses["ctc"],
                      held_out)
         save()
@@ -656,6 +696,7 @@ def main(argv=None) -> dict:
 
     sd = save()
     info = {"preset": "tiny", "seed": args.seed, "smoke": args.smoke, "plan": plan, "phases": phases,
+            "corpus": args.corpus, "vocab_size": len(tokenizer),
             "start_from": Path(args.start_from).name if args.start_from else None,
             "tensors": len(sd), "parameters": int(sum(v.numel() for v in sd.values())),
             "final_losses": {k: (round(float(np.mean(v[-20:])), 4) if v else None) for k, v in losses.items()

@@ -1,5 +1,5 @@
 """The committed lock is what pyproject.toml's ranges resolve to: every requirement of molora (and of
-its test extra and the build tools) is pinned there, with a version the range admits, so a range
+its extras and the build tools) is pinned there, with a version the range admits, so a range
 change without `make lock` (or a hand edit of the lock) fails here rather than on a fresh clone."""
 
 import re
@@ -24,7 +24,7 @@ def _locked() -> dict[str, str]:
 
 def _requirements() -> list[str]:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    reqs = list(project["dependencies"]) + list(project["optional-dependencies"]["test"])
+    reqs = list(project["dependencies"]) + [r for extra in project["optional-dependencies"].values() for r in extra]
     build = [l.split("#")[0].strip() for l in (ROOT / "requirements-build.in").read_text().splitlines()]
     return reqs + [b for b in build if b]
 

@@ -17,7 +17,7 @@ from molora.synthetic.sentences import split_sentences
 from molora.synthetic.speech import speak
 
 __all__ = ["NAME", "VERSION", "SIZES", "VOICES", "VARIANTS", "RATE_RANGE", "PITCH_RANGE", "draw_style",
-           "synthesise_clip", "build"]
+           "synthesise_clip", "speak_splits", "build"]
 
 NAME = "speech"
 VERSION = "v1"
@@ -52,21 +52,25 @@ def _clip(out_dir: str, seed: int, split: str, index: int, text: str) -> dict:
             "voice": info["voice"], "rate": info["rate"], "pitch": info["pitch"]}
 
 
+def speak_splits(out: Path, texts: dict[str, list[str]], clip, seed: int, workers: int | None) -> dict:
+    """Speak every split's sentences with ``clip(out, seed, split, index, text) -> row`` (in parallel) and write
+    ``<split>.jsonl``; returns the corpus.json fields ``manifests``, ``counts`` and ``seconds_per_item``."""
+    manifests, counts, t0 = {}, {}, time.perf_counter()
+    for split, sents in texts.items():
+        rows = parallel_map(clip, [(str(out), seed, split, i, s) for i, s in enumerate(sents)], workers)
+        counts[split] = write_jsonl(out / f"{split}.jsonl", rows)
+        manifests[split] = f"{split}.jsonl"
+    return {"manifests": manifests, "counts": counts,
+            "seconds_per_item": round((time.perf_counter() - t0) / max(sum(counts.values()), 1), 4)}
+
+
 def build(root=None, seed: int = 0, sizes: dict[str, int] | str = "default", *,
           workers: int | None = None, force: bool = False, log=None) -> dict[str, Path]:
     """Build (or reuse) the speech corpus; returns ``{split: manifest path}``."""
     tag, sizes = resolve_sizes(sizes, SIZES)
 
     def builder(out: Path) -> dict:
-        texts = split_sentences(sizes, seed)
-        manifests, counts, t0 = {}, {}, time.perf_counter()
-        for split, sents in texts.items():
-            rows = parallel_map(_clip, [(str(out), seed, split, i, s) for i, s in enumerate(sents)], workers)
-            counts[split] = write_jsonl(out / f"{split}.jsonl", rows)
-            manifests[split] = f"{split}.jsonl"
-        n = sum(counts.values())
-        return {"manifests": manifests, "counts": counts,
-                "seconds_per_item": round((time.perf_counter() - t0) / max(n, 1), 4),
+        return {**speak_splits(out, split_sentences(sizes, seed), _clip, seed, workers),
                 "voices": list(VOICES), "variants": list(VARIANTS), "rate_range": list(RATE_RANGE),
                 "pitch_range": list(PITCH_RANGE), "sampling_rate": SAMPLING_RATE}
 
