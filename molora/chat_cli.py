@@ -87,6 +87,7 @@ class Repl:
         from .errors import MoLoRAError
 
         try:
+            text = prompt_for(text, self.images, self.audios)
             for piece in self.session.stream(text, images=self.images, audios=self.audios, **self.gen):
                 print(piece, end="", file=self.out, flush=True)
             print(file=self.out, flush=True)
@@ -113,6 +114,14 @@ class Repl:
             self.ask(stripped)
 
 
+def prompt_for(text: str, images, audios) -> str:
+    """The message text: a clip sent with no words is a request to transcribe it (the prompt the speech
+    adapter is trained with, molora.data.ASR_PROMPT)."""
+    from .data.manifest import ASR_PROMPT
+
+    return ASR_PROMPT if not text.strip() and audios and not images else text
+
+
 def _run(args) -> int:
     from . import MoLoRAModel, MoLoRAProcessor
     from .chat import Chat
@@ -124,7 +133,8 @@ def _run(args) -> int:
     processor = MoLoRAProcessor.from_pretrained(args.model)
     session = Chat(model, processor, system_prompt=args.system).session()
     if args.prompt or args.image or args.audio:  # one shot
-        for piece in session.stream(" ".join(args.prompt), images=args.image or (), audios=args.audio or (), **gen):
+        text = prompt_for(" ".join(args.prompt), args.image, args.audio)
+        for piece in session.stream(text, images=args.image or (), audios=args.audio or (), **gen):
             print(piece, end="", flush=True)
         print()
         return 0

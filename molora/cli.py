@@ -147,8 +147,9 @@ def main(argv: list[str] | None = None) -> int:
                                    "train ...`.")
     g = t.add_argument_group("what to run")
     g.add_argument("--recipe", help="packaged recipe name (e.g. tiny-speech) or a YAML path")
-    g.add_argument("--stage", choices=list(STAGES), help="a stage of the table with its defaults (the tiny preset; "
-                                                         "override any key, e.g. model.path=DIR)")
+    g.add_argument("--stage", choices=list(STAGES), help="a stage of the table with its defaults (the shipped "
+                                                         "pretrained tiny model; override any key, e.g. model.path=DIR, "
+                                                         "or model.init=random for a random start)")
     g.add_argument("--list-stages", action="store_true", help="print the stage table and exit")
     g.add_argument("overrides", nargs="*", help="key=value overrides: data.train=PATH max_steps=N seed=N "
                                                 "training.lr=3e-4 ... (each checked against its field's type)")

@@ -200,7 +200,7 @@ def stage_recipe(stage: str, overrides: dict[str, Any] | list[str] | None = None
 
 
 # The keys of the free-form sections, with their types (the dataclasses above type the others).
-MODEL_FIELDS = {"preset": str, "path": str, "config": dict, "backbone": str, "vision": str}
+MODEL_FIELDS = {"preset": str, "path": str, "config": dict, "backbone": str, "vision": str, "init": str}
 DATA_FIELDS = {"train": str | dict | None, "eval": str | dict | None, "allow_outside_root": bool,
                "max_tokens": int | None}
 DPO_FIELDS = {"beta": float}
@@ -317,8 +317,12 @@ def check_ranges(r: Recipe) -> None:
     if not r.model.get("path"):
         from molora.presets import PRESETS
 
+        from .starting_weights import INITS
+
         preset = r.model.get("preset", "tiny")
         need(preset in PRESETS, "model.preset", "one of " + ", ".join(PRESETS), preset)
+        init = r.model.get("init", "pretrained")
+        need(init in INITS, "model.init", "one of " + ", ".join(INITS), init)
     for i, s in enumerate(r.substeps):
         need(s.fraction > 0, f"substeps[{i}].fraction", "> 0", s.fraction)
         need(bool(s.train), f"substeps[{i}].train", "a non-empty list of components", s.train)

@@ -81,7 +81,8 @@ def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _file_digest(path: Path) -> str:
+def file_digest(path: Path) -> str:
+    """The first 16 hex digits of a file's sha256."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -107,12 +108,13 @@ def _model_files_digest(p: Path) -> str | None:
 def data_fingerprint(spec: Any) -> str:
     """sha256 of a manifest's bytes, or of a datasets spec (its hub id / folder and options)."""
     if isinstance(spec, (str, os.PathLike)) and Path(spec).expanduser().is_file():
-        return "manifest:" + _file_digest(Path(spec).expanduser())
+        return "manifest:" + file_digest(Path(spec).expanduser())
     return "spec:" + hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def model_fingerprint(spec: dict) -> dict[str, str | None]:
-    """For each local path the model section names (path, backbone, vision): a digest of its files."""
+    """For each local path the model section names (path, backbone, vision): a digest of its files; for a
+    preset started from its shipped weights, a digest of those."""
     out = {}
     for key in ("path", "backbone", "vision"):
         value = spec.get(key)
@@ -124,6 +126,11 @@ def model_fingerprint(spec: dict) -> dict[str, str | None]:
                 shipped = preset_weights(str(value)) if "/" not in str(value) else None
                 p = shipped if shipped is not None else p
             out[key] = _model_files_digest(p) if p.exists() else str(value)
+    from .starting_weights import shipped_weights
+
+    shipped = shipped_weights(spec)
+    if shipped is not None:  # a preset run starts from these bytes: another build of them is another start
+        out["preset_weights"] = file_digest(shipped)
     return out
 
 
@@ -302,7 +309,10 @@ def start_run(recipe, out: Path, dist, plan: RunPlan) -> None:
             clear_run(out)
         out.mkdir(parents=True, exist_ok=True)
         clear_leftovers(out)
-        record = {"status": "running", "identity": plan.identity, "max_steps": recipe.max_steps}
+        from .starting_weights import start_record
+
+        record = {"status": "running", "identity": plan.identity, "max_steps": recipe.max_steps,
+                  "start": start_record(recipe.model, recipe.seed)}
         if plan.mode == "resume" and plan.changes:
             record["resumed_with_changes"] = plan.previous.get("resumed_with_changes", []) + [plan.changes]
             print("[molora] --resume-anyway: continuing with changes: " + "; ".join(plan.changes))

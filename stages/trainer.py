@@ -36,6 +36,7 @@ from .metrics_log import MetricsLog, read_rows
 from .optim import build_optimizer, build_scheduler, rebase_groups, step_lrs
 from .recipe import Recipe
 from .run_messages import loss_summary, plan_notes, print_run_summary, substep_banner
+from .starting_weights import describe_start, start_record
 from .run_state import (RUN_FILE, check_checkpoint_shapes, check_output_dir, finished_run, hold_output_dir, plan_run,
                         run_identity, save_final, start_run, write_json_atomic)
 from .table import Stage, stage
@@ -97,15 +98,20 @@ def seed_everything(seed: int) -> None:
 
 
 def build_model(spec: dict, seed: int):
-    """Model from a recipe's ``model`` section: {preset} | {path} | {preset, backbone, vision}."""
+    """Model from a recipe's ``model`` section: {path} | {preset, backbone, vision} | {preset} (its shipped
+    pretrained parts, fresh projectors and LoRAs; ``init: random`` for a random model): see
+    stages/starting_weights.py."""
     from molora import MoLoRAConfig, MoLoRAModel, MoLoRAProcessor
+
+    from .starting_weights import load_shipped, shipped_weights
 
     seed_everything(seed)
     if spec.get("path"):
         model = MoLoRAModel.from_pretrained(spec["path"])
         processor = MoLoRAProcessor.from_pretrained(spec["path"])
         return model, processor
-    config = MoLoRAConfig.preset(spec.get("preset", "tiny"))
+    preset = spec.get("preset", "tiny")
+    config = MoLoRAConfig.preset(preset)
     if spec.get("config"):
         config = config.replace(**spec["config"])
     if spec.get("backbone") or spec.get("vision"):
@@ -115,6 +121,9 @@ def build_model(spec: dict, seed: int):
         config = model.config
     else:
         model = MoLoRAModel(config)
+        weights = shipped_weights(spec)
+        if weights is not None:
+            load_shipped(model, weights, preset)
     return model, MoLoRAProcessor.from_config(config, tokenizer=None)
 
 
@@ -252,7 +261,8 @@ def setup(recipe: Recipe, out: Path, dist: Distributed, *, resume: bool, strict:
     if plan.mode == "resume" and plan.checkpoint is not None:
         check_checkpoint_shapes(plan.checkpoint, model)  # --resume-anyway with another model: refused here
     if dist.is_main:
-        for line in plan.fallback_lines() + plan_notes(recipe):
+        for line in [describe_start(start_record(recipe.model, recipe.seed)), *plan.fallback_lines(),
+                     *plan_notes(recipe)]:
             print(line)
     start_run(recipe, out, dist, plan)
 

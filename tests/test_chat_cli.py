@@ -154,3 +154,33 @@ def test_cli_bad_arguments_are_one_line(args, line, capsys):
 
     assert main(["chat", "--model", "tiny", *args]) == 2
     assert capsys.readouterr().err.strip() == line
+
+
+def test_a_clip_with_no_words_is_a_request_to_transcribe_it(chat, tmp_path, monkeypatch, capsys):
+    """`molora chat --audio clip.wav` with no prompt (and `/audio` then an empty line) sends the prompt
+    the speech adapter is trained with, not an empty message (which the tiny model answered with "4")."""
+    from molora.cli import main
+    from molora.data import ASR_PROMPT
+
+    sf.write(tmp_path / "q.wav", synth_audio(0.5), 16000)
+    session, _, _ = run_repl(chat, [f"/audio {tmp_path / 'q.wav'}", "", "/quit"])
+    assert [text for text, _, _ in session.sent] == [ASR_PROMPT]
+    seen = []
+    real = Chat.session
+
+    def recording(self, *a, **kw):
+        s = real(self, *a, **kw)
+        stream = s.stream
+
+        def spy(text, *args, **kwargs):
+            seen.append(text)
+            return stream(text, *args, **kwargs)
+
+        s.stream = spy
+        return s
+
+    monkeypatch.setattr(Chat, "session", recording)
+    assert main(["chat", "--model", "tiny", "--audio", str(tmp_path / "q.wav"), "--max-new-tokens", "2"]) == 0
+    assert main(["chat", "--model", "tiny", "--audio", str(tmp_path / "q.wav"), "--max-new-tokens", "2",
+                 "what", "is", "this?"]) == 0
+    assert seen == [ASR_PROMPT, "what is this?"]
