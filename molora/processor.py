@@ -232,7 +232,7 @@ class MoLoRAProcessor:
             k = used[kind]
             if k >= len(counts[kind]):
                 raise PlaceholderError(
-                    f"more <|{kind}_N|> placeholders than {kind}s given ({len(counts[kind])})", item)
+                    f"more <|{kind}|> / <|{kind}_N|> placeholders than {kind}s given ({len(counts[kind])})", item)
             used[kind] += 1
             ids += [self.token_ids[kind]] * counts[kind][k]
             last = m.end()
@@ -279,7 +279,7 @@ class MoLoRAProcessor:
                     segments = [(None, self._template_text(segments, add_generation_prompt))]
                 rows.append((segments, media))
         elif text is not None:
-            if not (isinstance(text, str) or (isinstance(text, (list, tuple)) and all(isinstance(t, str) for t in text))):
+            if not (isinstance(text, str) or isinstance(text, (list, tuple)) and all(isinstance(t, str) for t in text)):
                 raise ArgumentError(f"must be a string or a list of strings, got {type(text).__name__}", "text")
             texts = [self._with_molora_placeholders(t) for t in ([text] if isinstance(text, str) else text)]
             pools = {name: [] if given.get(name) is None else m.as_items(given[name])
@@ -332,8 +332,8 @@ class MoLoRAProcessor:
                 lab += [IGNORE] * len(head) + (piece if role == "assistant" else [IGNORE] * len(piece))
             for kind in self.modalities:
                 if used[kind] != len(counts[kind]):
-                    raise PlaceholderError(f"{len(counts[kind])} {kind}(s) given but {used[kind]} <|{kind}_N|> "
-                                           "placeholder(s) in the prompt", f"conversation[{c}]")
+                    raise PlaceholderError(f"{len(counts[kind])} {kind}(s) given but {used[kind]} <|{kind}|> / "
+                                           f"<|{kind}_N|> placeholder(s) in the prompt", f"conversation[{c}]")
             seqs.append(ids)
             labs.append(lab)
 

@@ -83,8 +83,9 @@ CALLS = {
     "batch, mixed": dict(text=["<|user|><|image|><|audio|>both<|end|><|assistant|>",
                                "<|user|><|audio|>only audio, and a longer question<|end|><|assistant|>"],
                          images=[IMAGE], audio=CLIPS, sampling_rate=16000, padding=True, padding_side="left"),
-    "images per prompt, right padded": dict(text=["<|user|><|image|>one<|end|>", "<|user|><|image|><|image|>two<|end|>"],
-                                            images=[[IMAGE], [WIDE, IMAGE]], padding=True, padding_side="right"),
+    "images per prompt, right padded": dict(
+        text=["<|user|><|image|>one<|end|>", "<|user|><|image|><|image|>two<|end|>"],
+        images=[[IMAGE], [WIDE, IMAGE]], padding=True, padding_side="right"),
     "dynamic_hd": dict(text="<|user|><|image|>read it<|end|><|assistant|>", images=WIDE, dynamic_hd=4),
     "one clip as a 1-D array": dict(text="<|audio|>", audio=CLIPS[1], sampling_rate=16000),
 }
@@ -138,7 +139,8 @@ def test_audios_keyword_still_works_and_equals_audio(pair):
 
 def test_placeholder_and_media_counts_must_agree(pair):
     ours, _ = pair
-    with pytest.raises(PlaceholderError, match=re.escape("more <|image_N|> placeholders than images given (1)")):
+    too_few = "more <|image|> / <|image_N|> placeholders than images given (1)"
+    with pytest.raises(PlaceholderError, match=re.escape(too_few)):
         ours(text="<|image|><|image|>", images=[IMAGE])
     with pytest.raises(PlaceholderError, match=r"audio\(s\) have no placeholder"):
         ours(text="<|audio|>", audio=CLIPS)
@@ -206,8 +208,8 @@ def test_audio_pad_equals_transformers(pair, case):
     ours, _ = pair
     part = ours.audio_processor
     feats = [part(c, sampling_rate=16000) for c in (synth_audio(0.4, seed=3), CLIPS[0], CLIPS[1])]
-    samples = [{"audio_input_features": f["audio_input_features"][0], "audio_embed_sizes": int(f["audio_embed_sizes"][0])}
-               for f in feats]
+    samples = [{"audio_input_features": f["audio_input_features"][0],
+                "audio_embed_sizes": int(f["audio_embed_sizes"][0])} for f in feats]
     got = part.pad([dict(s) for s in samples], **PAD_CASES[case])
     want = Phi4MultimodalFeatureExtractor().pad([dict(s) for s in samples], **PAD_CASES[case])
     assert isinstance(got, BatchFeature) and set(got) == set(want)
