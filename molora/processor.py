@@ -260,8 +260,8 @@ class MoLoRAProcessor:
             raise ArgumentError(f"must be True / 'longest' (pad to the longest row) or False, got {padding!r}",
                                 "padding")
         given = {"image": images, "audio": audio if audio is not None else audios}
-        for key, value in items.items():
-            if not (key.endswith("s") and key[:-1] in self.modalities):
+        for key, value in items.items():  # <name>s= of a further modality; videos= as transformers' call has it
+            if not (key.endswith("s") and (key[:-1] in self.modalities or key == "videos")):
                 raise TypeError(f"MoLoRAProcessor() got an unexpected keyword argument {key!r}")
             given[key[:-1]] = value
         for name, value in given.items():

@@ -166,6 +166,9 @@ def test_media_of_a_modality_the_model_lacks_are_refused():
     proc = MoLoRAProcessor.from_config(MoLoRAConfig.from_dict(d))
     with pytest.raises(ArgumentError, match=r"^audio: this model takes no audio \(its modalities: image\)"):
         proc(text="<|user|>hi<|end|>", audios=[CLIPS[0]])
+    assert proc(text="<|user|>hi<|end|>", videos=None)["input_ids"].shape[0] == 1  # transformers' call has videos=
+    with pytest.raises(ArgumentError, match=r"^video: this model takes no video"):
+        proc(text="<|user|>hi<|end|>", videos=[np.zeros((2, 8, 8, 3), np.uint8)])
 
 
 def test_model_input_names_equal_transformers(pair):
