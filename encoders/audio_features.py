@@ -357,19 +357,26 @@ def _to_float_tensor(x: Any, item: str) -> torch.Tensor:
 class AudioFeatureExtractor:
     """Phi-4-multimodal log-mel features for a batch of clips (see the module docstring).
 
-    ``AudioFeatureExtractor(config)(audios, sampling_rate=16000)`` ->
+    ``AudioFeatureExtractor(config)(audios, sampling_rate=16000)`` -> a ``transformers.BatchFeature``
     ``{"audio_input_features": [N, T_max, 80] float32, "audio_embed_sizes": [N] int64,
     "audio_attention_mask": [N, T_max] bool (only when N > 1)}``.
+
+    Read as transformers' ``SequenceFeatureExtractor`` is: ``model_input_names``, ``feature_size``,
+    ``sampling_rate``, ``padding_value``, ``padding_side``, ``return_attention_mask``, and ``pad()``.
     """
 
     model_input_names = ["audio_input_features", "audio_embed_sizes", "audio_attention_mask"]
+    padding_value = 0.0  # log(1): what padded frames hold
+    padding_side = "right"
+    return_attention_mask = True
 
     def __init__(self, config: AudioConfig | None = None, *, mel_filter: str | None = None):
         self.config = config = config if config is not None else AudioConfig()
         if config.sampling_rate != MODEL_RATE:
             raise ConfigError(f"the log-mel front end is defined at {MODEL_RATE} Hz", "audio.sampling_rate")
         self.mel_filter = mel_filter or config.mel_filter
-        self.num_mel_bins = config.num_mel_bins
+        self.num_mel_bins = self.feature_size = config.num_mel_bins
+        self.sampling_rate = config.sampling_rate
         self.time_reduction = config.time_reduction
         self.downsample_rate = config.downsample_rate
         self.max_audio_seconds = config.max_audio_seconds
@@ -463,7 +470,32 @@ class AudioFeatureExtractor:
         out = {"audio_input_features": feats, "audio_embed_sizes": sizes.to(dev)}
         if return_attention_mask and len(clips) > 1:
             out["audio_attention_mask"] = (torch.arange(f_max)[None, :] < frames[:, None]).to(dev)
-        return out
+        from transformers import BatchFeature
+
+        return BatchFeature(out)
+
+    def pad(self, processed_features, padding=True, max_length: int | None = None, truncation: bool = False,
+            pad_to_multiple_of: int | None = None, return_attention_mask: bool | None = None,
+            return_tensors: str | None = None):
+        """Pad per-clip ``audio_input_features`` (``[T_i, feature_size]`` each: a list of dicts, or a dict
+        of lists, e.g. a collate function's samples) to one batch, as transformers'
+        ``SequenceFeatureExtractor.pad`` does, with the same signature and result (it runs transformers'
+        own implementation with this extractor's settings): frames padded with ``padding_value`` on
+        ``padding_side``, an int32 frame ``attention_mask`` unless ``return_attention_mask=False``,
+        other keys batched as given."""
+        return self._padder().pad(processed_features, padding=padding, max_length=max_length,
+                                  truncation=truncation, pad_to_multiple_of=pad_to_multiple_of,
+                                  return_attention_mask=return_attention_mask, return_tensors=return_tensors)
+
+    def _padder(self):
+        from transformers.feature_extraction_sequence_utils import SequenceFeatureExtractor
+
+        class _Padder(SequenceFeatureExtractor):
+            model_input_names = self.model_input_names
+
+        return _Padder(feature_size=self.feature_size, sampling_rate=self.sampling_rate,
+                       padding_value=self.padding_value, padding_side=self.padding_side,
+                       return_attention_mask=self.return_attention_mask)
 
     def log_mel(self, waves: list[torch.Tensor], sampling_rate: int = MODEL_RATE,
                 device: str | torch.device | None = None) -> torch.Tensor:

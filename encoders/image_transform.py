@@ -41,7 +41,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from torchvision.transforms.v2 import functional as tvF
 
 from molora.config import VisionConfig
-from molora.errors import ImageError
+from molora.errors import ArgumentError, ImageError
 
 __all__ = ["load_image", "as_image_list", "ImageTransform", "CropPlan", "refuse_url"]
 
@@ -166,10 +166,11 @@ def _array_to_pil(image, item: str) -> Image.Image:
 
 
 def as_image_list(images: Any) -> list:
-    """A batch of images as a list: a list / tuple as given, a 4-D array or tensor split on its first
-    axis, anything else as one image."""
+    """A batch of images as a list: a list / tuple as given (one level of nesting, transformers'
+    images-per-prompt lists ``[[a, b], [c]]``, flattened in order), a 4-D array or tensor split on its
+    first axis, anything else as one image."""
     if isinstance(images, (list, tuple)):
-        return list(images)
+        return [im for x in images for im in (x if isinstance(x, (list, tuple)) else [x])]
     if isinstance(images, (np.ndarray, torch.Tensor)) and images.ndim == 4:
         return list(images)
     return [images]
@@ -311,12 +312,16 @@ class ImageTransform:
 
     ``ImageTransform(config)(images)`` with one image or a batch (PIL images, paths, arrays, tensors:
     ``load_image``; a list or a 4-D array / tensor) returns
+    a ``transformers.BatchFeature`` holding
     ``image_pixel_values`` float32 [N, C, 3, S, S] (C = 1 + most crops in the batch; slot 0 is
     the global view, unused slots are zeros), ``image_sizes`` int64 [N, 2] (padded canvas
     height, width), ``image_attention_mask`` float32 [N, C, S/p, S/p] (1 = real patch; unused
     slots are ones) and ``num_img_tokens`` (list of int). S = ``config.image_size``, p = patch size,
-    at most ``config.dynamic_hd`` crops per image.
+    at most ``config.dynamic_hd`` crops per image (``dynamic_hd=`` overrides it for one call, as in
+    transformers' processor).
     """
+
+    model_input_names = ["image_pixel_values", "image_sizes", "image_attention_mask"]
 
     MEAN = 127.5  # 0.5 * 255: mean = std = 0.5 on [0, 1] pixels, applied to uint8 values
     STD = 127.5
@@ -331,8 +336,8 @@ class ImageTransform:
         if self.crop_size % self.patch_size:
             raise ImageError("image_size must be a multiple of patch_size", "vision config")
 
-    def plan(self, width: int, height: int, item: str = "image") -> CropPlan:
-        return plan_crops(width, height, self.crop_size, self.patch_size, self.max_crops, item)
+    def plan(self, width: int, height: int, item: str = "image", max_crops: int | None = None) -> CropPlan:
+        return plan_crops(width, height, self.crop_size, self.patch_size, max_crops or self.max_crops, item)
 
     def num_tokens(self, width: int, height: int) -> int:
         """Image tokens for a ``width x height`` image, without touching pixels."""
@@ -346,11 +351,16 @@ class ImageTransform:
         pils = [load_image(im, max_pixels=self.max_image_pixels, item=name) for im, name in zip(raw, names)]
         return pils, names
 
-    def __call__(self, images: Any) -> dict[str, Any]:
+    def __call__(self, images: Any, dynamic_hd: int | None = None, return_tensors: str | None = "pt"):
+        from transformers import BatchFeature
+
+        if dynamic_hd is not None and (isinstance(dynamic_hd, bool) or not isinstance(dynamic_hd, int)
+                                       or dynamic_hd < 1):
+            raise ArgumentError(f"must be a positive integer (crops per image), got {dynamic_hd!r}", "dynamic_hd")
         pils, items = self.load(images)
         if not pils:
             raise ImageError("no images given", "images")
-        plans = [self.plan(*im.size, item=items[k]) for k, im in enumerate(pils)]
+        plans = [self.plan(*im.size, item=items[k], max_crops=dynamic_hd) for k, im in enumerate(pils)]
         S, m = self.crop_size, self.crop_size // self.patch_size
         slots = 1 + max(p.num_crops for p in plans)
         n = len(pils)
@@ -362,12 +372,12 @@ class ImageTransform:
         for i, (img, p) in enumerate(zip(pils, plans)):
             self._fill(pixels[i], masks[i], img, p)
             sizes[i, 0], sizes[i, 1] = p.rows * S, p.cols * S
-        return {
+        return BatchFeature({
             "image_pixel_values": pixels,
             "image_sizes": sizes,
             "image_attention_mask": masks,
             "num_img_tokens": [p.num_tokens for p in plans],
-        }
+        }, tensor_type=None if return_tensors == "pt" else return_tensors)
 
     def _scratch(self, numel: int) -> torch.Tensor:
         # A float canvas reused across images and calls (one per thread): fresh memory costs a

@@ -1,9 +1,14 @@
 """MoLoRAProcessor: chat template, placeholder expansion, HD crops, log-mel, batching, decoding.
 
-Input: transformers-style messages (one conversation or a list of them), or ``text=``
-strings with ``<|image_N|>`` / ``<|audio_N|>`` placeholders plus flat ``images=`` / ``audios=``
-lists in order of appearance (transformers' processor convention). Output: a dict whose keys
-are the forward keywords of both MoLoRAModel and transformers' Phi4MultimodalForCausalLM.
+Input: transformers-style messages (one conversation or a list of them), or transformers'
+processor call: ``text=`` strings with one placeholder per media item -- ``<|image|>`` /
+``<|audio|>`` (transformers' style; also the tokenizer's own ``image_token`` / ``audio_token``
+when it declares one), or molora's ``<|image_1|>`` / ``<|audio_1|>`` -- plus ``images=`` /
+``audio=`` (or ``audios=``) in order of appearance, ``dynamic_hd=`` (crops per image for this
+call), ``sampling_rate=``. Output: a ``transformers.BatchFeature`` (a mapping with ``.to()`` and
+attribute access) whose keys are the forward keywords of both MoLoRAModel and transformers'
+Phi4MultimodalForCausalLM, equal to what transformers' Phi4MultimodalProcessor gives for the
+same call (``tests/test_processor_transformers_call.py``).
 
 Media as people hold them: images as PIL images, numpy arrays / torch tensors (``[H, W]``,
 ``[C, H, W]``, ``[H, W, C]``; uint8, or floats in [0, 1]) or paths (``load_image``); audio as 1-D
@@ -24,7 +29,7 @@ from typing import Any
 import torch
 
 from .config import MoLoRAConfig
-from .errors import MoLoRAError, PlaceholderError
+from .errors import ArgumentError, MoLoRAError, PlaceholderError
 
 OWN_FILE = "molora_processor.json"
 CHAT_TEMPLATE_FILE = "chat_template.jinja"
@@ -45,7 +50,8 @@ class MoLoRAProcessor:
         self.modalities = {m.name: m for m in config.modality_entries()}
         self.parts = {name: m.processor(config) for name, m in self.modalities.items()}
         self.token_ids = {name: m.token_id(config) for name, m in self.modalities.items()}
-        self.placeholder = re.compile(r"<\|(" + "|".join(map(re.escape, self.modalities)) + r")_(\d+)\|>")
+        # <|image|> (transformers) or <|image_N|> (molora): group 1 is the modality; items in order
+        self.placeholder = re.compile(r"<\|(" + "|".join(map(re.escape, self.modalities)) + r")(?:_(\d+))?\|>")
         self.pad_token_id = config.backbone.pad_token_id
 
     def __getattr__(self, name: str):
@@ -55,7 +61,21 @@ class MoLoRAProcessor:
             return parts[name[: -len("_processor")]]
         if name.endswith("_token_id") and name[: -len("_token_id")] in self.__dict__.get("token_ids", {}):
             return self.token_ids[name[: -len("_token_id")]]
+        if name.endswith("_token") and name[: -len("_token")] in self.__dict__.get("token_ids", {}):
+            return self._declared_token(name[: -len("_token")]) or f"<|{name[: -len('_token')]}|>"
         raise AttributeError(f"{type(self).__name__!s} has no attribute {name!r}")
+
+    @property
+    def model_input_names(self) -> list[str]:
+        """The keys a full batch can hold, as transformers' processor lists them: each part's, then
+        the tokenizer's."""
+        text = list(getattr(self.tokenizer, "model_input_names", None) or ["input_ids", "attention_mask"])
+        return [k for part in self.parts.values() for k in part.model_input_names] + text
+
+    def _declared_token(self, name: str) -> str | None:
+        """The tokenizer's own placeholder for modality ``name`` (transformers' ``image_token``), if any."""
+        token = getattr(self.tokenizer, f"{name}_token", None) if self.tokenizer is not None else None
+        return token if isinstance(token, str) and token else None
 
     # -- construction ----------------------------------------------------------------------
     @classmethod
@@ -212,7 +232,7 @@ class MoLoRAProcessor:
             k = used[kind]
             if k >= len(counts[kind]):
                 raise PlaceholderError(
-                    f"more <|{kind}_N|> placeholders than {kind}s given ({len(counts[kind])})", item)
+                    f"more <|{kind}|> / <|{kind}_N|> placeholders than {kind}s given ({len(counts[kind])})", item)
             used[kind] += 1
             ids += [self.token_ids[kind]] * counts[kind][k]
             last = m.end()
@@ -220,21 +240,34 @@ class MoLoRAProcessor:
         return ids
 
     # -- main entry -------------------------------------------------------------------------------
-    def __call__(self, messages=None, *, text=None, images=None, audios=None, return_labels: bool = False,
-                 add_generation_prompt: bool | None = None, padding_side: str | None = None,
-                 sampling_rate: int | None = None, return_tensors: str = "pt", **items) -> dict[str, Any]:
-        """``text=`` with ``images=`` / ``audios=`` (and ``<name>s=`` for a further modality ``name``)
-        follows transformers' processor convention: items in order of appearance of the placeholders."""
+    def __call__(self, messages=None, *, text=None, images=None, audio=None, audios=None,
+                 return_labels: bool = False, add_generation_prompt: bool | None = None, padding=True,
+                 padding_side: str | None = None, sampling_rate: int | None = None, dynamic_hd: int | None = None,
+                 return_tensors: str | None = "pt", **items):
+        """Messages, or transformers' call: ``text=`` with ``images=`` / ``audio=`` (``audios=`` is the
+        same; ``<name>s=`` for a further modality ``name``), items in order of appearance of the
+        placeholders. Returns a ``transformers.BatchFeature``."""
+        from transformers import BatchFeature
+
         if self.tokenizer is None:
             raise MoLoRAError("this processor has no tokenizer; pass tokenizer=... (media-only processors "
                               "offer image_processor / audio_processor)", "processor")
         if add_generation_prompt is None:
             add_generation_prompt = not return_labels
-        given = {"image": images, "audio": audios}
-        for key, value in items.items():
-            if not (key.endswith("s") and key[:-1] in self.modalities):
+        if audio is not None and audios is not None:
+            raise ArgumentError("give audio= or audios= (the same argument), not both", "audio")
+        if padding not in (True, False, "longest", "do_not_pad"):
+            raise ArgumentError(f"must be True / 'longest' (pad to the longest row) or False, got {padding!r}",
+                                "padding")
+        given = {"image": images, "audio": audio if audio is not None else audios}
+        for key, value in items.items():  # <name>s= of a further modality; videos= as transformers' call has it
+            if not (key.endswith("s") and (key[:-1] in self.modalities or key == "videos")):
                 raise TypeError(f"MoLoRAProcessor() got an unexpected keyword argument {key!r}")
             given[key[:-1]] = value
+        for name, value in given.items():
+            if value is not None and name not in self.modalities:
+                raise ArgumentError(f"this model takes no {name} (its modalities: {', '.join(self.modalities)})",
+                                    name)
         rows: list[tuple[list[tuple[str, str | None]], dict[str, list]]] = []
         if messages is not None:
             convs = [messages] if messages and isinstance(messages[0], dict) else list(messages)
@@ -246,7 +279,9 @@ class MoLoRAProcessor:
                     segments = [(None, self._template_text(segments, add_generation_prompt))]
                 rows.append((segments, media))
         elif text is not None:
-            texts = [text] if isinstance(text, str) else list(text)
+            if not (isinstance(text, str) or isinstance(text, (list, tuple)) and all(isinstance(t, str) for t in text)):
+                raise ArgumentError(f"must be a string or a list of strings, got {type(text).__name__}", "text")
+            texts = [self._with_molora_placeholders(t) for t in ([text] if isinstance(text, str) else text)]
             pools = {name: [] if given.get(name) is None else m.as_items(given[name])
                      for name, m in self.modalities.items()}
             for c, t in enumerate(texts):
@@ -269,7 +304,8 @@ class MoLoRAProcessor:
             flat = [x for _, m in rows for x in m[name]]
             all_counts[name] = []
             if flat:
-                tensors, all_counts[name] = entry.process(self.parts[name], flat, sampling_rate=sampling_rate)
+                tensors, all_counts[name] = entry.process(self.parts[name], flat, sampling_rate=sampling_rate,
+                                                          dynamic_hd=dynamic_hd)
                 out.update(tensors)
 
         seqs, labs = [], []
@@ -296,13 +332,16 @@ class MoLoRAProcessor:
                 lab += [IGNORE] * len(head) + (piece if role == "assistant" else [IGNORE] * len(piece))
             for kind in self.modalities:
                 if used[kind] != len(counts[kind]):
-                    raise PlaceholderError(f"{len(counts[kind])} {kind}(s) given but {used[kind]} <|{kind}_N|> "
-                                           "placeholder(s) in the prompt", f"conversation[{c}]")
+                    raise PlaceholderError(f"{len(counts[kind])} {kind}(s) given but {used[kind]} <|{kind}|> / "
+                                           f"<|{kind}_N|> placeholder(s) in the prompt", f"conversation[{c}]")
             seqs.append(ids)
             labs.append(lab)
 
         side = padding_side or ("right" if return_labels else "left")
         n = max(len(s) for s in seqs)
+        if padding in (False, "do_not_pad") and any(len(s) != n for s in seqs):
+            raise ArgumentError(f"rows have {sorted({len(s) for s in seqs})} tokens: one tensor needs "
+                                "padding=True", "padding")
         input_ids = torch.full((len(seqs), n), self.pad_token_id, dtype=torch.long)
         attention_mask = torch.zeros((len(seqs), n), dtype=torch.long)
         labels = torch.full((len(seqs), n), IGNORE, dtype=torch.long)
@@ -314,7 +353,16 @@ class MoLoRAProcessor:
         out = {"input_ids": input_ids, "attention_mask": attention_mask, **out}
         if return_labels:
             out["labels"] = labels
-        return out
+        return BatchFeature(out, tensor_type=return_tensors)
+
+    def _with_molora_placeholders(self, text: str) -> str:
+        """``text`` with the tokenizer's own placeholder tokens (transformers' ``image_token``, e.g.
+        ``<|endoftext10|>``) written as ``<|image|>``."""
+        for name in self.modalities:
+            token = self._declared_token(name)
+            if token and not self.placeholder.fullmatch(token):
+                text = text.replace(token, f"<|{name}|>")
+        return text
 
     # -- decoding ---------------------------------------------------------------------------------
     def batch_decode(self, ids, skip_special_tokens: bool = True) -> list[str]:

@@ -63,7 +63,7 @@ def test_padding_and_labels(proc):
 
 
 @pytest.mark.parametrize("text,images,why", [
-    ("<|user|><|image_1|><|image_2|>x<|end|>", 1, "more <|image_N|> placeholders than images"),
+    ("<|user|><|image_1|><|image_2|>x<|end|>", 1, "more <|image|> / <|image_N|> placeholders than images"),
     ("<|user|>no placeholder<|end|>", 1, "have no placeholder"),
 ])
 def test_placeholder_count_mismatch(proc, text, images, why):

@@ -13,6 +13,7 @@ class AudioModality(Modality):
     input_keys = ("audio_input_features", "audio_embed_sizes", "audio_attention_mask")
     count_key = "audio_embed_sizes"
     hint = "path, array, (array, sampling_rate) or {'array', 'sampling_rate'}"
+    call_options = ("sampling_rate",)
 
     def token_id(self, config) -> int:
         return config.backbone.audio_token_id
@@ -62,11 +63,6 @@ class AudioModality(Modality):
         from ..encoders.audio_features import as_clip_list
 
         return as_clip_list(value)
-
-    def process(self, part, items: list, **kw):
-        out = part(items, **{k: v for k, v in kw.items() if k == "sampling_rate" and v})
-        counts = [int(n) for n in out[self.count_key]]
-        return {k: out[k] for k in self.input_keys if out.get(k) is not None}, counts
 
 
 AUDIO = register_modality(AudioModality())

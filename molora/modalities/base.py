@@ -54,6 +54,7 @@ class Modality:
     input_keys: tuple[str, ...] = ()  # forward keywords of the processed tensors
     count_key: str = ""  # the processor output that gives each item's number of feature tokens
     hint: str = ""  # how the processor accepts one item (for error messages)
+    call_options: tuple[str, ...] = ()  # processor keywords passed on to this entry's part (dynamic_hd=, ...)
 
     # -- config ---------------------------------------------------------------------------
     def token_id(self, config) -> int:
@@ -90,8 +91,9 @@ class Modality:
         return self.process(part, [item])[1][0]
 
     def process(self, part, items: list, **kw) -> tuple[dict, list[int]]:
-        """(tensors of ``input_keys``, feature tokens per item) for a flat list of items."""
-        out = part(items)
+        """(tensors of ``input_keys``, feature tokens per item) for a flat list of items; of the
+        keywords, those in ``call_options`` that are not None go to the part."""
+        out = part(items, **{k: v for k, v in kw.items() if k in self.call_options and v is not None})
         counts = [int(n) for n in out[self.count_key]]
         return {k: out[k] for k in self.input_keys if out.get(k) is not None}, counts
 

@@ -11,6 +11,7 @@ class ImageModality(Modality):
     input_keys = ("image_pixel_values", "image_sizes", "image_attention_mask")
     count_key = "num_img_tokens"
     hint = "PIL image, numpy array, torch tensor or path"
+    call_options = ("dynamic_hd",)
 
     def token_id(self, config) -> int:
         return config.backbone.image_token_id
