@@ -21,7 +21,10 @@ from .stored_tensors import StoredTensor, stored_dtype, weight_shapes  # noqa: F
 from .weight_files import ADAPTER_WEIGHTS, INDEX, WEIGHTS  # noqa: F401 (names other modules import)
 
 LAYOUTS = ("molora", "phi4mm", "phi4_multimodal")
-HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "vision-lora/*", "speech-lora/*"]
+# what a hub checkpoint brings: weights, configs, tokenizer, adapters, and the official folder's other files
+# a phi4mm export carries over (remote-code modules are fetched as files, never imported)
+HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja", "*.py", "*.md", "LICENSE", "vision-lora/*",
+                "speech-lora/*"]
 
 
 def resolve_path(path_or_id: str | os.PathLike) -> Path:
@@ -314,7 +317,7 @@ def save_model(model, directory, layout: str = "molora", peft_folders: bool = Tr
                               str(directory))
     written = write_checkpoint(model.state_dict(), model.config, model.dtype, directory, layout, peft_folders,
                                max_shard_size, progress, base=base)
-    if layout == "phi4mm" and base is None:
+    if layout == "phi4mm":
         from .official_folder import missing_warning
 
         note = missing_warning(Path(directory))
@@ -339,7 +342,7 @@ def write_checkpoint(sd: dict, cfg: MoLoRAConfig, dtype: torch.dtype, directory,
     if layout == "phi4mm":
         from . import official_folder
 
-        base = official_folder.check_base(base) if base is not None else None
+        base = official_folder.check_base(base, directory) if base is not None else None
         extra = official_folder.owned([e.name for e in official_folder.carried_entries(base)] if base else [])
         owned = lambda entry: model_entry(entry) or extra(entry)  # noqa: E731
     elif base is not None:

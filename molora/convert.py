@@ -1,6 +1,7 @@
 """`molora convert`: rewrite a checkpoint in another layout and / or dtype.
 
     molora convert SRC DST [--layout molora|phi4mm|phi4_multimodal] [--dtype auto|float32|bfloat16|float16]
+                   [--base OFFICIAL_DIR]
 
 SRC is anything ``MoLoRAModel.from_pretrained`` reads: a directory in any of the three layouts, a
 hub id, or a preset name (``tiny`` writes the shipped tiny weights). DST gets the model in the
@@ -13,6 +14,10 @@ whole output is in place. ``--force`` replaces a DST that holds checkpoint files
 anything else in it (a notes file, another folder), or DST being SRC, inside it or above it, is
 refused. A source whose processor cannot be read is an error (``--no-processor`` writes the model
 only); a source with no tokenizer converts with a warning on stderr.
+``--layout phi4mm`` writes a drop-in for the official Phi-4-multimodal-instruct folder: every
+non-weight file of the official folder (remote code, tokenizer, generation and processor configs)
+is copied unchanged from SRC when SRC is one, else from ``--base DIR``; without either, a warning
+names what DST lacks (see molora/official_folder.py).
 A checkpoint folder is read and written shard by shard (peak memory: about the largest shard,
 whatever the checkpoint's size), with a progress bar.
 """
@@ -133,8 +138,7 @@ def convert(src: str, dst: str | Path, layout: str = "molora", dtype: str = "aut
     if base is not None and layout != "phi4mm":
         raise CheckpointError("--base is for --layout phi4mm only (the official folder's files to copy)", str(base))
     if base is not None:
-        base = official_folder.check_base(base)
-        _check_apart(base, dst)
+        base = official_folder.check_base(base, dst)
     elif layout == "phi4mm" and not is_preset(src) and source_layout == "phi4mm":
         base = official_folder.official_base(directory)  # an official source carries its own files over
     carried = frozenset(e.name for e in official_folder.carried_entries(base)) if base is not None else frozenset()
@@ -156,7 +160,7 @@ def convert(src: str, dst: str | Path, layout: str = "molora", dtype: str = "aut
         model_files = write_checkpoint_files(tensors, config, target, tmp, layout, True, max_shard_size, progress,
                                              name=dst.name, base=base,
                                              tokenizer=proc.tokenizer if proc is not None else None)
-        lacks = official_folder.missing_warning(tmp, dst) if layout == "phi4mm" and base is None else None
+        lacks = official_folder.missing_warning(tmp, dst) if layout == "phi4mm" else None
     tokenizer = any(f.startswith("tokenizer") for f in processor_files)
     warnings, note = [lacks] if lacks else [], "not asked for (--no-processor)"
     if proc is not None:

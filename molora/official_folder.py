@@ -60,9 +60,16 @@ def carried_entries(base: Path) -> list[Path]:
                   if not _weight_entry(e) and not is_leftover(e) and e.name not in (".git", ".cache"))
 
 
-def check_base(base) -> Path:
-    """``base`` as a folder holding an official-layout config.json (a CheckpointError names it otherwise)."""
+def check_base(base, destination=None) -> Path:
+    """``base`` as a folder holding an official-layout config.json, apart from ``destination`` (the
+    folder written: not inside the base, which would copy it into itself, nor holding it); a
+    CheckpointError names the folder and the reason otherwise."""
     path = Path(base).expanduser()
+    if destination is not None:
+        b, d = path.resolve(), Path(destination).expanduser().resolve()
+        if b in d.parents or d in b.parents:
+            raise CheckpointError(f"the base folder and the destination {destination} must not hold one another",
+                                  str(path))
     if not path.is_dir():
         raise CheckpointError("--base must be the folder of an official Phi-4-multimodal checkpoint (no such "
                               "directory)", str(path))

@@ -137,3 +137,53 @@ def test_a_bad_base_is_one_line(official, tmp_path, capsys, args, item, reason):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"{item.format(**names)}: " in err[0] and reason in err[0], err
     assert not (tmp_path / "out").exists()
+
+
+def test_an_official_checkpoint_from_the_hub_brings_its_remote_code(official, tmp_path, monkeypatch):
+    """A hub id is fetched with allow-patterns (huggingface_hub's filtering, emulated on the official
+    folder): the remote-code modules and documents come along, so the conversion carries them."""
+    import fnmatch
+    import shutil
+
+    import huggingface_hub
+
+    def snapshot_download(repo_id, allow_patterns):
+        out = tmp_path / "hub" / repo_id.replace("/", "--")
+        for f in official.rglob("*"):
+            rel = str(f.relative_to(official))
+            if f.is_file() and any(fnmatch.fnmatch(rel, p) for p in allow_patterns):
+                (out / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(f, out / rel)
+        return str(out)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    summary = convert("microsoft/Phi-4-multimodal-instruct", tmp_path / "out", layout="phi4mm")
+    assert summary["warnings"] == [] and "modeling_phi4mm.py" in summary["carried"]
+    for name in ("modeling_phi4mm.py", "processing_phi4mm.py", "README.md", "LICENSE", "added_tokens.json"):
+        assert (tmp_path / "out" / name).read_bytes() == (official / name).read_bytes(), name
+
+
+def test_a_phi4mm_source_without_remote_code_still_warns(tmp_path, capsys):
+    """A phi4mm folder molora wrote without a base is its own base for the next conversion, and what it
+    lacks is named again."""
+    assert cli(["convert", "tiny", str(tmp_path / "a"), "--layout", "phi4mm"]) == 0
+    capsys.readouterr()
+    assert cli(["convert", str(tmp_path / "a"), str(tmp_path / "b"), "--layout", "phi4mm"]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{tmp_path / 'b'} lacks the remote-code modules" in err[0]
+
+
+@pytest.mark.parametrize("where", ["inside", "holding"])
+def test_a_base_and_a_destination_that_hold_one_another_are_refused(official, tmp_path, capsys, where):
+    import shutil
+
+    base = tmp_path / "base"
+    shutil.copytree(official, base)
+    dst = base / "export" if where == "inside" else tmp_path
+    before = sorted(p.name for p in base.iterdir())
+    assert cli(["convert", "tiny", str(dst), "--layout", "phi4mm", "--base", str(base), "--force"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{base}: the base folder and the destination" in err[0], err
+    assert sorted(p.name for p in base.iterdir()) == before
+    with pytest.raises(Exception, match="must not hold one another"):
+        MoLoRAModel(tiny_config()).save_pretrained(base / "export2", layout="phi4mm", base=base)
