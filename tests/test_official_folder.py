@@ -71,11 +71,11 @@ def test_converting_an_official_folder_carries_every_file_over_unchanged(officia
     for key in ("_name_or_path", "transformers_version", "_attn_implementation", "auto_map"):
         assert config[key] == source[key]
     assert config["torch_dtype"] == "bfloat16" and config["hidden_size"] == tiny_config().backbone.hidden_size
-    # the converted folder reads back as the same model
-    again = MoLoRAModel.from_pretrained(str(out), dtype=torch.float32)
-    first = MoLoRAModel.from_pretrained(str(official))
-    ids = torch.tensor([[1, 2, 3, 4]])
-    torch.testing.assert_close(again(input_ids=ids).logits, first(input_ids=ids).logits, atol=0.15, rtol=0.05)  # bf16
+    # the converted folder reads back as the same model, its weights rounded to bfloat16
+    again = MoLoRAModel.from_pretrained(str(out)).state_dict()
+    first = MoLoRAModel.from_pretrained(str(official)).state_dict()
+    assert again.keys() == first.keys()
+    assert all(torch.equal(again[k], first[k].to(torch.bfloat16)) for k in first)
     # a second conversion into the same folder replaces what the first copied (--force)
     assert cli(["convert", str(official), str(out), "--layout", "phi4mm", "--force"]) == 0
 
