@@ -40,8 +40,15 @@ bench: $(STAMP)
 # runs the same code on the CPU in minutes (the suite does). Writes $$OUT/gpu_check.json when OUT is set.
 DEVICE ?= cuda
 PRESET ?= phi4-multimodal
+# VLLM_BASE=DIR (the official folder without weights) adds the serving step: vLLM, in its own venv, serves the
+# phi4mm export and its greedy tokens are compared with molora's (benchmarks/gpu_serve_vllm.py; WHEELHOUSE=DIR offline).
+VLLM_BASE ?=
+WHEELHOUSE ?=
 gpu-check: $(STAMP)
 	$(PY) benchmarks/gpu_check.py --device $(DEVICE) --preset $(PRESET)
+	@if [ -n "$(VLLM_BASE)" ]; then $(PY) benchmarks/gpu_serve_vllm.py --device $(DEVICE) --preset $(PRESET) \
+	    --base "$(VLLM_BASE)" $(if $(WHEELHOUSE),--wheelhouse "$(WHEELHOUSE)"); \
+	else echo "gpu-check: serving step skipped (VLLM_BASE=DIR: the official Phi-4-multimodal-instruct folder; see benchmarks/gpu_serve_vllm.py)"; fi
 
 # The lock: pyproject's ranges (+ the test and everyday extras and the build tools), resolved for CPython 3.11 on
 # Linux x86-64 by uv (run from a throwaway venv so the lock does not depend on what is installed).

@@ -21,7 +21,10 @@ from .stored_tensors import StoredTensor, stored_dtype, weight_shapes  # noqa: F
 from .weight_files import ADAPTER_WEIGHTS, INDEX, WEIGHTS  # noqa: F401 (names other modules import)
 
 LAYOUTS = ("molora", "phi4mm", "phi4_multimodal")
-HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "vision-lora/*", "speech-lora/*"]
+# what a hub checkpoint brings: weights, configs, tokenizer, adapters, and the official folder's other files
+# a phi4mm export carries over (remote-code modules are fetched as files, never imported)
+HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja", "*.py", "*.md", "LICENSE", "vision-lora/*",
+                "speech-lora/*"]
 
 
 def resolve_path(path_or_id: str | os.PathLike) -> Path:
@@ -295,7 +298,7 @@ def write_weights(sd: dict, directory: Path, max_shard_size: int | str = "5GB", 
 
 def save_model(model, directory, layout: str = "molora", peft_folders: bool = True,
                max_shard_size: int | str = "5GB", safe_serialization: bool = True,
-               progress: bool | None = None) -> list[str]:
+               progress: bool | None = None, base=None) -> list[str]:
     """Write ``model`` to ``directory`` in ``layout`` (molora | phi4mm | phi4_multimodal); returns the
     files written (paths relative to ``directory``).
 
@@ -305,18 +308,29 @@ def save_model(model, directory, layout: str = "molora", peft_folders: bool = Tr
     records ``torch_dtype``. Written one shard at a time (no second copy of the model: a shard is
     copied to the CPU only when it is written) into a staging folder, then moved into place (see
     `write_checkpoint`). ``progress``: a bytes progress bar (None: on a terminal, for models of 1 GiB
-    or more).
+    or more). ``base`` (phi4mm only): the official folder whose non-weight files (remote code,
+    tokenizer, generation and processor configs) are copied in unchanged; without it a warning names
+    what the folder lacks (`molora.official_folder`).
     """
     if not safe_serialization:
         raise CheckpointError("molora writes safetensors only (safe_serialization=False is not supported)",
                               str(directory))
-    return write_checkpoint(model.state_dict(), model.config, model.dtype, directory, layout, peft_folders,
-                            max_shard_size, progress)
+    written = write_checkpoint(model.state_dict(), model.config, model.dtype, directory, layout, peft_folders,
+                               max_shard_size, progress, base=base)
+    if layout == "phi4mm":
+        from .official_folder import missing_warning
+
+        note = missing_warning(Path(directory))
+        if note:
+            import warnings
+
+            warnings.warn(note, UserWarning, stacklevel=3)
+    return written
 
 
 def write_checkpoint(sd: dict, cfg: MoLoRAConfig, dtype: torch.dtype, directory, layout: str = "molora",
                      peft_folders: bool = True, max_shard_size: int | str = "5GB",
-                     progress: bool | None = None) -> list[str]:
+                     progress: bool | None = None, base=None) -> list[str]:
     """``save_model`` for a state dict in molora's keys whose values are tensors or ``StoredTensor``s (read
     from their files shard by shard: ``molora convert`` rewrites a checkpoint of any size this way).
     Written to a staging folder, then moved into place: into an existing folder, only the entries
@@ -324,25 +338,30 @@ def write_checkpoint(sd: dict, cfg: MoLoRAConfig, dtype: torch.dtype, directory,
     leaves the folder as it was, and a full disk is ``OSError(ENOSPC)``."""
     if layout not in LAYOUTS:
         raise CheckpointError(f"layout must be one of {', '.join(LAYOUTS)}", layout)
-    with staged(Path(directory), owned=model_entry) as tmp:
+    owned = model_entry
+    if layout == "phi4mm":
+        from . import official_folder
+
+        base = official_folder.check_base(base, directory) if base is not None else None
+        extra = official_folder.owned([e.name for e in official_folder.carried_entries(base)] if base else [])
+        owned = lambda entry: model_entry(entry) or extra(entry)  # noqa: E731
+    elif base is not None:
+        raise CheckpointError("a base folder is for the phi4mm layout only", str(base))
+    with staged(Path(directory), owned=owned) as tmp:
         return write_checkpoint_files(sd, cfg, dtype, tmp, layout, peft_folders, max_shard_size, progress,
-                                      name=Path(directory).name)
+                                      name=Path(directory).name, base=base)
 
 
 def write_checkpoint_files(sd: dict, cfg: MoLoRAConfig, dtype: torch.dtype, directory: Path, layout: str = "molora",
                            peft_folders: bool = True, max_shard_size: int | str = "5GB",
-                           progress: bool | None = None, name: str | None = None) -> list[str]:
+                           progress: bool | None = None, name: str | None = None, base: Path | None = None,
+                           tokenizer=None) -> list[str]:
     """The files of `write_checkpoint`, written into ``directory`` as they are (no staging); returns
-    their paths relative to it. ``name``: the folder named on the progress bar."""
-    if layout == "molora":
-        weights, config = sd, {**cfg.to_dict(), **_dtype_fields(dtype)}
-    elif layout == "phi4mm":
-        weights = {layouts.to_phi4mm_key(k): v for k, v in sd.items()}
-        config = {**layouts.to_phi4mm_config(cfg), **_dtype_fields(dtype)}
-    else:
-        weights = layouts.to_transformers_state_dict(sd)
-        config = {**layouts.to_transformers_config(cfg), **_dtype_fields(dtype)}
-        peft_folders = True
+    their paths relative to it. ``name``: the folder named on the progress bar. phi4mm: also
+    generation_config.json (eos from ``tokenizer`` for a non-official vocabulary), then every
+    non-weight entry of ``base`` (a checked official folder) copied over unchanged."""
+    weights, config = layout_contents(sd, cfg, dtype, layout, base)
+    peft_folders = peft_folders or layout == "phi4_multimodal"
     lora = [t for a in peft_adapters.adapter_state_dicts(sd).values() for t in a.values()] if peft_folders else []
     total = stored_tensors.total_bytes([*weights.values(), *lora])
     bar = shard_writer.Progress(total, f"writing {name or directory.name}",
@@ -351,12 +370,42 @@ def write_checkpoint_files(sd: dict, cfg: MoLoRAConfig, dtype: torch.dtype, dire
         written = write_weights(weights, directory, max_shard_size, bar)
         (directory / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         written.append("config.json")
+        if layout == "phi4mm":
+            from . import official_folder
+
+            written += official_folder.write_json(
+                directory, {official_folder.GENERATION: official_folder.generation_config(cfg, tokenizer)})
         if peft_folders:
             written += [str(Path(f).relative_to(directory))
                         for f in export_peft(None, directory, sd=sd, config=cfg, progress=bar)]
     finally:
         bar.close()
+    if layout == "phi4mm" and base is not None:
+        from .official_folder import carry_over
+
+        carried = carry_over(base, directory)
+        written = [f for f in written if f not in carried] + carried
     return written
+
+
+def layout_contents(sd: dict, cfg: MoLoRAConfig, dtype: torch.dtype, layout: str,
+                    base: Path | None = None) -> tuple[dict, dict]:
+    """The weights (their keys in ``layout``; values as given: tensors, stored or meta tensors) and
+    the config.json of a checkpoint in ``layout``; nothing is written."""
+    if layout == "molora":
+        return sd, {**cfg.to_dict(), **_dtype_fields(dtype)}
+    if layout == "phi4mm":
+        from .official_folder import official_config
+
+        return ({layouts.to_phi4mm_key(k): v for k, v in sd.items()},
+                {**official_config(cfg, base), **_dtype_fields(dtype)})
+    return layouts.to_transformers_state_dict(sd), {**layouts.to_transformers_config(cfg), **_dtype_fields(dtype)}
+
+
+def peft_contents(sd: dict, cfg: MoLoRAConfig) -> dict[str, tuple[dict, dict]]:
+    """{adapter: (adapter_config.json, {PEFT key: tensor})}: the PEFT folders of `export_peft`, unwritten."""
+    return {name: (peft_adapters.peft_config(name, cfg.adapters[name]), tensors)
+            for name, tensors in peft_adapters.adapter_state_dicts(sd).items()}
 
 
 def export_peft(model, directory, adapters: list[str] | None = None, sd: dict | None = None, *,
@@ -367,13 +416,12 @@ def export_peft(model, directory, adapters: list[str] | None = None, sd: dict | 
     sd = model.state_dict() if sd is None else sd
     cfg = model.config if config is None else config
     out = []
-    for name, tensors in peft_adapters.adapter_state_dicts(sd).items():
+    for name, (adapter_config, tensors) in peft_contents(sd, cfg).items():
         if adapters is not None and name not in adapters:
             continue
         folder = Path(directory) / f"{name}-lora"
         folder.mkdir(parents=True, exist_ok=True)
         shard_writer.write_file(tensors, folder / "adapter_model.safetensors", progress)
-        (folder / "adapter_config.json").write_text(
-            json.dumps(peft_adapters.peft_config(name, cfg.adapters[name]), indent=2))
+        (folder / "adapter_config.json").write_text(json.dumps(adapter_config, indent=2))
         out += [folder / "adapter_config.json", folder / "adapter_model.safetensors"]
     return out

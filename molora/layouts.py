@@ -198,37 +198,57 @@ def _with_adapters(backbone, vision, audio, adapters, tokenizer) -> MoLoRAConfig
                         tokenizer=tokenizer, name="loaded")
 
 
+# config.json of microsoft/Phi-4-multimodal-instruct: the keys the remote code and vLLM's Phi4MM read
+# that molora's config does not describe (fixed in the original model), with the official values
+_PHI4MM_FIXED = {"attention_bias": False, "attention_dropout": 0.0, "embd_pdrop": 0.0, "resid_pdrop": 0.0,
+                 "full_attn_mod": 1, "interpolate_factor": 1, "lm_head_bias": False, "mlp_bias": False,
+                 "img_processor": None, "sliding_window": 262144, "use_cache": True}
+# the official auto_map: the config, model and processor classes come from the folder's remote-code modules
+PHI4MM_AUTO_MAP = {"AutoConfig": "configuration_phi4mm.Phi4MMConfig",
+                   "AutoModelForCausalLM": "modeling_phi4mm.Phi4MMForCausalLM", "AutoTokenizer": "Xenova/gpt-4o"}
+
+
 def to_phi4mm_config(cfg: MoLoRAConfig) -> dict:
+    """config.json of the official layout: every key the official file has (vLLM's Phi4MM and the
+    remote code index them), with values derived from ``cfg``; ``molora`` holds molora's own config,
+    so shapes the official file cannot describe (another vision tower) round-trip."""
     b, a = cfg.backbone, cfg.audio
     lora = {f"{name}_lora": {"dp": s.dropout, "lora_alpha": s.alpha, "r": s.r, "layer": _phi4mm_layer_regex(s)}
             for name, s in cfg.adapters.items()}
     return {
-        "model_type": "phi4mm", "architectures": ["Phi4MMForCausalLM"],
+        "_name_or_path": "Phi-4-multimodal-instruct", "model_type": "phi4mm", "architectures": ["Phi4MMForCausalLM"],
+        "auto_map": dict(PHI4MM_AUTO_MAP), **_PHI4MM_FIXED,
         **_decoder_fields(b),
         "rope_theta": b.rope_theta, "partial_rotary_factor": b.partial_rotary_factor,
         "rope_scaling": ({"type": "longrope", "short_factor": list(b.short_factor), "long_factor": list(b.long_factor)}
                          if b.rope_type == "longrope" else None),
         "tie_word_embeddings": b.tie_word_embeddings, "bos_token_id": b.bos_token_id,
-        "eos_token_id": b.bos_token_id, "pad_token_id": b.pad_token_id,
+        "eos_token_id": b.bos_token_id, "pad_token_id": b.pad_token_id, "initializer_range": b.initializer_range,
         "embd_layer": {"embedding_cls": "image_audio",
                        "image_embd_layer": {"crop_size": cfg.vision.image_size, "embedding_cls": "tune_image",
+                                            "enable_gradient_checkpointing": True,
                                             "hd_transform_order": "sub_glb", "image_token_compression_cls": "avg_pool_2d",
                                             "projection_cls": "mlp", "use_hd_transform": True,
                                             "with_learnable_separator": True},
                        "audio_embd_layer": {"compression_rate": a.time_reduction, "downsample_rate": a.downsample_rate,
-                                            "embedding_cls": "audio", "projection_cls": "mlp"}},
+                                            "embedding_cls": "audio", "enable_gradient_checkpointing": True,
+                                            "projection_cls": "mlp", "use_conv_downsample": False,
+                                            "use_qformer": False}},
         "audio_processor": {"name": "cascades", "config": {
-            "attention_dim": a.hidden_size, "attention_heads": a.num_attention_heads, "linear_units": a.intermediate_size,
-            "num_blocks": a.num_blocks, "input_size": a.input_size, "kernel_size": a.kernel_size,
-            "ext_pw_out_channel": a.ext_pw_out_channel, "depthwise_seperable_out_channel": a.depthwise_separable_out_channel,
-            "depthwise_multiplier": a.depthwise_multiplier, "time_reduction": a.time_reduction, "chunk_size": a.chunk_size,
-            "left_chunk": a.left_chunk, "nemo_conv_settings": {"conv_channels": a.nemo_conv_channels},
-            "relative_attention_bias_args": {"type": "t5", "t5_bias_max_distance": a.bias_max_distance},
-            "activation": a.activation, "conv_activation": a.conv_activation, "conv_glu_type": a.conv_glu_type,
-            "dropout_rate": a.dropout_rate, "causal": True, "input_layer": "nemo_conv"}},
+            "activation": a.activation,
+            "activation_checkpointing": {"interval": 1, "module": "transformer", "offload": False},
+            "attention_dim": a.hidden_size, "attention_heads": a.num_attention_heads, "batch_norm": False,
+            "bias_in_glu": True, "causal": True, "chunk_size": a.chunk_size, "cnn_layer_norm": True,
+            "conv_activation": a.conv_activation, "conv_glu_type": a.conv_glu_type,
+            "depthwise_multiplier": a.depthwise_multiplier,
+            "depthwise_seperable_out_channel": a.depthwise_separable_out_channel, "dropout_rate": a.dropout_rate,
+            "encoder_embedding_config": {"input_size": a.input_size}, "ext_pw_kernel_size": 1,
+            "ext_pw_out_channel": a.ext_pw_out_channel, "input_layer": "nemo_conv", "input_size": a.input_size,
+            "kernel_size": a.kernel_size, "left_chunk": a.left_chunk, "linear_units": a.intermediate_size,
+            "nemo_conv_settings": {"conv_channels": a.nemo_conv_channels}, "num_blocks": a.num_blocks,
+            "relative_attention_bias_args": {"t5_bias_max_distance": a.bias_max_distance, "type": "t5"},
+            "time_reduction": a.time_reduction}},
         **lora,
-        # the official config does not describe the vision tower (it is fixed SigLIP-so400m);
-        # molora records its own full config so non-standard shapes round-trip
         "molora": cfg.to_dict(),
     }
 

@@ -37,6 +37,10 @@ def in_memory_save(model, directory, layout: str, max_shard_size: str) -> None:
     directory.mkdir(parents=True)
     save_torch_state_dict(weights, directory, max_shard_size=max_shard_size)
     (directory / "config.json").write_text(json.dumps({**config, "torch_dtype": name, "dtype": name}, indent=2) + "\n")
+    if layout == "phi4mm":  # the official folder's generation config (not a weights file: no streaming involved)
+        from molora.official_folder import generation_config
+
+        (directory / "generation_config.json").write_text(json.dumps(generation_config(cfg), indent=2) + "\n")
     for adapter, tensors in peft_adapters.adapter_state_dicts(sd).items():
         (directory / f"{adapter}-lora").mkdir()
         save_file(tensors, str(directory / f"{adapter}-lora" / "adapter_model.safetensors"), metadata={"format": "pt"})
