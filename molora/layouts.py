@@ -143,7 +143,7 @@ def to_transformers_config(cfg: MoLoRAConfig) -> dict:
         **_decoder_fields(b), "tie_word_embeddings": b.tie_word_embeddings,
         "rope_parameters": _rope_dict(b), "bos_token_id": b.bos_token_id, "pad_token_id": b.pad_token_id,
         "eos_token_id": list(b.eos_token_ids), "initializer_range": b.initializer_range,
-        "vision_config": {**{k: getattr(v, k) for k in _VISION_HF_FIELDS}, "crop_size": v.image_size,
+        "vision_config": {**{k: getattr(v, k) for k in _VISION_HF_FIELDS}, "crop_size": v.crop,
                           "image_token_id": b.image_token_id, "model_type": "phi4_multimodal_vision"},
         "audio_config": {**{k: getattr(a, k) for k in _AUDIO_HF_FIELDS}, "audio_token_id": b.audio_token_id,
                          "feature_layer": -2, "model_type": "phi4_multimodal_audio"},
@@ -181,8 +181,8 @@ def _backbone_from_flat(d: dict, base: BackboneConfig) -> BackboneConfig:
 def from_transformers_config(d: dict, adapters: dict[str, LoraSpec], tokenizer: str | None = None) -> MoLoRAConfig:
     vc, ac = d.get("vision_config") or {}, d.get("audio_config") or {}
     vision = VisionConfig(**{k: vc[k] for k in _VISION_HF_FIELDS if k in vc})
-    if "crop_size" in vc:
-        vision.image_size = vc["crop_size"]
+    if vc.get("crop_size", vision.image_size) != vision.image_size:  # transformers' tester: 16-px crops, 448 grid
+        vision.crop_size = vc["crop_size"]
     audio = AudioConfig(**{k: ac[k] for k in _AUDIO_HF_FIELDS if k in ac})
     base = MoLoRAConfig().backbone
     return _with_adapters(_backbone_from_flat(d, base), vision, audio, adapters, tokenizer)
@@ -378,7 +378,7 @@ def check_flat_config(d: dict) -> dict:
             if kind in rope and not isinstance(rope[kind], str):
                 raise ConfigError(f"must be a string, got {rope[kind]!r}", f"{key}.{kind}")
     vc, ac = _section(d, "vision_config"), _section(d, "audio_config")
-    check_fields(vc, VisionConfig, "vision_config.", names={**{k: k for k in _VISION_HF_FIELDS}, "image_size": "crop_size"})
+    check_fields(vc, VisionConfig, "vision_config.", names={**{k: k for k in _VISION_HF_FIELDS}, "crop_size": "crop_size"})
     check_fields(vc, BackboneConfig, "vision_config.", names={"image_token_id": "image_token_id"})
     check_fields(ac, AudioConfig, "audio_config.", names={k: k for k in _AUDIO_HF_FIELDS})
     check_fields(ac, BackboneConfig, "audio_config.", names={"audio_token_id": "audio_token_id"})

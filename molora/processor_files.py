@@ -34,7 +34,7 @@ _AUDIO_FIXED = {"feature_size": lambda c: c.audio.num_mel_bins, "sampling_rate":
                 "n_fft": lambda c: 512, "hop_length": lambda c: 160, "win_length": lambda c: 400,
                 "preemphasis": lambda c: 0.97, "mel_min_frequency": lambda c: 0, "mel_max_frequency": lambda c: 7690}
 _IMAGE_FIXED = {"patch_size": lambda c: c.vision.patch_size, "image_mean": lambda c: [0.5, 0.5, 0.5],
-                "image_std": lambda c: [0.5, 0.5, 0.5], "crop_size": lambda c: c.vision.image_size}
+                "image_std": lambda c: [0.5, 0.5, 0.5], "crop_size": lambda c: c.vision.crop}
 
 
 def _json(path: Path) -> dict:
