@@ -138,15 +138,16 @@ def media_tokens(config: MoLoRAConfig, tokenizer) -> dict[str, str]:
 
 def write_transformers_files(directory: Path, config: MoLoRAConfig, tokenizer=None) -> list[str]:
     """``processor_config.json`` for transformers' processor, and the media tokens added to the
-    ``tokenizer_config.json`` the tokenizer wrote; returns the names written. A folder holding an
-    official-layout model (``phi4mm``) keeps its own processor files."""
+    ``tokenizer_config.json`` the tokenizer wrote; returns the names written. Nothing without a tokenizer
+    (transformers' processor needs one), nor into a folder holding an official-layout model (``phi4mm``:
+    it keeps its own processor files)."""
     config_json = directory / "config.json"
-    if config_json.exists() and _json(config_json).get("model_type") == "phi4mm":
+    if tokenizer is None or (config_json.exists() and _json(config_json).get("model_type") == "phi4mm"):
         return []
     (directory / PROCESSOR).write_text(json.dumps(transformers_processor_config(config), indent=2) + "\n")
     written = [PROCESSOR]
     tokenizer_config = directory / TOKENIZER_CONFIG
-    if tokenizer is not None and tokenizer_config.exists():
+    if tokenizer_config.exists():
         d = _json(tokenizer_config)
         d.update(media_tokens(config, tokenizer))  # transformers reads *_token keys as the tokenizer's attributes
         tokenizer_config.write_text(json.dumps(d, indent=2, ensure_ascii=False) + "\n")

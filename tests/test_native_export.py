@@ -124,3 +124,24 @@ def test_molora_convert_writes_a_folder_transformers_loads(saved, tmp_path, monk
     out = tmp_path / "native"
     assert cli(["convert", str(src), str(out), "--layout", "phi4_multimodal"]) == 0
     _compare(out, model, MoLoRAProcessor.from_pretrained(str(out)), monkeypatch)
+
+
+@pytest.mark.parametrize("name", ["phi4-multimodal", "phi4-mini-reasoning-multimodal", "phi4-14b-multimodal", "small"])
+def test_every_preset_exports_transformers_names_and_shapes(name):
+    """At full size on the meta device: the native export's tensors are exactly transformers' model's
+    (its config from `to_transformers_config`), the 14B preset's untied ``lm_head`` included."""
+    from transformers import Phi4MultimodalConfig, Phi4MultimodalForCausalLM
+
+    from molora import MoLoRAConfig
+    from molora.layouts import to_transformers_config, to_transformers_state_dict
+
+    cfg = MoLoRAConfig.preset(name)
+    hf_cfg = Phi4MultimodalConfig(**{k: v for k, v in to_transformers_config(cfg).items()
+                                     if k not in ("model_type", "architectures")})
+    with torch.device("meta"):
+        ours = to_transformers_state_dict(MoLoRAModel(cfg).state_dict())
+        ref = Phi4MultimodalForCausalLM(hf_cfg)
+    expected = {k: tuple(v.shape) for k, v in ref.state_dict().items()
+                if not (cfg.backbone.tie_word_embeddings and k == "lm_head.weight")}
+    assert {k: tuple(v.shape) for k, v in ours.items()} == expected
+    assert ("lm_head.weight" in ours) == (not cfg.backbone.tie_word_embeddings)
