@@ -371,6 +371,7 @@ def check_flat_config(d: dict) -> dict:
                  required=("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads"))
     if "eos_token_id" in d and not fits(d["eos_token_id"], int | list[int]):
         raise ConfigError(f"must be an integer or a list of integers, got {d['eos_token_id']!r}", "eos_token_id")
+    _check_sliding_window(d)
     for key in ("rope_parameters", "rope_scaling"):
         rope = _section(d, key)
         check_fields(rope, BackboneConfig, f"{key}.", names=_ROPE)
@@ -392,6 +393,23 @@ def check_flat_config(d: dict) -> dict:
         if key.endswith("_lora"):
             check_fields(_section(d, key), LoraSpec, f"{key}.", names={"r": "r", "alpha": "lora_alpha", "dropout": "dp"})
     return d
+
+
+def _check_sliding_window(d: dict) -> None:
+    """transformers' decoder attends within ``sliding_window`` tokens when it is set; molora's attends to
+    the whole context, so a window shorter than the context would give other logits past it: refused.
+    (The official config's 262144 exceeds its 131072 positions: no effect.)"""
+    window = d.get("sliding_window")
+    if window is None:
+        return
+    if not fits(window, int):
+        raise ConfigError(f"must be an integer or null, got {window!r}", "sliding_window")
+    context = d.get("max_position_embeddings", 131072)
+    if window < context:
+        raise ConfigError(f"is {window}, shorter than max_position_embeddings {context}: molora's decoder attends to "
+                          "the whole context, not a sliding window, so its logits would differ past "
+                          f"{window} tokens; set it to null (or >= {context}) if the model was trained without one",
+                          "sliding_window")
 
 
 def check_decoder_shapes(b: dict, shapes: dict[str, tuple], layout: str, section: str = "") -> None:

@@ -92,3 +92,22 @@ def test_a_runnable_variant_gives_transformers_logits_for_images_and_audio(tmp_p
         batch = {"input_ids": ids, **media}
         got, expected = _logits(ours, batch), _logits(ref, batch)
         assert (got - expected).abs().max().item() <= TOL, name
+
+
+def test_a_sliding_window_molora_does_not_apply_is_refused_in_one_line(tmp_path, capsys):
+    """transformers' decoder attends within ``sliding_window`` tokens; molora attends to the whole context:
+    loading refuses (naming config.json and the field) rather than give other logits past the window."""
+    from molora.cli import main as cli
+
+    ref, folder = _transformers_model(tmp_path, TESTER_AUDIO, TESTER_VISION, dtype=torch.float32)
+    import json
+
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "sliding_window": 8}))
+    capsys.readouterr()  # transformers' own progress bars
+    assert cli(["convert", str(folder), str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "config.json" in err and "sliding_window" in err
+    assert "is 8, shorter than max_position_embeddings 131072" in err
+    (folder / "config.json").write_text(json.dumps({**config, "sliding_window": 262144}))  # no effect: accepted
+    assert MoLoRAModel.from_pretrained(str(folder)).config.backbone.num_hidden_layers == 2
