@@ -316,8 +316,8 @@ class ImageTransform:
     ``image_pixel_values`` float32 [N, C, 3, S, S] (C = 1 + most crops in the batch; slot 0 is
     the global view, unused slots are zeros), ``image_sizes`` int64 [N, 2] (padded canvas
     height, width), ``image_attention_mask`` float32 [N, C, S/p, S/p] (1 = real patch; unused
-    slots are ones) and ``num_img_tokens`` (list of int). S = ``config.image_size``, p = patch size,
-    at most ``config.dynamic_hd`` crops per image (``dynamic_hd=`` overrides it for one call, as in
+    slots are ones) and ``num_img_tokens`` (list of int). S = the crop size (``config.crop``), p = patch
+    size, at most ``config.dynamic_hd`` crops per image (``dynamic_hd=`` overrides it for one call, as in
     transformers' processor).
     """
 
@@ -328,13 +328,14 @@ class ImageTransform:
 
     def __init__(self, config: VisionConfig | None = None):
         config = config or VisionConfig()
-        self.crop_size = config.image_size
+        self.crop_size = config.crop
         self.patch_size = config.patch_size
         self.max_crops = config.dynamic_hd
         self.max_image_pixels = config.max_image_pixels
         self._local = threading.local()
         if self.crop_size % self.patch_size:
-            raise ImageError("image_size must be a multiple of patch_size", "vision config")
+            raise ImageError(f"the crop size {self.crop_size} must be a multiple of patch_size {self.patch_size}",
+                             "vision config")
 
     def plan(self, width: int, height: int, item: str = "image", max_crops: int | None = None) -> CropPlan:
         return plan_crops(width, height, self.crop_size, self.patch_size, max_crops or self.max_crops, item)

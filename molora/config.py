@@ -80,7 +80,7 @@ class VisionConfig:
     num_hidden_layers: int = 27
     num_attention_heads: int = 16
     num_channels: int = 3
-    image_size: int = 448  # crop size the tower runs at
+    image_size: int = 448  # the tower's position grid (image_size / patch_size per side); the crop size too
     patch_size: int = 14
     hidden_act: str = "gelu_pytorch_tanh"
     layer_norm_eps: float = 1e-6
@@ -89,10 +89,18 @@ class VisionConfig:
     dynamic_hd: int = 36  # max crops per image
     max_image_pixels: int = 64_000_000  # decompression-bomb guard (W*H of the decoded image)
     pretrained: str | None = None  # open_clip SigLIP checkpoint to start the tower from
+    # HD crop side when it differs from image_size (transformers' vision_config.crop_size): crops
+    # then take positions bucketised onto the image_size grid, as transformers computes them
+    crop_size: int | None = None
 
     @property
     def num_patches_per_side(self) -> int:
         return self.image_size // self.patch_size
+
+    @property
+    def crop(self) -> int:
+        """The side of each HD crop in pixels."""
+        return self.image_size if self.crop_size is None else self.crop_size
 
 
 @dataclass

@@ -143,7 +143,7 @@ def to_transformers_config(cfg: MoLoRAConfig) -> dict:
         **_decoder_fields(b), "tie_word_embeddings": b.tie_word_embeddings,
         "rope_parameters": _rope_dict(b), "bos_token_id": b.bos_token_id, "pad_token_id": b.pad_token_id,
         "eos_token_id": list(b.eos_token_ids), "initializer_range": b.initializer_range,
-        "vision_config": {**{k: getattr(v, k) for k in _VISION_HF_FIELDS}, "crop_size": v.image_size,
+        "vision_config": {**{k: getattr(v, k) for k in _VISION_HF_FIELDS}, "crop_size": v.crop,
                           "image_token_id": b.image_token_id, "model_type": "phi4_multimodal_vision"},
         "audio_config": {**{k: getattr(a, k) for k in _AUDIO_HF_FIELDS}, "audio_token_id": b.audio_token_id,
                          "feature_layer": -2, "model_type": "phi4_multimodal_audio"},
@@ -181,8 +181,8 @@ def _backbone_from_flat(d: dict, base: BackboneConfig) -> BackboneConfig:
 def from_transformers_config(d: dict, adapters: dict[str, LoraSpec], tokenizer: str | None = None) -> MoLoRAConfig:
     vc, ac = d.get("vision_config") or {}, d.get("audio_config") or {}
     vision = VisionConfig(**{k: vc[k] for k in _VISION_HF_FIELDS if k in vc})
-    if "crop_size" in vc:
-        vision.image_size = vc["crop_size"]
+    if vc.get("crop_size", vision.image_size) != vision.image_size:  # transformers' tester: 16-px crops, 448 grid
+        vision.crop_size = vc["crop_size"]
     audio = AudioConfig(**{k: ac[k] for k in _AUDIO_HF_FIELDS if k in ac})
     base = MoLoRAConfig().backbone
     return _with_adapters(_backbone_from_flat(d, base), vision, audio, adapters, tokenizer)
@@ -391,6 +391,7 @@ def check_flat_config(d: dict) -> dict:
                  required=("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads"))
     if "eos_token_id" in d and not fits(d["eos_token_id"], int | list[int]):
         raise ConfigError(f"must be an integer or a list of integers, got {d['eos_token_id']!r}", "eos_token_id")
+    _check_sliding_window(d)
     for key in ("rope_parameters", "rope_scaling"):
         rope = _section(d, key)
         check_fields(rope, BackboneConfig, f"{key}.", names=_ROPE)
@@ -398,7 +399,7 @@ def check_flat_config(d: dict) -> dict:
             if kind in rope and not isinstance(rope[kind], str):
                 raise ConfigError(f"must be a string, got {rope[kind]!r}", f"{key}.{kind}")
     vc, ac = _section(d, "vision_config"), _section(d, "audio_config")
-    check_fields(vc, VisionConfig, "vision_config.", names={**{k: k for k in _VISION_HF_FIELDS}, "image_size": "crop_size"})
+    check_fields(vc, VisionConfig, "vision_config.", names={**{k: k for k in _VISION_HF_FIELDS}, "crop_size": "crop_size"})
     check_fields(vc, BackboneConfig, "vision_config.", names={"image_token_id": "image_token_id"})
     check_fields(ac, AudioConfig, "audio_config.", names={k: k for k in _AUDIO_HF_FIELDS})
     check_fields(ac, BackboneConfig, "audio_config.", names={"audio_token_id": "audio_token_id"})
@@ -412,6 +413,23 @@ def check_flat_config(d: dict) -> dict:
         if key.endswith("_lora"):
             check_fields(_section(d, key), LoraSpec, f"{key}.", names={"r": "r", "alpha": "lora_alpha", "dropout": "dp"})
     return d
+
+
+def _check_sliding_window(d: dict) -> None:
+    """transformers' decoder attends within ``sliding_window`` tokens when it is set; molora's attends to
+    the whole context, so a window shorter than the context would give other logits past it: refused.
+    (The official config's 262144 exceeds its 131072 positions: no effect.)"""
+    window = d.get("sliding_window")
+    if window is None:
+        return
+    if not fits(window, int):
+        raise ConfigError(f"must be an integer or null, got {window!r}", "sliding_window")
+    context = d.get("max_position_embeddings", 131072)
+    if window < context:
+        raise ConfigError(f"is {window}, shorter than max_position_embeddings {context}: molora's decoder attends to "
+                          "the whole context, not a sliding window, so its logits would differ past "
+                          f"{window} tokens; set it to null (or >= {context}) if the model was trained without one",
+                          "sliding_window")
 
 
 def check_decoder_shapes(b: dict, shapes: dict[str, tuple], layout: str, section: str = "") -> None:

@@ -129,8 +129,10 @@ class MoLoRAProcessor:
         return cls(config, tokenizer)
 
     def save_pretrained(self, directory) -> list[str]:
-        """Write the tokenizer files, the chat template and ``molora_processor.json``; returns the
-        names of the files written."""
+        """Write the tokenizer files, the chat template, ``molora_processor.json`` and transformers'
+        ``processor_config.json`` (see molora/processor_files.py); returns the names of the files written."""
+        from .processor_files import write_transformers_files
+
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
         written = []
@@ -141,6 +143,7 @@ class MoLoRAProcessor:
             written.append(CHAT_TEMPLATE_FILE)
         self.config.to_json(d / OWN_FILE)
         written.append(OWN_FILE)
+        written += write_transformers_files(d, self.config, self.tokenizer)  # for transformers' AutoProcessor
         return sorted(set(written))
 
     # -- chat template -----------------------------------------------------------------------

@@ -8,6 +8,9 @@
   ``processor_config.json`` with ``image_processor`` / ``audio_processor`` sections (transformers 5).
   ``dynamic_hd`` (crops per image) is taken; every other value must agree with what the model and
   molora's front ends compute, or loading stops with the file and the field.
+- written for transformers (`write_transformers_files`): ``processor_config.json`` as transformers'
+  ``Phi4MultimodalProcessor`` saves it, and the media tokens in ``tokenizer_config.json``
+  (``image_token`` / ``audio_token``), so ``AutoProcessor.from_pretrained`` loads a saved folder.
 - the chat template: ``chat_template.json`` / ``processor_config.json``'s ``chat_template`` (processor
   level), else the tokenizer's (``chat_template.jinja`` / ``tokenizer_config.json``).
 """
@@ -34,7 +37,7 @@ _AUDIO_FIXED = {"feature_size": lambda c: c.audio.num_mel_bins, "sampling_rate":
                 "n_fft": lambda c: 512, "hop_length": lambda c: 160, "win_length": lambda c: 400,
                 "preemphasis": lambda c: 0.97, "mel_min_frequency": lambda c: 0, "mel_max_frequency": lambda c: 7690}
 _IMAGE_FIXED = {"patch_size": lambda c: c.vision.patch_size, "image_mean": lambda c: [0.5, 0.5, 0.5],
-                "image_std": lambda c: [0.5, 0.5, 0.5], "crop_size": lambda c: c.vision.image_size}
+                "image_std": lambda c: [0.5, 0.5, 0.5], "crop_size": lambda c: c.vision.crop}
 
 
 def _json(path: Path) -> dict:
@@ -100,3 +103,53 @@ def read_chat_template(directory: Path, tokenizer=None) -> str | None:
         if template:
             return template
     return getattr(tokenizer, "chat_template", None) or None
+
+
+# -- written for transformers' Phi4MultimodalProcessor ---------------------------------------------------
+
+TOKENIZER_CONFIG = "tokenizer_config.json"
+
+
+def transformers_processor_config(config: MoLoRAConfig) -> dict:
+    """``processor_config.json`` as transformers' ``Phi4MultimodalProcessor.save_pretrained`` writes it:
+    its image processor and feature extractor, built with this model's crop, crops per image and audio
+    rates, each described by its own ``to_dict()``."""
+    from transformers import Phi4MultimodalFeatureExtractor, Phi4MultimodalImageProcessor
+
+    v, a = config.vision, config.audio
+    image = Phi4MultimodalImageProcessor(size={"height": v.crop, "width": v.crop}, patch_size=v.patch_size,
+                                         dynamic_hd=v.dynamic_hd)
+    audio = Phi4MultimodalFeatureExtractor(feature_size=a.num_mel_bins, sampling_rate=a.sampling_rate,
+                                           audio_compression_rate=a.time_reduction,
+                                           audio_downsample_rate=a.downsample_rate)
+    return {"processor_class": "Phi4MultimodalProcessor", "image_processor": image.to_dict(),
+            "audio_processor": audio.to_dict()}
+
+
+def media_tokens(config: MoLoRAConfig, tokenizer) -> dict[str, str]:
+    """``{"image_token": ..., "audio_token": ...}``: the tokenizer's strings for the placeholder ids."""
+    out = {}
+    for name, token_id in (("image_token", config.backbone.image_token_id), ("audio_token", config.backbone.audio_token_id)):
+        token = tokenizer.convert_ids_to_tokens(token_id) if token_id < len(tokenizer) else None
+        if token:
+            out[name] = token
+    return out
+
+
+def write_transformers_files(directory: Path, config: MoLoRAConfig, tokenizer=None) -> list[str]:
+    """``processor_config.json`` for transformers' processor, and the media tokens added to the
+    ``tokenizer_config.json`` the tokenizer wrote; returns the names written. Nothing without a tokenizer
+    (transformers' processor needs one), nor into a folder holding an official-layout model (``phi4mm``:
+    it keeps its own processor files)."""
+    config_json = directory / "config.json"
+    if tokenizer is None or (config_json.exists() and _json(config_json).get("model_type") == "phi4mm"):
+        return []
+    (directory / PROCESSOR).write_text(json.dumps(transformers_processor_config(config), indent=2) + "\n")
+    written = [PROCESSOR]
+    tokenizer_config = directory / TOKENIZER_CONFIG
+    if tokenizer_config.exists():
+        d = _json(tokenizer_config)
+        d.update(media_tokens(config, tokenizer))  # transformers reads *_token keys as the tokenizer's attributes
+        tokenizer_config.write_text(json.dumps(d, indent=2, ensure_ascii=False) + "\n")
+        written.append(TOKENIZER_CONFIG)
+    return written

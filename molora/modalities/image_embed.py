@@ -65,9 +65,11 @@ class ImageEmbedder(nn.Module):
     def __init__(self, config: MoLoRAConfig):
         super().__init__()
         v = config.vision
-        self.crop_size = v.image_size
-        self.patches_per_side = v.image_size // v.patch_size
-        self.pooled_per_side = (self.patches_per_side + 1) // 2
+        self.crop_size = v.crop
+        self.patches_per_side = v.crop // v.patch_size
+        # 2x2 pooling; an odd grid is reflect-padded when the tower's own grid is odd (as transformers does)
+        self.pad_odd = v.num_patches_per_side % 2 == 1
+        self.pooled_per_side = (self.patches_per_side + self.pad_odd) // 2
         dim = v.hidden_size
         self.img_processor = SiglipVisionTower(v)
         self.glb_GN = nn.Parameter(torch.zeros(1, 1, dim))
@@ -80,7 +82,7 @@ class ImageEmbedder(nn.Module):
         m = self.patches_per_side
         x = self.img_processor(crops, patch_mask)  # T, m*m, D
         x = x.unflatten(1, (m, m)).permute(0, 3, 1, 2)  # T, D, m, m
-        if m % 2:
+        if self.pad_odd:
             x = F.pad(x, (0, 1, 0, 1), mode="reflect")
         return F.avg_pool2d(x, 2).permute(0, 2, 3, 1)
 
