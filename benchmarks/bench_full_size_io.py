@@ -3,7 +3,7 @@ a random Phi-4-multimodal checkpoint in the official layout (bf16, 3 shards, as 
 written one shard at a time by scripts/validate_full_size.py's ``write`` step), each step in its own
 process (VmHWM, against the process's own peak after imports and a tiny-preset warm-up).
 
-    .venv/bin/python benchmarks/bench_full_size_io.py --workdir DIR [--preset phi4-multimodal] [--ckpt DIR]
+    .venv/bin/python benchmarks/bench_full_size_io.py --workdir DIR [--preset phi4-multimodal] [--ckpt DIR] [--steps convert,load,save]
 
 Only the public API and the CLI are called, so the same file measures any checkout: run it with that
 checkout's interpreter (``cd OLD && .venv/bin/python /path/to/bench_full_size_io.py --ckpt DIR``) to
@@ -58,6 +58,7 @@ def main() -> None:
     ap.add_argument("--preset", default="phi4-multimodal")
     ap.add_argument("--ckpt", help="an existing official-layout checkpoint (default: write one in --workdir)")
     ap.add_argument("--json", help="also write the results here")
+    ap.add_argument("--steps", default="convert,load,save", help="which of convert, load, save to run")
     args = ap.parse_args()
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
@@ -69,7 +70,7 @@ def main() -> None:
         print("writing", ckpt, step_write(ckpt, args.preset), flush=True)
     size = sum(f.stat().st_size for f in ckpt.glob("*.safetensors")) / 2**30
     results = {"checkpoint_gib": round(size, 2)}
-    for step in ("convert", "load", "save"):
+    for step in args.steps.split(","):
         out = work / f"out-{step}"
         shutil.rmtree(out, ignore_errors=True)
         done = subprocess.run([sys.executable, "-c", CHILD, step, str(ckpt), str(out)], capture_output=True,
