@@ -174,3 +174,19 @@ def test_eval_results_get_the_modes_a_plain_open_gives(train_run, tmp_path):
     os.umask(mask)
     for name in ("run.json", "summary.json", "summary.md", "summary.rescored-open-asr-2026.json"):
         assert stat.S_IMODE((out / name).stat().st_mode) == 0o666 & ~mask, name
+
+
+# -- convert --summary-json ---------------------------------------------------------------------------------
+
+def test_summary_json_under_a_missing_folder_is_written_and_a_folder_is_refused_before_converting(
+        checkpoint, tmp_path, capsys):
+    """`--summary-json nodir/x/s.json` converted, then failed (exit 1) saying "the destination is as it was
+    (nothing is moved in ...)" although DST had been written; rerunning that command was then refused."""
+    dst, summary = tmp_path / "dst", tmp_path / "nodir" / "x" / "s.json"
+    assert cli(["convert", str(checkpoint), str(dst), "--summary-json", str(summary)]) == 0
+    assert json.loads(summary.read_text())["destination"] == str(dst)
+    capsys.readouterr()
+    assert cli(["convert", str(checkpoint), str(tmp_path / "dst2"), "--summary-json", str(tmp_path)]) == 2
+    assert _one_line(capsys) == (f"molora convert: error: {tmp_path}: is a folder; --summary-json takes the path of "
+                                 "a file to write")
+    assert not (tmp_path / "dst2").exists()
