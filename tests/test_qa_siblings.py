@@ -190,3 +190,12 @@ def test_summary_json_under_a_missing_folder_is_written_and_a_folder_is_refused_
     assert _one_line(capsys) == (f"molora convert: error: {tmp_path}: is a folder; --summary-json takes the path of "
                                  "a file to write")
     assert not (tmp_path / "dst2").exists()
+
+
+def test_eval_output_dir_under_a_file_is_bad_input_like_train_and_convert(tmp_path, capsys):
+    """`--output-dir afile/x` was exit 1 (an OSError from the lock) in eval, exit 2 in train and convert."""
+    (tmp_path / "afile").write_text("x")
+    out = tmp_path / "afile" / "x"
+    assert cli(["eval", "asr", "--model", "tiny", "--manifest", str(tmp_path / "m.jsonl"), "--output-dir", str(out)]) == 2
+    assert _one_line(capsys) == (f"molora eval: error: --output-dir: {tmp_path / 'afile'} is a file, so {out} cannot "
+                                 "be created under it; choose another folder")
