@@ -36,12 +36,9 @@ def check_arguments(args) -> None:
     out = Path(args.output_dir).expanduser()
     if out.exists() and not out.is_dir():
         raise ConfigError(f"{out} is a file; --output-dir takes a folder (created when missing)", "--output-dir")
-    for parent in out.parents:  # a file above it: bad input (exit 2), as train and convert say
-        if parent.exists():
-            if not parent.is_dir():
-                raise ConfigError(f"{parent} is a file, so {out} cannot be created under it; choose another folder",
-                                  "--output-dir")
-            break
+    from molora.staging import check_folder_path
+
+    check_folder_path(out)  # a file above it: bad input (exit 2), as convert says
 
 
 def _folder(args):

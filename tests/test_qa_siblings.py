@@ -197,5 +197,4 @@ def test_eval_output_dir_under_a_file_is_bad_input_like_train_and_convert(tmp_pa
     (tmp_path / "afile").write_text("x")
     out = tmp_path / "afile" / "x"
     assert cli(["eval", "asr", "--model", "tiny", "--manifest", str(tmp_path / "m.jsonl"), "--output-dir", str(out)]) == 2
-    assert _one_line(capsys) == (f"molora eval: error: --output-dir: {tmp_path / 'afile'} is a file, so {out} cannot "
-                                 "be created under it; choose another folder")
+    assert _one_line(capsys) == f"molora eval: error: {out}: {tmp_path / 'afile'} is a file, not a folder: choose another path"
