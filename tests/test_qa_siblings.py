@@ -198,3 +198,18 @@ def test_eval_output_dir_under_a_file_is_bad_input_like_train_and_convert(tmp_pa
     out = tmp_path / "afile" / "x"
     assert cli(["eval", "asr", "--model", "tiny", "--manifest", str(tmp_path / "m.jsonl"), "--output-dir", str(out)]) == 2
     assert _one_line(capsys) == f"molora eval: error: {out}: {tmp_path / 'afile'} is a file, not a folder: choose another path"
+
+
+def test_an_adapter_folder_that_is_a_file_is_named_not_skipped(model, tmp_path):
+    """A transformers-layout checkpoint whose `speech-lora` was a file (a bad copy, a zip) loaded without
+    the speech LoRA, silently: speech then ran on the bare backbone."""
+    import shutil
+
+    from molora.errors import CheckpointError
+
+    d = tmp_path / "native"
+    model.save_pretrained(d, layout="phi4_multimodal")
+    shutil.rmtree(d / "speech-lora")
+    (d / "speech-lora").write_bytes(b"PK\x03\x04")
+    with pytest.raises(CheckpointError, match=r"speech-lora: is a file, not a PEFT adapter folder"):
+        MoLoRAModel.from_pretrained(d)
