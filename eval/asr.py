@@ -15,7 +15,8 @@ the rest are sorted longest first and decoded greedily in batches; feature extra
 generate + decode are timed per batch (dataset decoding excluded) after one warm-up batch.
 ``OUT/<set>.jsonl`` receives one leaderboard-format row per clip (``id``, ``audio_filepath``,
 ``duration``, ``time``, ``text``, ``pred_text``; for manifests ``audio_filepath`` is the clip's
-absolute path, so the file reads back as a NeMo-style manifest), appended and flushed per batch; a
+absolute path, so the file reads back as a NeMo-style manifest with ``--allow-outside-root``, since the
+clips lie outside OUT), appended and flushed per batch; a
 re-run skips clips already there and never writes a clip twice. ``OUT/run.json`` records the model
 and settings that produced them: a run of another model or with other settings is refused unless
 ``--overwrite``. A clip that cannot be used (missing, corrupt, NaN samples, a symlink loop) is

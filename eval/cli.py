@@ -36,6 +36,9 @@ def check_arguments(args) -> None:
     out = Path(args.output_dir).expanduser()
     if out.exists() and not out.is_dir():
         raise ConfigError(f"{out} is a file; --output-dir takes a folder (created when missing)", "--output-dir")
+    from molora.staging import check_folder_path
+
+    check_folder_path(out)  # a file above it: bad input (exit 2), as convert says
 
 
 def _folder(args):

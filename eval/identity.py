@@ -84,6 +84,18 @@ def read_record(path: Path) -> tuple[dict | None, str | None]:
     return None, "not a run record (it needs 'producer', 'sources' and a 'batch_sizes' list)"
 
 
+def _written_by_another_command(path: Path) -> str | None:
+    """What wrote a readable ``run.json`` that is not an evaluation's (``molora train``'s holds
+    ``identity`` and ``status``), or None (an evaluation's, or torn: --overwrite may replace it)."""
+    try:
+        d = json.loads(Path(path).read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    if not isinstance(d, dict) or "task" in d:
+        return None
+    return "a molora train run" if {"identity", "status"} <= set(d) else "another program"
+
+
 class RunRecord:
     """The ``run.json`` of one output folder (see the module docstring).
 
@@ -108,6 +120,10 @@ class RunRecord:
         old, why = read_record(self.path)
         if why is None:
             return old, None
+        other = _written_by_another_command(self.path)
+        if other:  # --overwrite deletes an evaluation's results only, never another command's record
+            raise ConfigError(f"is the record of {other}, not of an evaluation: choose another --output-dir "
+                              "(--overwrite replaces an evaluation's results only)", str(self.path))
         if not overwrite:
             raise ConfigError(
                 f"{why}. It records which model and settings produced the results in {self.out}: choose another "

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from molora.errors import MoLoRAError
+from molora.staging import plain_file_mode
 
 __all__ = ["ResultFile", "read_jsonl", "write_json", "write_text", "write_summary", "markdown_table", "skip_fields",
            "skip_note"]
@@ -123,6 +124,7 @@ def _atomic_write(path: Path, text: str) -> None:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, plain_file_mode())  # not mkstemp's private 0600: others read results
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -79,6 +79,9 @@ def _peft_folders(directory: Path) -> dict[str, Path]:
     """``<name>-lora/`` PEFT folders of a checkpoint; one with weights but no adapter_config.json is an error."""
     folders = {}
     for p in sorted(directory.glob("*-lora")):
+        if not p.is_dir():  # skipping it would load the model without that adapter, silently
+            raise CheckpointError("is a file, not a PEFT adapter folder (adapter_config.json + "
+                                  f"{ADAPTER_WEIGHTS})", str(p))
         if (p / "adapter_config.json").exists():
             folders[p.name[: -len("-lora")]] = p
         elif (p / ADAPTER_WEIGHTS).exists():

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 
@@ -89,8 +90,6 @@ def _next_step(args, argv: list[str]) -> str:
 
 
 def _os_error_line(e: OSError) -> str:
-    import errno
-
     where = e.filename or ""
     reasons = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded",
                errno.EACCES: "permission denied", errno.EPERM: "operation not permitted",
@@ -101,9 +100,15 @@ def _os_error_line(e: OSError) -> str:
     reason = reasons.get(e.errno, e.strerror or str(e))
     advice = {errno.ENOSPC: "free some space or choose another folder", errno.EDQUOT: "free some space",
               errno.EACCES: "check the folder's permissions or choose another one",
+              errno.EPERM: "check the folder's permissions or choose another one",
               errno.EROFS: "choose a writable folder", errno.ENOTDIR: "choose another path"}.get(e.errno)
     line = f"{where}: {reason}" if where else reason
     return line + (f" ({advice})" if advice else "")
+
+
+# errors the same command meets again (a folder it may not write, a file where a folder belongs):
+# the line then gives the advice for the error, not the command to rerun
+_NOT_BY_RERUNNING = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EISDIR})
 
 
 def handle(args, argv: list[str], err=None) -> int:
@@ -125,7 +130,7 @@ def handle(args, argv: list[str], err=None) -> int:
         print(f"{head}: error: {e}", file=err)
         return 2
     except OSError as e:
-        step = _next_step(args, argv)
+        step = "" if e.errno in _NOT_BY_RERUNNING else _next_step(args, argv)
         print(f"{head}: error: {_os_error_line(e)}" + (f"; {step}" if step else ""), file=err)
         return 1
     except MemoryError:

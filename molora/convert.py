@@ -23,7 +23,6 @@ whatever the checkpoint's size), with a progress bar.
 """
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
@@ -181,6 +180,13 @@ def convert(src: str, dst: str | Path, layout: str = "molora", dtype: str = "aut
 
 
 def _run(args) -> int:
+    summary_path = Path(args.summary_json) if args.summary_json else None
+    if summary_path is not None:  # checked before converting: a bad path must not fail after DST is written
+        from .staging import check_folder_path
+
+        if summary_path.is_dir():
+            raise CheckpointError("is a folder; --summary-json takes the path of a file to write", str(summary_path))
+        check_folder_path(summary_path.parent)
     summary = convert(args.src, args.dst, layout=args.layout, dtype=args.dtype, force=args.force,
                       processor=not args.no_processor, max_shard_size=args.max_shard_size, base=args.base)
     shards = [f for f in summary["model_files"] if f.endswith(".safetensors") and "/" not in f]
@@ -194,8 +200,10 @@ def _run(args) -> int:
           + f"{summary['seconds']:.1f} s")
     for warning in summary["warnings"]:
         print(f"molora convert: warning: {warning}", file=sys.stderr)
-    if args.summary_json:
-        Path(args.summary_json).write_text(json.dumps(summary, indent=1))
+    if summary_path is not None:
+        from .eval.report import write_json
+
+        write_json(summary_path, summary)  # creates its folder, like DST
     return 0
 
 

@@ -75,6 +75,11 @@ def _umask() -> int:
     return mask
 
 
+def plain_file_mode() -> int:
+    """The mode a plain ``open(path, "w")`` gives a new file (0644 under the usual umask 022)."""
+    return 0o666 & ~_umask()
+
+
 def _open_up(tmp: Path) -> None:
     """The modes a plain mkdir / open would give (0755 / 0644 under the usual umask 022): mkdtemp's
     private 0700 must not survive the rename, or a serving account cannot read the checkpoint."""
@@ -83,9 +88,30 @@ def _open_up(tmp: Path) -> None:
         os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~mask)
 
 
-def _commit(tmp: Path, directory: Path, owned: Callable[[Path], bool]) -> None:
+def _entries(directory: Path) -> dict[str, int]:
+    """Name -> inode of each entry of ``directory`` (staging folders left out): what ``_commit`` compares
+    with the folder as it was when the write began."""
+    found = {}
+    for entry in directory.iterdir() if directory.is_dir() else ():
+        try:
+            if not is_leftover(entry):
+                found[entry.name] = entry.stat(follow_symlinks=False).st_ino
+        except FileNotFoundError:  # another writer's folder, removed meanwhile
+            pass
+    return found
+
+
+def _commit(tmp: Path, directory: Path, owned: Callable[[Path], bool], before: dict[str, int]) -> None:
     """Put ``tmp``'s entries in ``directory``: an absent folder in one rename; else the entries it owns
-    move aside (and are deleted once the new ones are in), the new ones move in, the rest stays."""
+    move aside (and are deleted once the new ones are in), the new ones move in, the rest stays. An
+    entry written since the write began (``before``: the folder then) means another process wrote
+    this folder meanwhile: nothing is moved in, so neither silently replaces the other's files."""
+    changed = sorted(n for n, ino in _entries(directory).items() if before.get(n) != ino)
+    if changed:
+        more = f" and {len(changed) - 3} more" if len(changed) > 3 else ""
+        raise CheckpointError(f"another process wrote {', '.join(changed[:3])}{more} into this folder while molora "
+                              "was writing it; nothing was moved in: check what is there now, then run again",
+                              str(directory))
     if not directory.exists():
         os.replace(tmp, directory)
         return
@@ -120,12 +146,16 @@ def staged(directory: Path, owned: Callable[[Path], bool]):
     (or an interrupt) removes the staging folder and leaves ``directory`` as it was."""
     directory = Path(directory)
     check_folder_path(directory)
-    if directory.is_dir():  # stage inside it: the same file system, so every move is a rename
-        tmp = Path(tempfile.mkdtemp(prefix=".molora-tmp-", dir=directory))
-    else:
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
+    before = _entries(directory)
+    try:
+        if directory.is_dir():  # stage inside it: the same file system, so every move is a rename
+            tmp = Path(tempfile.mkdtemp(prefix=".molora-tmp-", dir=directory))
+        else:
+            directory.parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
+    except OSError as e:  # name the folder asked for, not the random staging name
+        raise OSError(e.errno, e.strerror, str(directory)) from e
     with partial_folder(tmp, directory):
         yield tmp
         _open_up(tmp)
-        _commit(tmp, directory, owned)
+        _commit(tmp, directory, owned, before)

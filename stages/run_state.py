@@ -206,6 +206,10 @@ def plan_run(out: Path, identity: dict, *, resume: bool, overwrite: bool, resume
         raise RunError("--resume continues the run in this folder and --overwrite replaces it: choose one", str(out))
     existing = _existing(out) if out.is_dir() else []
     previous = _read_run(out)
+    if isinstance(previous, dict) and "task" in previous and "producer" in previous:  # eval/identity.py's record
+        raise RunError(f"holds the results of molora eval {previous.get('task')} ({', '.join(existing)}): a training "
+                       "run needs its own folder; choose another --output-dir (--overwrite and --resume act on a "
+                       "training run only)", str(out))
     if not resume:
         if existing and not overwrite:
             found = list_checkpoints(out / "checkpoints")

@@ -212,11 +212,14 @@ def test_every_sample_skipped_is_an_error_not_a_silent_run(tmp_path):
     ("quickstart", KeyboardInterrupt(), 130, "molora quickstart: interrupted; rerun it to start again (the "
                                              "synthetic corpora built so far are cached)"),
     ("eval", PermissionError(errno.EACCES, "Permission denied", "/ro/out"), 1,
-     "molora eval: error: /ro/out: permission denied (check the folder's permissions or choose another one); rerun "
-     "the same command to continue: the items already written are kept"),
+     "molora eval: error: /ro/out: permission denied (check the folder's permissions or choose another one)"),
     ("convert", NotADirectoryError(errno.ENOTDIR, "Not a directory", "/f/x"), 1,
-     "molora convert: error: /f/x: a part of this path is a file, not a folder (choose another path); the "
-     "destination is as it was (nothing is moved in until all is written): molora convert tiny /f/x"),
+     "molora convert: error: /f/x: a part of this path is a file, not a folder (choose another path)"),
+    ("convert", PermissionError(errno.EPERM, "Operation not permitted", "/ro/x"), 1,  # chattr +i, or root-squash
+     "molora convert: error: /ro/x: operation not permitted (check the folder's permissions or choose another one)"),
+    ("eval", OSError(errno.ENOSPC, "No space left on device", "/full/out"), 1,  # rerunning after freeing space helps
+     "molora eval: error: /full/out: no space left on device (free some space or choose another folder); rerun "
+     "the same command to continue: the items already written are kept"),
     ("chat", ConfigError("must be > 0", "temperature"), 2, "molora chat: error: temperature: must be > 0"),
     ("train", KeyboardInterrupt(), 130, "molora train: interrupted; no checkpoint was written yet (save_every=N "
                                         "writes them); start again with: molora train --recipe tiny-sft "
