@@ -9,7 +9,7 @@ import threading
 from contextlib import contextmanager
 from typing import Iterator
 
-__all__ = ["Terminated", "sigterm_raises"]
+__all__ = ["Terminated", "sigterm_raises", "interrupts_between"]
 
 
 class Terminated(KeyboardInterrupt):
@@ -31,3 +31,36 @@ def sigterm_raises() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt(signum: int) -> KeyboardInterrupt:
+    return Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+
+
+@contextmanager
+def interrupts_between() -> Iterator:
+    """Within the block, Ctrl-C and SIGTERM are noted and raised by ``check()`` (yielded), which the
+    caller calls where it can stop cleanly (between training steps): never inside a library's lock, a
+    queue or a half-written file, where an interrupt can leave a writer thread waiting forever. A second
+    signal raises at once."""
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: None
+        return
+    noted: list[int] = []
+
+    def on_signal(signum, frame) -> None:
+        if noted:
+            raise _interrupt(signum)
+        noted.append(signum)
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def check() -> None:
+        if noted:
+            raise _interrupt(noted[0])
+
+    try:
+        yield check
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

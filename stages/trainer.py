@@ -18,6 +18,7 @@ import os
 import random
 import time
 import warnings
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ import numpy as np
 import torch
 
 from molora.errors import ConfigError, RunError
+from molora.signals import interrupts_between
 
 from .checkpointing import load_checkpoint, save_checkpoint, set_rng_state
 from .feed import StepFeed
@@ -206,9 +208,19 @@ def train(recipe: Recipe, output_dir: str | Path, *, resume: bool = False, stric
 
 def loop(run: Run, progress: bool) -> None:
     """Every step from the run's position to ``max_steps``, with its logging, checkpoints and evaluations."""
-    recipe, t = run.recipe, run.recipe.training
     bar = _progress_bar(run) if progress and run.dist.is_main else None
+    # one process: Ctrl-C / SIGTERM stop the run between steps (a second one at once); with several,
+    # every process must stop at once, so the interrupt is raised where it lands
+    with interrupts_between() if run.dist.world == 1 else nullcontext(lambda: None) as stop_if_asked:
+        _steps(run, bar, stop_if_asked)
+    if bar is not None:
+        bar.close()
+
+
+def _steps(run: Run, bar, stop_if_asked) -> None:
+    recipe, t = run.recipe, run.recipe.training
     while run.step < recipe.max_steps:
+        stop_if_asked()
         enter_substep(run)
         metrics = step(run)
         if run.dist.is_main and (run.step % max(1, t.log_every) == 0 or run.step == recipe.max_steps):
@@ -225,8 +237,6 @@ def loop(run: Run, progress: bool) -> None:
             run.last_eval = {"step": run.step, **evaluate(run)}
             if run.dist.is_main:
                 run.log.write(run.last_eval)
-    if bar is not None:
-        bar.close()
 
 
 def setup(recipe: Recipe, out: Path, dist: Distributed, *, resume: bool, strict: bool | None, overwrite: bool,
