@@ -47,7 +47,8 @@ WHEELHOUSE ?=
 gpu-check: $(STAMP)
 	$(PY) benchmarks/gpu_check.py --device $(DEVICE) --preset $(PRESET)
 	@if [ -n "$(VLLM_BASE)" ]; then $(PY) benchmarks/gpu_serve_vllm.py --device $(DEVICE) --preset $(PRESET) \
-	    --base "$(VLLM_BASE)" $(if $(WHEELHOUSE),--wheelhouse "$(WHEELHOUSE)"); \
+	    --base "$(VLLM_BASE)" $(if $(WHEELHOUSE),--wheelhouse "$(WHEELHOUSE)") \
+	    $(if $(VLLM_TRUST_REMOTE_CODE),--trust-remote-code); \
 	else echo "gpu-check: serving step skipped (VLLM_BASE=DIR: the official Phi-4-multimodal-instruct folder; see benchmarks/gpu_serve_vllm.py)"; fi
 
 # The lock: pyproject's ranges (+ the test and everyday extras and the build tools), resolved for CPython 3.11 on

@@ -20,6 +20,15 @@ from pathlib import Path
 
 LAYOUTS = ("molora", "phi4mm", "phi4_multimodal")
 
+
+def weight_files(folder: Path) -> list[Path]:
+    """The files holding a checkpoint's weights: those its index names, else ``model.safetensors`` (written
+    out here rather than imported, so the benchmark runs on checkouts that predate molora.weight_files)."""
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        return sorted({folder / name for name in json.loads(index.read_text())["weight_map"].values()})
+    return [folder / "model.safetensors"]
+
 CHILD = r"""
 import json, sys, time
 from pathlib import Path
@@ -84,7 +93,7 @@ def main() -> None:
         for layout in LAYOUTS:
             model.save_pretrained(work / layout, layout=layout, max_shard_size=args.shard)
         MoLoRAModel.from_pretrained("tiny").save_pretrained(work / "warm")
-        size = sum(p.stat().st_size for p in (work / "molora").glob("*.safetensors"))
+        size = sum(p.stat().st_size for p in weight_files(work / "molora"))
         del model
         rows = {}
         for a in LAYOUTS:

@@ -68,7 +68,9 @@ def main() -> None:
         from validate_full_size import step_write
 
         print("writing", ckpt, step_write(ckpt, args.preset), flush=True)
-    size = sum(f.stat().st_size for f in ckpt.glob("*.safetensors")) / 2**30
+    from bench_checkpoint_io import weight_files  # beside this file
+
+    size = sum(f.stat().st_size for f in weight_files(ckpt)) / 2**30
     results = {"checkpoint_gib": round(size, 2)}
     for step in args.steps.split(","):
         out = work / f"out-{step}"

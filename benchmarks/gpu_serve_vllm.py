@@ -62,6 +62,9 @@ def parse_args(argv=None):
     ap.add_argument("--venv", default="/tmp/vllm-venv", help="vLLM's own virtual env (created when absent)")
     ap.add_argument("--wheelhouse", default=None, help="install vLLM from these wheels only (no network)")
     ap.add_argument("--vllm-version", default="0.33.0")
+    ap.add_argument("--trust-remote-code", action="store_true",
+                    help="let vLLM run the official folder's own modeling code (copied from --base): vLLM serves the "
+                         "phi4mm layout only this way; molora itself never runs remote code, so the choice is yours")
     ap.add_argument("--max-new-tokens", type=int, default=16)
     ap.add_argument("--workdir", default=None, help="where the export goes (default: a temporary folder)")
     ap.add_argument("--out", default=None, help="JSON path (default $OUT/gpu_serve_vllm.json or ./gpu_serve_vllm.json)")
@@ -121,7 +124,7 @@ from vllm import LLM, SamplingParams
 from vllm.lora.request import LoRARequest
 
 spec = json.load(open(sys.argv[1]))
-llm = LLM(model=spec["model"], trust_remote_code=True, dtype="bfloat16", enable_lora=True, max_lora_rank=320,
+llm = LLM(model=spec["model"], trust_remote_code=spec["trust_remote_code"], dtype="bfloat16", enable_lora=True, max_lora_rank=320,
           max_loras=2, max_model_len=4096, limit_mm_per_prompt={"image": 1, "audio": 1}, seed=0)
 params = SamplingParams(temperature=0.0, max_tokens=spec["max_new_tokens"], ignore_eos=True)
 loras = {}
@@ -142,8 +145,10 @@ json.dump(out, open(spec["result"], "w"))
 '''
 
 
-def run_vllm(venv: Path, export: Path, requests: list[dict], max_new_tokens: int, workdir: Path) -> dict:
+def run_vllm(venv: Path, export: Path, requests: list[dict], max_new_tokens: int, workdir: Path,
+             trust_remote_code: bool = False) -> dict:
     spec = {"model": str(export), "requests": requests, "max_new_tokens": max_new_tokens,
+            "trust_remote_code": trust_remote_code,  # the user's --trust-remote-code
             "sampling_rate": SAMPLING_RATE, "result": str(workdir / "vllm_tokens.json")}
     (workdir / "vllm_spec.json").write_text(json.dumps(spec))
     (workdir / "vllm_child.py").write_text(CHILD)
@@ -190,6 +195,11 @@ def main(argv=None) -> int:
     except MoLoRAError as e:
         print(f"gpu_serve_vllm: error: {e}", file=sys.stderr)
         return 2
+    if not args.trust_remote_code:
+        print(f"gpu_serve_vllm: error: {args.base}: vLLM serves the phi4mm layout only by running the official "
+              "folder's modeling code (trust_remote_code); pass --trust-remote-code (make gpu-check "
+              "VLLM_TRUST_REMOTE_CODE=1) if you trust that folder", file=sys.stderr)
+        return 2
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         print("no CUDA device: the serving step needs a GPU", file=sys.stderr)
@@ -209,7 +219,8 @@ def main(argv=None) -> int:
         del model
         if device.type == "cuda":
             torch.cuda.empty_cache()
-        theirs = run_vllm(Path(args.venv), work / "export", requests, args.max_new_tokens, work)
+        theirs = run_vllm(Path(args.venv), work / "export", requests, args.max_new_tokens, work,
+                          trust_remote_code=args.trust_remote_code)
     result = {"preset": args.preset, "vllm_version": args.vllm_version, "max_new_tokens": args.max_new_tokens,
               "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
               "prompts": {k: {**compare_tokens(ours[k], theirs[k]), "lora": LORA_FOR[k], "molora": ours[k],

@@ -56,16 +56,20 @@ _TOP_RENAMES = {
 }
 
 
+OPEN_CLIP_WEIGHTS = ("open_clip_model.safetensors", "model.safetensors")  # open_clip's name, then timm's
+
+
 def _read(source: str | Path | Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], str]:
     if isinstance(source, Mapping):
         return dict(source), "state dict"
     path = Path(source)
     name = str(path)
-    if path.is_dir():
-        files = sorted(path.glob("*.safetensors"))
-        if len(files) != 1:
-            raise CheckpointError(f"expected one .safetensors file in the folder, found {len(files)}", name)
-        path = files[0]
+    if path.is_dir():  # a downloaded open_clip repository: its weights file by its canonical name only
+        found = [path / f for f in OPEN_CLIP_WEIGHTS if (path / f).is_file()]
+        if not found:
+            raise CheckpointError(f"no {' or '.join(OPEN_CLIP_WEIGHTS)} in the folder (another file: pass its path)",
+                                  name)
+        path = found[0]
     if not path.exists():
         raise CheckpointError("file not found", name)
     if path.suffix != ".safetensors":
@@ -142,7 +146,7 @@ def resize_position_grid(pos_embed: torch.Tensor, grid: int, name: str = "pos_em
 
 
 def load_open_clip_siglip(source: str | Path | Mapping[str, torch.Tensor], config: VisionConfig) -> dict[str, torch.Tensor]:
-    """An open_clip SigLIP checkpoint (``.safetensors`` file, folder with one, or a state dict;
+    """An open_clip SigLIP checkpoint (``.safetensors`` file, a folder holding ``open_clip_model.safetensors`` or ``model.safetensors``, or a state dict;
     ``visual.trunk.*`` keys or a bare timm state dict) -> ``SiglipVisionTower`` state dict.
 
     The result loads with ``tower.load_state_dict(sd)``; when the checkpoint has no attention

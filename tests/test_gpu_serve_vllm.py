@@ -85,3 +85,12 @@ def test_compare_tokens(ours, theirs, same, first, common):
     r = serve.compare_tokens(ours, theirs)
     assert (r["same"], r["first_difference"], r["common_prefix"]) == (same, first, common)
     assert (r["molora_tokens"], r["vllm_tokens"]) == (len(ours), len(theirs))
+
+
+def test_running_the_base_folders_code_is_the_users_explicit_choice(base, capsys):
+    """vLLM serves phi4mm only by running the official folder's modeling code: the script refuses to
+    start it unless the user passes --trust-remote-code (molora itself never runs remote code)."""
+    assert serve.main(["--base", str(base), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(base) in err[0] and "pass --trust-remote-code" in err[0]
+    assert serve.parse_args(["--base", str(base), "--trust-remote-code"]).trust_remote_code is True

@@ -254,3 +254,19 @@ def test_open_clip_import_errors(tmp_path):
         load_open_clip_siglip(tmp_path / "model.bin", v) if (tmp_path / "model.bin").write_bytes(b"x") else None
     with pytest.raises(CheckpointError, match="blocks"):
         load_open_clip_siglip(_timm_siglip(depth=2).state_dict(), v)
+
+
+def test_open_clip_folder_reads_its_canonical_weights_file_only(tmp_path):
+    """A folder is read through open_clip's own file name (then timm's), never whichever *.safetensors
+    happens to be there: a backup beside it is not read, and a folder without either is named."""
+    from safetensors.torch import save_file
+
+    v = tiny().vision
+    good = {k: t.contiguous() for k, t in _timm_siglip(depth=v.num_hidden_layers).state_dict().items()}
+    save_file({f"visual.trunk.{k}": t for k, t in good.items()}, str(tmp_path / "open_clip_model.safetensors"))
+    save_file({"junk": torch.zeros(1)}, str(tmp_path / "aaa_backup.safetensors"))
+    sd = load_open_clip_siglip(tmp_path, v)
+    assert torch.equal(sd["embeddings.patch_embedding.weight"], good["patch_embed.proj.weight"])
+    (tmp_path / "open_clip_model.safetensors").unlink()
+    with pytest.raises(CheckpointError, match="no open_clip_model.safetensors or model.safetensors in the folder"):
+        load_open_clip_siglip(tmp_path, v)
