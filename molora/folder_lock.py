@@ -40,12 +40,17 @@ class FolderBusyError(RunError):
     """The folder is in use by another molora process."""
 
 
+UNRECORDED = "another process (it has not recorded its pid yet)"
+# how long a refused process waits for a holder that has just taken the lock to record who it is
+RECORD_WAIT_S = 3.0
+
+
 def _holder_text(fd: int) -> str:
     try:
         raw = os.pread(fd, 4096, 0).decode("utf-8", "replace")
         info = json.loads(raw)
     except (OSError, ValueError):
-        return "another process (it has not recorded its pid yet)"
+        return UNRECORDED
     started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(info.get("started", 0)))
     command = " ".join(str(info.get("command", "")).split())  # one line, whatever the argv held
     return (f"{info.get('what', 'another process')} (pid {info.get('pid', '?')} on {info.get('host', '?')}, "
@@ -86,19 +91,29 @@ def hold_folder(path: str | os.PathLike, what: str = "molora") -> Iterator[Path]
     created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
     lock = folder / LOCK_FILE
-    fd, held = _open_locked(lock)
-    if not held:
+    deadline = time.monotonic() + RECORD_WAIT_S
+    while True:
+        fd, held = _open_locked(lock)
+        if held:
+            break
         try:
             holder = _holder_text(fd)
         finally:
             os.close(fd)
+        # a holder records itself right after it takes the lock, and clears its record just before it
+        # lets go: in either window ask again shortly, so the message names the holder (or we get in)
+        if holder != UNRECORDED or time.monotonic() >= deadline:
+            break
+        time.sleep(0.05)
+    if not held:
         raise FolderBusyError(f"in use by {holder}; wait for it to finish or stop it, or choose another folder",
                               str(folder))
     try:
         info = {"what": what, "pid": os.getpid(), "host": socket.gethostname(), "started": time.time(),
                 "command": _command()}
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(info).encode(), 0)
+        record = json.dumps(info).encode()
+        os.pwrite(fd, record, 0)  # written whole before the old length is cut, never an empty window
+        os.ftruncate(fd, len(record))
         yield folder
     finally:
         try:

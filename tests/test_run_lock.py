@@ -57,6 +57,37 @@ def test_a_held_folder_is_refused_and_a_sigkilled_holder_leaves_no_lock(tmp_path
         assert (out / LOCK_FILE).exists()
 
 
+SLOW_RECORDER = textwrap.dedent("""
+    import fcntl, json, os, socket, sys, time
+    from molora.folder_lock import LOCK_FILE
+    os.makedirs(sys.argv[1], exist_ok=True)
+    fd = os.open(os.path.join(sys.argv[1], LOCK_FILE), os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    print("locked", flush=True)
+    time.sleep(0.5)  # a holder that is slow to record who it is (a loaded machine)
+    os.pwrite(fd, json.dumps({"what": "molora train", "pid": os.getpid(), "host": socket.gethostname(),
+                              "started": time.time(), "command": "molora train"}).encode(), 0)
+    time.sleep(600)
+""")
+
+
+def test_a_holder_that_has_just_taken_the_lock_is_still_named(tmp_path):
+    # two commands started together: the refused one must name the winner, not "another process",
+    # even when it looks while the winner holds the lock but has not yet written its record
+    out = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", SLOW_RECORDER, str(out)], cwd=ROOT, stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(FolderBusyError) as e:
+            with hold_folder(out, what="molora train"):
+                pass
+        assert str(e.value).startswith(f"{out}: in use by molora train (pid {holder.pid} on ")
+    finally:
+        holder.kill()
+        holder.wait()
+
+
 def test_a_folder_created_for_nothing_is_removed_again(tmp_path):
     with hold_folder(tmp_path / "new"):
         pass
