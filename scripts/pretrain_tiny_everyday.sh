@@ -9,6 +9,8 @@
 # Usage: scripts/pretrain_tiny_everyday.sh OUT_DIR
 #   then copy OUT_DIR/4/{model.safetensors,tokenizer.json,pretrain.json} to molora/weights/tiny, set
 #   TINY_BPE_VOCAB = 6144 in molora/presets.py, and run benchmarks/bench_everyday_asr.py.
+# A run whose folder holds model.safetensors and pretrain.json is finished and skipped, so after an
+# interruption the same command goes on with the next run.
 # $EXTRA is added to every run; SMOKE=1 turns every step / row count set here into 2 (EXTRA="--smoke" SMOKE=1).
 set -euo pipefail
 out=${1:?usage: $0 OUT_DIR}
@@ -21,6 +23,10 @@ keep=(--set "mixed_lookup_rows=$(n 12000)" --set keep_drills=25 --set keep_speec
 run() {  # run K START_FROM PHASES [--set ...]
     local k=$1 from=$2 phases=$3
     shift 3
+    if [ -s "$out/$k/model.safetensors" ] && [ -s "$out/$k/pretrain.json" ]; then
+        echo "[pretrain_tiny_everyday] run $k is finished ($out/$k); skipped" >&2  # rerun the script to go on
+        return
+    fi
     "$py" "$here/pretrain_tiny.py" --out "$out/$k" --corpus everyday \
         ${from:+--start-from "$out/$from/model.safetensors" --tokenizer "$out/1/tokenizer.json"} \
         --phases "$phases" "$@" "${extra[@]}"
