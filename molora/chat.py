@@ -35,16 +35,22 @@ def _as_list(media, kind: str) -> list:
 
 
 class Chat:
-    """Limits: ``max_context`` tokens (prompt + new tokens), ``max_new_tokens_limit`` per call,
-    ``max_images`` / ``max_audios`` per conversation; a request beyond them gets a MoLoRAError."""
+    """Limits: ``max_context`` tokens (prompt + new tokens), ``max_new_tokens_limit`` per call, and
+    items of each of the model's modalities per conversation (``Modality.chat_limit``: 64 images,
+    16 audio clips; ``max_items={name: n}`` sets any, ``max_images`` / ``max_audios`` the image and
+    audio ones); a request beyond them gets a MoLoRAError."""
 
     def __init__(self, model, processor, system_prompt: str | None = None, max_context: int | None = None,
-                 max_new_tokens_limit: int = 4096, max_images: int = 64, max_audios: int = 16):
+                 max_new_tokens_limit: int = 4096, max_images: int | None = None, max_audios: int | None = None,
+                 max_items: dict[str, int] | None = None):
         self.model, self.processor = model, processor
         self.system_prompt = system_prompt
         self.max_context = max_context or model.config.backbone.max_position_embeddings
         self.max_new_tokens_limit = max_new_tokens_limit
-        self.max_images, self.max_audios = max_images, max_audios
+        self.modalities = model.config.modality_entries()
+        given = {"image": max_images, "audio": max_audios, **(max_items or {})}
+        self.max_items = {m.name: m.chat_limit if given.get(m.name) is None else given[m.name]
+                          for m in self.modalities}
 
     def session(self, system_prompt: str | None = None) -> "ChatSession":
         """A multi-turn conversation that keeps its history."""
@@ -53,14 +59,11 @@ class Chat:
     def _check_media(self, convs) -> None:
         for c, conv in enumerate(convs):
             parts = [p for m in conv if isinstance(m.get("content"), list) for p in m["content"] if isinstance(p, dict)]
-            n_img = sum(p.get("type") == "image" for p in parts)
-            n_aud = sum(p.get("type") == "audio" for p in parts)
-            if n_img > self.max_images:
-                raise MoLoRAError(f"{n_img} images exceed the limit of {self.max_images} per conversation",
-                                  f"conversation[{c}]")
-            if n_aud > self.max_audios:
-                raise MoLoRAError(f"{n_aud} audio clips exceed the limit of {self.max_audios} per conversation",
-                                  f"conversation[{c}]")
+            for entry in self.modalities:
+                n, limit = sum(p.get("type") == entry.content_type for p in parts), self.max_items[entry.name]
+                if n > limit:
+                    raise MoLoRAError(f"{n} {entry.items} exceed the limit of {limit} per conversation",
+                                      f"conversation[{c}]")
 
     @staticmethod
     def check_generation_args(max_new_tokens: int = 64, temperature=None, top_p=None, top_k=None,

@@ -324,10 +324,13 @@ class MoLoRAConfig:
         return cls.from_dict(json.loads(text))
 
     def replace(self, **sections) -> "MoLoRAConfig":
-        """Copy with some sections or fields replaced: ``cfg.replace(backbone={"num_hidden_layers": 2})``."""
+        """Copy with some sections or fields replaced: ``cfg.replace(backbone={"num_hidden_layers": 2})``.
+        The fields of ``backbone`` / ``vision`` / ``audio`` merge into the section; ``adapters``,
+        ``router`` and ``modalities`` are replaced whole (the mapping given is the model's: an image-only
+        model is ``cfg.replace(modalities={"image": {}})``)."""
         d = self.to_dict()
         for k, v in sections.items():
-            if isinstance(v, dict) and isinstance(d.get(k), dict) and k not in ("adapters", "router"):
+            if isinstance(v, dict) and isinstance(d.get(k), dict) and k not in ("adapters", "router", "modalities"):
                 d[k].update(v)
             else:
                 d[k] = v if not dataclasses.is_dataclass(v) else dataclasses.asdict(v)

@@ -29,8 +29,10 @@ def frozen_text_rows(model, input_ids: torch.Tensor, row_types: list[str],
                      cu_seqlens: torch.Tensor | None = None) -> tuple[list[int], list[int]] | None:
     """(text-only rows without an adapter, the other rows), or None when there is nothing to split
     (no such row, or only such rows). Whether the backbone is frozen is the caller's check."""
-    b = model.config.backbone
-    media = (input_ids == b.image_token_id) | (input_ids == b.audio_token_id)
+    config = model.config
+    media = torch.zeros_like(input_ids, dtype=torch.bool)
+    for entry in config.modality_entries():  # placeholders of every modality of the model
+        media |= input_ids == entry.token_id(config)
     if cu_seqlens is None:
         has_media = media.any(-1).tolist()
     else:

@@ -99,11 +99,12 @@ class MoLoRAModel(nn.Module):
         self.fast_paths.split_frozen_rows = bool(value)
 
     def enable_activation_checkpointing(self, enabled: bool = True) -> None:
-        """Recompute decoder layers (and conformer blocks) in backward instead of storing their
-        activations; each layer's route is an argument, so the recomputation uses the same one."""
+        """Recompute decoder layers (and each modality's encoder where its entry can: the conformer's
+        blocks) in backward instead of storing their activations; each layer's route is an argument,
+        so the recomputation uses the same one."""
         self.language_model.activation_checkpointing = enabled
-        if hasattr(self.audio_embed.encoder, "gradient_checkpointing"):
-            self.audio_embed.encoder.gradient_checkpointing = enabled
+        for entry in self.config.modality_entries():
+            entry.set_activation_checkpointing(getattr(self, entry.module_name), enabled)
 
     def lora_layers(self) -> dict[str, RoutedLoRALinear]:
         return {n: m for n, m in self.language_model.named_modules() if isinstance(m, RoutedLoRALinear)}

@@ -1,7 +1,8 @@
 """Collation: Samples -> a right-padded training batch, skipping (and reporting) bad media.
 
-``Collator(processor)(samples)`` loads every sample's media (paths -> ``load_image`` /
-``load_audio``; in-memory values pass through), drops the samples whose media is missing,
+``Collator(processor)(samples)`` loads every sample's media parts with the entry of the processor's
+modality whose content type the part has (``Modality.load``: paths -> ``load_image`` / ``load_audio``
+/ ...; in-memory values are checked and decoded), drops the samples whose media is missing,
 corrupt or refused by the processor's own checks (any ``MediaError``) and the rows longer than
 ``max_tokens`` (default: the model's context; counted before any tensor is built, see
 ``length_guard``), records each drop in
@@ -29,7 +30,6 @@ import copy
 import hashlib
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -65,8 +65,8 @@ class Collator:
         self.length = RowLength(processor, max_tokens) if processor.tokenizer is not None else None
         self.skipped: list[dict[str, str]] = []
         self.spec_augment = self.check_spec(spec_augment)
-        vision = getattr(getattr(processor, "config", None), "vision", None)
-        self.max_image_pixels = getattr(vision, "max_image_pixels", None)
+        # content type -> the processor's modality entry (its config's: molora/modalities)
+        self.entries = {m.content_type: m for m in processor.modalities.values()}
 
     @property
     def num_skipped(self) -> int:
@@ -88,23 +88,8 @@ class Collator:
         return out
 
     # -- media ---------------------------------------------------------------------------
-    def _load_value(self, kind: str, value: Any, item: str) -> Any:
-        from molora.data.hf_datasets import decode_audio_value, decode_image_value
-
-        if kind == "image":
-            if isinstance(value, (str, Path)):
-                from molora.encoders.image_transform import load_image
-
-                return load_image(value, max_pixels=self.max_image_pixels)
-            return decode_image_value(value, item)
-        if isinstance(value, (str, Path)):
-            from molora.encoders.audio_features import load_audio
-
-            return load_audio(value)
-        return decode_audio_value(value, item)
-
     def load_media(self, sample: Sample) -> Sample:
-        """A copy of ``sample`` whose media parts hold loaded values (RGB PIL images, (array, sr)).
+        """A copy of ``sample`` whose media parts hold loaded values (RGB PIL images, (array, sr), ...).
         Raises the ``MediaError`` of the first bad item."""
         messages = []
         for i, msg in enumerate(sample.messages):
@@ -115,10 +100,10 @@ class Collator:
             parts = []
             for j, part in enumerate(content):
                 kind = part.get("type") if isinstance(part, dict) else None
-                if kind in ("image", "audio"):
+                if kind in self.entries:
                     value = next((part[k] for k in (kind, "path", "url") if k in part), None)
                     item = str(value) if isinstance(value, (str, Path)) else f"messages[{i}].content[{j}]"
-                    part = {"type": kind, kind: self._load_value(kind, value, item)}
+                    part = {"type": kind, kind: self.entries[kind].load(value, self.processor.config, item)}
                 parts.append(part)
             messages.append({**msg, "content": parts})
         return replace(sample, messages=messages)

@@ -55,10 +55,12 @@ def media_reliance(model, processor, samples, *, batch_size: int = 16) -> dict:
     come from the question text alone. ``{"own", "swapped", "tokens"}``."""
     import copy
 
+    media = {m.content_type for m in processor.modalities.values()}
+
     def with_media_of(sample, donor):
         msgs = copy.deepcopy(sample.messages)
         donated = [c for m in donor.messages if isinstance(m["content"], list) for c in m["content"]
-                   if c.get("type") in ("image", "audio")]
+                   if c.get("type") in media]
         for m in msgs:
             if isinstance(m["content"], list):
                 for c in m["content"]:

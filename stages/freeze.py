@@ -1,7 +1,9 @@
 """Freeze plans: which components of a MoLoRAModel train in a stage (the rest stay frozen).
 
 A component is a named set of parameters; a plan is a list of component names. Components
-follow the model's parts, so a plan reads like the report's description of a stage.
+follow the model's parts, so a plan reads like the report's description of a stage: the decoder's
+(below) and those of each of the model's modalities (``Modality.components``; without a model, e.g.
+when a recipe is checked, every registered modality's).
 """
 from __future__ import annotations
 
@@ -9,9 +11,8 @@ import re
 
 from molora.errors import ConfigError
 
-# component -> regex on parameter names (molora's layout): the decoder's, then each modality's
-# (molora/modalities: ``Modality.components``); ``<adapter>_lora`` and ``<name>_audio_projector``
-# name the further adapters and audio projectors a config adds
+# component -> regex on parameter names (molora's layout) of the decoder; ``<adapter>_lora`` names the
+# further adapters a config adds (and the audio entry ``<name>_audio_projector`` its further projectors)
 DECODER_COMPONENTS = {
     "vision_lora": r"language_model\..*\.lora_[AB]\.vision\.",
     "speech_lora": r"language_model\..*\.lora_[AB]\.speech\.",
@@ -19,58 +20,59 @@ DECODER_COMPONENTS = {
 }
 
 
-def components() -> dict[str, str]:
+def _entries(config=None) -> list:
+    """The modality entries of ``config`` (a model's), or every registered one."""
     from molora.modalities import MODALITIES
 
+    return list(MODALITIES.values()) if config is None else config.modality_entries()
+
+
+def components(config=None) -> dict[str, str]:
+    """Component -> regex: each modality's of ``config`` (None: every registered modality), then the decoder's."""
     out = {}
-    for entry in MODALITIES.values():
+    for entry in _entries(config):
         out.update(entry.components())
     return {**out, **DECODER_COMPONENTS}
-# parameters that exist but are never trained: SigLIP's pooling head is not used by the model
-NEVER = re.compile(r"image_embed\.img_processor\.(head\.|post_layernorm\.)")
 
 
-def component_of(name: str) -> str:
-    for comp, pat in components().items():
+def component_of(name: str, config=None) -> str:
+    for entry in _entries(config):
+        comp = entry.component_of(name)
+        if comp is not None:
+            return comp
+    for comp, pat in DECODER_COMPONENTS.items():
         if re.match(pat, name):
             return comp
     m = re.match(r"language_model\..*\.lora_[AB]\.([^.]+)\.", name)
     if m:
         return f"{m.group(1)}_lora"
-    m = re.match(r"audio_embed\.audio_projection\.([^.]+)\.", name)
-    if m:
-        return f"{m.group(1)}_audio_projector"
     return "other"
 
 
 def unused_parameters(model) -> set[str]:
-    """Parameters the forward never reaches: SigLIP's pooling head and post-LayerNorm, and the tower
-    layers after ``feature_layer`` (the features are hidden_states[-2], so the last layer is unused)."""
-    v = model.config.vision
-    first_unused = v.num_hidden_layers + 1 + v.feature_layer if v.feature_layer < 0 else v.feature_layer
-    out = set()
-    for name, _ in model.named_parameters():
-        if NEVER.match(name):
-            out.add(name)
-        m = re.match(r"image_embed\.img_processor\.encoder\.layers\.(\d+)\.", name)
-        if m and int(m.group(1)) >= first_unused:
-            out.add(name)
-    return out
+    """Parameters the forward never reaches (``Modality.unused_parameters``: e.g. SigLIP's pooling head)."""
+    names = [n for n, _ in model.named_parameters()]
+    return set().union(*(entry.unused_parameters(names, model.config) for entry in model.config.modality_entries()))
 
 
 def apply_plan(model, train: list[str]) -> dict[str, list[str]]:
     """Set requires_grad from the plan; returns {component: [param names]} for every component."""
-    known = set(components()) | {component_of(n) for n, _ in model.named_parameters()}
+    config = model.config
+    known = set(components(config)) | {component_of(n, config) for n, _ in model.named_parameters()}
     unknown = [c for c in train if c not in known]
     if unknown:
-        raise ConfigError(f"unknown component(s) {unknown}; known: {sorted(known - {'unused', 'other'})}", "freeze plan")
+        elsewhere = {c: e.name for e in _entries() if e.name not in config.modalities for c in e.components()}
+        absent = "".join(f"; {c} is the {elsewhere[c]} modality's, which this model does not have"
+                         for c in unknown if c in elsewhere)
+        raise ConfigError(f"unknown component(s) {unknown}; known: {sorted(known - {'unused', 'other'})}{absent}",
+                          "freeze plan")
     if "llm" in train:
         raise ConfigError("the language model stays frozen in every molora stage (train its LoRAs instead)",
                           "freeze plan")
     unused = unused_parameters(model)
     groups: dict[str, list[str]] = {}
     for name, p in model.named_parameters():
-        comp = "unused" if name in unused else component_of(name)
+        comp = "unused" if name in unused else component_of(name, config)
         groups.setdefault(comp, []).append(name)
         p.requires_grad_(comp in train)
     return groups
@@ -81,7 +83,7 @@ def parameter_table(model, train: list[str]) -> str:
     rows: dict[str, list[int]] = {}
     unused = unused_parameters(model)
     for name, p in model.named_parameters():
-        comp = "unused" if name in unused else component_of(name)
+        comp = "unused" if name in unused else component_of(name, model.config)
         r = rows.setdefault(comp, [0, 0])
         r[0 if p.requires_grad else 1] += p.numel()
     lines = [f"{'component':26s} {'trainable':>14s} {'frozen':>14s}"]

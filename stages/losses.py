@@ -7,12 +7,16 @@ from torch.func import functional_call
 
 from molora.loss import loss_precision
 
-MODEL_KEYS = ("input_ids", "attention_mask", "position_ids", "cu_seqlens", "image_pixel_values", "image_sizes",
-              "image_attention_mask", "audio_input_features", "audio_embed_sizes", "audio_attention_mask")
+TEXT_KEYS = ("input_ids", "attention_mask", "position_ids", "cu_seqlens")
 
 
-def model_inputs(batch: dict) -> dict:
-    return {k: batch[k] for k in MODEL_KEYS if k in batch}
+def model_keys(config) -> tuple[str, ...]:
+    """The batch keys the model takes: the text keys, then each of its modalities' (``Modality.input_keys``)."""
+    return TEXT_KEYS + tuple(k for m in config.modality_entries() for k in m.input_keys)
+
+
+def model_inputs(batch: dict, config) -> dict:
+    return {k: batch[k] for k in model_keys(config) if k in batch}
 
 
 def label_count(batch: dict) -> int:
@@ -28,7 +32,7 @@ def pair_count(batch: dict) -> int:
 def lm_loss_sum(model, batch: dict, forward=None) -> torch.Tensor:
     """Sum (not mean) of next-token cross-entropy over labelled tokens, so the trainer can divide
     by the token count of the whole global batch (all micro-batches, all processes)."""
-    out = (forward or model)(**model_inputs(batch), labels=batch["labels"], return_logits=False,
+    out = (forward or model)(**model_inputs(batch, model.config), labels=batch["labels"], return_logits=False,
                              loss_reduction="sum")
     return out.loss
 
@@ -47,7 +51,7 @@ def sequence_logps(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 def _logps(model, b, params=None):
-    inputs = model_inputs(b)
+    inputs = model_inputs(b, model.config)
     if params is None:
         logits = model(**inputs).logits
     else:

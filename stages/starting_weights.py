@@ -67,7 +67,11 @@ def load_shipped(model, weights: Path, preset: str) -> None:
     that changes a shipped tensor's shape is an error naming it."""
     from safetensors.torch import load_file
 
-    sd = load_file(str(weights))
+    from molora.modalities import MODALITIES
+
+    # the parts of the preset's modalities that this model leaves out are not loaded
+    absent = tuple(f"{m.module_name}." for m in MODALITIES.values() if m.name not in model.config.modalities)
+    sd = {k: v for k, v in load_file(str(weights)).items() if not k.startswith(absent)}
     own = model.state_dict()
     bad = [k for k, v in sd.items() if k not in own or tuple(own[k].shape) != tuple(v.shape)]
     if bad:

@@ -162,6 +162,18 @@ def load_samples(data: dict, key: str, skipped: list[dict] | None = None):
     return samples
 
 
+def check_modalities(samples, config, where: str) -> None:
+    """Every media part of ``samples`` is of one of the model's modalities (a ConfigError names the
+    first row that holds another: the manifest is read before the model is built)."""
+    types = {"text"} | {m.content_type for m in config.modality_entries()}
+    for s in samples:
+        for m in s.messages:
+            for part in m["content"] if isinstance(m.get("content"), list) else []:
+                if isinstance(part, dict) and part.get("type") not in types:
+                    raise ConfigError(f"a {part.get('type')!r} part, but the model's modalities are "
+                                      f"{', '.join(config.modalities)}", f"{where}: {s.source}")
+
+
 def _precision(name: str, device: torch.device) -> torch.dtype | None:
     if name == "auto":
         return torch.bfloat16 if device.type == "cuda" else None
@@ -268,6 +280,8 @@ def setup(recipe: Recipe, out: Path, dist: Distributed, *, resume: bool, strict:
                           "unset", recipe.name)
 
     model, processor = build_model(recipe.model, recipe.seed)
+    for name, rows in (("data.train", samples), ("data.eval", eval_samples)):
+        check_modalities(rows, model.config, name)
     if plan.mode == "resume" and plan.checkpoint is not None:
         check_checkpoint_shapes(plan.checkpoint, model)  # --resume-anyway with another model: refused here
     if dist.is_main:

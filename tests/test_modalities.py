@@ -5,6 +5,7 @@ I/O pick it up with no other edit."""
 from __future__ import annotations
 
 import itertools
+import os
 
 import pytest
 import torch
@@ -41,6 +42,18 @@ class SensorModality(Modality):
         values, lengths = inputs["sensor_values"].to(device, dtype), inputs["sensor_lengths"]
         feats = module["projector"](module["encoder"](values))
         return [f[: int(n)] for f, n in zip(feats, lengths)]
+
+    def load(self, value, config, item):  # a manifest's file of numbers, one frame a line
+        import numpy as np
+
+        from molora.errors import MediaError
+
+        if not isinstance(value, (str, os.PathLike)):
+            return value
+        try:
+            return np.loadtxt(value, ndmin=2, dtype=np.float32)
+        except (OSError, ValueError) as e:
+            raise MediaError(f"not a file of sensor frames ({e})", item) from None
 
     def processor(self, config):
         def part(items):

@@ -13,7 +13,8 @@ Row shapes::
     ASR         {"audio": PATH, "text": TRANSCRIPT, "prompt"?: STR, "duration"?: SECONDS}
                 NeMo / Open ASR manifests: {"audio_filepath": PATH, "duration": SECONDS, "text": ...}
                 (``offset`` 0 only: molora reads whole files)
-    chat        {"messages": [...]}                       (image/audio parts hold paths)
+    chat        {"messages": [...]}                       (media parts hold paths: image, audio,
+                                                           any modality's content type)
     VQA         {"image": PATH, "question": Q, "answers": [A, ...]}
     preference  {"messages": [... ending with a user turn], "chosen": STR, "rejected": STR}
 
@@ -27,9 +28,12 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
-from molora.errors import AudioError, ImageError, MediaError, MoLoRAError
+from molora.errors import MediaError, MoLoRAError
+from molora.modalities import MODALITIES, Modality
+from molora.modalities.audio import AUDIO_TOKENS_PER_SECOND, AUDIO_TOKENS_UNKNOWN  # noqa: F401 (their old home)
+from molora.modalities.image import IMAGE_TOKENS_UNKNOWN  # noqa: F401
 
 __all__ = ["Sample", "ManifestError", "read_manifest", "read_manifest_rows", "parse_row", "loads_row",
            "manifest_path", "estimate_length", "ASR_PROMPT", "VQA_SUFFIX", "KINDS", "MAX_LINE_BYTES", "AUDIO_KEYS"]
@@ -40,12 +44,7 @@ KINDS = ("asr", "chat", "vqa", "preference")
 AUDIO_KEYS = ("audio", "audio_filepath")    # molora's own key, NeMo / Open ASR manifests' key
 _ROLES = ("system", "user", "assistant")
 
-# Length estimates (tokens) used only for length grouping; rough Phi-4-multimodal numbers.
-AUDIO_TOKENS_PER_SECOND = 12.5          # 10 ms frames, time reduction 8
-AUDIO_TOKENS_UNKNOWN = 125              # ~10 s when the clip's duration is not known
-IMAGE_TOKENS_UNKNOWN = 1000             # a few HD crops when the image size is not known
 MAX_LINE_BYTES = 16 * 2**20             # a manifest line past this is never read whole (rows hold paths, not media)
-_CROP, _GLOBAL_TOKENS, _CROP_TOKENS, _MAX_CROPS = 448, 273, 272, 36
 
 
 class ManifestError(MoLoRAError):
@@ -72,50 +71,19 @@ class Sample:
 # ----------------------------------------------------------------------------------------
 # length estimates (never decode media)
 # ----------------------------------------------------------------------------------------
-def _image_tokens_from_size(w: int, h: int) -> int:
-    crops = min(_MAX_CROPS, math.ceil(w / _CROP) * math.ceil(h / _CROP))
-    return _GLOBAL_TOKENS + crops * _CROP_TOKENS
-
-
-def _media_tokens(kind: str, value: Any, probe: bool, duration: float | None = None) -> int:
-    if kind == "audio":
-        if duration is not None:
-            return int(math.ceil(duration * AUDIO_TOKENS_PER_SECOND))
-        if isinstance(value, tuple) and len(value) == 2:
-            try:
-                return int(math.ceil(len(value[0]) / float(value[1]) * AUDIO_TOKENS_PER_SECOND))
-            except (TypeError, ValueError, ZeroDivisionError):
-                return AUDIO_TOKENS_UNKNOWN
-        if probe and isinstance(value, (str, os.PathLike)):
-            try:
-                import soundfile as sf
-
-                return int(math.ceil(sf.info(str(value)).duration * AUDIO_TOKENS_PER_SECOND))  # header only
-            except Exception:  # noqa: BLE001 - missing/corrupt: the collator reports it
-                return AUDIO_TOKENS_UNKNOWN
-        return AUDIO_TOKENS_UNKNOWN
-    size = getattr(value, "size", None)  # PIL image
-    if isinstance(size, tuple) and len(size) == 2:
-        return _image_tokens_from_size(*size)
-    if probe and isinstance(value, (str, os.PathLike)):
-        try:
-            import warnings
-
-            from PIL import Image
-
-            with warnings.catch_warnings():  # PIL's bomb warning: load_image refuses such images itself
-                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-                with Image.open(value) as im:  # lazy: reads the header, decodes no pixels
-                    return _image_tokens_from_size(*im.size)
-        except Exception:  # noqa: BLE001
-            return IMAGE_TOKENS_UNKNOWN
-    return IMAGE_TOKENS_UNKNOWN
+def _entries(modalities: Iterable[Modality] | None) -> dict[str, Modality]:
+    """Content type -> modality entry: ``modalities`` (a model's: ``config.modality_entries()``), or
+    every registered one."""
+    return {m.content_type: m for m in (MODALITIES.values() if modalities is None else modalities)}
 
 
 def estimate_length(messages: list[dict], extra_text: str = "", *, probe_media: bool = False,
-                    audio_duration: float | None = None) -> int:
-    """Text characters + per-media token estimates. ``probe_media`` reads file headers
-    (soundfile.info / PIL lazy open) for durations and sizes; nothing is decoded."""
+                    audio_duration: float | None = None, modalities: Iterable[Modality] | None = None) -> int:
+    """Text characters + per-media token estimates (``Modality.estimate_tokens``). ``probe_media``
+    reads file headers (soundfile.info / PIL lazy open) for durations and sizes; nothing is decoded.
+    ``audio_duration``: an ASR row's stated clip length in seconds."""
+    entries = _entries(modalities)
+    stated = {"audio": audio_duration}
     n = len(extra_text)
     for msg in messages:
         content = msg.get("content", "")
@@ -127,8 +95,8 @@ def estimate_length(messages: list[dict], extra_text: str = "", *, probe_media: 
             t = part.get("type")
             if t == "text":
                 n += len(part.get("text", ""))
-            elif t in ("image", "audio"):
-                n += _media_tokens(t, part.get(t), probe_media, audio_duration if t == "audio" else None)
+            elif t in entries:
+                n += entries[t].estimate_tokens(part.get(t), probe_media, stated.get(t))
     return n
 
 
@@ -136,12 +104,18 @@ def estimate_length(messages: list[dict], extra_text: str = "", *, probe_media: 
 # parsing
 # ----------------------------------------------------------------------------------------
 class _Row:
-    def __init__(self, where: str, root: Path, allow_outside_root: bool, outside_root_hint: str | None = None):
+    def __init__(self, where: str, root: Path, allow_outside_root: bool, outside_root_hint: str | None = None,
+                 modalities: Iterable[Modality] | None = None):
         self.where, self.root, self.allow = where, root, allow_outside_root
+        self.entries = _entries(modalities)
         self.hint = outside_root_hint or "pass allow_outside_root=True to permit this"
 
     def fail(self, reason: str):
         raise ManifestError(reason, self.where)
+
+    def need(self, kind: str, shape: str) -> None:
+        if kind not in self.entries:
+            self.fail(f"{shape} rows hold {kind}, which is not among the modalities ({', '.join(self.entries)})")
 
     def text(self, row: dict, key: str, *, nonempty: bool = True) -> str:
         if key not in row:
@@ -155,8 +129,9 @@ class _Row:
 
     def path(self, value: Any, field: str, kind: str) -> str:
         """``value`` resolved against the data root. A NUL character or an unusable path is a ManifestError;
-        a path that never names a file (a symlink loop) is a per-row ``AudioError`` / ``ImageError``
-        (``kind``) whose item is the path, so callers can skip and list the row as a bad medium."""
+        a path that never names a file (a symlink loop) is a per-row ``MediaError`` of the modality whose
+        content type is ``kind`` (``AudioError``, ``ImageError``, ...) whose item is the path, so callers
+        can skip and list the row as a bad medium."""
         if not isinstance(value, str) or not value.strip():
             self.fail(f"{field} must be a non-empty path string, got {value!r}")
         if "\x00" in value:
@@ -168,7 +143,7 @@ class _Row:
         try:
             resolved = p.resolve()  # follows symlinks and '..' (the file need not exist)
         except (RuntimeError, OSError) as e:  # Python 3.11: RuntimeError("Symlink loop from ...")
-            error = AudioError if kind == "audio" else ImageError
+            error = self.entries[kind].media_error if kind in self.entries else MediaError
             reason = "symlink loop" if isinstance(e, RuntimeError) or getattr(e, "errno", None) == errno.ELOOP else \
                 f"cannot resolve the path ({e})"
             raise error(f"{field}: {reason}: the path never names a file", str(p)) from None
@@ -204,22 +179,26 @@ class _Row:
                     if not isinstance(part.get("text"), str):
                         self.fail(f"{pat}.text must be a string")
                     parts.append({"type": "text", "text": part["text"]})
-                elif kind in ("image", "audio"):
+                elif kind in self.entries:
                     raw = next((part[k] for k in (kind, "path", "url") if k in part), None)
                     if raw is None:
                         self.fail(f"{pat} ({kind}) has no {kind!r} path")
                     parts.append({"type": kind, kind: self.path(raw, f"{pat}.{kind}", kind)})
                 else:
-                    self.fail(f"{pat}.type must be 'text', 'image' or 'audio', got {kind!r}")
+                    kinds = ", ".join(repr(k) for k in ["text", *self.entries])
+                    self.fail(f"{pat}.type must be one of {kinds}, got {kind!r}")
             out.append({"role": role, "content": parts})
         return out
 
 
 def parse_row(row: Any, where: str, root: Path, *, allow_outside_root: bool = False,
-              probe_media: bool = True, outside_root_hint: str | None = None) -> Sample:
+              probe_media: bool = True, outside_root_hint: str | None = None,
+              modalities: Iterable[Modality] | None = None) -> Sample:
     """One decoded JSON row -> Sample (``where`` is "file:line", ``root`` the resolved data root;
-    ``outside_root_hint`` says how the calling entry point permits media outside the root)."""
-    r = _Row(where, root, allow_outside_root, outside_root_hint)
+    ``outside_root_hint`` says how the calling entry point permits media outside the root; chat rows'
+    media parts are those of ``modalities``, by default every registered modality)."""
+    r = _Row(where, root, allow_outside_root, outside_root_hint, modalities)
+    entries = list(r.entries.values())
     if not isinstance(row, dict):
         r.fail(f"a row must be a JSON object, got {type(row).__name__}")
     if "chosen" in row or "rejected" in row:
@@ -230,12 +209,13 @@ def parse_row(row: Any, where: str, root: Path, *, allow_outside_root: bool = Fa
             r.fail("preference 'messages' must end with a user turn (the replies are 'chosen' / 'rejected')")
         chosen, rejected = r.text(row, "chosen"), r.text(row, "rejected")
         return Sample(msgs, "preference", where, chosen=chosen, rejected=rejected,
-                      length=estimate_length(msgs, max(chosen, rejected, key=len), probe_media=probe_media))
+                      length=estimate_length(msgs, max(chosen, rejected, key=len), probe_media=probe_media,
+                                             modalities=entries))
     if "messages" in row:
         msgs = r.messages(row["messages"])
         if not any(m["role"] == "assistant" and m["content"] for m in msgs):
             r.fail("chat 'messages' have no non-empty assistant turn (nothing to learn from)")
-        return Sample(msgs, "chat", where, length=estimate_length(msgs, probe_media=probe_media))
+        return Sample(msgs, "chat", where, length=estimate_length(msgs, probe_media=probe_media, modalities=entries))
     audio_key = [k for k in AUDIO_KEYS if k in row]
     if len(audio_key) > 1:
         r.fail("both 'audio' and 'audio_filepath' (give the clip once)")
@@ -243,6 +223,7 @@ def parse_row(row: Any, where: str, root: Path, *, allow_outside_root: bool = Fa
         r.fail(f"unknown row shape: both {audio_key[0]!r} and 'image' (use a chat row with 'messages' for mixed "
                "media)")
     if audio_key:
+        r.need("audio", "ASR")
         audio = r.path(row[audio_key[0]], audio_key[0], "audio")
         text = r.text(row, "text")
         prompt = r.text(row, "prompt") if "prompt" in row else ASR_PROMPT
@@ -256,8 +237,10 @@ def parse_row(row: Any, where: str, root: Path, *, allow_outside_root: bool = Fa
         msgs = [{"role": "user", "content": [{"type": "audio", "audio": audio}, {"type": "text", "text": prompt}]},
                 {"role": "assistant", "content": text}]
         return Sample(msgs, "asr", where,
-                      length=estimate_length(msgs, probe_media=probe_media, audio_duration=duration))
+                      length=estimate_length(msgs, probe_media=probe_media, audio_duration=duration,
+                                             modalities=entries))
     if "image" in row:
+        r.need("image", "VQA")
         image = r.path(row["image"], "image", "image")
         question = r.text(row, "question")
         if "answers" not in row:
@@ -271,7 +254,7 @@ def parse_row(row: Any, where: str, root: Path, *, allow_outside_root: bool = Fa
                                              {"type": "text", "text": question + VQA_SUFFIX}]},
                 {"role": "assistant", "content": answers[0]}]
         return Sample(msgs, "vqa", where, answers=list(answers),
-                      length=estimate_length(msgs, probe_media=probe_media))
+                      length=estimate_length(msgs, probe_media=probe_media, modalities=entries))
     r.fail(f"unknown row shape with keys {sorted(row)} (expected audio+text, audio_filepath+text (NeMo), messages, "
            "image+question+answers, or messages+chosen+rejected)")
     raise AssertionError("unreachable")
@@ -325,7 +308,8 @@ def _lines(f, limit: int):
 
 def read_manifest(path: str | os.PathLike, *, allow_outside_root: bool = False,
                   probe_media: bool = True, outside_root_hint: str | None = None,
-                  max_line_bytes: int = MAX_LINE_BYTES, skipped: list[dict] | None = None) -> list[Sample]:
+                  max_line_bytes: int = MAX_LINE_BYTES, skipped: list[dict] | None = None,
+                  modalities: Iterable[Modality] | None = None) -> list[Sample]:
     """Read a JSONL manifest -> list of Sample (see the module docstring for row shapes).
 
     Raises ``ManifestError`` naming ``file:line`` (lines counted from 1, as editors show them) on the
@@ -333,11 +317,13 @@ def read_manifest(path: str | os.PathLike, *, allow_outside_root: bool = False,
     decoding; unreadable files fall back to a constant); pass False on very large manifests to skip all
     file access. A line over ``max_line_bytes`` is never read whole, and a row whose media path never
     names a file (a symlink loop) is left out: both are appended to ``skipped`` (``{"source", "item",
-    "reason"}``, as the collator lists bad media) when that list is given, else an error.
+    "reason"}``, as the collator lists bad media) when that list is given, else an error. Chat rows'
+    media parts are those of ``modalities`` (a model's ``config.modality_entries()``; by default every
+    registered modality).
     """
     return [s for s, _ in read_manifest_rows(path, allow_outside_root=allow_outside_root, probe_media=probe_media,
                                              outside_root_hint=outside_root_hint, max_line_bytes=max_line_bytes,
-                                             skipped=skipped)]
+                                             skipped=skipped, modalities=modalities)]
 
 
 def manifest_path(path: str | os.PathLike) -> Path:
@@ -359,8 +345,8 @@ def manifest_path(path: str | os.PathLike) -> Path:
 
 def read_manifest_rows(path: str | os.PathLike, *, allow_outside_root: bool = False,
                        probe_media: bool = True, outside_root_hint: str | None = None,
-                       max_line_bytes: int = MAX_LINE_BYTES,
-                       skipped: list[dict] | None = None) -> list[tuple[Sample, dict]]:
+                       max_line_bytes: int = MAX_LINE_BYTES, skipped: list[dict] | None = None,
+                       modalities: Iterable[Modality] | None = None) -> list[tuple[Sample, dict]]:
     """``read_manifest`` that also returns each row as decoded (``[(Sample, row)]``): the keys a Sample
     does not keep (``id``, ``duration``, ...) are there."""
     mpath = manifest_path(path)
@@ -388,7 +374,7 @@ def read_manifest_rows(path: str | os.PathLike, *, allow_outside_root: bool = Fa
             row = loads_row(line, where)
             try:
                 sample = parse_row(row, where, root, allow_outside_root=allow_outside_root, probe_media=probe_media,
-                                   outside_root_hint=outside_root_hint)
+                                   outside_root_hint=outside_root_hint, modalities=modalities)
             except MediaError as e:
                 skip(where, e.item or "", e.reason, type(e))
                 continue

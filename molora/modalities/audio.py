@@ -3,7 +3,16 @@ the row's route names (``speech`` for speech rows, ``vision`` for image+speech r
 table; ``audio_embed.py``), placeholder ``<|audio_N|>``."""
 from __future__ import annotations
 
+import math
+import os
+import re
+
+from ..errors import AudioError
 from .base import EmbedContext, Modality, register_modality
+
+# length estimates (manifests' length grouping): rough Phi-4-multimodal numbers
+AUDIO_TOKENS_PER_SECOND = 12.5  # 10 ms frames, time reduction 8
+AUDIO_TOKENS_UNKNOWN = 125  # ~10 s when the clip's duration is not known
 
 
 class AudioModality(Modality):
@@ -14,6 +23,10 @@ class AudioModality(Modality):
     count_key = "audio_embed_sizes"
     hint = "path, array, (array, sampling_rate) or {'array', 'sampling_rate'}"
     call_options = ("sampling_rate",)
+    media_error = AudioError
+    noun = "audio clips"
+    chat_limit = 16
+    unknown_tokens = AUDIO_TOKENS_UNKNOWN
 
     def token_id(self, config) -> int:
         return config.backbone.audio_token_id
@@ -23,6 +36,10 @@ class AudioModality(Modality):
         return {"audio_encoder": r"audio_embed\.encoder\.",
                 "speech_projector": r"audio_embed\.audio_projection\.speech\.",
                 "vision_speech_projector": r"audio_embed\.audio_projection\.vision\."}
+
+    def component_of(self, name: str) -> str | None:
+        m = re.match(r"audio_embed\.audio_projection\.([^.]+)\.", name)
+        return super().component_of(name) or (f"{m.group(1)}_audio_projector" if m else None)
 
     def build(self, config):
         from .audio_embed import AudioEmbedder
@@ -46,6 +63,31 @@ class AudioModality(Modality):
                                    f"{sum(counts)} ({len(counts)} clip(s))", "audio")
         projectors = [ctx.router.audio_projector(ctx.row_types[r]) for r in rows]
         return module(features.to(device, dtype), sizes, mask, projectors)
+
+    def set_activation_checkpointing(self, module, enabled: bool) -> None:
+        module.encoder.gradient_checkpointing = enabled  # the conformer's blocks
+
+    def load(self, value, config, item: str):
+        from ..data.hf_datasets import decode_audio_value
+
+        return decode_audio_value(value, item)  # a path: encoders.audio_features.load_audio
+
+    def estimate_tokens(self, value, probe: bool, duration: float | None = None) -> int:
+        if duration is not None:
+            return int(math.ceil(duration * AUDIO_TOKENS_PER_SECOND))
+        if isinstance(value, tuple) and len(value) == 2:
+            try:
+                return int(math.ceil(len(value[0]) / float(value[1]) * AUDIO_TOKENS_PER_SECOND))
+            except (TypeError, ValueError, ZeroDivisionError):
+                return self.unknown_tokens
+        if probe and isinstance(value, (str, os.PathLike)):
+            try:
+                import soundfile as sf
+
+                return int(math.ceil(sf.info(str(value)).duration * AUDIO_TOKENS_PER_SECOND))  # header only
+            except Exception:  # noqa: BLE001 - missing/corrupt: the collator reports it
+                return self.unknown_tokens
+        return self.unknown_tokens
 
     def processor(self, config):
         from ..encoders.audio_features import AudioFeatureExtractor
