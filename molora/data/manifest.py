@@ -30,12 +30,11 @@ from pathlib import Path
 from typing import Any
 
 from molora.errors import AudioError, ImageError, MediaError, MoLoRAError
+from molora.prompts import ASR_PROMPT, VQA_SUFFIX
 
 __all__ = ["Sample", "ManifestError", "read_manifest", "read_manifest_rows", "parse_row", "loads_row",
-           "manifest_path", "estimate_length", "ASR_PROMPT", "VQA_SUFFIX", "KINDS", "MAX_LINE_BYTES", "AUDIO_KEYS"]
+           "manifest_path", "estimate_length", "KINDS", "MAX_LINE_BYTES", "AUDIO_KEYS"]
 
-ASR_PROMPT = "Transcribe the audio clip into text."
-VQA_SUFFIX = "\nAnswer the question using a single word or phrase."
 KINDS = ("asr", "chat", "vqa", "preference")
 AUDIO_KEYS = ("audio", "audio_filepath")    # molora's own key, NeMo / Open ASR manifests' key
 _ROLES = ("system", "user", "assistant")
