@@ -38,7 +38,7 @@ def lm_loss(model, batch, ctx):
 
 def sequence_logps(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Per-row sum of log p(label) over labelled tokens: [B]."""
-    lp = loss_precision(logits[:, :-1]).log_softmax(-1)
+    lp = loss_precision(logits[:, :-1]).log_softmax(-1)  # the positions that have a next token
     tgt = next_token_targets(labels)[:, :-1]
     mask = tgt != IGNORE_INDEX
     picked = lp.gather(-1, tgt.clamp(min=0).unsqueeze(-1)).squeeze(-1)
