@@ -1,5 +1,5 @@
 """Routed multi-LoRA layers, the router, projectors, PEFT import/export (installed as molora.adapters)."""
 from .lora import RoutedLoRALinear, inject_routed_lora
-from .route import Route
+from .route import TokenRoute
 
-__all__ = ["RoutedLoRALinear", "Route", "inject_routed_lora"]
+__all__ = ["RoutedLoRALinear", "TokenRoute", "inject_routed_lora"]

@@ -2,7 +2,7 @@
 
 State-dict keys follow peft / the official Phi-4-multimodal checkpoint:
 ``<module>.base_layer.weight``, ``<module>.lora_A.<adapter>.weight``, ``<module>.lora_B.<adapter>.weight``.
-Which tokens use which adapter is not state of the layer: each call gets its ``Route``
+Which tokens use which adapter is not state of the layer: each call gets its ``TokenRoute``
 (``adapters/route.py``), and the input is already in the route's token space (real tokens only,
 grouped by adapter, when the caller dropped padding).
 """
@@ -15,7 +15,7 @@ from torch import nn
 
 from ..config import LoraSpec
 from .lora_fused import routed_linear
-from .route import Route
+from .route import TokenRoute
 
 
 class RoutedLoRALinear(nn.Module):
@@ -52,7 +52,7 @@ class RoutedLoRALinear(nn.Module):
         a, b = self.lora_A[name], self.lora_B[name]
         return b(a(self.lora_dropout[name](x.to(a.weight.dtype)))) * self.scaling[name]
 
-    def forward(self, x: torch.Tensor, route: Route | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, route: TokenRoute | None = None) -> torch.Tensor:
         """``x`` [..., in] in ``route``'s kept-token space (or any shape with ``route=None``: the base
         weight alone, e.g. a layer used outside a routed call)."""
         if route is None or not route.adapters:

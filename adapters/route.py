@@ -1,8 +1,9 @@
-"""Route: which LoRA adapter each token of one forward call uses, given to the routed layers per call.
+"""TokenRoute: which LoRA adapter each token of one forward call uses, given to the routed layers per
+call (the config's ``RouterEntry`` says which adapter an input type uses; this says which tokens).
 
-The model builds one ``Route`` per forward (``Route.build``) from the adapter of every batch row (or
-every token) and the padding mask, and passes it down with the hidden states; the decoder layers
-hand it to their routed linears. Nothing is stored on the layers between calls, so two calls (a
+The model builds one ``TokenRoute`` per forward (``TokenRoute.build``) from the adapter of every batch
+row (or every token) and the padding mask, and passes it down with the hidden states; the decoder
+layers hand it to their routed linears. Nothing is stored on the layers between calls, so two calls (a
 training step and the recomputation of one of its layers under activation checkpointing, or two
 models sharing no state) cannot see each other's routes.
 
@@ -20,11 +21,11 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-__all__ = ["Route", "gather_rows"]
+__all__ = ["TokenRoute", "gather_rows"]
 
 
 @dataclass(frozen=True)
-class Route:
+class TokenRoute:
     n_tokens: int  # B*T of the hidden states this route was made for
     kept: torch.Tensor | None = None  # flat indices of the kept tokens (None: all, in order)
     groups: dict = field(default_factory=dict)  # adapter -> None | slice | index tensor, in the kept space
@@ -36,7 +37,7 @@ class Route:
     # -- construction -----------------------------------------------------------------------
     @classmethod
     def build(cls, adapter_of: torch.Tensor | None, shape: tuple[int, int], adapter_names: list[str],
-              real: torch.Tensor | None = None, *, drop_padding: bool = True, **flags) -> "Route":
+              real: torch.Tensor | None = None, *, drop_padding: bool = True, **flags) -> "TokenRoute":
         """``adapter_of``: [B] adapter index per row or [B, T] per token (-1: none), or None (no
         adapter anywhere); ``real``: [B, T] bool of real tokens, or None (all real)."""
         B, T = shape
@@ -59,7 +60,7 @@ class Route:
                 groups[name] = None if sel.numel() == n else sel
         return cls(n, None, groups, shape, **flags)
 
-    def narrowed(self, used: torch.Tensor) -> "Route":
+    def narrowed(self, used: torch.Tensor) -> "TokenRoute":
         """The route restricted to the tokens in ``used`` ([B, T] bool, a subset of the kept ones),
         in the same order; for a layer that runs only on the positions whose output is read."""
         order = self.kept if self.kept is not None else torch.arange(self.n_tokens, device=used.device)

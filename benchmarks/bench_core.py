@@ -185,6 +185,7 @@ def _decode(case, impl, cfg, repeats, workdir):
     """ASR: feature extraction + generate + decode per batch, as the leaderboard times it (each side
     its own feature extractor); chat: generate + decode. Both sides emit exactly NEW_TOKENS tokens."""
     from molora import MoLoRAProcessor
+    from molora.prompts import ASR_PROMPT
     from molora.synthetic.speech import speak
 
     proc = MoLoRAProcessor.from_config(cfg)
@@ -194,7 +195,7 @@ def _decode(case, impl, cfg, repeats, workdir):
                  "green trees grow near the river", "a small dog runs fast", "nine yellow stars"] * 3
         clips = [speak(t, rate=150 + 5 * i) for i, t in enumerate(texts)][:16]
         convs = [[{"role": "user", "content": [{"type": "audio", "audio": (c, 16000)},
-                                               {"type": "text", "text": "Transcribe the audio clip into text."}]}]
+                                               {"type": "text", "text": ASR_PROMPT}]}]
                  for c in clips]
         audio_s = sum(len(c) for c in clips) / 16000
     else:
@@ -243,6 +244,7 @@ def _decode(case, impl, cfg, repeats, workdir):
 
 
 def _mixed_batch(proc):
+    from molora.prompts import ASR_PROMPT
     from molora.synthetic.media import drawn_image, synth_audio
 
     def user(parts, answer):
@@ -257,7 +259,7 @@ def _mixed_batch(proc):
         convs += [
             user(["tell me a short story about a cat number %d" % i], "once upon a time there was a cat"),
             user([drawn_image(300, 200, i), "what is drawn?"], "boxes and a number"),
-            user([(synth_audio(3.0, seed=i), 16000), "Transcribe the audio clip into text."], "hello world"),
+            user([(synth_audio(3.0, seed=i), 16000), ASR_PROMPT], "hello world"),
             user([drawn_image(200, 300, 9 + i), (synth_audio(2.0, seed=5 + i), 16000)], "the answer is four"),
         ]
     return proc(convs, return_labels=True)
@@ -265,6 +267,7 @@ def _mixed_batch(proc):
 
 def _train(impl, cfg, repeats, workdir):
     from molora import MoLoRAModel, MoLoRAProcessor
+    from molora.loss import count_label_tokens
 
     ckpt = workdir / "weights"
     proc = MoLoRAProcessor.from_config(cfg)
@@ -303,7 +306,7 @@ def _train(impl, cfg, repeats, workdir):
         for i, t in enumerate(types):
             groups.setdefault(t, []).append(i)
         subs = {t: _sub_batch(batch, rows, cfg) for t, rows in groups.items()}
-        n_tok = int((batch["labels"][:, 1:] != -100).sum())
+        n_tok = int(count_label_tokens(batch["labels"]))
         for n, p in ref.named_parameters():
             if ".lora_" in n:
                 p.requires_grad_(True)
@@ -313,7 +316,7 @@ def _train(impl, cfg, repeats, workdir):
             ref.zero_grad(set_to_none=True)
             for t, sub in subs.items():
                 adapter = router.adapter(t)
-                n_sub = int((sub["labels"][:, 1:] != -100).sum())
+                n_sub = int(count_label_tokens(sub["labels"]))
                 if adapter is None:
                     with ref.disable_adapter():
                         loss = ref(**sub).loss

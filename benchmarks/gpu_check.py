@@ -67,7 +67,9 @@ def _processor(cfg):
 
 
 def _asr_convs(clips, transcripts=None):
-    prompt = "Transcribe the audio clip into text."
+    from molora.prompts import ASR_PROMPT
+
+    prompt = ASR_PROMPT
     convs = []
     for i, c in enumerate(clips):
         conv = [{"role": "user", "content": [{"type": "audio", "audio": (c, 16000)}, {"type": "text", "text": prompt}]}]

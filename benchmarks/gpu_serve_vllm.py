@@ -86,6 +86,7 @@ def install_commands(venv: Path, wheelhouse: str | None, version: str) -> list[l
 # -- prompts -------------------------------------------------------------------------------------------
 
 def prompts() -> dict[str, list[dict]]:
+    from molora.prompts import ASR_PROMPT
     from molora.synthetic.media import drawn_image, synth_audio
 
     return {
@@ -93,7 +94,7 @@ def prompts() -> dict[str, list[dict]]:
         "image": [{"role": "user", "content": [{"type": "image", "image": drawn_image(640, 480, 1)},
                                                {"type": "text", "text": "What is in the picture?"}]}],
         "audio": [{"role": "user", "content": [{"type": "audio", "audio": (synth_audio(6.0, seed=2), SAMPLING_RATE)},
-                                               {"type": "text", "text": "Transcribe the audio clip into text."}]}],
+                                               {"type": "text", "text": ASR_PROMPT}]}],
     }
 
 

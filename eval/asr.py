@@ -40,19 +40,19 @@ from pathlib import Path
 from typing import NamedTuple
 
 from molora.errors import ConfigError
+from molora.prompts import ASR_PROMPT
 
 from .data import Item, SourceError, column_names, dataset_items, encoded_audio_seconds, first_column, load_rows, \
     manifest_rows, media_of, row_name, unique_key
 from .identity import RunRecord, producer_of
 from .normalizer import normalizer_name
-from .protocols import ASR_PROMPT, DEFAULT_PROTOCOL, EARNINGS22_PROMPT, PROTOCOLS, AsrSet, get_protocol
+from .protocols import DEFAULT_PROTOCOL, PROTOCOLS, AsrSet, get_protocol
 from .report import ResultFile, markdown_table, run_settings, skip_fields, skip_note, write_summary
 from .skips import SkipList, nothing_scored, print_skips
 from .wer import average_wer, is_scored_reference, rtfx, wer_details
 
 __all__ = ["AsrSet", "PROTOCOLS", "Selection", "resolve_sets", "prepare_sets", "asr_items", "score_rows",
-           "join_chunks", "attach_call_transcripts", "save_chunked_set", "evaluate_asr", "add_arguments", "main", "ASR_PROMPT",
-           "EARNINGS22_PROMPT"]
+           "join_chunks", "attach_call_transcripts", "save_chunked_set", "evaluate_asr", "add_arguments", "main"]
 
 LENGTH_COLUMNS = ("audio_length_s", "duration", "audio_duration")
 ID_COLUMNS = ("id", "audio_id", "segment_id", "utterance_id")

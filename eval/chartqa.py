@@ -26,6 +26,7 @@ import argparse
 from pathlib import Path
 
 from molora.errors import ConfigError
+from molora.prompts import CHARTQA_SUFFIX
 
 from .relaxed import RELATIVE_TOLERANCE, RELAXED_REFERENCE, relaxed_accuracy_any
 from .report import markdown_table, run_settings, skip_fields, skip_note, write_summary
@@ -34,7 +35,6 @@ from .vqa import add_common_arguments, download_hint, load_for_args, run_vqa, so
 
 __all__ = ["CHARTQA_SUFFIX", "chartqa_items", "evaluate_chartqa", "add_arguments", "main", "accuracy_by_subset"]
 
-CHARTQA_SUFFIX = "\nAnswer the question with a single word."
 DEFAULT_DATA = "lmms-lab/ChartQA"
 
 

@@ -25,14 +25,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from molora.prompts import VQA_SUFFIX
+
 from .anls import ANLS_REFERENCE, ANLS_THRESHOLD, anls, mean_anls
 from .report import markdown_table, run_settings, skip_fields, skip_note, write_json, write_summary
 from .skips import SkipList, nothing_scored, print_skips
 from .vqa import add_common_arguments, download_hint, load_for_args, run_vqa, source_title, vqa_items, vqa_record
 
-__all__ = ["DOCVQA_SUFFIX", "docvqa_items", "evaluate_docvqa", "add_arguments", "main"]
+__all__ = ["docvqa_items", "evaluate_docvqa", "add_arguments", "main"]
 
-DOCVQA_SUFFIX = "\nAnswer the question using a single word or phrase."
 DEFAULT_DATA, DEFAULT_CONFIG = "lmms-lab/DocVQA", "DocVQA"
 
 
@@ -40,7 +41,7 @@ def docvqa_items(data: str, *, split: str = "validation", config: str | None = D
                  limit: int | None = None, allow_outside_root: bool = False, skips: SkipList | None = None):
     """The questions of ``data`` (answers required unless ``split == "test"``); nothing decoded yet."""
     hub = not Path(data).expanduser().exists()
-    return vqa_items(data, split=split, config=config if hub else None, suffix=DOCVQA_SUFFIX, limit=limit,
+    return vqa_items(data, split=split, config=config if hub else None, suffix=VQA_SUFFIX, limit=limit,
                      require_answers=split != "test", hint=download_hint(data, split, config) if hub else None,
                      allow_outside_root=allow_outside_root, skips=skips)
 
@@ -61,7 +62,7 @@ def evaluate_docvqa(model, processor, data: str, output_dir, *, split: str = "va
                              skips=skips)
     score = (lambda p, a: {}) if test else (lambda p, a: {"anls": anls(p, a)})
     record = vqa_record(output_dir, "docvqa", model, model_name, batch_size=batch_size, max_new_tokens=max_new_tokens,
-                        sources=[data], split=split, config=config, suffix=DOCVQA_SUFFIX)
+                        sources=[data], split=split, config=config, suffix=VQA_SUFFIX)
     rows = run_vqa(model, processor, items, output_dir, score=score, batch_size=batch_size,
                    max_new_tokens=max_new_tokens, warmup_batches=warmup_batches, desc="docvqa", record=record,
                    overwrite=overwrite, skips=skips)
@@ -72,7 +73,7 @@ def evaluate_docvqa(model, processor, data: str, output_dir, *, split: str = "va
                          f"{ANLS_THRESHOLD} (exactly {ANLS_THRESHOLD} kept); lowercased, stripped, whitespace "
                          "collapsed; NL = edit distance / max(len(gt.upper()), len(pred.upper())) of the raw strings",
                "reproduces": ANLS_REFERENCE,
-               "prompt_suffix": DOCVQA_SUFFIX,
+               "prompt_suffix": VQA_SUFFIX,
                "settings": run_settings({"batch_size": batch_size, "batch_sizes_used": record.batch_sizes,
                                          "dtype": str(dtype), "device": str(device), "max_new_tokens": max_new_tokens,
                                          "decoding": "greedy", "limit": limit}),

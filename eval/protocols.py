@@ -33,13 +33,11 @@ from functools import lru_cache
 from importlib import resources
 
 from molora.errors import ConfigError
+from molora.prompts import ASR_PROMPT, EARNINGS22_PROMPT
 
-__all__ = ["AsrSet", "Protocol", "PROTOCOLS", "DEFAULT_PROTOCOL", "get_protocol", "normalizer_rules",
-           "ASR_PROMPT", "EARNINGS22_PROMPT"]
+__all__ = ["AsrSet", "Protocol", "PROTOCOLS", "DEFAULT_PROTOCOL", "get_protocol", "normalizer_rules"]
 
 DEFAULT_PROTOCOL = "open-asr-2026"
-ASR_PROMPT = "Transcribe the audio clip into text."
-EARNINGS22_PROMPT = "Transcribe the audio clip to English text."   # the classic scripts' Earnings22 prompt
 
 
 @dataclass(frozen=True)

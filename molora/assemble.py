@@ -11,13 +11,13 @@ from .checkpoint import resolve_path
 from .stored_tensors import read, stored_tensors
 from .config import MoLoRAConfig
 from .errors import CheckpointError, ConfigError
-from .layouts import adapted
+from .checkpoint_layouts import adapted
 
 
 def backbone_config_from_phi3(directory: Path, config: MoLoRAConfig) -> MoLoRAConfig:
     """Take the decoder's shapes from a Phi-3 / Phi-4-mini config.json (real values, not defaults)."""
     from .checkpoint import _read_json
-    from .layouts import _backbone_from_flat, check_flat_config
+    from .checkpoint_layouts import _backbone_from_flat, check_flat_config
 
     d = _read_json(directory / "config.json")
     if d.get("model_type") not in ("phi3", "phi4mm", "phi4_multimodal"):

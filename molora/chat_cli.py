@@ -116,8 +116,8 @@ class Repl:
 
 def prompt_for(text: str, images, audios) -> str:
     """The message text: a clip sent with no words is a request to transcribe it (the prompt the speech
-    adapter is trained with, molora.data.ASR_PROMPT)."""
-    from .data.manifest import ASR_PROMPT
+    adapter is trained with, molora.prompts.ASR_PROMPT)."""
+    from .prompts import ASR_PROMPT
 
     return ASR_PROMPT if not text.strip() and audios and not images else text
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from . import layouts, peft_adapters, placement, shard_writer, stored_tensors
+from . import checkpoint_layouts, peft_adapters, placement, shard_writer, stored_tensors
 from .config import MoLoRAConfig
 from .errors import CheckpointError, ConfigError
 from .presets import TINY_BPE_VOCAB
@@ -113,22 +113,22 @@ def _config(d: dict, layout: str, directory: Path, name: str, where: str) -> MoL
         prefix = "" if layout == "molora" else "molora."
         backbone = own.get("backbone")
         if isinstance(backbone, dict):
-            layouts.check_decoder_shapes(backbone, weight_shapes(directory), layout, f"{prefix}backbone.")
+            checkpoint_layouts.check_decoder_shapes(backbone, weight_shapes(directory), layout, f"{prefix}backbone.")
         try:
             return MoLoRAConfig.from_dict(own)
         except ConfigError as e:
             raise ConfigError(e.reason, prefix + (e.item or "config")) from None
-    d = layouts.check_flat_config(d)
+    d = checkpoint_layouts.check_flat_config(d)
     shapes = weight_shapes(directory)
-    layouts.check_decoder_shapes(d, shapes, layout)
+    checkpoint_layouts.check_decoder_shapes(d, shapes, layout)
     vocab = d.get("vocab_size", 0)
     tok = "bytes" if vocab < 1000 else "tiny-bpe" if vocab == TINY_BPE_VOCAB else name
     if layout == "phi4mm":
-        return layouts.from_phi4mm_config(d, tokenizer=tok, shapes=shapes, where=where)
-    config = layouts.from_transformers_config(d, {}, tokenizer=tok)
+        return checkpoint_layouts.from_phi4mm_config(d, tokenizer=tok, shapes=shapes, where=where)
+    config = checkpoint_layouts.from_transformers_config(d, {}, tokenizer=tok)
     adapters = {name: peft_adapters.spec_from_peft_folder(folder, config.backbone)
                 for name, folder in _peft_folders(directory).items()}
-    return layouts.from_transformers_config(d, adapters, tokenizer=tok)
+    return checkpoint_layouts.from_transformers_config(d, adapters, tokenizer=tok)
 
 
 def load_state_dict(directory: Path, layout: str, config: MoLoRAConfig) -> dict[str, StoredTensor]:
@@ -137,8 +137,8 @@ def load_state_dict(directory: Path, layout: str, config: MoLoRAConfig) -> dict[
     if layout == "molora":
         return raw
     if layout == "phi4mm":
-        return {layouts.from_phi4mm_key(k): v for k, v in raw.items()}
-    sd = layouts.from_transformers_state_dict(raw, config)
+        return {checkpoint_layouts.from_phi4mm_key(k): v for k, v in raw.items()}
+    sd = checkpoint_layouts.from_transformers_state_dict(raw, config)
     for name, folder in _peft_folders(directory).items():
         sd.update(peft_adapters.adapter_tensors(folder, name, config.adapters[name], config.backbone,
                                                 stored_tensors.stored_adapter(folder)))
@@ -400,9 +400,10 @@ def layout_contents(sd: dict, cfg: MoLoRAConfig, dtype: torch.dtype, layout: str
     if layout == "phi4mm":
         from .official_folder import official_config
 
-        return ({layouts.to_phi4mm_key(k): v for k, v in sd.items()},
+        return ({checkpoint_layouts.to_phi4mm_key(k): v for k, v in sd.items()},
                 {**official_config(cfg, base), **_dtype_fields(dtype)})
-    return layouts.to_transformers_state_dict(sd), {**layouts.to_transformers_config(cfg), **_dtype_fields(dtype)}
+    return (checkpoint_layouts.to_transformers_state_dict(sd),
+            {**checkpoint_layouts.to_transformers_config(cfg), **_dtype_fields(dtype)})
 
 
 def peft_contents(sd: dict, cfg: MoLoRAConfig) -> dict[str, tuple[dict, dict]]:

@@ -22,8 +22,6 @@ from typing import Any
 from .config_types import check_fields
 from .errors import ConfigError
 
-INPUT_TYPES = ("text", "image", "speech", "image+speech")  # the reference modalities' input types
-
 # Phi-4-multimodal-instruct's LongRoPE factors (config.json of the official checkpoint).
 PHI4_LONG_FACTOR = [
     1, 1.118320672, 1.250641126, 1.398617824, 1.564103225, 1.74916897, 1.956131817,
@@ -185,8 +183,9 @@ def _pattern_matches(pattern: str, name: str) -> bool:
 
 
 @dataclass
-class Route:
-    """What one input type uses: a LoRA adapter (or None) and an audio projector (or None)."""
+class RouterEntry:
+    """One entry of ``MoLoRAConfig.router``: what one input type uses, a LoRA adapter (or None) and an
+    audio projector (or None). Per call, the model turns it into a ``TokenRoute`` (``adapters/route.py``)."""
 
     adapter: str | None
     audio_projector: str | None = None
@@ -196,12 +195,12 @@ def _reference_adapters() -> dict[str, LoraSpec]:
     return {"vision": LoraSpec(r=256, alpha=512, dropout=0.0), "speech": LoraSpec(r=320, alpha=640, dropout=0.01)}
 
 
-def _reference_router() -> dict[str, Route]:
+def _reference_router() -> dict[str, RouterEntry]:
     return {
-        "text": Route(adapter=None, audio_projector="speech"),
-        "image": Route(adapter="vision", audio_projector=None),
-        "speech": Route(adapter="speech", audio_projector="speech"),
-        "image+speech": Route(adapter="vision", audio_projector="vision"),
+        "text": RouterEntry(adapter=None, audio_projector="speech"),
+        "image": RouterEntry(adapter="vision", audio_projector=None),
+        "speech": RouterEntry(adapter="speech", audio_projector="speech"),
+        "image+speech": RouterEntry(adapter="vision", audio_projector="vision"),
     }
 
 
@@ -214,7 +213,7 @@ def _check_types(d: dict) -> None:
         raise ConfigError(f"must be an object {{section: {{...}}}}, got {type(d).__name__}", "config")
     for name, section in _SECTIONS.items():
         check_fields(d.get(name, {}), section, f"{name}.")
-    for name, entry in (("adapters", LoraSpec), ("router", Route)):
+    for name, entry in (("adapters", LoraSpec), ("router", RouterEntry)):
         group = d.get(name, {})
         if not isinstance(group, dict):
             raise ConfigError(f"must be an object {{name: {{...}}}}, got {type(group).__name__}", name)
@@ -229,7 +228,7 @@ class MoLoRAConfig:
     vision: VisionConfig = field(default_factory=VisionConfig)
     audio: AudioConfig = field(default_factory=AudioConfig)
     adapters: dict[str, LoraSpec] = field(default_factory=_reference_adapters)
-    router: dict[str, Route] = field(default_factory=_reference_router)
+    router: dict[str, RouterEntry] = field(default_factory=_reference_router)
     audio_projectors: list[str] = field(default_factory=lambda: ["speech", "vision"])
     # input modalities (molora/modalities), in the order their names join into input types
     # ("image+speech"); each maps to its own settings (image and audio keep theirs in ``vision`` / ``audio``)
@@ -304,7 +303,7 @@ class MoLoRAConfig:
                 vision=VisionConfig(**d.pop("vision", {})),
                 audio=AudioConfig(**d.pop("audio", {})),
                 adapters={k: LoraSpec(**v) for k, v in d.pop("adapters", {}).items()},
-                router={k: Route(**v) for k, v in d.pop("router", {}).items()},
+                router={k: RouterEntry(**v) for k, v in d.pop("router", {}).items()},
                 **d,
             )
         except TypeError as e:

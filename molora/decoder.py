@@ -2,7 +2,7 @@
 
 The backbone is built by transformers (``Phi3Model``: embeddings, decoder layers, RMSNorms, rotary
 embedding with LongRoPE; the same parameter names as every checkpoint) and its layers run
-``RoutedDecoderLayer.forward``, which takes what a call needs as arguments: the ``Route`` of the
+``RoutedDecoderLayer.forward``, which takes what a call needs as arguments: the ``TokenRoute`` of the
 routed LoRA linears, the attention kernel with its inputs (``Attend``), the KV cache, and, for the
 last layer, the narrower route of the positions whose output is read. The computation is
 transformers' ``Phi3DecoderLayer``'s, token for token:
@@ -22,7 +22,7 @@ from torch.utils.checkpoint import checkpoint
 from transformers.models.phi3.modeling_phi3 import Phi3DecoderLayer, Phi3Model, apply_rotary_pos_emb
 
 from .adapters.lora import RoutedLoRALinear
-from .adapters.route import Route
+from .adapters.route import TokenRoute
 from .attention import LengthGroups, grouped_attention, packed_attention, padded_attention
 from .swiglu import silu_gate
 
@@ -51,8 +51,8 @@ class Attend:
 class RoutedDecoderLayer(Phi3DecoderLayer):
     """``Phi3DecoderLayer`` (same submodules and parameters) whose forward takes its route."""
 
-    def forward(self, h: torch.Tensor, position_embeddings: tuple[torch.Tensor, torch.Tensor], route: Route,
-                attend: Attend, cache=None, narrow: Route | None = None) -> torch.Tensor:
+    def forward(self, h: torch.Tensor, position_embeddings: tuple[torch.Tensor, torch.Tensor], route: TokenRoute,
+                attend: Attend, cache=None, narrow: TokenRoute | None = None) -> torch.Tensor:
         """``h`` [B, T, D] -> [B, T, D]; with ``narrow``, [n, D]: only the positions ``narrow.kept``
         (in that order) go through ``o_proj`` and the MLP (keys and values are still those of every
         token, for attention and the cache)."""
@@ -74,7 +74,7 @@ class RoutedDecoderLayer(Phi3DecoderLayer):
         return h if narrow is not None else r.scatter(h)
 
 
-def _linear(module, x: torch.Tensor, route: Route) -> torch.Tensor:
+def _linear(module, x: torch.Tensor, route: TokenRoute) -> torch.Tensor:
     """A decoder linear: routed when some adapter adapts it, plain otherwise (``layers_to_transform``)."""
     return module(x, route) if isinstance(module, RoutedLoRALinear) else module(x)
 
@@ -90,8 +90,8 @@ class RoutedDecoder(Phi3Model):
             layer.__class__ = RoutedDecoderLayer
         self.activation_checkpointing = False
 
-    def forward(self, embeds: torch.Tensor, position_ids: torch.Tensor, route: Route, attend: Attend,
-                cache=None, narrow: Route | None = None) -> torch.Tensor:
+    def forward(self, embeds: torch.Tensor, position_ids: torch.Tensor, route: TokenRoute, attend: Attend,
+                cache=None, narrow: TokenRoute | None = None) -> torch.Tensor:
         """Final hidden states (after the last norm): [B, T, D], or [n, D] for ``narrow.kept``."""
         position_embeddings = self.rotary_emb(embeds, position_ids=position_ids)
         h = embeds

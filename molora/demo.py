@@ -14,6 +14,8 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageDraw
 
+from molora.prompts import ASR_PROMPT
+
 
 def _chart() -> Image.Image:
     img = Image.new("RGB", (160, 96), "white")
@@ -43,7 +45,7 @@ def main() -> None:
         [{"role": "user", "content": "Say something."}],
         [{"role": "user", "content": [{"type": "image", "image": chart}, {"type": "text", "text": "Which bar is tallest?"}]}],
         [{"role": "user", "content": [{"type": "audio", "audio": (clip, 16000)},
-                                      {"type": "text", "text": "Transcribe the audio clip into text."}]}],
+                                      {"type": "text", "text": ASR_PROMPT}]}],
         [{"role": "user", "content": [{"type": "image", "image": chart}, {"type": "audio", "audio": (clip, 16000)}]}],
     ]
     t0 = time.perf_counter()

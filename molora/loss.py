@@ -1,20 +1,37 @@
-"""Next-token losses and the precision they are computed in."""
+"""Next-token targets and the precision losses are computed in.
+
+``IGNORE_INDEX`` is the label of a position that carries no loss (prompt, padding, media slots):
+the processor writes it, the collator and the stages count around it, the model's loss skips it
+(``torch.nn.functional.cross_entropy``'s default ``ignore_index``). ``next_token_targets`` is the
+one label shift: position t is scored on the label of position t + 1.
+"""
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+__all__ = ["IGNORE_INDEX", "next_token_targets", "count_label_tokens", "loss_precision"]
+
+IGNORE_INDEX = -100
+
+
+def next_token_targets(labels: torch.Tensor, cu_seqlens: torch.Tensor | None = None) -> torch.Tensor:
+    """``labels`` [B, T] -> the target of every position [B, T]: the next position's label, and
+    ``IGNORE_INDEX`` at the last position. For a packed sequence (``labels`` [1, N], ``cu_seqlens``
+    [rows + 1]) each row's last position is unlabelled too: a row never predicts the next row's
+    first token."""
+    targets = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
+    if cu_seqlens is not None:
+        targets[0, cu_seqlens[1:].to(targets.device) - 1] = IGNORE_INDEX
+    return targets
+
+
+def count_label_tokens(labels: torch.Tensor, cu_seqlens: torch.Tensor | None = None) -> torch.Tensor:
+    """The positions that carry loss (a labelled next token), int64 scalar."""
+    return (next_token_targets(labels, cu_seqlens) != IGNORE_INDEX).sum()
 
 
 def loss_precision(logits: torch.Tensor) -> torch.Tensor:
     """Logits for a cross-entropy or log-softmax: half precision is raised to float32; float32 and
     float64 stay as they are (a float64 check then computes in float64 end to end)."""
     return logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
-
-
-def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100,
-                   reduction: str = "mean") -> torch.Tensor:
-    """Next-token cross-entropy over the labelled tokens (mean: transformers' convention)."""
-    shift_logits = loss_precision(logits[:, :-1])
-    shift_labels = labels[:, 1:]
-    return F.cross_entropy(shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1),
-                           ignore_index=ignore_index, reduction=reduction)

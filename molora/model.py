@@ -19,16 +19,16 @@ from torch import nn
 from transformers import DynamicCache
 
 from .adapters.lora import RoutedLoRALinear, inject_routed_lora
-from .adapters.route import Route
+from .adapters.route import TokenRoute
 from .adapters.router import Router
 from .backbones import build_backbone
 from .config import MoLoRAConfig
 from .errors import PlaceholderError
 from .frozen_rows import frozen_text_rows, row_subset
-from .layout import head, make_layout, segments
+from .loss import count_label_tokens
 from .modalities import EmbedContext
-from .packing import packed_targets
 from .plan import BatchFacts, ExecutionPlan, FastPaths, choose_plan
+from .token_layout import logits_and_loss, make_layout, segments
 
 
 @dataclass
@@ -124,7 +124,7 @@ class MoLoRAModel(nn.Module):
                 labels: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
                 cache=None, use_cache: bool = False, logits_to_keep: int = 0, return_logits: bool = True,
                 loss_reduction: str = "mean", cu_seqlens: torch.Tensor | None = None,
-                row_types: list[str] | None = None, route: Route | None = None, past_key_values=None,
+                row_types: list[str] | None = None, route: TokenRoute | None = None, past_key_values=None,
                 num_img_tokens=None, **modality_inputs) -> MoLoRAOutput:
         """Logits and / or loss of a padded ``[B, T]`` batch, or of a packed one (``input_ids``
         ``[1, N]`` with ``cu_seqlens`` [rows + 1] marking where each row starts, as the trainer's
@@ -173,7 +173,8 @@ class MoLoRAModel(nn.Module):
         if self.touch_all:  # sharded training: unused encoders / projectors join with 0
             hidden = hidden + sum(0.0 * p.sum() for n, p in self.named_parameters()
                                   if p.requires_grad and not n.startswith("language_model.layers."))
-        logits, loss = head(self.lm_logits, hidden, layout, logits_to_keep, return_logits, loss_reduction, plan)
+        logits, loss = logits_and_loss(self.lm_logits, hidden, layout, logits_to_keep, return_logits, loss_reduction,
+                                       plan)
         return MoLoRAOutput(logits=logits, loss=loss, cache=cache if use_cache else None, row_types=row_types,
                             hidden_states=None if layout.narrow is not None or plan.packed else hidden, plan=plan)
 
@@ -241,12 +242,12 @@ class MoLoRAModel(nn.Module):
             prefill=prefill, seq_len=int(input_ids.shape[1]), grad=grad, frozen_rows_possible=split is not None)
         return choose_plan(self.fast_paths, facts, self.device, self.dtype, touch_all=self.touch_all), split
 
-    def step_route(self, row_types: list[str]) -> Route:
+    def step_route(self, row_types: list[str]) -> TokenRoute:
         """The route of a one-token-per-row decode step (reused for every step of a generate)."""
         idx = self.router.adapter_index(row_types, device=self.device)
         merged = self.fast_paths.merged_inference and not torch.is_grad_enabled()
-        return Route.build(idx, (len(row_types), 1), self.config.adapter_names, None, merged=merged,
-                           fused=self.fast_paths.fused_lora)
+        return TokenRoute.build(idx, (len(row_types), 1), self.config.adapter_names, None, merged=merged,
+                                fused=self.fast_paths.fused_lora)
 
     # -- loss ----------------------------------------------------------------------------
     def lm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -272,10 +273,7 @@ class MoLoRAModel(nn.Module):
                     return_logits=False, loss_reduction="sum").loss
         loss = loss + fixed
         if reduction == "mean":
-            targets = F.pad(batch["labels"][:, 1:], (0, 1), value=-100)
-            if batch["cu_seqlens"] is not None:
-                targets = packed_targets(targets, batch["cu_seqlens"])
-            loss = loss / (targets != -100).sum().to(loss.device)
+            loss = loss / count_label_tokens(batch["labels"], batch["cu_seqlens"]).to(loss.device)
         return MoLoRAOutput(logits=None, loss=loss, row_types=row_types, plan=plan)
 
     # -- generation ----------------------------------------------------------------------

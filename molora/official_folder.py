@@ -102,7 +102,7 @@ def official_config(cfg: MoLoRAConfig, base: Path | None = None) -> dict:
     """config.json of a phi4mm export: the official key set with values from ``cfg``; with a ``base``
     folder, its config.json's keys come first and keep their values for `BASE_KEYS` and for keys
     molora does not derive."""
-    from .layouts import to_phi4mm_config
+    from .checkpoint_layouts import to_phi4mm_config
 
     derived = to_phi4mm_config(cfg)
     if base is None:

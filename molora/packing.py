@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from .adapters.route import gather_rows
 
-__all__ = ["PackedRows", "pack_batch", "packed_targets"]
+__all__ = ["PackedRows", "pack_batch"]
 
 ROW_KEYS = ("input_ids", "attention_mask", "labels")
 
@@ -61,15 +61,6 @@ class PackedRows:
         if flat.dim() == 1:
             return flat[self.index][None]
         return gather_rows(flat, self.index)[None]
-
-
-def packed_targets(targets: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
-    """Next-token labels of a packed sequence (``labels`` shifted by one) with each row's last
-    position unlabelled: a row never predicts the next row's first token."""
-    targets = targets.clone()
-    ends = cu_seqlens[1:].to(targets.device) - 1
-    targets[0, ends] = -100
-    return targets
 
 
 def pack_batch(batch: dict) -> dict:

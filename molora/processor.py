@@ -30,11 +30,11 @@ import torch
 
 from .config import MoLoRAConfig
 from .errors import ArgumentError, MoLoRAError, PlaceholderError
+from .loss import IGNORE_INDEX
 
 OWN_FILE = "molora_processor.json"
 CHAT_TEMPLATE_FILE = "chat_template.jinja"
 ROLES = ("system", "user", "assistant")
-IGNORE = -100
 
 
 class MoLoRAProcessor:
@@ -326,13 +326,13 @@ class MoLoRAProcessor:
                 if role is None:  # raw text= input
                     piece = self._expand(body, counts, used, f"text[{c}]")
                     ids += piece
-                    lab += [IGNORE] * len(piece)
+                    lab += [IGNORE_INDEX] * len(piece)
                     continue
                 head = self._encode_text(f"<|{role}|>")
                 piece = [] if body is None else self._expand(body, counts, used, f"conversation[{c}]") + \
                     self._encode_text("<|end|>")
                 ids += head + piece
-                lab += [IGNORE] * len(head) + (piece if role == "assistant" else [IGNORE] * len(piece))
+                lab += [IGNORE_INDEX] * len(head) + (piece if role == "assistant" else [IGNORE_INDEX] * len(piece))
             for kind in self.modalities:
                 if used[kind] != len(counts[kind]):
                     raise PlaceholderError(f"{len(counts[kind])} {kind}(s) given but {used[kind]} <|{kind}|> / "
@@ -347,7 +347,7 @@ class MoLoRAProcessor:
                                 "padding=True", "padding")
         input_ids = torch.full((len(seqs), n), self.pad_token_id, dtype=torch.long)
         attention_mask = torch.zeros((len(seqs), n), dtype=torch.long)
-        labels = torch.full((len(seqs), n), IGNORE, dtype=torch.long)
+        labels = torch.full((len(seqs), n), IGNORE_INDEX, dtype=torch.long)
         for i, (s, l) in enumerate(zip(seqs, labs)):
             sl = slice(n - len(s), n) if side == "left" else slice(0, len(s))
             input_ids[i, sl] = torch.tensor(s, dtype=torch.long)

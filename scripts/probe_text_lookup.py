@@ -21,7 +21,7 @@ import time
 
 import torch
 
-PROMPT = "{text}\n{question}\nAnswer the question using a single word or phrase."
+from molora.synthetic.lookup import PROMPT
 
 
 def text_rows(seed: int, pages: int) -> list[tuple[str, str, list[str]]]:

@@ -73,7 +73,7 @@ def official_shapes(preset: str) -> tuple[dict, dict[str, tuple]]:
     """(official config.json, key -> shape) of Phi-4-multimodal-instruct (or another preset's shapes,
     for a dry run), from molora's meta model."""
     from molora import MoLoRAConfig, MoLoRAModel
-    from molora.layouts import to_phi4mm_config, to_phi4mm_key
+    from molora.checkpoint_layouts import to_phi4mm_config, to_phi4mm_key
 
     cfg = MoLoRAConfig.preset(preset)
     with torch.device("meta"):
@@ -283,7 +283,7 @@ def step_convert(ckpt: Path, native: Path) -> dict:
     from safetensors import safe_open
 
     from molora.convert import convert
-    from molora.layouts import from_phi4mm_key, to_transformers_state_dict
+    from molora.checkpoint_layouts import from_phi4mm_key, to_transformers_state_dict
     from molora.peft_adapters import adapter_state_dicts
     from molora.weight_files import weight_files
 

@@ -8,7 +8,7 @@ corrupt or refused by the processor's own checks (any ``MediaError``) and the ro
 ``length_guard``), records each drop in
 ``collator.skipped`` (``{"source", "item", "reason"}``) and returns
 ``processor(conversations, return_labels=True)`` for the rest, plus ``"num_label_tokens"``
-(labels != -100 after the causal shift) so that the trainer can normalise the loss across
+(``molora.loss.count_label_tokens``) so that the trainer can normalise the loss across
 processes. ``None`` when every sample was skipped. ``strict=True`` raises instead.
 Only media problems and over-long rows are skipped; any other error propagates.
 
@@ -34,20 +34,15 @@ from pathlib import Path
 import torch
 
 from molora.errors import ConfigError, LengthError, MediaError, MoLoRAError
+from molora.loss import count_label_tokens
 
 from .length_guard import RowLength
 from molora.data.manifest import Sample
 from .typed_fields import check_keys, coerce
 
-__all__ = ["Collator", "IGNORE_INDEX", "count_label_tokens"]
+__all__ = ["Collator"]
 
-IGNORE_INDEX = -100
 _SPEC_KEYS = {"freq_mask_param", "time_mask_param", "num_freq_masks", "num_time_masks"}
-
-
-def count_label_tokens(labels: torch.Tensor) -> torch.Tensor:
-    """Tokens that carry loss after the causal shift (``labels[:, 1:] != -100``), int64 scalar."""
-    return (labels[:, 1:] != IGNORE_INDEX).sum()
 
 
 class Collator:

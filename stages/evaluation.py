@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from molora.eval import mean_anls, relaxed_accuracy_any, word_error_rate
+from molora.loss import count_label_tokens
 
 
 def prompt_of(sample) -> list[dict]:
@@ -83,7 +84,7 @@ def media_reliance(model, processor, samples, *, batch_size: int = 16) -> dict:
             batch = processor(convs, return_labels=True)
             totals[key] += float(model(**batch, return_logits=False, loss_reduction="sum").loss)
             if key == "own":
-                tokens += int((batch["labels"][:, 1:] != -100).sum())
+                tokens += int(count_label_tokens(batch["labels"]))
     model.train(was_training)
     return {"own": round(totals["own"] / max(tokens, 1), 4), "swapped": round(totals["swapped"] / max(tokens, 1), 4),
             "tokens": tokens}

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from molora.loss import loss_precision
+from molora.loss import IGNORE_INDEX, count_label_tokens, loss_precision, next_token_targets
 
 TEXT_KEYS = ("input_ids", "attention_mask", "position_ids", "cu_seqlens")
 
@@ -20,9 +20,8 @@ def model_inputs(batch: dict, config) -> dict:
 
 
 def label_count(batch: dict) -> int:
-    """Labelled next tokens (a packed batch's rows start with an unlabelled role tag, so the shift
-    never counts a token of the next row)."""
-    return int((batch["labels"][:, 1:] != -100).sum())
+    """Labelled next tokens of a padded or a packed batch."""
+    return int(count_label_tokens(batch["labels"], batch.get("cu_seqlens")))
 
 
 def pair_count(batch: dict) -> int:
@@ -43,9 +42,9 @@ def lm_loss(model, batch, ctx):
 
 def sequence_logps(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Per-row sum of log p(label) over labelled tokens: [B]."""
-    lp = loss_precision(logits[:, :-1]).log_softmax(-1)
-    tgt = labels[:, 1:]
-    mask = tgt != -100
+    lp = loss_precision(logits[:, :-1]).log_softmax(-1)  # the positions that have a next token
+    tgt = next_token_targets(labels)[:, :-1]
+    mask = tgt != IGNORE_INDEX
     picked = lp.gather(-1, tgt.clamp(min=0).unsqueeze(-1)).squeeze(-1)
     return (picked * mask).sum(-1)
 

@@ -52,7 +52,6 @@ class Context:
 
     recipe: Recipe
     reference_params: dict[str, torch.Tensor] | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

@@ -96,7 +96,7 @@ def make_reference_checkpoint(directory: Path, config: MoLoRAConfig, seed: int =
     from peft import LoraConfig, get_peft_model
     from transformers import Phi4MultimodalConfig, Phi4MultimodalForCausalLM
 
-    from molora.layouts import to_transformers_config
+    from molora.checkpoint_layouts import to_transformers_config
 
     hf_cfg = Phi4MultimodalConfig(**{k: v for k, v in to_transformers_config(config).items()
                                      if k not in ("model_type", "architectures")})

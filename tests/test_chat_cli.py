@@ -160,7 +160,7 @@ def test_a_clip_with_no_words_is_a_request_to_transcribe_it(chat, tmp_path, monk
     """`molora chat --audio clip.wav` with no prompt (and `/audio` then an empty line) sends the prompt
     the speech adapter is trained with, not an empty message (which the tiny model answered with "4")."""
     from molora.cli import main
-    from molora.data import ASR_PROMPT
+    from molora.prompts import ASR_PROMPT
 
     sf.write(tmp_path / "q.wav", synth_audio(0.5), 16000)
     session, _, _ = run_repl(chat, [f"/audio {tmp_path / 'q.wav'}", "", "/quit"])

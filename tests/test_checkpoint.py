@@ -213,7 +213,7 @@ def test_sharded_save_reloads_bit_identically(random_tiny, tmp_path, layout):
 def test_transformers_loads_the_sharded_native_layout(random_tiny, tmp_path):
     from transformers import Phi4MultimodalForCausalLM
 
-    from molora.layouts import to_transformers_state_dict
+    from molora.checkpoint_layouts import to_transformers_state_dict
 
     d = tmp_path / "native"
     random_tiny.save_pretrained(d, layout="phi4_multimodal", max_shard_size="400KB")

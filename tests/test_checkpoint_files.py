@@ -232,7 +232,7 @@ def test_the_full_size_check_compares_what_the_loader_reads(model, tmp_path):
     from pathlib import Path
 
     from molora import MoLoRAProcessor
-    from molora.layouts import to_phi4mm_key
+    from molora.checkpoint_layouts import to_phi4mm_key
 
     path = Path(__file__).resolve().parents[1] / "scripts" / "validate_full_size.py"
     spec = importlib.util.spec_from_file_location("validate_full_size", path)

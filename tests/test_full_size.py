@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from molora import MoLoRAConfig, MoLoRAModel
-from molora.layouts import to_phi4mm_key, to_transformers_config, to_transformers_state_dict
+from molora.checkpoint_layouts import to_phi4mm_key, to_transformers_config, to_transformers_state_dict
 
 
 @pytest.fixture(scope="module")

@@ -12,8 +12,10 @@ import soundfile as sf
 
 from conftest import drawn_image, synth_audio
 from molora.errors import MoLoRAError
-from molora.data.manifest import (ASR_PROMPT, AUDIO_TOKENS_UNKNOWN, IMAGE_TOKENS_UNKNOWN, VQA_SUFFIX, ManifestError,
-                                    Sample, read_manifest)
+from molora.data.manifest import ManifestError, Sample, read_manifest
+from molora.modalities.audio import AUDIO_TOKENS_UNKNOWN
+from molora.modalities.image import IMAGE_TOKENS_UNKNOWN
+from molora.prompts import ASR_PROMPT, VQA_SUFFIX
 
 
 def write_manifest(root: Path, rows: list, name: str = "train.jsonl") -> Path:

@@ -13,7 +13,7 @@ from torch import nn
 
 from conftest import drawn_image, randomize_, synth_audio
 from molora import MoLoRAConfig, MoLoRAModel, MoLoRAProcessor
-from molora.config import LoraSpec, Route
+from molora.config import LoraSpec, RouterEntry
 from molora.modalities import MODALITIES, Modality, register_modality
 from molora.stages.freeze import apply_plan, component_of
 
@@ -73,7 +73,7 @@ def sensor_config():
     for k in range(1, 4):
         for combo in itertools.combinations(names, k):
             if "sensor" in combo:
-                router["+".join(combo)] = Route(adapter="sensor",
+                router["+".join(combo)] = RouterEntry(adapter="sensor",
                                                 audio_projector="speech" if "speech" in combo else None)
     cfg = base.replace(modalities={"image": {}, "audio": {}, "sensor": {"token_id": SENSOR_TOKEN, "channels": 6}},
                        adapters={**base.adapters, "sensor": LoraSpec(r=4, alpha=8)}, router=router)

@@ -133,7 +133,7 @@ def test_every_preset_exports_transformers_names_and_shapes(name):
     from transformers import Phi4MultimodalConfig, Phi4MultimodalForCausalLM
 
     from molora import MoLoRAConfig
-    from molora.layouts import to_transformers_config, to_transformers_state_dict
+    from molora.checkpoint_layouts import to_transformers_config, to_transformers_state_dict
 
     cfg = MoLoRAConfig.preset(name)
     hf_cfg = Phi4MultimodalConfig(**{k: v for k, v in to_transformers_config(cfg).items()

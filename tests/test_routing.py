@@ -141,12 +141,12 @@ def test_activation_checkpointing_keeps_per_row_routes():
 
 def test_a_new_adapter_is_a_config_change(tmp_path):
     """A third adapter (and audio projector) for image+speech rows: only the config changes."""
-    from molora.config import LoraSpec, Route
+    from molora.config import LoraSpec, RouterEntry
 
     base = MoLoRAConfig.preset("tiny")
     cfg = base.replace(
         adapters={**base.adapters, "vision_speech": LoraSpec(r=4, alpha=8)},
-        router={**base.router, "image+speech": Route(adapter="vision_speech", audio_projector="joint")},
+        router={**base.router, "image+speech": RouterEntry(adapter="vision_speech", audio_projector="joint")},
         audio_projectors=["speech", "vision", "joint"])
     torch.manual_seed(0)
     model = MoLoRAModel(cfg).eval()

@@ -24,16 +24,18 @@ def in_memory_save(model, directory, layout: str, max_shard_size: str) -> None:
     huggingface_hub's save_torch_state_dict; the adapters with safetensors' save_file."""
     from huggingface_hub import save_torch_state_dict
 
-    from molora import layouts, peft_adapters
+    from molora import checkpoint_layouts, peft_adapters
 
     sd = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     cfg, name = model.config, str(model.dtype).removeprefix("torch.")
     if layout == "molora":
         weights, config = sd, cfg.to_dict()
     elif layout == "phi4mm":
-        weights, config = {layouts.to_phi4mm_key(k): v for k, v in sd.items()}, layouts.to_phi4mm_config(cfg)
+        weights = {checkpoint_layouts.to_phi4mm_key(k): v for k, v in sd.items()}
+        config = checkpoint_layouts.to_phi4mm_config(cfg)
     else:
-        weights, config = layouts.to_transformers_state_dict(sd), layouts.to_transformers_config(cfg)
+        weights = checkpoint_layouts.to_transformers_state_dict(sd)
+        config = checkpoint_layouts.to_transformers_config(cfg)
     directory.mkdir(parents=True)
     save_torch_state_dict(weights, directory, max_shard_size=max_shard_size)
     (directory / "config.json").write_text(json.dumps({**config, "torch_dtype": name, "dtype": name}, indent=2) + "\n")

@@ -16,7 +16,7 @@ from conftest import drawn_image
 from datafactory import corpus, write_manifest
 from molora import Chat, MoLoRAConfig, MoLoRAModel, MoLoRAProcessor
 from molora.cli import main as molora
-from molora.config import Route
+from molora.config import RouterEntry
 from molora.errors import ConfigError, MoLoRAError
 from molora.stages.freeze import apply_plan, component_of
 from molora.stages.recipe import load_recipe
@@ -97,7 +97,7 @@ def test_rows_of_a_modality_the_model_lacks_are_refused_before_training(sensor_c
 def test_rows_of_a_third_modality_are_not_taken_for_text_rows(sensor_config):
     """A frozen backbone's text-only rows run without autograd (molora/frozen_rows.py); a row holding
     the third modality is not one of them, even when its route has no adapter."""
-    router = {**sensor_config.router, "sensor": Route(adapter=None)}
+    router = {**sensor_config.router, "sensor": RouterEntry(adapter=None)}
     model = MoLoRAModel(sensor_config.replace(router=router))
     apply_plan(model, ["sensor_encoder", "sensor_projector"])
     proc = MoLoRAProcessor.from_config(model.config)

@@ -53,7 +53,7 @@ def test_the_tester_configuration_loads_and_gives_transformers_logits(tmp_path):
     assert (a.hidden_size, a.ext_pw_out_channel, a.depthwise_separable_out_channel, a.bias_max_distance) == (32, 1024, 128, 1000)
     # every tensor transformers saved is in molora's model, unchanged
     hf = ref.state_dict()
-    from molora.layouts import to_transformers_state_dict
+    from molora.checkpoint_layouts import to_transformers_state_dict
 
     back = to_transformers_state_dict(ours.state_dict())
     assert set(back) == set(hf) and all(torch.equal(back[k], hf[k]) for k in hf)

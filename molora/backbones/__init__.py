@@ -23,12 +23,3 @@ def family(name: str):
 def build_backbone(b):
     """The routed decoder for a ``BackboneConfig`` (random init; checkpoints load over it)."""
     return family(b.family).build(b)
-
-
-def family_of_model_type(model_type: str) -> str:
-    """The family whose checkpoints carry this ``config.json`` model_type."""
-    for name, fam in FAMILIES.items():
-        if model_type in fam.MODEL_TYPES:
-            return name
-    raise ConfigError(f"no backbone family reads model_type {model_type!r}; known: "
-                      f"{sorted(t for f in FAMILIES.values() for t in f.MODEL_TYPES)}", "config.json")

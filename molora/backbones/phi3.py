@@ -7,10 +7,6 @@ from transformers import Phi3Config
 
 from ..config import BackboneConfig
 
-MODEL_TYPES = ("phi3",)
-# the decoder's linear layers (LoRA targets of the official checkpoint)
-LINEARS = ("qkv_proj", "o_proj", "gate_up_proj", "down_proj")
-
 
 def hf_config(b: BackboneConfig, attn_implementation: str = "sdpa") -> Phi3Config:
     """transformers' ``Phi3Config`` with the decoder's real values."""

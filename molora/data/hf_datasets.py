@@ -37,7 +37,8 @@ import numpy as np
 
 from molora.errors import AudioError, ImageError, MediaError, MoLoRAError
 
-from .manifest import ASR_PROMPT, VQA_SUFFIX, Sample, estimate_length
+from ..prompts import ASR_PROMPT, VQA_SUFFIX
+from .manifest import Sample, estimate_length
 
 __all__ = ["read_hf_dataset", "decode_audio_value", "decode_image_value", "data_folder", "rebased",
            "TEXT_FALLBACKS", "QUESTION_FALLBACKS", "ANSWERS_FALLBACKS"]

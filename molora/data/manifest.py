@@ -32,14 +32,11 @@ from typing import Any, Iterable
 
 from molora.errors import MediaError, MoLoRAError
 from molora.modalities import MODALITIES, Modality
-from molora.modalities.audio import AUDIO_TOKENS_PER_SECOND, AUDIO_TOKENS_UNKNOWN  # noqa: F401 (their old home)
-from molora.modalities.image import IMAGE_TOKENS_UNKNOWN  # noqa: F401
+from molora.prompts import ASR_PROMPT, VQA_SUFFIX
 
 __all__ = ["Sample", "ManifestError", "read_manifest", "read_manifest_rows", "parse_row", "loads_row",
-           "manifest_path", "estimate_length", "ASR_PROMPT", "VQA_SUFFIX", "KINDS", "MAX_LINE_BYTES", "AUDIO_KEYS"]
+           "manifest_path", "estimate_length", "KINDS", "MAX_LINE_BYTES", "AUDIO_KEYS"]
 
-ASR_PROMPT = "Transcribe the audio clip into text."
-VQA_SUFFIX = "\nAnswer the question using a single word or phrase."
 KINDS = ("asr", "chat", "vqa", "preference")
 AUDIO_KEYS = ("audio", "audio_filepath")    # molora's own key, NeMo / Open ASR manifests' key
 _ROLES = ("system", "user", "assistant")

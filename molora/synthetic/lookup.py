@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import random
 
+from molora.prompts import VQA_SUFFIX
+
 __all__ = ["KINDS", "text_lines", "page_text", "page_as_text", "drill_row", "lookup_conversations"]
 
 KINDS = ("page", "keys", "repeat")
-PROMPT = "{text}\n{question}\nAnswer the question using a single word or phrase."
+PROMPT = "{text}\n{question}" + VQA_SUFFIX
 _WORDS = ("name age date phone total item qty price city value shop rain cake milk soap rome paris oslo "
           "figs pears plums apples lemons coffee butter soup tea bread rice fish eggs visitor pass stock "
           "sales points year month team fruit share order code room email").split()

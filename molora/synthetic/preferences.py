@@ -21,7 +21,7 @@ import re
 import time
 from pathlib import Path
 
-from molora.data.manifest import ASR_PROMPT, VQA_SUFFIX
+from molora.prompts import ASR_PROMPT, VQA_SUFFIX
 from molora.synthetic import charts, documents, sentences
 from molora.synthetic.common import build_corpus, item_rng, parallel_map, resolve_sizes, write_jsonl, write_png
 from molora.synthetic.draw import QA

@@ -1,10 +1,10 @@
 """The route step of a forward: from the execution plan to the token layout the decoder runs on.
 
 ``make_layout`` decides, for one call, the positions, the attention kernel and its inputs
-(``Attend``), the LoRA ``Route`` of every token, the narrower route of the positions whose output is
-read (for the last layer), and the next-token target of every position; packing a padded batch
-first when the plan says so (``molora/packing.py``). ``head`` turns the decoder's output into logits
-and the loss, in whatever layout the call ran.
+(``Attend``), the LoRA ``TokenRoute`` of every token, the narrower route of the positions whose output
+is read (for the last layer), and the next-token target of every position; packing a padded batch
+first when the plan says so (``molora/packing.py``). ``logits_and_loss`` turns the decoder's output
+into logits and the loss, in whatever layout the call ran.
 """
 from __future__ import annotations
 
@@ -13,40 +13,40 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .adapters.route import Route
+from .adapters.route import TokenRoute
 from .attention import LengthGroups, padding_mask
 from .decoder import Attend
-from .loss import loss_precision
-from .packing import PackedRows, packed_targets
+from .loss import IGNORE_INDEX, loss_precision, next_token_targets
+from .packing import PackedRows
 from .plan import ExecutionPlan
 
-__all__ = ["Layout", "make_layout", "head", "positions_of", "segments"]
+__all__ = ["TokenLayout", "make_layout", "logits_and_loss", "positions_of", "segments"]
 
 
 @dataclass
-class Layout:
+class TokenLayout:
     """The token layout of one call after routing: what the decoder and the loss read."""
 
     embeds: torch.Tensor  # [B, T, D] or [1, N, D] (packed)
     positions: torch.Tensor
-    route: Route
+    route: TokenRoute
     attend: Attend
-    narrow: Route | None  # the read positions (last layer only), or None
+    narrow: TokenRoute | None  # the read positions (last layer only), or None
     targets: torch.Tensor | None  # next-token label of each position, in the decoder's layout (or None)
 
 
 def make_layout(model, embeds, input_ids, attention_mask, labels, position_ids, cu_seqlens, row_types, cache, route,
-                logits_to_keep, return_logits, plan: ExecutionPlan) -> Layout:
+                logits_to_keep, return_logits, plan: ExecutionPlan) -> TokenLayout:
     device, names = model.device, model.config.adapter_names
     flags = {"touch_all": plan.touch_all, "merged": plan.merged, "fused": plan.fused_lora}
     B, T = input_ids.shape
     targets = None
     if labels is not None:
-        targets = F.pad(labels.to(device)[:, 1:], (0, 1), value=-100)  # the next token's label, per position
+        targets = next_token_targets(labels.to(device), cu_seqlens)  # the next token's label, per position
     if route is not None:  # a decode step: the precomputed route, no padding, one token per row
         positions = position_ids if position_ids is not None else positions_of(attention_mask, (B, T), cache)
         mask = None if attention_mask is None or bool(attention_mask.all()) else padding_mask(attention_mask, T)
-        return Layout(embeds, positions.to(device), route, Attend("padded", mask), None, targets)
+        return TokenLayout(embeds, positions.to(device), route, Attend("padded", mask), None, targets)
     row_adapter = model.router.adapter_index(row_types, device=device)
     if cu_seqlens is not None:  # packed by the caller: rows are already in place
         cu = cu_seqlens.to(device)
@@ -54,7 +54,6 @@ def make_layout(model, embeds, input_ids, attention_mask, labels, position_ids, 
         positions = position_ids.to(device) if position_ids is not None else \
             torch.cat([torch.arange(n, device=device) for n in lengths])[None]
         token_adapter = row_adapter.repeat_interleave(torch.tensor(lengths, device=device))[None]
-        targets = None if targets is None else packed_targets(targets, cu)
         return _packed(model, embeds, positions, token_adapter, cu, lengths, targets, logits_to_keep, return_logits,
                        plan, flags)
     positions = (position_ids if position_ids is not None else positions_of(attention_mask, (B, T), cache))
@@ -65,7 +64,7 @@ def make_layout(model, embeds, input_ids, attention_mask, labels, position_ids, 
                        packed.cu_seqlens, packed.lengths, None if targets is None else packed.pack(targets),
                        logits_to_keep, return_logits, plan, flags)
     real = None if attention_mask is None else attention_mask[:, -T:].bool()
-    lora_route = Route.build(row_adapter, (B, T), names, real, drop_padding=plan.drop_padding, **flags)
+    lora_route = TokenRoute.build(row_adapter, (B, T), names, real, drop_padding=plan.drop_padding, **flags)
     if attention_mask is None or (bool(attention_mask.all()) and (cache is None or cache.get_seq_length() == 0)):
         attend = Attend("padded", None)  # SDPA's own causal mask
     else:
@@ -73,17 +72,19 @@ def make_layout(model, embeds, input_ids, attention_mask, labels, position_ids, 
         groups = LengthGroups.plan(attention_mask) if plan.attention == "length_groups" else None
         attend = Attend("padded", mask) if groups is None else Attend("length_groups", mask, groups)
     used = read_positions(targets, logits_to_keep, return_logits, real, (B, T), device) if plan.narrow else None
-    return Layout(embeds, positions, lora_route, attend, None if used is None else lora_route.narrowed(used), targets)
+    narrow = None if used is None else lora_route.narrowed(used)
+    return TokenLayout(embeds, positions, lora_route, attend, narrow, targets)
 
 
 def _packed(model, embeds, positions, token_adapter, cu, lengths, targets, logits_to_keep, return_logits, plan,
-            flags) -> Layout:
+            flags) -> TokenLayout:
     n = embeds.shape[1]
-    lora_route = Route.build(token_adapter, (1, n), model.config.adapter_names, None, **flags)
+    lora_route = TokenRoute.build(token_adapter, (1, n), model.config.adapter_names, None, **flags)
     attend = Attend("packed", cu_seqlens=cu, lengths=tuple(lengths), backend=plan.packed_backend)
     targets = None if targets is None else targets.reshape(1, n)
     used = read_positions(targets, logits_to_keep, return_logits, None, (1, n), embeds.device) if plan.narrow else None
-    return Layout(embeds, positions, lora_route, attend, None if used is None else lora_route.narrowed(used), targets)
+    narrow = None if used is None else lora_route.narrowed(used)
+    return TokenLayout(embeds, positions, lora_route, attend, narrow, targets)
 
 
 def read_positions(targets, logits_to_keep, return_logits, real, shape, device):
@@ -94,13 +95,13 @@ def read_positions(targets, logits_to_keep, return_logits, real, shape, device):
         used = torch.zeros(B, T, dtype=torch.bool, device=device)
         used[:, -logits_to_keep:] = True
     elif targets is not None and not return_logits and not logits_to_keep:
-        used = targets != -100
+        used = targets != IGNORE_INDEX
     else:
         return None
     return used if real is None else used & real
 
 
-def head(lm_logits, hidden, layout: Layout, logits_to_keep, return_logits, loss_reduction, plan):
+def logits_and_loss(lm_logits, hidden, layout: TokenLayout, logits_to_keep, return_logits, loss_reduction, plan):
     """(logits, loss) from the decoder's output, in the layout the call ran."""
     targets = layout.targets
     if layout.narrow is not None:  # hidden: [n, D], the read positions in narrow.kept order
@@ -115,19 +116,19 @@ def head(lm_logits, hidden, layout: Layout, logits_to_keep, return_logits, loss_
         logits = lm_logits(hidden) if return_logits and not plan.pack else None
         if targets is None:
             return logits, None
-        keep = targets[0] != -100
+        keep = targets[0] != IGNORE_INDEX
         return logits, F.cross_entropy(loss_precision(lm_logits(hidden[0][keep])), targets[0][keep],
                                        reduction=loss_reduction)
     if logits_to_keep:
         hidden = hidden[:, -logits_to_keep:]
     if targets is not None and not return_logits:
-        keep = targets != -100
+        keep = targets != IGNORE_INDEX
         return None, F.cross_entropy(loss_precision(lm_logits(hidden[keep])), targets[keep], reduction=loss_reduction)
     logits = lm_logits(hidden)
     loss = None
     if targets is not None:
         flat = loss_precision(logits).reshape(-1, logits.shape[-1])
-        loss = F.cross_entropy(flat, targets.reshape(-1), ignore_index=-100, reduction=loss_reduction)
+        loss = F.cross_entropy(flat, targets.reshape(-1), ignore_index=IGNORE_INDEX, reduction=loss_reduction)
     return logits, loss
 
 
