@@ -29,7 +29,7 @@ def test_readme_override_reaches_the_optimiser_as_a_float(tmp_path):
     assert r.max_steps == 100 and type(r.max_steps) is int
     assert r.training.lr_groups == {"encoder": 5e-4} and type(r.training.lr_groups["encoder"]) is float
     assert r.strict is True and r.data["max_tokens"] == 4096
-    # and the run itself trains with it (today: TypeError from torch after the model loaded)
+    # and the run itself trains with it (a string here once reached torch: TypeError after the model loaded)
     data = corpus(tmp_path / "data", "asr")
     from molora.stages.trainer import train
 
