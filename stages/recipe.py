@@ -234,7 +234,8 @@ def _check_top_keys(raw: dict, st: Stage | None) -> dict[str, Any]:
     for key in raw:
         other = STAGES.get(key) if key not in fields else None
         if other is not None and other.settings is not None:
-            own = f"its section is {st.name}" if st is not None and st.settings is not None else "which has no settings section"
+            own = (f"its section is {st.name}" if st is not None and st.settings is not None
+                   else "which has no settings section")
             raise ConfigError(f"the settings of stage {key}, but this recipe's stage is {raw.get('stage')!r} ({own})",
                               key)
     check_keys(raw, fields, "", elsewhere=_nested_keys(st))

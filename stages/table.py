@@ -65,7 +65,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
     Stage("dpo", ("preference",), (
         {"name": "dpo", "train": ADAPTERS_AND_PROJECTORS, "fraction": 1.0},),
         dpo_loss, count=pair_count, paired=True, settings=DPOSettings,
-        description="preference pairs: DPO against the weights the stage started from (dpo.beta)"),
+        description="preference pairs: DPO against the weights the stage started from"),
 ]}
 
 
