@@ -7,7 +7,8 @@ On random weights at the preset's shapes (no download), in bf16:
 
 1. **speech post-training step**: the speech projector and speech LoRA train (the report's
    post-training plan), AdamW, bf16 autocast, the padding-free path (rows packed by
-   ``molora.packing.pack_batch``, as the trainer's collator sends them); step time, peak memory,
+   ``molora.packing.pack_batch``, as the trainer's collator sends them); the first step's loss beside
+   the float32 loss of the same weights and batch (``loss_first`` / ``loss_fp32``); step time, peak memory,
    FLOPs of one step counted by ``torch.utils.flop_counter`` and MFU against the device's dense
    bf16 peak (H100 / H200 989 TFLOP/s, A100 312; ``--peak-tflops`` for others);
 2. **ASR RTFx** at batch 128: feature extraction + greedy generate + decode per batch, timed after a
@@ -100,10 +101,6 @@ def train_step(model, cfg, device, args) -> dict:
     from molora.stages.freeze import apply_plan
 
     apply_plan(model, ["speech_projector", "speech_lora"])
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    for p in trainable:  # trainable weights and their optimiser state in float32, compute in bf16
-        p.data = p.data.float()
-    opt = torch.optim.AdamW(trainable, lr=1e-4, fused=device.type == "cuda")
     proc = _processor(cfg)
     words = "the quick brown fox jumps over the lazy dog while seven red ships sail past".split()
     rng = np.random.default_rng(1)
@@ -112,6 +109,15 @@ def train_step(model, cfg, device, args) -> dict:
     batch = pack_batch(proc(_asr_convs(clips, texts), return_labels=True))
     batch = {k: v.to(device) for k, v in batch.items()}
     tokens = int(batch["input_ids"].shape[1])
+    model.train()
+    torch.manual_seed(5)  # the same LoRA dropout masks for the reference and the first step
+    with torch.no_grad():  # the reference: the same bf16 weights, exactly, computed in float32
+        loss_fp32 = model.float()(**batch, return_logits=False).loss.item()
+    model.to(torch.bfloat16)  # bf16 -> fp32 -> bf16 gives back the same weights
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    for p in trainable:  # trainable weights and their optimiser state in float32, compute in bf16
+        p.data = p.data.float()
+    opt = torch.optim.AdamW(trainable, lr=1e-4, fused=device.type == "cuda")
 
     def step():
         with torch.autocast(device.type, dtype=torch.bfloat16):
@@ -121,8 +127,9 @@ def train_step(model, cfg, device, args) -> dict:
         opt.zero_grad(set_to_none=True)
         return loss.detach()
 
-    model.train()
-    for _ in range(args.warmup):
+    torch.manual_seed(5)
+    loss_first = step().item()  # the first step (a warm-up): the weights the reference saw
+    for _ in range(args.warmup - 1):
         step()
     with FlopCounterMode(display=False) as counter:
         step()
@@ -141,6 +148,7 @@ def train_step(model, cfg, device, args) -> dict:
     peak = _peak(device, args.peak_tflops)
     out = {"rows": args.train_batch, "tokens": tokens, "audio_seconds": round(sum(len(c) for c in clips) / 16000, 1),
            "step_seconds": round(step_s, 4), "steps_timed": args.steps, "loss": round(loss.item(), 4),
+           "loss_first": round(loss_first, 5), "loss_fp32": round(loss_fp32, 5),
            "flops_per_step": flops, "tflops_per_s": round(flops / step_s / 1e12, 2),
            "mfu": None if peak is None else round(flops / step_s / peak, 4),
            "peak_tflops_assumed": None if peak is None else peak / 1e12,

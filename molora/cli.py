@@ -8,12 +8,18 @@ import sys
 
 
 def _stage_table() -> str:
+    """One line per stage (rows, sub-steps), then its description and its own settings with their defaults."""
+    from dataclasses import fields
+
     from .stages.table import STAGES
 
     lines = ["stage   trains on            sub-steps (components trained)"]
     for st in STAGES.values():
         subs = "; ".join(f"{s['name']} ({', '.join(s['train'])})" for s in st.substeps)
         lines.append(f"{st.name:7s} {', '.join(st.data_kinds):20s} {subs}")
+        own = [f"{st.name}.{f.name}={getattr(st.settings(), f.name)!r}" for f in fields(st.settings)] \
+            if st.settings is not None else []
+        lines.append(" " * 8 + st.description + (f" (settings: {', '.join(own)})" if own else ""))
     return "\n".join(lines)
 
 

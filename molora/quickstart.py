@@ -153,8 +153,9 @@ def stage_recipe(stage: str, model_path: str, train: str, seed: int, fast: bool)
            "substeps": substeps,
            "training": {"micro_batch_size": 4 if fast else p["batch"], "lr": p["lr"], "lr_groups": p["lr_groups"],
                         "warmup_steps": 0 if fast else 5, "schedule": "cosine", "min_lr_ratio": 0.05,
-                        "max_grad_norm": 1.0, "group_by_length": p.get("group_by_length", True)},
-           "dpo": {"beta": p.get("beta", 0.1)}}
+                        "max_grad_norm": 1.0, "group_by_length": p.get("group_by_length", True)}}
+    if "beta" in p:  # the dpo stage's own section (stages/table.py)
+        raw[stage] = {"beta": p["beta"]}
     return build_recipe(raw, source=f"quickstart:{stage}")
 
 
@@ -408,7 +409,7 @@ def _run(out: Path, *, fast: bool, seed: int, corpora_root, progress: bool) -> d
         if stage == "dpo":
             stages[stage]["pairs"] = n_pairs
             stages[stage]["preference"] = held_out_preferences(model, previous, processor, samples,
-                                                               previous_predictions, recipe.dpo["beta"])
+                                                               previous_predictions, recipe.settings.beta)
             _log(f"dpo on held-out pairs: {stages[stage]['preference']}")
         del previous
         timings[stage] = time.perf_counter() - ts

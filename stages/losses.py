@@ -1,5 +1,8 @@
-"""The stages' losses: token-summed LM loss and DPO, and what each is summed over."""
+"""The stages' losses: token-summed LM loss and DPO, what each is summed over, and DPO's settings."""
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -64,13 +67,25 @@ def pair_logps(model, batch, params=None) -> tuple[torch.Tensor, torch.Tensor]:
     return _logps(model, batch["chosen"], params), _logps(model, batch["rejected"], params)
 
 
+@dataclass(frozen=True)
+class DPOSettings:
+    """The DPO stage's own recipe section (``dpo:``; ``dpo.beta=0.2`` on the command line)."""
+
+    beta: float = 0.1  # scale of the reward margin: larger punishes drifting from the reference more
+
+    def out_of_range(self) -> Iterator[tuple[str, str]]:
+        """(field, what it must be) for each value of the right type but out of range."""
+        if not self.beta > 0:
+            yield "beta", "> 0"
+
+
 def dpo_loss(model, batch, ctx):
     """Direct preference optimisation on chosen / rejected pairs against a frozen reference (the
     trainable tensors as they were when the stage started):
     loss = -log sigmoid(beta * ((pi_c - ref_c) - (pi_r - ref_r))), pi / ref the summed
     log-probabilities of the reply tokens. Logged: the reward margin (beta times the bracket), the
     share of pairs whose margin is positive, and each side's reward."""
-    beta = float(ctx.recipe.dpo.get("beta", 0.1))
+    beta = ctx.recipe.settings.beta
     pc, pr = pair_logps(model, batch)
     with torch.no_grad():
         rc, rr = pair_logps(model, batch, ctx.reference_params)

@@ -4,6 +4,8 @@ A recipe opens with the exact command that runs it. ``load_recipe(name_or_path, 
 reads a packaged recipe by name (``stages/recipes/NAME.yaml``) or any YAML path, then applies
 ``key=value`` overrides (dotted keys reach nested sections: ``data.train=PATH``,
 ``training.lr=3e-4``; the common ones are top level: ``max_steps``, ``save_every``, ``seed``).
+A stage with settings of its own (stages/table.py, ``Stage.settings``) reads them from the section
+named after it (``dpo.beta=0.2``); this module checks that section against the stage's class.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ import yaml
 from molora.errors import ConfigError
 
 from .freeze import components
+from .table import STAGES, Stage, stage as stage_entry
 from .typed_fields import check_keys, coerce
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
@@ -72,11 +75,16 @@ class Recipe:
     keep_last: int = 2
     seed: int = 0
     strict: bool = False
-    dpo: dict[str, Any] = field(default_factory=lambda: {"beta": 0.1})
+    settings: Any = None  # the stage's own settings (an instance of its Stage.settings class), or None
     source: str = ""
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The recipe as plain data; the stage's settings under the section they were read from."""
+        d = asdict(self)
+        settings = d.pop("settings")
+        if settings is not None:
+            d[self.stage] = settings
+        return d
 
     def substep_at(self, step: int) -> tuple[int, Substep, int, int]:
         """(index, substep, first step, number of steps) of the sub-step that contains ``step``."""
@@ -188,8 +196,6 @@ def load_recipe(name_or_path: str, overrides: dict[str, Any] | list[str] | None 
 def stage_recipe(stage: str, overrides: dict[str, Any] | list[str] | None = None) -> Recipe:
     """A recipe for one stage of the table with its defaults (``molora train --stage NAME``): the
     tiny preset, the stage's sub-steps; ``key=value`` overrides as for ``load_recipe``."""
-    from .table import stage as stage_entry
-
     stage_entry(stage)
     raw: dict[str, Any] = {"name": stage, "stage": stage}
     if isinstance(overrides, list):
@@ -203,19 +209,45 @@ def stage_recipe(stage: str, overrides: dict[str, Any] | list[str] | None = None
 MODEL_FIELDS = {"preset": str, "path": str, "config": dict, "backbone": str, "vision": str, "init": str}
 DATA_FIELDS = {"train": str | dict | None, "eval": str | dict | None, "allow_outside_root": bool,
                "max_tokens": int | None}
-DPO_FIELDS = {"beta": float}
 TOP_FIELDS = {"name": str | None, "stage": str, "model": dict | None, "data": dict | None, "training": dict | None,
               "substeps": list | None, "max_steps": int, "save_every": int, "keep_last": int, "seed": int,
-              "strict": bool, "dpo": dict | None}
+              "strict": bool}
 CHOICES = {"training.schedule": ("cosine", "linear", "constant"), "training.precision": ("auto", "fp32", "bf16", "fp16"),
            "training.parallel": ("dp", "fsdp2")}
 LR_GROUPS = ("encoder", "projector", "lora", "other")
 
 
-def _nested_keys() -> dict[str, str]:
+def _nested_keys(st: Stage | None) -> dict[str, str]:
     """Each key of a section by its bare name (``lr`` -> ``training.lr``): what a top-level key meant."""
-    sections = {"training": _dataclass_fields(Training), "data": DATA_FIELDS, "model": MODEL_FIELDS, "dpo": DPO_FIELDS}
+    sections = {"training": _dataclass_fields(Training), "data": DATA_FIELDS, "model": MODEL_FIELDS}
+    if st is not None and st.settings is not None:
+        sections[st.name] = _dataclass_fields(st.settings)
     return {k: f"{name}.{k}" for name, fields in sections.items() for k in fields}
+
+
+def _check_top_keys(raw: dict, st: Stage | None) -> dict[str, Any]:
+    """The top-level keys a recipe of stage ``st`` may have (its own settings section among them),
+    or a ConfigError naming the first other one."""
+    fields = dict(TOP_FIELDS)
+    if st is not None and st.settings is not None:
+        fields[st.name] = dict | None
+    for key in raw:
+        other = STAGES.get(key) if key not in fields else None
+        if other is not None and other.settings is not None:
+            own = (f"its section is {st.name}" if st is not None and st.settings is not None
+                   else "which has no settings section")
+            raise ConfigError(f"the settings of stage {key}, but this recipe's stage is {raw.get('stage')!r} ({own})",
+                              key)
+    check_keys(raw, fields, "", elsewhere=_nested_keys(st))
+    return fields
+
+
+def _stage_settings(raw: dict, st: Stage) -> Any:
+    """An instance of the stage's settings class from its section (the class's defaults for what
+    the section leaves out), or None for a stage without settings."""
+    if st.settings is None:
+        return None
+    return st.settings(**_section(raw, st.name, _dataclass_fields(st.settings)))
 
 
 def _datasets_spec(spec: Any, key: str) -> None:
@@ -245,12 +277,12 @@ def build_recipe(raw: dict, source: str = "") -> Recipe:
     the known ones listed, every value is coerced to its field's type, ranges are checked."""
     if not isinstance(raw, dict):
         raise ConfigError(f"a recipe is a mapping of keys, got {type(raw).__name__}", source or "recipe")
-    check_keys(raw, TOP_FIELDS, "", elsewhere=_nested_keys())
-    top = {k: coerce(v, TOP_FIELDS[k], k) for k, v in raw.items()}
-    from .table import stage as stage_entry
-
+    named = raw.get("stage")
+    fields = _check_top_keys(raw, STAGES.get(named) if isinstance(named, str) else None)
+    top = {k: coerce(v, fields[k], k) for k, v in raw.items()}
     stage = top.get("stage")
-    default_substeps = stage_entry(stage).default_substeps()  # an unknown stage is an error naming them
+    st = stage_entry(stage)  # an unknown stage is an error naming them
+    default_substeps = st.default_substeps()
 
     training_fields = _dataclass_fields(Training)
     training = Training(**_section(raw, "training", training_fields))
@@ -272,11 +304,10 @@ def build_recipe(raw: dict, source: str = "") -> Recipe:
     data = _section(raw, "data", DATA_FIELDS)
     for key in ("train", "eval"):
         _datasets_spec(data.get(key), key)
-    dpo = {"beta": 0.1, **_section(raw, "dpo", DPO_FIELDS)}
     r = Recipe(name=top.get("name") or Path(source).stem, stage=stage, model=model, data=data, training=training,
                substeps=substeps, max_steps=top.get("max_steps", 100), save_every=top.get("save_every", 0),
                keep_last=top.get("keep_last", 2), seed=top.get("seed", 0), strict=top.get("strict", False),
-               dpo=dpo, source=source)
+               settings=_stage_settings(raw, st), source=source)
     check_ranges(r)
     return r
 
@@ -311,7 +342,8 @@ def check_ranges(r: Recipe) -> None:
         from .collate import Collator
 
         Collator.check_spec(t.spec_augment)
-    need(r.dpo["beta"] > 0, "dpo.beta", "> 0", r.dpo["beta"])
+    for key, what in r.settings.out_of_range() if hasattr(r.settings, "out_of_range") else ():
+        need(False, f"{r.stage}.{key}", what, getattr(r.settings, key))
     max_tokens = r.data.get("max_tokens")
     need(max_tokens is None or max_tokens >= 1, "data.max_tokens", ">= 1 (or null: the model's context)", max_tokens)
     if not r.model.get("path"):

@@ -10,16 +10,19 @@ table. The defaults follow the Phi-4-multimodal report (``../shared``-style summ
 - sft: the adapters and the projectors, on every kind of row;
 - dpo: the same parts, with the DPO loss against the weights the stage started from.
 
-A new stage is one ``Stage`` entry here (and a recipe that names it).
+A new stage is one ``Stage`` entry here (and a recipe that names it). A stage with settings of its
+own names their dataclass in ``settings``: a recipe's section named after the stage (``dpo: {beta: 0.2}``,
+``dpo.beta=0.2``) is checked against its fields (unknown keys, types, the class's ``out_of_range``) and
+reaches the loss as ``ctx.recipe.settings``; stages/recipe.py knows no stage by name.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 from molora.errors import ConfigError
 
-from .losses import dpo_loss, label_count, lm_loss, pair_count
+from .losses import DPOSettings, dpo_loss, label_count, lm_loss, pair_count
 
 __all__ = ["Stage", "STAGES", "stage"]
 
@@ -36,7 +39,7 @@ class Stage:
     count: Callable = label_count  # what the loss is summed over in a batch (divides the global sum)
     paired: bool = False  # batches of chosen / rejected pairs
     description: str = ""
-    extra: dict = field(default_factory=dict)
+    settings: type | None = None  # dataclass of the recipe section named after the stage (defaults, types)
 
     def default_substeps(self) -> list[dict]:
         return [dict(s, train=list(s["train"])) for s in self.substeps]
@@ -61,8 +64,8 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
         lm_loss, description="instruction tuning of the adapters and projectors on every kind of row"),
     Stage("dpo", ("preference",), (
         {"name": "dpo", "train": ADAPTERS_AND_PROJECTORS, "fraction": 1.0},),
-        dpo_loss, count=pair_count, paired=True,
-        description="preference pairs: DPO against the weights the stage started from (dpo.beta)"),
+        dpo_loss, count=pair_count, paired=True, settings=DPOSettings,
+        description="preference pairs: DPO against the weights the stage started from"),
 ]}
 
 

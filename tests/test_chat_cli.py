@@ -101,7 +101,7 @@ def test_bad_generation_settings_are_argument_errors(chat, kwargs, message):
 
 
 def test_top_k_minus_three_no_longer_reaches_torch(chat):
-    """Today: RuntimeError: selected index k out of range."""
+    """A negative top_k is refused naming it (it once reached torch: RuntimeError: selected index k out of range)."""
     with pytest.raises(MoLoRAError, match="top_k"):
         chat.generate([{"role": "user", "content": "hi"}], max_new_tokens=2, temperature=1.0, top_k=-3)
 
@@ -120,10 +120,15 @@ def test_messages_that_are_not_a_conversation(chat, messages, message):
 def test_a_stop_string_and_a_single_path_are_one_item_each(chat, tmp_path):
     conv = [{"role": "user", "content": "tell me"}]
     full = chat.generate(conv, max_new_tokens=12)
-    stop = full[3:5] if len(full) >= 5 else None
-    if stop:  # a plain string is one stop string, not a set of characters
-        assert chat.generate(conv, max_new_tokens=12, stop=stop) == chat.generate(conv, max_new_tokens=12,
-                                                                                  stop=[stop])
+    assert len(full) >= 4, repr(full)  # greedy, seeded weights: 12 tokens, each one character or more
+    # a plain string is one stop string, not a set of characters: one whose first character the model
+    # writes but that never occurs whole cuts nothing (as characters it would cut at full[1])
+    never = full[1] + "\u2603"
+    assert chat.generate(conv, max_new_tokens=12, stop=never) == full
+    assert chat.generate(conv, max_new_tokens=12, stop=[never]) == full
+    seen = full[2:4]  # one that occurs cuts the reply where it first begins
+    assert chat.generate(conv, max_new_tokens=12, stop=seen) == full[:full.index(seen)]
+    assert chat.generate(conv, max_new_tokens=12, stop=[seen]) == full[:full.index(seen)]
     drawn_image(30, 30).save(tmp_path / "one.png")
     turn = chat.session().user_turn("x", images=str(tmp_path / "one.png"))
     assert [p["type"] for p in turn["content"]] == ["image", "text"]

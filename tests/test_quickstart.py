@@ -251,5 +251,28 @@ def test_pretrain_recipe_chains_four_runs(tmp_path):
     for k, (mine, theirs) in enumerate(zip(runs, shipped["runs"])):  # the same plan keys, same kept shares
         assert set(mine["plan"]) >= set(theirs["plan"]), k
         assert all(mine["plan"][key] == theirs["plan"].get(key, 0) for key in ("keep_drills", "keep_speech")), k
-    assert shipped["runs"][1]["plan"]["ocr_steps"] == 3000 and shipped["runs"][1]["plan"]["crops_steps"] == 4000
-    assert shipped["runs"][3]["plan"]["lookup_steps"] == 6000 and shipped["runs"][3]["plan"]["keep_speech"] == 15
+
+
+def test_shipped_pretrain_record_follows_the_recipe_script(tmp_path):
+    """molora/weights/tiny/pretrain.json (written by the runs) lists, for each of its four runs, the phases and
+    every count scripts/pretrain_tiny_recipe.sh sets (read from the commands the script issues, here recorded
+    by a stand-in for python instead of run)."""
+    log = tmp_path / "commands"
+    fake = tmp_path / "python"
+    fake.write_text(f'#!/bin/sh\nprintf "%s\\n" "$*" >> "{log}"\n')
+    fake.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if k not in ("SMOKE", "EXTRA")}
+    r = subprocess.run(["bash", str(REPO / "scripts" / "pretrain_tiny_recipe.sh"), str(tmp_path / "out")],
+                       capture_output=True, text=True, timeout=60, env={**env, "PYTHON": str(fake)})
+    assert r.returncode == 0, r.stderr[-3000:]
+    commands = log.read_text().splitlines()
+    shipped = json.loads((REPO / "molora" / "weights" / "tiny" / "pretrain.json").read_text())["runs"]
+    assert len(commands) == len(shipped) == 4
+    checked = 0
+    for k, (command, run) in enumerate(zip(commands, shipped)):
+        args = command.split()
+        assert args[args.index("--phases") + 1].split(",") == run["phases"], k
+        counts = dict(args[i + 1].split("=") for i, a in enumerate(args) if a == "--set")
+        assert {key: run["plan"].get(key) for key in counts} == {key: int(v) for key, v in counts.items()}, k
+        checked += len(counts)
+    assert checked >= 8  # runs 2 and 4 set their own counts

@@ -22,8 +22,9 @@ def cosine(step: int, n: int, warm: int) -> float:
 
 @pytest.mark.parametrize("grad_accum", [1, 2])
 def test_logged_lr_is_the_lr_each_step_used(tmp_path, grad_accum, capsys):
-    """6 steps, two sub-steps of 3, warmup_steps=3. Today: 6.7e-3, 1e-2, 1e-2, 6.7e-3, 1e-2, 1e-2 (the
-    next step's rate, and a warmup as long as the sub-step: no decay at all)."""
+    """6 steps, two sub-steps of 3, warmup_steps=3: each sub-step decays from 1e-2 (its warmup capped to 0).
+    A regression this catches logged 6.7e-3, 1e-2, 1e-2, 6.7e-3, 1e-2, 1e-2 (the next step's rate, and a
+    warmup as long as the sub-step: no decay at all)."""
     data = corpus(tmp_path / "data", "mixed", n=4)
     subs = "[{name: first, train: [vision_lora], fraction: 1}, {name: second, train: [speech_lora], fraction: 1}]"
     r = load_recipe("tiny-sft", [f"data.train={data}", "max_steps=6", "training.lr=1e-2", "training.warmup_steps=3",
@@ -74,7 +75,7 @@ def test_bar_colours_follow_whether_the_metric_improved():
 
 
 def test_metrics_png_paints_a_worse_wer_red(tmp_path):
-    """Today every trained bar is green, even when WER got worse."""
+    """A worse WER is painted red (a regression this catches painted every trained bar green)."""
     import numpy as np
     from PIL import Image
 

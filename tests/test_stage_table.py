@@ -45,6 +45,9 @@ def test_cli_lists_the_table_and_runs_a_stage_from_it(tmp_path):
     for name, st in STAGES.items():
         line = next(l for l in listing.stdout.splitlines() if l.startswith(name + " "))
         assert all(s["name"] in line for s in st.substeps)
+        below = listing.stdout.splitlines()[listing.stdout.splitlines().index(line) + 1]
+        assert below.strip().startswith(st.description)
+    assert "(settings: dpo.beta=0.1)" in listing.stdout
     data = corpus(tmp_path / "data", "asr")
     r = subprocess.run([sys.executable, "-m", "molora.cli", "train", "--stage", "speech", f"data.train={data}",
                         "max_steps=2", "--output-dir", str(tmp_path / "out")], cwd=ROOT, capture_output=True,
