@@ -141,11 +141,28 @@ def run_identity(recipe) -> dict:
             "model": model_fingerprint(recipe.model)}
 
 
+def _old_universal_default(key: str, value) -> bool:
+    """Whether ``key`` is a stage-settings field at its default, which runs recorded before stages carried
+    their own settings wrote for every stage (``dpo.beta: 0.1`` in an SFT run): not a change of the run."""
+    import dataclasses
+
+    from .table import STAGES
+
+    section, _, name = key.partition(".")
+    settings = STAGES[section].settings if section in STAGES else None
+    if settings is None:
+        return False
+    fields = {f.name: f.default for f in dataclasses.fields(settings)}
+    return name in fields and fields[name] == value
+
+
 def describe_changes(old: dict, new: dict) -> list[str]:
     """Human lines for what differs between two identities ("training.lr: 0.01 -> 0.0002")."""
     lines = []
     a, b = old.get("recipe", {}), new.get("recipe", {})
     for k in sorted(set(a) | set(b)):
+        if k not in b and _old_universal_default(k, a[k]):
+            continue
         if a.get(k) != b.get(k):
             lines.append(f"{k}: {a.get(k, '(unset)')!r} -> {b.get(k, '(unset)')!r}")
     if old.get("data") != new.get("data"):

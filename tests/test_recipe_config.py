@@ -180,3 +180,15 @@ def test_cli_refuses_a_bad_key_before_loading_anything(tmp_path):
 def test_config_errors_are_molora_errors():
     with pytest.raises(MoLoRAError):
         load_recipe("tiny-sft", ["training.grad_accum=x"])
+
+
+def test_a_run_recorded_before_stages_had_their_own_settings_resumes_without_a_change():
+    # runs recorded before stages carried their own settings wrote dpo.beta (at its default) for every stage;
+    # resuming such an SFT run is not a change of settings, while another beta still is
+    from molora.stages.run_state import describe_changes
+
+    new = {"recipe": {"stage": "sft", "training.lr": 0.01}, "data": "d", "model": "m"}
+    old = {"recipe": {"stage": "sft", "training.lr": 0.01, "dpo.beta": 0.1}, "data": "d", "model": "m"}
+    assert describe_changes(old, new) == []
+    assert describe_changes({**old, "recipe": {**old["recipe"], "dpo.beta": 0.3}}, new) == ["dpo.beta: 0.3 -> '(unset)'"]
+    assert describe_changes({**old, "recipe": {**old["recipe"], "other.beta": 0.1}}, new) == ["other.beta: 0.1 -> '(unset)'"]
