@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 TESTS=(tests/test_equivalence.py tests/test_fast_paths.py tests/test_execution_plan.py tests/test_modalities.py tests/test_routing.py tests/test_vision.py
        tests/test_conformer.py tests/test_audio_features.py tests/test_image_transform.py tests/test_assemble.py
-       tests/test_checkpoint.py tests/test_convert.py tests/test_chat.py
+       tests/test_checkpoint.py tests/test_convert.py tests/test_chat.py tests/test_pinned_numbers.py
        tests/test_training.py::test_two_processes_equal_one tests/test_training.py::test_fsdp2_two_processes_equal_one_and_resume)
 status=0
 for variant in "default:MOLORA_TEST_THREADS=2" \
