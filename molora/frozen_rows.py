@@ -5,16 +5,19 @@ when the backbone is frozen its loss does not depend on any weight that trains: 
 backward pass (every linear's input gradient, attention backward, over all its tokens) is work
 whose result is thrown away. The reference stack never pays it (it runs a text-only group with the
 adapters disabled, and that loss needs no backward); molora's single pass would. ``frozen_text_rows``
-finds such rows; ``MoLoRAModel`` (execution plan entry ``split_frozen_rows``) then runs them under
-``torch.no_grad()`` and the others with autograd, and adds the two summed losses (divided by the
-batch's labelled-token count for "mean"): the same loss and the same gradients as one pass.
+finds such rows; when the execution plan says ``split_frozen_rows``, ``MoLoRAModel.forward`` hands
+the call to ``loss_apart``, which runs them through the plain forward under ``torch.no_grad()`` and
+the others with autograd, and adds the two summed losses (divided by the batch's labelled-token
+count for "mean"): the same loss and the same gradients as one pass.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["frozen_text_rows", "row_subset", "backbone_frozen"]
+from .loss import count_label_tokens
+
+__all__ = ["frozen_text_rows", "row_subset", "backbone_frozen", "loss_apart"]
 
 _ROW_KEYS = ("input_ids", "attention_mask", "labels")
 
@@ -69,3 +72,24 @@ def row_subset(batch: dict, rows: list[int], *, with_media: bool) -> dict:
         out.update({k: v for k, v in batch.items()
                     if k not in (*_ROW_KEYS, "cu_seqlens", "position_ids") and v is not None})
     return out
+
+
+def loss_apart(model, call, media: dict, rows: tuple[list[int], list[int]]) -> torch.Tensor:
+    """The loss of a training call (``ForwardCall``) whose ``rows`` are (frozen text rows, the
+    others): the frozen ones through ``model`` without autograd, the others with it, each part a
+    plain forward of its own (neither splits again: the first runs without grad, the second holds
+    no frozen text row); the same value and gradients as one pass."""
+    frozen, rest = rows
+    mask = call.attention_mask
+    if call.cu_seqlens is None and mask is None:
+        mask = torch.ones_like(call.input_ids)
+    batch = {"input_ids": call.input_ids, "attention_mask": mask, "labels": call.labels,
+             "cu_seqlens": call.cu_seqlens, "position_ids": call.position_ids, **media}
+    with torch.no_grad():
+        fixed = model(**row_subset(batch, frozen, with_media=False), row_types=[call.row_types[i] for i in frozen],
+                      return_logits=False, loss_reduction="sum").loss
+    loss = model(**row_subset(batch, rest, with_media=True), row_types=[call.row_types[i] for i in rest],
+                 return_logits=False, loss_reduction="sum").loss + fixed
+    if call.loss_reduction == "mean":
+        loss = loss / count_label_tokens(call.labels, call.cu_seqlens).to(loss.device)
+    return loss

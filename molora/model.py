@@ -5,9 +5,12 @@ processor feeds either model. Unlike the reference, the adapter and the audio pr
 chosen per batch row from the row's input type (text / image / speech / image+speech), in
 training and in generation.
 
-A forward is: embed (token embeddings, media features in their placeholder slots) -> route (the
-execution plan of the call, ``molora/plan.py``, and the token layout it implies: positions,
-attention, the LoRA route) -> decoder (``molora/decoder.py``) -> logits / loss.
+A forward is: plan (the execution plan of the call, ``molora/plan.py``) -> embed (token
+embeddings, media features in their placeholder slots) -> route (the token layout the plan implies,
+``molora/token_layout.py``: positions, attention, the LoRA route) -> decoder
+(``molora/decoder.py``) -> logits / loss (``molora/loss.py``). What is not that pipeline lives
+beside it: the frozen-row split (``molora/frozen_rows.py``) and sharded training's ``touch_all``
+(``molora/touch_all.py``).
 """
 from __future__ import annotations
 
@@ -16,7 +19,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import DynamicCache
 
 from .adapters.lora import RoutedLoRALinear, inject_routed_lora
 from .adapters.route import TokenRoute
@@ -24,11 +26,12 @@ from .adapters.router import Router
 from .backbones import build_backbone
 from .config import MoLoRAConfig
 from .errors import PlaceholderError
-from .frozen_rows import frozen_text_rows, row_subset
-from .loss import count_label_tokens
+from .forward_call import ForwardCall
+from .frozen_rows import backbone_frozen, frozen_text_rows, loss_apart
 from .modalities import EmbedContext
-from .plan import BatchFacts, ExecutionPlan, FastPaths, choose_plan
-from .token_layout import logits_and_loss, make_layout, segments
+from .plan import ExecutionPlan, FastPaths, choose_plan
+from .token_layout import make_layout, segments
+from .touch_all import join_every_trainable
 
 
 @dataclass
@@ -137,46 +140,47 @@ class MoLoRAModel(nn.Module):
         too); ``route`` reuses a decode step's precomputed route (``step_route``);
         ``num_img_tokens`` (transformers' image processor output) is ignored. The inputs of further
         modalities of the config come as keywords named by their entries (``Modality.input_keys``)."""
-        cache = cache if cache is not None else past_key_values
-        media = {"image_pixel_values": image_pixel_values, "image_sizes": image_sizes,
-                 "image_attention_mask": image_attention_mask, "audio_input_features": audio_input_features,
-                 "audio_embed_sizes": audio_embed_sizes, "audio_attention_mask": audio_attention_mask}
-        if modality_inputs:
-            known = {k for m in self.config.modality_entries() for k in m.input_keys}
-            unknown = sorted(set(modality_inputs) - known)
-            if unknown:
-                raise TypeError(f"MoLoRAModel.forward() got unexpected keyword argument(s) {unknown}; the inputs "
-                                f"of this model's modalities are {sorted(known)}")
-            media.update(modality_inputs)
-        input_ids = input_ids.to(self.device)
-        attention_mask = None if attention_mask is None else attention_mask.to(self.device)
-        if row_types is None:
-            row_types = self.row_types(input_ids, cu_seqlens)
-        if loss_reduction not in ("mean", "sum"):
-            raise ValueError(f"loss_reduction must be 'mean' or 'sum', got {loss_reduction!r}")
-        prefill = cache is None or cache.get_seq_length() == 0
-        plan, split = self._plan_and_split(input_ids, attention_mask, labels, cu_seqlens, row_types, cache, route,
-                                           logits_to_keep, return_logits)
-        if plan.split_frozen_rows:
-            batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels,
-                     "cu_seqlens": cu_seqlens, "position_ids": position_ids, **media}
-            return self._forward_split(batch, row_types, split, loss_reduction, plan)
-        # embed -> route -> decoder -> loss
-        embeds = self.embed(input_ids, row_types, cu_seqlens, **media) if prefill else \
-            self.language_model.embed_tokens(input_ids)  # decode steps carry only new text tokens
-        if use_cache and cache is None:
-            cache = DynamicCache()
-        layout = make_layout(self, embeds, input_ids, attention_mask, labels, position_ids, cu_seqlens, row_types,
-                             cache, route, logits_to_keep, return_logits, plan)
-        hidden = self.language_model(layout.embeds, layout.positions, layout.route, layout.attend, cache,
-                                     layout.narrow)
-        if self.touch_all:  # sharded training: unused encoders / projectors join with 0
-            hidden = hidden + sum(0.0 * p.sum() for n, p in self.named_parameters()
-                                  if p.requires_grad and not n.startswith("language_model.layers."))
-        logits, loss = logits_and_loss(self.lm_logits, hidden, layout, logits_to_keep, return_logits, loss_reduction,
-                                       plan)
-        return MoLoRAOutput(logits=logits, loss=loss, cache=cache if use_cache else None, row_types=row_types,
-                            hidden_states=None if layout.narrow is not None or plan.packed else hidden, plan=plan)
+        call = ForwardCall.of(self, input_ids, attention_mask, labels=labels, position_ids=position_ids,
+                              cu_seqlens=cu_seqlens, row_types=row_types, cache=cache, past_key_values=past_key_values,
+                              use_cache=use_cache, route=route, logits_to_keep=logits_to_keep,
+                              return_logits=return_logits, loss_reduction=loss_reduction)
+        media = self.media_inputs(image_pixel_values=image_pixel_values, image_sizes=image_sizes,
+                                  image_attention_mask=image_attention_mask, audio_input_features=audio_input_features,
+                                  audio_embed_sizes=audio_embed_sizes, audio_attention_mask=audio_attention_mask,
+                                  **modality_inputs)
+        # 0. plan: which fast paths this call takes (molora/plan.py). A training call whose text-only rows
+        #    no trainable weight reaches runs them apart, without autograd (molora/frozen_rows.py)
+        plan, frozen_rows = self.plan_call(call)
+        if frozen_rows is not None:
+            return MoLoRAOutput(logits=None, loss=loss_apart(self, call, media, frozen_rows),
+                                row_types=call.row_types, plan=plan)
+        # 1. embed: token embeddings, each modality's features in its placeholder slots (a decode step
+        #    carries new text tokens only)
+        embeds = self.embed(call.input_ids, call.row_types, call.cu_seqlens, **media) if call.prefill else \
+            self.language_model.embed_tokens(call.input_ids)
+        # 2. route: the token layout the plan implies, padded / packed / decode (molora/token_layout.py):
+        #    positions, attention, each token's LoRA, the positions read, the next-token targets
+        layout = make_layout(self, embeds, call, plan)
+        # 3. decoder (molora/decoder.py); sharded training adds every unused trainable tensor times 0
+        hidden = self.language_model(layout.embeds, layout.positions, layout.route, layout.attend,
+                                     call.decoder_cache, layout.narrow)
+        hidden = join_every_trainable(self, hidden, plan)
+        # 4. logits / loss, in the layout the decoder ran (molora/loss.py)
+        logits, loss = layout.logits_and_loss(self.lm_logits, hidden, call)
+        return MoLoRAOutput(logits=logits, loss=loss, cache=call.returned_cache, row_types=call.row_types,
+                            hidden_states=layout.visible_hidden(hidden), plan=plan)
+
+    def media_inputs(self, **inputs) -> dict:
+        """The media keywords of a forward: the image / audio ones, and those of the config's further
+        modalities (``Modality.input_keys``); any other keyword is refused."""
+        known = {"image_pixel_values", "image_sizes", "image_attention_mask", "audio_input_features",
+                 "audio_embed_sizes", "audio_attention_mask"} | {k for m in self.config.modality_entries()
+                                                                 for k in m.input_keys}
+        unknown = sorted(set(inputs) - known)
+        if unknown:
+            raise TypeError(f"MoLoRAModel.forward() got unexpected keyword argument(s) {unknown}; the inputs "
+                            f"of this model's modalities are {sorted(known)}")
+        return inputs
 
     # -- embed ---------------------------------------------------------------------------
     def row_types(self, input_ids: torch.Tensor, cu_seqlens: torch.Tensor | None = None) -> list[str]:
@@ -215,32 +219,21 @@ class MoLoRAModel(nn.Module):
     def plan(self, input_ids, attention_mask=None, labels=None, cu_seqlens=None, row_types=None, cache=None,
              route=None, logits_to_keep=0, return_logits=True) -> ExecutionPlan:
         """The execution plan of a call with these inputs (``molora/plan.py``)."""
-        if row_types is None:
-            row_types = self.row_types(input_ids, cu_seqlens)
-        return self._plan_and_split(input_ids, attention_mask, labels, cu_seqlens, row_types, cache, route,
-                                    logits_to_keep, return_logits)[0]
+        call = ForwardCall.of(self, input_ids, attention_mask, labels=labels, position_ids=None,
+                              cu_seqlens=cu_seqlens, row_types=row_types, cache=cache, use_cache=False,
+                              route=route, logits_to_keep=logits_to_keep, return_logits=return_logits,
+                              loss_reduction="mean")
+        return self.plan_call(call)[0]
 
-    def _plan_and_split(self, input_ids, attention_mask, labels, cu_seqlens, row_types, cache, route, logits_to_keep,
-                        return_logits):
-        """The plan, and the (frozen, other) rows when the frozen-row split can apply (else None)."""
-        from .frozen_rows import backbone_frozen
-
-        padded = attention_mask is not None and attention_mask.shape == input_ids.shape and \
-            not bool(attention_mask.all())
-        prefill = cache is None or cache.get_seq_length() == 0
-        training_loss = labels is not None and not return_logits and not logits_to_keep and cache is None \
-            and route is None
-        grad = torch.is_grad_enabled()
+    def plan_call(self, call: ForwardCall) -> tuple[ExecutionPlan, tuple[list[int], list[int]] | None]:
+        """The plan of ``call``, and its (frozen text rows, other rows) when the plan splits them (else None)."""
         # looked for only where the switch could use it (it reads the batch back from the device)
-        split = frozen_text_rows(self, input_ids, row_types, cu_seqlens) if (
-            self.fast_paths.split_frozen_rows and training_loss and grad and not self.touch_all
-            and backbone_frozen(self)) else None
-        facts = BatchFacts(
-            packed_input=cu_seqlens is not None, padded=padded, training_loss=training_loss,
-            reads_subset=route is None and ((labels is None and 0 < logits_to_keep < input_ids.shape[1])
-                                            or training_loss),
-            prefill=prefill, seq_len=int(input_ids.shape[1]), grad=grad, frozen_rows_possible=split is not None)
-        return choose_plan(self.fast_paths, facts, self.device, self.dtype, touch_all=self.touch_all), split
+        split = frozen_text_rows(self, call.input_ids, call.row_types, call.cu_seqlens) if (
+            self.fast_paths.split_frozen_rows and call.training_loss and torch.is_grad_enabled()
+            and not self.touch_all and backbone_frozen(self)) else None
+        plan = choose_plan(self.fast_paths, call.facts(frozen_rows_possible=split is not None), self.device,
+                           self.dtype, touch_all=self.touch_all)
+        return plan, split if plan.split_frozen_rows else None
 
     def step_route(self, row_types: list[str]) -> TokenRoute:
         """The route of a one-token-per-row decode step (reused for every step of a generate)."""
@@ -257,24 +250,6 @@ class MoLoRAModel(nn.Module):
         weight = self.language_model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
         flat = hidden.reshape(-1, hidden.shape[-1]).to(weight.device)
         return F.linear(flat, weight).view(*hidden.shape[:-1], weight.shape[0])
-
-    def _forward_split(self, batch: dict, row_types, split, reduction, plan) -> MoLoRAOutput:
-        """The loss of the text-only rows of a frozen backbone (no trainable weight reaches them:
-        ``molora/frozen_rows.py``) without autograd, plus the loss of the others with it; the same
-        value and gradients as one pass. Neither part splits again: the first runs without grad, the
-        second holds no frozen text row."""
-        frozen, rest = split
-        if batch["cu_seqlens"] is None and batch["attention_mask"] is None:
-            batch["attention_mask"] = torch.ones_like(batch["input_ids"])
-        with torch.no_grad():
-            fixed = self(**row_subset(batch, frozen, with_media=False), row_types=[row_types[i] for i in frozen],
-                         return_logits=False, loss_reduction="sum").loss
-        loss = self(**row_subset(batch, rest, with_media=True), row_types=[row_types[i] for i in rest],
-                    return_logits=False, loss_reduction="sum").loss
-        loss = loss + fixed
-        if reduction == "mean":
-            loss = loss / count_label_tokens(batch["labels"], batch["cu_seqlens"]).to(loss.device)
-        return MoLoRAOutput(logits=None, loss=loss, row_types=row_types, plan=plan)
 
     # -- generation ----------------------------------------------------------------------
     @torch.no_grad()

@@ -240,3 +240,20 @@ def test_forward_refuses_unknown_keywords():
     batch = proc(_conversations(with_answers=False)[:1])
     with pytest.raises(TypeError):
         model(**batch, atention_mask=batch["attention_mask"])
+
+
+def test_touch_all_joins_every_trainable_tensor_with_zero():
+    """Sharded training (``model.touch_all``): a batch without speech gives every trainable tensor a
+    gradient (zero for the encoders, projectors and adapters it did not use) and the same loss and
+    gradients as without; the plan turns the frozen-row split off."""
+    model, proc = double_tiny(seed=19)
+    batch = _double(proc(_conversations()[:2], return_labels=True))  # a text row and an image row
+    plain = _step(model, batch, FastPaths(), return_logits=False, loss_reduction="sum")
+    model.touch_all = True
+    joined = _step(model, batch, FastPaths(), return_logits=False, loss_reduction="sum")
+    assert joined[0].plan.touch_all and not joined[0].plan.split_frozen_rows
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert set(joined[1]) == trainable and set(plain[1]) < trainable
+    torch.testing.assert_close(joined[0].loss.detach(), plain[0].loss.detach(), rtol=LOSS_RTOL, atol=0)
+    for n, g in joined[1].items():
+        torch.testing.assert_close(g, plain[1].get(n, torch.zeros_like(g)), rtol=GRAD_RTOL, atol=GRAD_ATOL, msg=n)

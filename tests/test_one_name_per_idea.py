@@ -146,7 +146,7 @@ def test_the_two_routes_have_distinct_names():
 
 def test_the_loss_step_is_named_for_what_it_returns():
     layout = importlib.import_module("molora.token_layout")
-    assert hasattr(layout, "logits_and_loss") and not hasattr(layout, "head")
+    assert hasattr(layout.TokenLayout, "logits_and_loss") and not hasattr(layout, "head")
 
 
 @pytest.mark.parametrize("module, name", [("molora.backbones", "family_of_model_type"),
