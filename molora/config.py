@@ -38,7 +38,7 @@ PHI4_LONG_FACTOR = [
 class BackboneConfig:
     """The decoder (default: Phi-4-mini, Phi-3 architecture: fused qkv / gate_up, partial LongRoPE)."""
 
-    family: str = "phi3"  # molora/backbones: how the decoder is built, read and written
+    family: str = "phi3"  # molora/backbones (phi3 | llama | qwen2): how the decoder is built, read and written
     vocab_size: int = 200064
     hidden_size: int = 3072
     intermediate_size: int = 8192

@@ -84,8 +84,8 @@ class RoutedDecoderLayer(nn.Module):
         r = route if narrow is None else narrow
         h = r.gather(h) + self.resid_attn_dropout(_linear(attn.o_proj, r.gather(o), r))
         x = self.post_attention_layernorm(h)
-        gate_up = gated([_linear(getattr(mlp, n), x, r) for n in fam.mlp_in], getattr(mlp, "act_fn", None))
-        h = h + self.resid_mlp_dropout(_linear(mlp.down_proj, gate_up, r))
+        inner = gated([_linear(getattr(mlp, n), x, r) for n in fam.mlp_in], getattr(mlp, "act_fn", None))
+        h = h + self.resid_mlp_dropout(_linear(mlp.down_proj, inner, r))
         return h if narrow is not None else r.scatter(h)
 
 

@@ -61,7 +61,9 @@ def test_assembled_backbone_matches_transformers_and_peft(backbone_dir):
 
     family, d = backbone_dir
     model = assemble(_text_routed_to_vision(), backbone=str(d)).eval()
-    assert model.config.backbone.family == family
+    b = model.config.backbone
+    assert (b.family, b.rope_theta, b.hidden_size, b.num_key_value_heads, b.tie_word_embeddings) == (
+        family, 5000.0, 64, 2, False)  # read from transformers' config.json
     # the preset's adapters were on every Phi-3 projection: on this family they are on every one of its own
     every = {f"layers.{i}.{block}.{name}" for i in range(LAYERS) for block, names in PROJECTIONS.items()
              for name in names}

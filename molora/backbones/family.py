@@ -28,7 +28,7 @@ class BackboneFamily:
     apply_rotary: Callable  # transformers' ``apply_rotary_pos_emb`` of the family: (q, k, cos, sin) -> (q, k)
     hf_config: Callable[[BackboneConfig], object]  # transformers' configuration with the decoder's values
     read_config: Callable[[dict, BackboneConfig], BackboneConfig]  # a flat config.json -> BackboneConfig
-    check: Callable[[BackboneConfig], None] = lambda b: None  # a ConfigError for what the family cannot build
+    check: Callable[[BackboneConfig], None]  # a ConfigError for a BackboneConfig the family cannot build
 
     @property
     def linears(self) -> tuple[tuple[str, str], ...]:
