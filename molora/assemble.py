@@ -1,8 +1,10 @@
-"""Assemble a new MoLoRA model from parts: a Phi-4-mini (Phi-3 architecture) checkpoint for the
-backbone, an open_clip SigLIP checkpoint for the vision tower, fresh conformer / projectors / LoRAs.
+"""Assemble a new MoLoRA model from parts: a transformers checkpoint of a backbone family
+(``molora/backbones``: Phi-4-mini / Phi-3, Llama, Qwen2) for the decoder, an open_clip SigLIP
+checkpoint for the vision tower, fresh conformer / projectors / LoRAs.
 """
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import torch
@@ -14,27 +16,34 @@ from .errors import CheckpointError, ConfigError
 from .checkpoint_layouts import adapted
 
 
-def backbone_config_from_phi3(directory: Path, config: MoLoRAConfig) -> MoLoRAConfig:
-    """Take the decoder's shapes from a Phi-3 / Phi-4-mini config.json (real values, not defaults)."""
+def backbone_config_from_checkpoint(directory: Path, config: MoLoRAConfig) -> MoLoRAConfig:
+    """Take the decoder's family and shapes from a backbone checkpoint's config.json (real values, not
+    defaults); an adapter on every projection of ``config``'s family goes on every projection of this one."""
+    from .backbones import FAMILIES, family_of_model_type
     from .checkpoint import _read_json
-    from .checkpoint_layouts import _backbone_from_flat, check_flat_config
 
     d = _read_json(directory / "config.json")
-    if d.get("model_type") not in ("phi3", "phi4mm", "phi4_multimodal"):
-        raise CheckpointError(f"expected a Phi-3 / Phi-4-mini checkpoint, got model_type {d.get('model_type')!r}",
-                              str(directory))
+    fam = family_of_model_type(d.get("model_type"))
+    if fam is None:
+        known = sorted(t for f in FAMILIES.values() for t in f.model_types)
+        raise CheckpointError(f"expected a backbone checkpoint (model_type one of {known}), got model_type "
+                              f"{d.get('model_type')!r}", str(directory))
     try:
-        b = _backbone_from_flat(check_flat_config(d), config.backbone)
+        b = fam.read_config(d, config.backbone)
     except ConfigError as e:
         raise CheckpointError(str(e), str(directory / "config.json")) from None
     b.image_token_id, b.audio_token_id = config.backbone.image_token_id, config.backbone.audio_token_id
-    return config.replace(backbone=b.__dict__)
+    every = FAMILIES[config.backbone.family].adapted_by_default
+    adapters = {name: dataclasses.replace(spec, target_modules=None)  # every projection, of the new family
+                if spec.modules is None and spec.target_modules == every else spec
+                for name, spec in config.adapters.items()}
+    return config.replace(backbone=b.__dict__, adapters=adapters)
 
 
 def assemble(config: MoLoRAConfig, backbone: str | None = None, vision: str | None = None, seed: int = 0):
-    """Build ``config``'s model; load the decoder from ``backbone`` (dir or hub id of a Phi-4-mini
-    checkpoint) and the vision tower from ``vision`` (an open_clip SigLIP ``.safetensors`` file),
-    resizing the tower's position grid when it was trained at another resolution."""
+    """Build ``config``'s model; load the decoder from ``backbone`` (dir or hub id of a checkpoint of a
+    backbone family: Phi-4-mini, Llama, Qwen2) and the vision tower from ``vision`` (an open_clip
+    SigLIP ``.safetensors`` file), resizing the tower's position grid when it was trained at another resolution."""
     from .encoders.open_clip_import import load_open_clip_siglip
     from .model import MoLoRAModel
 
@@ -42,7 +51,7 @@ def assemble(config: MoLoRAConfig, backbone: str | None = None, vision: str | No
     vision = vision or config.vision.pretrained
     directory = resolve_path(backbone) if backbone else None
     if directory is not None:
-        config = backbone_config_from_phi3(directory, config)
+        config = backbone_config_from_checkpoint(directory, config)
     torch.manual_seed(seed)
     model = MoLoRAModel(config)
     if directory is not None:

@@ -68,8 +68,10 @@ def _read_json(path: Path) -> dict:
 
 
 def detect_layout(directory: Path) -> str:
+    from .backbones import family_of_model_type
+
     mt = _read_json(directory / "config.json").get("model_type")
-    if mt in ("molora", "phi4mm", "phi4_multimodal", "phi3"):
+    if mt in LAYOUTS or family_of_model_type(mt) is not None:  # a bare backbone's: refused by load_config
         return mt
     raise CheckpointError(f"unknown model_type {mt!r} (expected molora, phi4mm or phi4_multimodal)",
                           str(directory / "config.json"))
@@ -103,8 +105,8 @@ def load_config(path_or_id) -> MoLoRAConfig:
 
 
 def _config(d: dict, layout: str, directory: Path, name: str, where: str) -> MoLoRAConfig:
-    if layout == "phi3":
-        raise CheckpointError("a bare Phi-3 / Phi-4-mini checkpoint is a backbone only: use "
+    if layout not in LAYOUTS:
+        raise CheckpointError(f"a bare {layout} checkpoint (Phi-4-mini, Llama, ...) is a backbone only: use "
                               "molora.checkpoint.assemble(config, backbone=..., vision=...)", str(directory))
     own = d if layout == "molora" else d.get("molora") if layout == "phi4mm" else None
     if own is not None:
@@ -202,11 +204,9 @@ def _rebuild_buffers(model) -> None:
 
 
 def _fresh_module_like(model, name: str):
-    from transformers.models.phi3.modeling_phi3 import Phi3RotaryEmbedding
-
     module = model.get_submodule(name)
-    if isinstance(module, Phi3RotaryEmbedding):
-        return Phi3RotaryEmbedding(config=module.config)
+    if module is model.language_model.rotary_emb:  # the backbone family's rotary embedding class
+        return type(module)(config=module.config)
     if hasattr(module, "rebuild_buffers"):
         return module.rebuild_buffers()
     raise CheckpointError(f"cannot rebuild non-persistent buffers of {type(module).__name__}", name)
@@ -341,6 +341,9 @@ def write_checkpoint(sd: dict, cfg: MoLoRAConfig, dtype: torch.dtype, directory,
     leaves the folder as it was, and a full disk is ``OSError(ENOSPC)``."""
     if layout not in LAYOUTS:
         raise CheckpointError(f"layout must be one of {', '.join(LAYOUTS)}", layout)
+    if layout != "molora" and cfg.backbone.family != "phi3":
+        raise CheckpointError(f"the {layout} layout holds a Phi-3 (phi3 family) decoder; a {cfg.backbone.family} "
+                              "backbone is written in the molora layout", layout)
     owned = model_entry
     if layout == "phi4mm":
         from . import official_folder

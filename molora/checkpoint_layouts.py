@@ -359,7 +359,8 @@ def phi4mm_adapters(d: dict, shapes: dict[str, tuple] | None, where: str = "conf
             if wrong is not None:
                 raise CheckpointError(f"the '{name}_lora' section says r {spec.r}, but tensor "
                                       f"'{wrong}.lora_A.{name}.weight' has rank {ranks[wrong]}", where)
-            spec.target_modules, spec.modules = compact_modules(list(ranks), int(d["num_hidden_layers"]))
+            phi3 = BackboneConfig(num_hidden_layers=int(d["num_hidden_layers"]))  # the official layout's family
+            spec.target_modules, spec.modules = compact_modules(list(ranks), phi3)
         adapters[name] = spec
     return adapters
 

@@ -38,7 +38,7 @@ PHI4_LONG_FACTOR = [
 class BackboneConfig:
     """The decoder (default: Phi-4-mini, Phi-3 architecture: fused qkv / gate_up, partial LongRoPE)."""
 
-    family: str = "phi3"  # molora/backbones: how the decoder is built, read and written
+    family: str = "phi3"  # molora/backbones (phi3 | llama | qwen2): how the decoder is built, read and written
     vocab_size: int = 200064
     hidden_size: int = 3072
     intermediate_size: int = 8192
@@ -139,7 +139,9 @@ class LoraSpec:
 
     Decoder linears are named as PEFT sees them on the public models
     (``model.layers.N.self_attn.qkv_proj``, ``model.layers.N.mlp.down_proj``, ...).
-    ``target_modules``: the linears adapted in every layer, by their last name; ``modules``, when
+    ``target_modules``: the linears adapted in every layer, by their last name (None, the default:
+    every projection of the backbone family, ``molora/backbones``; ``MoLoRAConfig`` writes the
+    names in); ``modules``, when
     set, lists exactly which linears carry the adapter (an adapter folder whose targets are a
     regex or ``layers_to_transform``); ``rank_pattern`` / ``alpha_pattern`` give some linears
     another rank / alpha (keys are regexes matched against the end of the name, as PEFT does);
@@ -149,9 +151,7 @@ class LoraSpec:
     r: int
     alpha: float
     dropout: float = 0.0
-    target_modules: list[str] = field(
-        default_factory=lambda: ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]
-    )
+    target_modules: list[str] | None = None
     modules: list[str] | None = None
     rank_pattern: dict[str, int] = field(default_factory=dict)
     alpha_pattern: dict[str, float] = field(default_factory=dict)
@@ -168,6 +168,9 @@ class LoraSpec:
         """Whether the decoder linear ``name`` (PEFT's name) carries this adapter."""
         if self.modules is not None:
             return name in self.modules
+        if self.target_modules is None:
+            raise ValueError("target_modules is not resolved yet: a LoraSpec gets its backbone family's "
+                             "projections inside a MoLoRAConfig")
         return name.rsplit(".", 1)[-1] in self.target_modules
 
     def rank_alpha(self, name: str) -> tuple[int, float]:
@@ -241,7 +244,17 @@ class MoLoRAConfig:
 
     # -- validation --------------------------------------------------------------------
     def validate(self) -> None:
+        from .backbones import family
+
         b = self.backbone
+        linears = family(b.family).adapted_by_default
+        for name, spec in self.adapters.items():
+            if spec.target_modules is None:  # a copy: the caller's spec may serve another family's config too
+                spec = self.adapters[name] = dataclasses.replace(spec, target_modules=list(linears))
+            unknown = [t for t in spec.target_modules if t not in linears]
+            if unknown:
+                raise ConfigError(f"{unknown} are not linears of a {b.family} decoder layer (those are {linears})",
+                                  f"adapters[{name!r}].target_modules")
         if b.hidden_size % b.num_attention_heads:
             raise ConfigError("hidden_size must be divisible by num_attention_heads", "backbone")
         if b.num_attention_heads % b.num_key_value_heads:

@@ -1,15 +1,17 @@
-"""The decoder run by molora: transformers' Phi-3 modules and weights, molora's forward.
+"""The decoder run by molora: transformers' modules and weights of the backbone family, molora's forward.
 
-The backbone is built by transformers (``Phi3Model``: embeddings, decoder layers, RMSNorms, rotary
-embedding with LongRoPE; the same parameter names as every checkpoint) and its layers run
-``RoutedDecoderLayer.forward``, which takes what a call needs as arguments: the ``TokenRoute`` of the
-routed LoRA linears, the attention kernel with its inputs (``Attend``), the KV cache, and, for the
-last layer, the narrower route of the positions whose output is read. The computation is
-transformers' ``Phi3DecoderLayer``'s, token for token:
+The backbone is built by transformers (the family's ``*Model``, ``molora/backbones``: embeddings,
+decoder layers, RMSNorms, rotary embedding; the same parameter names as every checkpoint) and its
+layers run ``RoutedDecoderLayer.forward``, which takes what a call needs as arguments: the
+``TokenRoute`` of the routed LoRA linears, the attention kernel with its inputs (``Attend``), the
+KV cache, and, for the last layer, the narrower route of the positions whose output is read. The
+computation is transformers' decoder layer's, token for token:
 
-    h = h + dropout(o_proj(attention(rotary(qkv_proj(norm1(h))))))
-    h = h + dropout(down_proj(up * silu(gate)))     with [gate | up] = gate_up_proj(norm2(h))
+    h = h + dropout(o_proj(attention(rotary(q, k), v)))      q, k, v from the attention input linears of norm1(h)
+    h = h + dropout(down_proj(act(gate) * up))               gate, up from the MLP input linears of norm2(h)
 
+where the family lays out the input linears: one fused linear whose output is split (phi3's
+``qkv_proj`` / ``gate_up_proj``) or one linear per projection (llama's ``q_proj`` ... ``up_proj``).
 Padding tokens (when the route drops them) never enter a linear or an MLP: the routed linears
 and norms run on the route's kept tokens, attention runs on the padded layout.
 """
@@ -18,13 +20,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 from torch.utils.checkpoint import checkpoint
-from transformers.models.phi3.modeling_phi3 import Phi3DecoderLayer, Phi3Model, apply_rotary_pos_emb
 
 from .adapters.lora import RoutedLoRALinear
 from .adapters.route import TokenRoute
 from .attention import LengthGroups, grouped_attention, packed_attention, padded_attention
-from .swiglu import silu_gate
+from .swiglu import gated
 
 __all__ = ["Attend", "RoutedDecoderLayer", "RoutedDecoder"]
 
@@ -48,29 +50,42 @@ class Attend:
         return padded_attention(q, k, v, self.mask, dropout, scale)
 
 
-class RoutedDecoderLayer(Phi3DecoderLayer):
-    """``Phi3DecoderLayer`` (same submodules and parameters) whose forward takes its route."""
+class RoutedDecoderLayer(nn.Module):
+    """A transformers decoder layer's submodules and parameters (``self_attn``, ``mlp``, the two
+    norms) run with a route; the family (``molora/backbones``) says which linears make q / k / v and
+    gate / up, and rotates q / k."""
+
+    def __init__(self, family, layer: nn.Module):
+        super().__init__()
+        self.family = family
+        self.self_attn, self.mlp = layer.self_attn, layer.mlp
+        self.input_layernorm, self.post_attention_layernorm = layer.input_layernorm, layer.post_attention_layernorm
+        # phi3's residual dropouts; llama-shaped layers have none
+        self.resid_attn_dropout = getattr(layer, "resid_attn_dropout", nn.Identity())
+        self.resid_mlp_dropout = getattr(layer, "resid_mlp_dropout", nn.Identity())
 
     def forward(self, h: torch.Tensor, position_embeddings: tuple[torch.Tensor, torch.Tensor], route: TokenRoute,
                 attend: Attend, cache=None, narrow: TokenRoute | None = None) -> torch.Tensor:
         """``h`` [B, T, D] -> [B, T, D]; with ``narrow``, [n, D]: only the positions ``narrow.kept``
         (in that order) go through ``o_proj`` and the MLP (keys and values are still those of every
         token, for attention and the cache)."""
-        attn, mlp = self.self_attn, self.mlp
+        attn, mlp, fam = self.self_attn, self.mlp, self.family
         B, T, _ = h.shape
         d, nq, nkv = attn.head_dim, attn.config.num_attention_heads, attn.config.num_key_value_heads
-        qkv = route.scatter(_linear(attn.qkv_proj, self.input_layernorm(route.gather(h)), route))
-        q, k, v = qkv.split([nq * d, nkv * d, nkv * d], dim=-1)
+        x = self.input_layernorm(route.gather(h))
+        qkv = [route.scatter(_linear(getattr(attn, n), x, route)) for n in fam.attention_in]
+        q, k, v = qkv if len(qkv) == 3 else qkv[0].split([nq * d, nkv * d, nkv * d], dim=-1)
         q, k, v = (t.view(B, T, -1, d).transpose(1, 2) for t in (q, k, v))
         cos, sin = position_embeddings
-        q, k = apply_rotary_pos_emb(q, k, cos, sin)
+        q, k = fam.apply_rotary(q, k, cos, sin)
         if cache is not None:
             k, v = cache.update(k, v, attn.layer_idx)
         o = attend(q, k, v, attn.attention_dropout if self.training else 0.0, attn.scaling).reshape(B, T, nq * d)
         r = route if narrow is None else narrow
         h = r.gather(h) + self.resid_attn_dropout(_linear(attn.o_proj, r.gather(o), r))
         x = self.post_attention_layernorm(h)
-        h = h + self.resid_mlp_dropout(_linear(mlp.down_proj, silu_gate(_linear(mlp.gate_up_proj, x, r)), r))
+        inner = gated([_linear(getattr(mlp, n), x, r) for n in fam.mlp_in], getattr(mlp, "act_fn", None))
+        h = h + self.resid_mlp_dropout(_linear(mlp.down_proj, inner, r))
         return h if narrow is not None else r.scatter(h)
 
 
@@ -79,15 +94,19 @@ def _linear(module, x: torch.Tensor, route: TokenRoute) -> torch.Tensor:
     return module(x, route) if isinstance(module, RoutedLoRALinear) else module(x)
 
 
-class RoutedDecoder(Phi3Model):
-    """``Phi3Model`` (embeddings, layers, final norm, rotary embedding) run layer by layer with a
-    route; ``activation_checkpointing`` recomputes each layer in backward (its route is an argument,
-    so the recomputation sees the same one)."""
+class RoutedDecoder(nn.Module):
+    """The family's transformers decoder (embeddings, layers, final norm, rotary embedding: its
+    modules, under its names) run layer by layer with a route; ``activation_checkpointing``
+    recomputes each layer in backward (its route is an argument, so the recomputation sees the
+    same one)."""
 
-    def __init__(self, config):
-        super().__init__(config)
-        for layer in self.layers:
-            layer.__class__ = RoutedDecoderLayer
+    def __init__(self, family, config):
+        super().__init__()
+        built = family.model_class(config)
+        self.config = config
+        self.embed_tokens = built.embed_tokens  # registered in transformers' order: the state dict's key order
+        self.layers = nn.ModuleList(RoutedDecoderLayer(family, layer) for layer in built.layers)
+        self.norm, self.rotary_emb = built.norm, built.rotary_emb
         self.activation_checkpointing = False
 
     def forward(self, embeds: torch.Tensor, position_ids: torch.Tensor, route: TokenRoute, attend: Attend,

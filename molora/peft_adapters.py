@@ -26,7 +26,6 @@ from .config import BackboneConfig, LoraSpec
 from .errors import CheckpointError
 
 PEFT_PREFIX = "base_model.model."
-DECODER_LINEARS = (("self_attn", "qkv_proj"), ("self_attn", "o_proj"), ("mlp", "gate_up_proj"), ("mlp", "down_proj"))
 _TENSOR_KEY = re.compile(r"(?P<module>.+)\.(?P<ab>lora_[AB])(?:\.(?P<adapter>[^.]+))?\.weight")
 # PEFT features that change the computation; molora implements plain (rs)LoRA on linear layers
 _UNSUPPORTED = {"use_dora": "DoRA", "lora_bias": "LoRA biases", "layer_replication": "layer replication",
@@ -40,20 +39,21 @@ _UNSUPPORTED = {"use_dora": "DoRA", "lora_bias": "LoRA biases", "layer_replicati
 
 def decoder_linears(b: BackboneConfig) -> dict[str, tuple[int, int]]:
     """PEFT name -> (out_features, in_features) of every linear layer of the decoder."""
-    qkv = b.hidden_size + 2 * b.num_key_value_heads * b.head_dim
-    shape = {"qkv_proj": (qkv, b.hidden_size), "o_proj": (b.hidden_size, b.hidden_size),
-             "gate_up_proj": (2 * b.intermediate_size, b.hidden_size),
-             "down_proj": (b.hidden_size, b.intermediate_size)}
+    from .backbones import family
+
+    fam = family(b.family)
+    shape = fam.linear_shapes(b)
     return {f"model.layers.{i}.{block}.{name}": shape[name]
-            for i in range(b.num_hidden_layers) for block, name in DECODER_LINEARS}
+            for i in range(b.num_hidden_layers) for block, name in fam.linears}
 
 
-def compact_modules(modules: list[str], n_layers: int) -> tuple[list[str], list[str] | None]:
+def compact_modules(modules: list[str], b: BackboneConfig) -> tuple[list[str], list[str] | None]:
     """(target_modules, modules) for a LoraSpec adapting exactly ``modules``: the short form
     (names adapted in every layer, modules=None) when that describes them."""
-    names = sorted({m.rsplit(".", 1)[-1] for m in modules}, key=[n for _, n in DECODER_LINEARS].index)
-    every = {f"model.layers.{i}.{block}.{name}" for i in range(n_layers) for block, name in DECODER_LINEARS
-             if name in names}
+    every_linear = decoder_linears(b)
+    order = [name.rsplit(".", 1)[-1] for name in every_linear]
+    names = sorted({m.rsplit(".", 1)[-1] for m in modules}, key=order.index)
+    every = {m for m in every_linear if m.rsplit(".", 1)[-1] in names}
     return (names, None) if set(modules) == every else (names, sorted(modules, key=_layer_order))
 
 
@@ -97,9 +97,9 @@ def spec_from_peft_folder(folder: Path, backbone: BackboneConfig) -> LoraSpec:
     if not matched:
         raise CheckpointError(
             f"target_modules {cfg.target_modules!r} (layers_to_transform {cfg.layers_to_transform!r}) matches "
-            f"none of the decoder's linear layers (PEFT names such as model.layers.0.self_attn.qkv_proj)",
+            f"none of the decoder's linear layers (PEFT names such as {next(iter(linears))})",
             f"{folder}/adapter_config.json")
-    targets, modules = compact_modules(matched, backbone.num_hidden_layers)
+    targets, modules = compact_modules(matched, backbone)
     return LoraSpec(r=int(cfg.r), alpha=float(cfg.lora_alpha), dropout=float(cfg.lora_dropout),
                     target_modules=targets, modules=modules, rank_pattern=dict(cfg.rank_pattern or {}),
                     alpha_pattern=dict(cfg.alpha_pattern or {}), use_rslora=bool(cfg.use_rslora))

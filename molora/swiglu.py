@@ -1,7 +1,10 @@
-"""The decoder MLP's gate: ``silu(gate) * up`` over the halves of ``gate_up_proj``'s output, as one
-autograd node that keeps only that output for backward (autograd's own version also keeps the
-``silu(gate)`` tensor: half a [tokens, 2 * intermediate] buffer per layer) and writes both
-halves of the input gradient into one buffer (no concatenation)."""
+"""The decoder MLP's gate, ``act(gate) * up``.
+
+With one fused input linear (``[gate | up]`` halves of one output, SiLU), ``silu_gate`` runs it as
+one autograd node that keeps only that output for backward (autograd's own version also keeps the
+``silu(gate)`` tensor: half a [tokens, 2 * intermediate] buffer per layer) and writes both halves
+of the input gradient into one buffer (no concatenation). With separate gate and up linears it is
+autograd's own product."""
 from __future__ import annotations
 
 import torch
@@ -32,3 +35,11 @@ def silu_gate(gate_up: torch.Tensor) -> torch.Tensor:
         return _SiluGate.apply(gate_up)
     gate, up = gate_up.chunk(2, dim=-1)
     return up * F.silu(gate)
+
+
+def gated(parts: list[torch.Tensor], act) -> torch.Tensor:
+    """``act(gate) * up`` from the MLP input linears' outputs: ``[gate_up]`` (fused, SiLU) or ``[gate, up]``."""
+    if len(parts) == 1:
+        return silu_gate(parts[0])
+    gate, up = parts
+    return act(gate) * up

@@ -48,11 +48,12 @@ def test_backbone_shape_mismatch_is_a_clear_error(phi4_mini_dir):
     d, _ = phi4_mini_dir
     cfg = MoLoRAConfig.preset("tiny")
     bad = json.loads((d / "config.json").read_text())
-    bad["model_type"] = "llama"
-    d2 = d.parent / "llama"
+    bad["model_type"] = "gpt2"  # no backbone family's
+    d2 = d.parent / "gpt2"
     d2.mkdir(exist_ok=True)
     (d2 / "config.json").write_text(json.dumps(bad))
-    with pytest.raises(CheckpointError, match="expected a Phi-3 / Phi-4-mini checkpoint"):
+    with pytest.raises(CheckpointError, match=r"expected a backbone checkpoint \(model_type one of .*'llama'.*\), "
+                                              "got model_type 'gpt2'"):
         assemble(cfg, backbone=str(d2))
 
 

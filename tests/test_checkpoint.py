@@ -37,10 +37,10 @@ def test_unreadable_checkpoints_give_clear_errors(tiny_model, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(CheckpointError, match="missing config.json"):
         MoLoRAModel.from_pretrained(str(tmp_path / "empty"))
-    d = tmp_path / "llama"
+    d = tmp_path / "gpt2"
     d.mkdir()
-    (d / "config.json").write_text(json.dumps({"model_type": "llama"}))
-    with pytest.raises(CheckpointError, match="unknown model_type 'llama'"):
+    (d / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
+    with pytest.raises(CheckpointError, match="unknown model_type 'gpt2'"):
         MoLoRAModel.from_pretrained(str(d))
     # a pickle checkpoint is never read
     d = tmp_path / "pickled"

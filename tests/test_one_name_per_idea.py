@@ -149,8 +149,7 @@ def test_the_loss_step_is_named_for_what_it_returns():
     assert hasattr(layout.TokenLayout, "logits_and_loss") and not hasattr(layout, "head")
 
 
-@pytest.mark.parametrize("module, name", [("molora.backbones", "family_of_model_type"),
-                                          ("molora.backbones.phi3", "LINEARS"),
+@pytest.mark.parametrize("module, name", [("molora.backbones.phi3", "LINEARS"),
                                           ("molora.backbones.phi3", "MODEL_TYPES"),
                                           ("molora.config", "INPUT_TYPES"),
                                           ("molora.loss", "causal_lm_loss"),

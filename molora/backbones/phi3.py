@@ -4,8 +4,10 @@ or plain), tied or untied output embedding."""
 from __future__ import annotations
 
 from transformers import Phi3Config
+from transformers.models.phi3.modeling_phi3 import Phi3Model, apply_rotary_pos_emb
 
 from ..config import BackboneConfig
+from .family import BackboneFamily, refuse_unless
 
 
 def hf_config(b: BackboneConfig, attn_implementation: str = "sdpa") -> Phi3Config:
@@ -28,11 +30,20 @@ def hf_config(b: BackboneConfig, attn_implementation: str = "sdpa") -> Phi3Confi
     return cfg
 
 
-def build(b: BackboneConfig):
-    from ..decoder import RoutedDecoder
+def read_config(d: dict, base: BackboneConfig) -> BackboneConfig:
+    from ..checkpoint_layouts import _backbone_from_flat
 
-    if b.hidden_act != "silu":
-        from ..errors import ConfigError
+    return _backbone_from_flat(d, base)
 
-        raise ConfigError(f"the phi3 family's MLP is SiLU-gated, got hidden_act {b.hidden_act!r}", "backbone")
-    return RoutedDecoder(hf_config(b))
+
+def check(b: BackboneConfig) -> None:
+    # the fused gate runs silu (molora/swiglu.py)
+    refuse_unless(b.hidden_act == "silu", f"the phi3 family's MLP is SiLU-gated, got hidden_act {b.hidden_act!r}")
+
+
+PHI3 = BackboneFamily(
+    name="phi3", model_types=("phi3", "phi4mm", "phi4_multimodal"),
+    attention_in=("qkv_proj",), mlp_in=("gate_up_proj",),
+    model_class=Phi3Model, apply_rotary=apply_rotary_pos_emb, hf_config=hf_config, read_config=read_config,
+    check=check,
+)
