@@ -73,9 +73,19 @@ def test_padded_mixed_batch_trains_like_solo_rows():
             total += float(loss.detach())
         return total, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
-    loss_mixed, g_mixed = grads([proc(convs, return_labels=True)])
-    assert proc(convs, return_labels=True)["attention_mask"].eq(0).any()  # the batch is padded
-    loss_solo, g_solo = grads([proc([c], return_labels=True) for c in convs])
+    mixed = proc(convs, return_labels=True)
+    assert mixed["attention_mask"].eq(0).any()  # the batch is padded
+    solos = [proc([c], return_labels=True) for c in convs]
+    # the same float32 log-mel in both runs: a batched STFT may round differently from one clip at a time
+    # on other kernels (AVX2: 2e-6 apart; the front end's own tolerance is tests/test_audio_features.py's),
+    # and this test is about the model, which must then agree to float64 rounding
+    clips = iter(range(mixed["audio_input_features"].shape[0]))
+    for solo in solos:
+        if "audio_input_features" in solo:
+            i, n = next(clips), solo["audio_input_features"].shape[1]
+            solo["audio_input_features"] = mixed["audio_input_features"][i:i + 1, :n].clone()
+    loss_mixed, g_mixed = grads([mixed])
+    loss_solo, g_solo = grads(solos)
     assert loss_mixed == pytest.approx(loss_solo, rel=1e-10)
     assert g_mixed.keys() == g_solo.keys()
     assert any(".lora_A.speech" in n for n in g_mixed) and any(".lora_B.vision" in n for n in g_mixed)

@@ -18,15 +18,16 @@ from pinned_numbers import (COMMAND, LOGITS_FILE, LOSSES_FILE, SLICE, STAGE_CORP
 # room and still sees any real change (other weights, another op or order of ops move logits by >= 1e-2).
 LOGIT_TOL = 1e-4
 # Losses. The first is a float32 forward of the shipped weights (a mean over at most a few hundred tokens):
-# reordered sums move it by ~1e-6 relative, so 1e-5. The later ones follow AdamW updates, and Adam's first
+# reordered sums move it by ~1e-6 relative, so 1e-5. The later ones follow AdamW updates. Adam's first
 # steps move every trained weight by about lr whatever its gradient's size (m / sqrt(v) is the gradient's
-# sign): weights whose gradient is at float32 rounding level (a vanishing LoRA product, a rarely seen token's row) take
-# a direction the rounding picks, so another CPU or thread count differs from the first update on by up to
-# 2 lr in those weights, and the losses by a share of that. The tiny recipes train at lr <= 1e-2: 1e-2
-# relative (vision and speech, which train their encoders, move by up to ~4e-3 between 1 and 2 threads; the
-# other stages by under 1e-4), while a changed row order, schedule, freeze plan or loss moves them by more.
+# sign), so weights whose gradient is at float32 rounding level take a direction the rounding picks; at the
+# tiny recipes' lr (1e-2) that moved vision's step-8 loss by 1.4% between kernel sets (AVX-512 vs AVX2). The
+# pinned runs therefore train at LR_SCALE (1/100) of the recipe's rate (tests/pinned_numbers.py): the
+# sign-picked moves shrink with lr, and every stage then agrees to 1.6e-6 relative across threads and
+# kernel sets (measured), while step 2's loss still moves by ~1e-2 with the update. 1e-4 relative leaves
+# ~60x room and sees a changed gradient, optimizer, schedule, row order, freeze plan or loss.
 FIRST_LOSS_RTOL = 1e-5
-LOSS_RTOL = 1e-2
+LOSS_RTOL = 1e-4
 
 
 def _why(pinned: dict) -> str:
