@@ -203,7 +203,7 @@ BAD_SOURCES = [  # what is done to the source, the text the one line must hold
      "config.json: backbone.hidden_size: must be an integer, got '128'"),
     (lambda d: _edit_config(d, lambda c: c["backbone"].update(hidden_size=256)),
      "config.json: backbone.hidden_size: is 256 but the weights have 128"),
-    (lambda d: _edit_config(d, lambda c: c.update(model_type="llama")), "config.json: unknown model_type 'llama'"),
+    (lambda d: _edit_config(d, lambda c: c.update(model_type="gpt2")), "config.json: unknown model_type 'gpt2'"),
     (lambda d: (d / "model.safetensors").write_bytes((d / "model.safetensors").read_bytes()[:1000]),
      "model.safetensors: unreadable safetensors file"),
     (lambda d: ((d / "model.safetensors").unlink(), (d / "model.safetensors.index.json").write_text("{oops")),
