@@ -53,6 +53,7 @@ def weight_files(directory: Path) -> dict[Path, list[str] | None]:
         return dict(files)
     if (directory / WEIGHTS).is_file():
         return {directory / WEIGHTS: None}
+    # names only, for the message: none of these files is opened (weights come from the two above alone)
     others = sorted(p.name for p in directory.glob("*.safetensors"))
     hint = (f" ({', '.join(others[:3])} {'is' if len(others) == 1 else 'are'} not read: weights come only "
             f"from {WEIGHTS} or the files {INDEX} names)") if others else " (molora reads safetensors only)"
