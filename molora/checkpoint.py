@@ -331,6 +331,20 @@ def save_model(model, directory, layout: str = "molora", peft_folders: bool = Tr
     return written
 
 
+def check_layout_holds(cfg: MoLoRAConfig, layout: str) -> None:
+    """The official layouts (phi4mm, phi4_multimodal) describe one model: a Phi-3 decoder with an image and
+    an audio encoder. Anything else is written in the molora layout; transformers and vLLM would fill a
+    missing encoder with random weights and load without an error."""
+    if layout == "molora":
+        return
+    if cfg.backbone.family != "phi3":
+        raise CheckpointError(f"the {layout} layout holds a Phi-3 (phi3 family) decoder; a {cfg.backbone.family} "
+                              "backbone is written in the molora layout", layout)
+    if sorted(cfg.modalities) != ["audio", "image"]:
+        raise CheckpointError(f"the {layout} layout holds an image and an audio encoder; a model with modalities "
+                              f"{', '.join(sorted(cfg.modalities))} is written in the molora layout", layout)
+
+
 def write_checkpoint(sd: dict, cfg: MoLoRAConfig, dtype: torch.dtype, directory, layout: str = "molora",
                      peft_folders: bool = True, max_shard_size: int | str = "5GB",
                      progress: bool | None = None, base=None) -> list[str]:
@@ -341,9 +355,7 @@ def write_checkpoint(sd: dict, cfg: MoLoRAConfig, dtype: torch.dtype, directory,
     leaves the folder as it was, and a full disk is ``OSError(ENOSPC)``."""
     if layout not in LAYOUTS:
         raise CheckpointError(f"layout must be one of {', '.join(LAYOUTS)}", layout)
-    if layout != "molora" and cfg.backbone.family != "phi3":
-        raise CheckpointError(f"the {layout} layout holds a Phi-3 (phi3 family) decoder; a {cfg.backbone.family} "
-                              "backbone is written in the molora layout", layout)
+    check_layout_holds(cfg, layout)
     owned = model_entry
     if layout == "phi4mm":
         from . import official_folder

@@ -117,7 +117,8 @@ def convert(src: str, dst: str | Path, layout: str = "molora", dtype: str = "aut
     generation and processor configs, documents) are copied unchanged; a source in the official layout
     is its own base. Without one the summary's warnings name what the output lacks."""
     from . import official_folder
-    from .checkpoint import detect_layout, is_preset, resolve_path, stored_dtype, stored_model, write_checkpoint_files
+    from .checkpoint import (check_layout_holds, detect_layout, is_preset, resolve_path, stored_dtype, stored_model,
+                             write_checkpoint_files)
     from .model import MoLoRAModel
     from .staging import check_folder_path, staged
 
@@ -149,6 +150,7 @@ def convert(src: str, dst: str | Path, layout: str = "molora", dtype: str = "aut
     else:  # read from the source files shard by shard as the destination's shards are written
         config, tensors = stored_model(directory)
         tensors = {k: v.cast(target) for k, v in tensors.items()}
+    check_layout_holds(config, layout)
     proc = _read_processor(str(src)) if processor else None
     with staged(dst, owned=lambda entry: checkpoint_entry(entry, carried)) as tmp:
         processor_files = proc.save_pretrained(tmp) if proc is not None else []

@@ -145,3 +145,24 @@ def test_an_image_only_model_trains_with_activation_checkpointing_and_generates(
     assert isinstance(reply, str)
     with pytest.raises(MoLoRAError, match="unknown content part type 'audio'"):
         chat.generate([{"role": "user", "content": [{"type": "audio", "audio": (np.zeros(1600), 16000)}]}])
+
+
+@pytest.mark.parametrize("layout", ["phi4mm", "phi4_multimodal"])
+def test_an_image_only_model_is_not_exported_in_the_official_layouts(tmp_path, layout):
+    # transformers' Phi4MultimodalForCausalLM would load such a folder with a random audio encoder and
+    # only a MISSING table in its log: molora refuses and names the layout that does hold it
+    from molora import MoLoRAConfig, MoLoRAModel
+    from molora.errors import CheckpointError
+
+    model = MoLoRAModel(MoLoRAConfig.preset("tiny").replace(modalities={"image": {}}))
+    with pytest.raises(CheckpointError, match=f"the {layout} layout holds an image and an audio encoder; a model "
+                                              "with modalities image is written in the molora layout"):
+        model.save_pretrained(tmp_path / layout, layout=layout)
+    assert not (tmp_path / layout).exists()
+    model.save_pretrained(tmp_path / "molora")  # its own layout keeps it
+    assert list(MoLoRAModel.from_pretrained(str(tmp_path / "molora")).config.modalities) == ["image"]
+    from molora.convert import convert  # molora convert reads the checkpoint without building the model
+
+    with pytest.raises(CheckpointError, match=f"the {layout} layout holds an image and an audio encoder"):
+        convert(str(tmp_path / "molora"), tmp_path / "converted", layout=layout)
+    assert not (tmp_path / "converted").exists()
