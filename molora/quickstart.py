@@ -46,6 +46,11 @@ EVAL_ROWS = {"full": 100, "fast": 6}  # held-out rows per metric
 MISTAKE_ROWS = {"full": 200, "fast": 6}  # training questions per corpus (documents, charts) the SFT model answers
 CORPORA = ("speech", "documents", "charts", "joint")
 FAST_STEPS = {"vision": 4, "speech": 4, "joint": 2, "sft": 2, "dpo": 2}
+# held-out answer loss (teacher forced, nats per answer token) per kind of row, after every stage; each
+# stage should lower it on the kinds it trains on (DPO is judged on held-out preference pairs instead)
+ANSWER_KINDS = ("speech", "documents", "charts", "joint")
+TRAINS_ON = {"vision": ("documents", "charts"), "speech": ("speech",), "joint": ("joint",),
+             "sft": ANSWER_KINDS, "dpo": ()}
 
 
 def _log(msg: str) -> None:
@@ -97,6 +102,45 @@ def eval_samples(corpora: dict, n: int) -> list:
             + read_manifest(corpora["charts"]["test"])[:n])
 
 
+def held_out_rows(corpora: dict, n: int) -> dict[str, list]:
+    """The first ``n`` test rows of each corpus (``ANSWER_KINDS``), for the held-out answer loss."""
+    from molora.data.manifest import read_manifest
+
+    return {k: read_manifest(corpora[k]["test"])[:n] for k in ANSWER_KINDS}
+
+
+def answer_losses(model, processor, rows: dict[str, list]) -> dict[str, float]:
+    """Held-out answer loss (nats per answer token, teacher forced) of each kind of row."""
+    from molora.stages.evaluation import answer_loss
+
+    out = {}
+    for kind, samples in rows.items():
+        total, tokens = answer_loss(model, processor, [x.messages for x in samples])
+        out[kind] = round(total / max(tokens, 1), 4)
+    return out
+
+
+def stage_directions(results: dict) -> dict[str, dict]:
+    """Whether each stage moved what it trains the right way: its kinds' held-out answer loss against
+    the point before it (``TRAINS_ON``); DPO: a positive reward margin on held-out pairs (the chosen reply
+    gained log-probability against the rejected one, relative to the model DPO started from)."""
+    out, prev = {}, results["answer_loss"]["before"]
+    for name, st in results["stages"].items():
+        now = results["answer_loss"][name]
+        if name == "dpo":  # the reward margin is how much more likely the chosen reply became, against the rejected
+            p = st["preference"]
+            out[name] = {"measure": "held-out pairs: reward margin", "before": 0.0, "after": p["reward_margin"],
+                         "ok": p["pairs"] > 0 and p["reward_margin"] > 0}
+        else:
+            kinds = TRAINS_ON[name]
+            b = sum(prev[k] for k in kinds) / len(kinds)
+            a = sum(now[k] for k in kinds) / len(kinds)
+            out[name] = {"measure": "answer loss: " + ", ".join(kinds), "before": round(b, 4), "after": round(a, 4),
+                         "ok": a < b}
+        prev = now
+    return out
+
+
 def evaluate(model, processor, samples) -> tuple[dict, list[str]]:
     """(the three metrics, the greedy predictions) on ``samples``."""
     from molora.stages.evaluation import generation_metrics
@@ -139,13 +183,13 @@ def held_out_preferences(policy, reference, processor, samples, reference_predic
     return {k: round(v, 4) if isinstance(v, float) else v for k, v in m.items()}
 
 
-def stage_recipe(stage: str, model_path: str, train: str, seed: int, fast: bool):
+def stage_recipe(stage: str, model_path: str, train: str, seed: int, fast: bool, steps: int | None = None):
     from molora.stages.recipe import build_recipe
 
     from molora.stages.table import stage as stage_entry
 
     p = PLAN[stage]
-    steps = FAST_STEPS[stage] if fast else p["steps"]
+    steps = steps or (FAST_STEPS[stage] if fast else p["steps"])
     substeps = [dict(s, fraction=p.get("fractions", {}).get(s["name"], s["fraction"]))
                 for s in stage_entry(stage).default_substeps()]
     raw = {"name": f"quickstart-{stage}", "stage": stage, "model": {"path": model_path},
@@ -287,6 +331,22 @@ def reliance_lines(results: dict) -> list[str]:
             *[f"| {name} | {v['own']:.3f} | {v['swapped']:.3f} |" for name, v in r.items()]]
 
 
+def answer_loss_lines(results: dict) -> list[str]:
+    """The held-out answer loss after each point, and whether each stage moved its own kinds the right way."""
+    table = results.get("answer_loss")
+    if not table:
+        return []
+    lines = ["Held-out answer loss (nats per answer token, teacher forced; lower is better) after each stage:", "",
+             "| after | " + " | ".join(ANSWER_KINDS) + " | this stage trains | moved the right way |",
+             "|---|" + "---|" * (len(ANSWER_KINDS) + 2)]
+    for point, losses in table.items():
+        d = results.get("directions", {}).get(point)
+        right = "-" if d is None else f"{'yes' if d['ok'] else 'no'} ({d['before']:.3f} -> {d['after']:.3f})"
+        trains = ", ".join(TRAINS_ON.get(point, ())) or ("held-out pairs" if point == "dpo" else "-")
+        lines.append(f"| {point} | " + " | ".join(f"{losses[k]:.3f}" for k in ANSWER_KINDS) + f" | {trains} | {right} |")
+    return lines
+
+
 def preference_lines(results: dict) -> list[str]:
     p = results["stages"].get("dpo", {}).get("preference")
     if not p:
@@ -321,6 +381,7 @@ def write_report(out: Path, results: dict, timings: dict, turns: list[dict], fas
              "Held-out test rows: WER (%, leaderboard normaliser) on synthetic speech, ANLS on synthetic documents, "
              "relaxed accuracy on synthetic charts. Targets: WER <= 15%, ANLS >= 0.7, relaxed accuracy >= 0.6.", "",
              *report_table(results), "",
+             *answer_loss_lines(results), "",
              *reliance_lines(results), "",
              "Training loss: mean over the first and the last tenth of each stage's steps (DPO: its preference loss).",
              "", "| stage | steps | loss, first tenth | loss, last tenth | seconds |", "|---|---|---|---|---|"]
@@ -341,17 +402,19 @@ def write_report(out: Path, results: dict, timings: dict, turns: list[dict], fas
 # -- pipeline -------------------------------------------------------------------------------------------
 
 def run(output_dir: str | os.PathLike = "runs/quickstart", *, fast: bool = False, seed: int = 0,
-        corpora_root=None, progress: bool = True) -> dict:
+        corpora_root=None, progress: bool = True, steps: dict[str, int] | None = None) -> dict:
+    """The quickstart pipeline into ``output_dir``; ``steps`` overrides stages' step counts
+    (``{"vision": 40}``)."""
     from molora.folder_lock import hold_folder
     from molora.stages.run_state import check_output_dir
 
     out = Path(output_dir)
     check_output_dir(out)
     with hold_folder(out, what="molora quickstart"):  # another quickstart into this folder is refused
-        return _run(out, fast=fast, seed=seed, corpora_root=corpora_root, progress=progress)
+        return _run(out, fast=fast, seed=seed, corpora_root=corpora_root, progress=progress, steps=steps or {})
 
 
-def _run(out: Path, *, fast: bool, seed: int, corpora_root, progress: bool) -> dict:
+def _run(out: Path, *, fast: bool, seed: int, corpora_root, progress: bool, steps: dict[str, int]) -> dict:
     from molora import MoLoRAModel, MoLoRAProcessor
     from molora.checkpoint import preset_weights
     from molora.stages.trainer import seed_everything, train
@@ -363,7 +426,11 @@ def _run(out: Path, *, fast: bool, seed: int, corpora_root, progress: bool) -> d
     corpora = build_corpora(corpora_root, seed=seed, sizes=size, names=CORPORA, log=_log)
     if preset_weights("tiny") is None:
         _log("warning: no shipped pretrained tiny weights (molora/weights/tiny); starting from random parts")
+    unknown = sorted(set(steps) - set(STAGE_ORDER))
+    if unknown:
+        raise ValueError(f"steps for unknown stage(s) {unknown}: the stages are {list(STAGE_ORDER)}")
     samples = eval_samples(corpora, EVAL_ROWS["fast" if fast else "full"])
+    held_out = held_out_rows(corpora, EVAL_ROWS["fast" if fast else "full"])
     c = corpora
     root = Path(c["speech"]["train"]).parent.parent.resolve()  # every corpus folder is under it
     tag = f"quickstart-{seed}-{size}"
@@ -381,7 +448,8 @@ def _run(out: Path, *, fast: bool, seed: int, corpora_root, progress: bool) -> d
     model, processor = MoLoRAModel.from_pretrained("tiny"), MoLoRAProcessor.from_pretrained("tiny")
     _log(f"evaluating the untrained model on {len(samples)} held-out rows")
     before, predictions = evaluate(model, processor, samples)
-    _log(f"before: {before}")
+    losses_at = {"before": answer_losses(model, processor, held_out)}
+    _log(f"before: {before}; held-out answer loss {losses_at['before']}")
 
     stages, timings, current = {}, {}, "tiny"
     for stage in STAGE_ORDER:
@@ -394,7 +462,7 @@ def _run(out: Path, *, fast: bool, seed: int, corpora_root, progress: bool) -> d
                 _log("no wrong answer to learn from: DPO skipped")
                 continue
         run_dir = out / stage
-        recipe = stage_recipe(stage, current, data[stage], seed, fast)
+        recipe = stage_recipe(stage, current, data[stage], seed, fast, steps.get(stage))
         _log(f"stage {stage}: {recipe.max_steps} steps")
         # an earlier quickstart's stage run is replaced; what else the folder holds is left alone
         summary = train(recipe, run_dir, progress=progress, overwrite=True)
@@ -402,6 +470,7 @@ def _run(out: Path, *, fast: bool, seed: int, corpora_root, progress: bool) -> d
         seed_everything(seed)
         model, processor = MoLoRAModel.from_pretrained(current), MoLoRAProcessor.from_pretrained(current)
         metrics, predictions = evaluate(model, processor, samples)
+        losses_at[stage] = answer_losses(model, processor, held_out)
         losses = _losses(run_dir)
         first, last = window_means(losses)
         stages[stage] = {"steps": int(summary["steps"]), "loss_first": first, "loss_last": last,
@@ -413,7 +482,7 @@ def _run(out: Path, *, fast: bool, seed: int, corpora_root, progress: bool) -> d
             _log(f"dpo on held-out pairs: {stages[stage]['preference']}")
         del previous
         timings[stage] = time.perf_counter() - ts
-        _log(f"after {stage}: {metrics}  ({timings[stage]:.0f} s)")
+        _log(f"after {stage}: {metrics}; held-out answer loss {losses_at[stage]}  ({timings[stage]:.0f} s)")
 
     turns = chat_turns(model, processor, samples, predictions)
     for t in turns:
@@ -422,8 +491,12 @@ def _run(out: Path, *, fast: bool, seed: int, corpora_root, progress: bool) -> d
              f"{'right' if t['correct'] else 'wrong'})")
     reliance = image_reliance(model, processor, samples)
     _log(f"image reliance (answer loss, own image vs another row's): {reliance}")
-    results = {"before": before, "final": metrics, "stages": stages,
-               "image_reliance": reliance, "wall_seconds": round(time.perf_counter() - t0, 1)}
+    results = {"before": before, "final": metrics, "stages": stages, "answer_loss": losses_at,
+               "image_reliance": reliance}
+    results["directions"] = stage_directions(results)
+    for name, d in results["directions"].items():
+        _log(f"{name}: {d['measure']} {d['before']} -> {d['after']} ({'the right way' if d['ok'] else 'THE WRONG WAY'})")
+    results["wall_seconds"] = round(time.perf_counter() - t0, 1)
     (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
     write_report(out, results, timings, turns, fast, seed, data)
     _log(f"final: {results['final']}  wall {results['wall_seconds']:.0f} s")
@@ -442,12 +515,22 @@ def add_parser(sub) -> None:
                         "the core count, so results.json does not depend on how many cores a machine has)")
     q.add_argument("--corpora-root", default=None, help="synthetic corpora cache (default: $MOLORA_SYNTHETIC_DIR "
                                                         "or ~/.cache/molora/synthetic)")
+    q.add_argument("--steps", action="append", default=[], metavar="STAGE=N", type=_stage_steps,
+                   help="a stage's step count instead of the plan's, e.g. --steps vision=40 (repeatable)")
     q.set_defaults(func=_cli)
+
+
+def _stage_steps(text: str) -> tuple[str, int]:
+    stage, _, n = text.partition("=")
+    if stage not in STAGE_ORDER or not n.isdigit() or int(n) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected STAGE=N with STAGE one of {', '.join(STAGE_ORDER)} "
+                                         "and N >= 1")
+    return stage, int(n)
 
 
 def _cli(args) -> int:
     torch.set_num_threads(max(1, args.threads))
-    run(args.output_dir, fast=args.fast, seed=args.seed, corpora_root=args.corpora_root)
+    run(args.output_dir, fast=args.fast, seed=args.seed, corpora_root=args.corpora_root, steps=dict(args.steps))
     return 0
 
 

@@ -72,22 +72,26 @@ def media_reliance(model, processor, samples, *, batch_size: int = 16) -> dict:
                         donated.remove(match)
         return msgs
 
+    n = len(samples)
+    own, tokens = answer_loss(model, processor, [x.messages for x in samples], batch_size=batch_size)
+    swapped, _ = answer_loss(model, processor, [with_media_of(samples[i], samples[(i + 1) % n]) for i in range(n)],
+                             batch_size=batch_size)
+    return {"own": round(own / max(tokens, 1), 4), "swapped": round(swapped / max(tokens, 1), 4), "tokens": tokens}
+
+
+@torch.no_grad()
+def answer_loss(model, processor, conversations: list, *, batch_size: int = 16) -> tuple[float, int]:
+    """Teacher-forced loss of the assistant turns of ``conversations``: (summed nats, answer tokens).
+    Divide the one by the other for nats per answer token."""
     was_training = model.training
     model.eval()
-    totals = {"own": 0.0, "swapped": 0.0}
-    tokens = 0
-    n = len(samples)
-    for s in range(0, n, batch_size):
-        idx = range(s, min(n, s + batch_size))
-        for key, convs in (("own", [samples[i].messages for i in idx]),
-                           ("swapped", [with_media_of(samples[i], samples[(i + 1) % n]) for i in idx])):
-            batch = processor(convs, return_labels=True)
-            totals[key] += float(model(**batch, return_logits=False, loss_reduction="sum").loss)
-            if key == "own":
-                tokens += int(count_label_tokens(batch["labels"]))
+    total, tokens = 0.0, 0
+    for s in range(0, len(conversations), batch_size):
+        batch = processor(conversations[s: s + batch_size], return_labels=True)
+        total += float(model(**batch, return_logits=False, loss_reduction="sum").loss)
+        tokens += int(count_label_tokens(batch["labels"]))
     model.train(was_training)
-    return {"own": round(totals["own"] / max(tokens, 1), 4), "swapped": round(totals["swapped"] / max(tokens, 1), 4),
-            "tokens": tokens}
+    return total, tokens
 
 
 @torch.no_grad()

@@ -64,6 +64,28 @@ def _check_image_reliance(reported: dict, model_dir: Path, corpora_root: Path) -
             assert abs(rel[key] - want) <= 5e-5 + 1e-5 * want, (name, key, rel[key], want)
 
 
+def _check_answer_loss(reported: dict, model_dir: Path, corpora_root: Path) -> None:
+    """Recompute the held-out answer loss of each kind from the saved model, a row at a time (nats per
+    answer token, float64 sums)."""
+    from molora import MoLoRAModel, MoLoRAProcessor
+    from molora.quickstart import ANSWER_KINDS, EVAL_ROWS, held_out_rows
+    from molora.synthetic.build import build_corpora
+
+    model, proc = MoLoRAModel.from_pretrained(str(model_dir)).eval(), MoLoRAProcessor.from_pretrained(str(model_dir))
+    rows = held_out_rows(build_corpora(corpora_root, seed=0, sizes="tiny", log=lambda _: None), EVAL_ROWS["fast"])
+    assert set(reported) == set(ANSWER_KINDS)
+    for kind, samples in rows.items():
+        total, tokens = 0.0, 0
+        for x in samples:
+            batch = proc([x.messages], return_labels=True)
+            with torch.no_grad():
+                logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+            total += float(F.cross_entropy(logits[0, :-1].double(), batch["labels"][0, 1:], reduction="sum"))
+            tokens += int((batch["labels"][:, 1:] != -100).sum())
+        want = total / tokens
+        assert abs(reported[kind] - want) <= 5e-5 + 1e-5 * want, (kind, reported[kind], want)
+
+
 @pytest.mark.slow
 def test_quickstart_fast_runs_every_stage(tmp_path):
     out = tmp_path / "qs"
@@ -71,7 +93,9 @@ def test_quickstart_fast_runs_every_stage(tmp_path):
                         "--corpora-root", str(tmp_path / "syn")], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     res = json.loads((out / "results.json").read_text())
-    assert set(res) == {"before", "final", "stages", "image_reliance", "wall_seconds"}
+    assert set(res) == {"before", "final", "stages", "answer_loss", "directions", "image_reliance", "wall_seconds"}
+    assert list(res["answer_loss"]) == ["before", *res["stages"]] and list(res["directions"]) == list(res["stages"])
+    _check_answer_loss(res["answer_loss"]["dpo"], out / "dpo" / "final", tmp_path / "syn")
     _check_image_reliance(res["image_reliance"], out / "dpo" / "final", tmp_path / "syn")
     assert list(res["stages"]) == ["vision", "speech", "joint", "sft", "dpo"]
     for m in ("wer", "anls", "relaxed_accuracy"):
@@ -98,6 +122,9 @@ def test_quickstart_fast_runs_every_stage(tmp_path):
             im.load()
             assert im.size[0] > 100 and im.size[1] > 100
     assert "Transcribe" in report and "## Chat" in report
+    for point, losses in res["answer_loss"].items():
+        cells = " | ".join(f"{losses[k]:.3f}" for k in losses)
+        assert f"\n| {point} | {cells} |" in report, (point, cells)
     for name, rel in res["image_reliance"].items():
         assert f"| {name} | {rel['own']:.3f} | {rel['swapped']:.3f} |" in report
     # DPO learns from the SFT model's own wrong answers and is measured on held-out ones
@@ -125,6 +152,63 @@ def test_quickstart_fast_runs_every_stage(tmp_path):
     res2 = json.loads((again / "results.json").read_text())
     res.pop("wall_seconds"), res2.pop("wall_seconds")
     assert res == res2
+
+
+# long enough on the tiny corpora for every stage to move what it trains (--fast's 2-4 steps are not)
+DIRECTION_STEPS = {"vision": 40, "speech": 40, "joint": 24, "sft": 24, "dpo": 8}
+
+
+@pytest.mark.slow
+def test_quickstart_each_stage_moves_what_it_trains(tmp_path):
+    """Each stage lowers the held-out answer loss of the kinds of rows it trains on (vision: documents and
+    charts, speech: speech, joint: spoken questions about images, SFT: all four), and DPO gains reward
+    margin on held-out pairs of the SFT model's own mistakes. The recorded directions agree with the table."""
+    out = tmp_path / "qs"
+    steps = [f"--steps={k}={v}" for k, v in DIRECTION_STEPS.items()]
+    r = subprocess.run([sys.executable, "-m", "molora.cli", "quickstart", "--fast", *steps, "--output-dir", str(out),
+                        "--corpora-root", str(tmp_path / "syn")], capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads((out / "results.json").read_text())
+    assert {k: v["steps"] for k, v in res["stages"].items()} == DIRECTION_STEPS
+    from molora.quickstart import TRAINS_ON
+
+    points = list(res["answer_loss"])
+    for prev, name in zip(points, points[1:]):
+        if name == "dpo":
+            continue
+        mean = lambda p: sum(res["answer_loss"][p][k] for k in TRAINS_ON[name]) / len(TRAINS_ON[name])  # noqa: E731
+        assert mean(name) < mean(prev), (name, res["answer_loss"][prev], res["answer_loss"][name])
+        assert res["directions"][name]["ok"] is True
+    # the aligning stages move a lot: projectors start from random
+    for name, kinds in (("vision", ("documents", "charts")), ("speech", ("speech",))):
+        before = res["answer_loss"][points[points.index(name) - 1]]
+        assert all(res["answer_loss"][name][k] < 0.9 * before[k] for k in kinds), (name, res["answer_loss"])
+        assert res["stages"][name]["loss_last"] < res["stages"][name]["loss_first"]
+    pref = res["stages"]["dpo"]["preference"]
+    assert pref["pairs"] >= 3 and pref["reward_margin"] > 0 and pref["reward_accuracy"] > 0.5, pref
+    assert res["directions"]["dpo"]["ok"] is True
+    assert "THE WRONG WAY" not in r.stderr + r.stdout
+
+
+def test_stage_directions_names_a_stage_that_moved_the_wrong_way():
+    from molora.quickstart import stage_directions
+
+    loss = lambda s, d, c, j: {"speech": s, "documents": d, "charts": c, "joint": j}  # noqa: E731
+    results = {"answer_loss": {"before": loss(3.0, 2.0, 2.0, 4.0), "vision": loss(3.0, 1.0, 1.5, 3.0),
+                               "speech": loss(3.1, 1.0, 1.5, 3.0), "dpo": loss(3.1, 1.0, 1.5, 3.0)},
+               "stages": {"vision": {}, "speech": {}, "dpo": {"preference": {"pairs": 4, "reward_margin": -0.01}}}}
+    d = stage_directions(results)
+    assert d["vision"]["ok"] and (d["vision"]["before"], d["vision"]["after"]) == (2.0, 1.25)
+    assert not d["speech"]["ok"] and (d["speech"]["before"], d["speech"]["after"]) == (3.0, 3.1)
+    assert not d["dpo"]["ok"]
+
+
+@pytest.mark.parametrize("bad", ["vision", "vison=4", "vision=0", "vision=x"])
+def test_quickstart_steps_option_refuses_bad_values(bad, tmp_path):
+    r = subprocess.run([sys.executable, "-m", "molora.cli", "quickstart", "--fast", "--steps", bad,
+                        "--output-dir", str(tmp_path / "qs")], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "expected STAGE=N" in r.stderr and bad in r.stderr, r.stderr[-500:]
+    assert not (tmp_path / "qs").exists()
 
 
 def test_pretrain_script_smoke(tmp_path):
