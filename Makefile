@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 LOCK   := requirements.lock
 UV     := uv==0.13.9
 
-.PHONY: install test test-fast test-latest test-numerics demo bench gpu-check lock clean
+.PHONY: install test test-fast test-latest test-numerics demo bench bench-compare gpu-check lock clean
 
 $(STAMP): $(LOCK) pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "needs $(PYTHON) on PATH"; exit 1; }
@@ -35,6 +35,11 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_core.py --repeats 5
+
+# `make bench-compare BASE=<commit>`: this checkout against an earlier commit, side by side in one run
+bench-compare: $(STAMP)
+	@test -n "$(BASE)" || { echo "bench-compare: say BASE=<commit>"; exit 2; }
+	$(PY) benchmarks/compare_commits.py $(BASE)
 
 # The checks for the day a GPU is lent (benchmarks/gpu_check.py); `make gpu-check DEVICE=cpu PRESET=small`
 # runs the same code on the CPU in minutes (the suite does). Writes $$OUT/gpu_check.json when OUT is set.
