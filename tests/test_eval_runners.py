@@ -329,3 +329,30 @@ def test_asr_protocol_set_from_a_local_datasets_dir(tiny, asr_manifest, tmp_path
     assert summary["protocol"] == "open-asr-2026 (subset: librispeech_test.clean)" and not summary["complete_protocol"]
     assert summary["sets"]["librispeech_test.clean"]["wer"] == round(
         word_error_rate([r["text"] for r in rows], [r["pred_text"] for r in rows]), 2)
+
+
+def test_a_new_asr_set_is_one_entry_in_its_protocol(tiny, asr_manifest, tmp_path, monkeypatch):
+    """Adding an ASR set takes one `AsrSet` in `eval/protocols.py`'s protocol: set selection, loading
+    (here from `--data DIR`), scoring and the summary pick it up with nothing else changed."""
+    import dataclasses
+
+    import datasets
+
+    from molora.eval.protocols import AsrSet
+
+    p = PROTOCOLS["open-asr-2026"]
+    monkeypatch.setitem(PROTOCOLS, p.name, dataclasses.replace(
+        p, sets=p.sets + (AsrSet("my_meetings_test", "me/my-meetings", None, "test"),)))
+    _, _, model_dir = tiny
+    root = asr_manifest.parent
+    ds = datasets.Dataset.from_dict({"audio": [str(root / f"clip{i}.wav") for i in range(2)], "text": CLIPS[:2],
+                                     "id": ["m1", "m2"]}).cast_column("audio", datasets.Audio(sampling_rate=16000))
+    ds.save_to_disk(tmp_path / "data" / "my_meetings_test")
+    out = tmp_path / "out"
+    assert cli(["eval", "asr", "--model", str(model_dir), "--data", str(tmp_path / "data"), "--sets",
+                "my_meetings_test", "--output-dir", str(out), "--max-new-tokens", "3", "--warmup-batches", "0"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["protocol"] == "open-asr-2026 (subset: my_meetings_test)"
+    rows = read_rows(out / "my_meetings_test.jsonl")
+    assert summary["sets"]["my_meetings_test"]["wer"] == round(
+        word_error_rate([r["text"] for r in rows], [r["pred_text"] for r in rows]), 2)
