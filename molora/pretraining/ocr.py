@@ -6,8 +6,8 @@ import itertools
 import random
 
 import torch
-import torch.nn.functional as F
 
+from molora.loss import next_token_loss
 from molora.synthetic.charts import draw_chart
 from molora.synthetic.documents import draw_document
 from molora.synthetic.ocr import NUM_CLASSES, cell_targets
@@ -48,7 +48,7 @@ def ocr_batch(model, processor, head, pages, slots: int):
     logits = logits.view(labels.shape[0], slots, -1)
     inked = labels[:, 0] > 0
     weight = torch.where(inked, 1.0, 0.05)[:, None].expand_as(labels)
-    ce = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), reduction="none")
+    ce = next_token_loss(logits, labels, reduction="none")  # the package's one cross-entropy; per slot
     loss = (ce * weight.flatten()).sum() / weight.sum()
     with torch.no_grad():
         pred = logits.argmax(-1)
