@@ -24,6 +24,8 @@ def describe(tp: Any) -> str:
     if is_union(tp):
         return " or ".join(describe(a) for a in args) + (" (or null)" if type(None) in typing.get_args(tp) else "")
     origin = typing.get_origin(tp) or tp
+    if origin is tuple and args:
+        return f"a list of {len(args)} values ({', '.join(describe(a) for a in args)})"
     return {bool: "true or false", int: "an integer", float: "a number", str: "a string",
             dict: "a mapping {key: value}", list: "a list"}.get(origin, getattr(origin, "__name__", str(origin)))
 

@@ -41,6 +41,6 @@ def loss_precision(logits: torch.Tensor) -> torch.Tensor:
 def next_token_loss(logits: torch.Tensor, targets: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
     """Cross-entropy of ``logits`` [..., V] against ``targets`` [...] (from ``next_token_targets``),
     in ``loss_precision``; positions whose target is ``IGNORE_INDEX`` add nothing. ``reduction``:
-    "mean" over the scored positions, or "sum"."""
+    "mean" over the scored positions, "sum", or "none" (one value per position, flattened)."""
     flat = loss_precision(logits).reshape(-1, logits.shape[-1])
     return F.cross_entropy(flat, targets.reshape(-1), ignore_index=IGNORE_INDEX, reduction=reduction)

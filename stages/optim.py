@@ -17,15 +17,18 @@ def lr_group(name: str) -> str:
 
 
 def build_optimizer(model, training) -> torch.optim.Optimizer:
+    """AdamW over the trainable parameters of ``model`` (or of an iterable of (name, parameter) pairs,
+    e.g. a model's plus a throw-away head's), one group per learning-rate group (``lr_group``)."""
+    named = model.named_parameters() if hasattr(model, "named_parameters") else model
     groups: dict[str, list] = {}
-    for name, p in model.named_parameters():
+    for name, p in named:
         if p.requires_grad:
             groups.setdefault(lr_group(name), []).append(p)
     params = [{"params": ps, "lr": float(training.lr_groups.get(g, training.lr)), "name": g}
               for g, ps in sorted(groups.items())]
     if not params:
         raise ValueError("nothing to train: the freeze plan leaves every parameter frozen")
-    return torch.optim.AdamW(params, lr=training.lr, weight_decay=training.weight_decay, betas=(0.9, 0.95),
+    return torch.optim.AdamW(params, lr=training.lr, weight_decay=training.weight_decay, betas=tuple(training.betas),
                              eps=1e-8, foreach=False)
 
 

@@ -40,6 +40,7 @@ class Training:
     lr: float = 1e-4
     lr_groups: dict[str, float] = field(default_factory=dict)  # encoder / projector / lora -> lr
     weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.95)  # AdamW's moment decay rates
     warmup_steps: int = 0
     schedule: str = "cosine"  # cosine | linear | constant
     min_lr_ratio: float = 0.0
@@ -333,6 +334,7 @@ def check_ranges(r: Recipe) -> None:
         need(g in LR_GROUPS, f"training.lr_groups.{g}", "a group among " + ", ".join(LR_GROUPS), g)
         need(v > 0, f"training.lr_groups.{g}", "> 0", v)
     need(t.weight_decay >= 0, "training.weight_decay", ">= 0", t.weight_decay)
+    need(all(0 <= b < 1 for b in t.betas), "training.betas", "two numbers in [0, 1)", list(t.betas))
     need(t.warmup_steps >= 0, "training.warmup_steps", ">= 0", t.warmup_steps)
     need(0 <= t.min_lr_ratio <= 1, "training.min_lr_ratio", "in [0, 1]", t.min_lr_ratio)
     need(t.max_grad_norm >= 0, "training.max_grad_norm", ">= 0 (0: no clipping)", t.max_grad_norm)

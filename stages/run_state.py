@@ -156,12 +156,27 @@ def _old_universal_default(key: str, value) -> bool:
     return name in fields and fields[name] == value
 
 
+def _added_at_default(key: str, value) -> bool:
+    """Whether ``key`` is a training field at its default, which runs recorded before the field existed
+    do not name (``training.betas``): not a change of the run."""
+    import dataclasses
+
+    from .recipe import Training
+
+    section, _, name = key.partition(".")
+    fields = {f.name: f.default for f in dataclasses.fields(Training)
+              if f.default is not dataclasses.MISSING} if section == "training" else {}
+    return name in fields and json.loads(json.dumps(fields[name])) == value
+
+
 def describe_changes(old: dict, new: dict) -> list[str]:
     """Human lines for what differs between two identities ("training.lr: 0.01 -> 0.0002")."""
     lines = []
     a, b = old.get("recipe", {}), new.get("recipe", {})
     for k in sorted(set(a) | set(b)):
         if k not in b and _old_universal_default(k, a[k]):
+            continue
+        if k not in a and _added_at_default(k, b[k]):
             continue
         if a.get(k) != b.get(k):
             lines.append(f"{k}: {a.get(k, '(unset)')!r} -> {b.get(k, '(unset)')!r}")

@@ -89,6 +89,11 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
             _fail(value, tp, key)
         args = typing.get_args(tp)
         return [coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)] if args else list(value)
+    if origin is tuple:  # a fixed number of items, e.g. betas: [0.9, 0.98]
+        args = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            _fail(value, tp, key)
+        return tuple(coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
     if isinstance(value, origin):
         return value
     _fail(value, tp, key)

@@ -87,17 +87,11 @@ def test_char_classes_cover_printable_ascii_and_flag_the_rest(text):
 
 
 def test_dense_reading_loss_trains_the_tower():
-    """The pretraining script's reading objective: gradients reach the tower and a few steps on
-    two fixed pages cut the loss (the head and the tower fit them)."""
-    import importlib.util
-    from pathlib import Path
-
+    """The pretraining's reading objective (molora/pretraining/ocr.py): gradients reach the tower and a
+    few steps on two fixed pages cut the loss (the head and the tower fit them)."""
     from molora import MoLoRAModel, MoLoRAProcessor
+    from molora.pretraining import ocr_batch
 
-    spec = importlib.util.spec_from_file_location(
-        "pretrain_tiny", Path(__file__).resolve().parents[1] / "scripts" / "pretrain_tiny.py")
-    pt = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(pt)
     torch.manual_seed(0)
     cfg = MoLoRAConfig.preset("tiny")
     model, proc = MoLoRAModel(cfg), MoLoRAProcessor.from_config(cfg)
@@ -108,7 +102,7 @@ def test_dense_reading_loss_trains_the_tower():
     opt = torch.optim.Adam(params, lr=3e-3)
     first = None
     for _ in range(40):
-        loss, acc, exact = pt.ocr_batch(model, proc, head, pages, 6)
+        loss, acc, exact = ocr_batch(model, proc, head, pages, 6)
         opt.zero_grad()
         loss.backward()
         assert model.image_embed.img_processor.embeddings.patch_embedding.weight.grad.abs().sum() > 0
@@ -117,20 +111,11 @@ def test_dense_reading_loss_trains_the_tower():
     assert loss.item() < 0.5 * first and 0.0 <= acc <= 1.0 and 0.0 <= exact <= 1.0
 
 
-def _pretrain_module():
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "scripts" / "pretrain_tiny.py"
-    spec = importlib.util.spec_from_file_location("pretrain_tiny", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def test_reading_crops_answer_is_the_drawn_text():
     """The crops curriculum's rows: a small crop of a page and exactly the string(s) drawn in it."""
-    rows = _pretrain_module().reading_crops(12, seed=3)
+    from molora.pretraining import reading_crops
+
+    rows = reading_crops(12, seed=3)
     assert len(rows) == 12
     for r in rows:
         user, answer = r.messages[0]["content"], r.messages[1]["content"]
@@ -142,6 +127,7 @@ def test_reading_crops_answer_is_the_drawn_text():
 
 def test_rescale_tower_multiplies_the_features_exactly():
     from molora import MoLoRAModel
+    from molora.pretraining import rescale_tower
 
     torch.manual_seed(0)
     model = MoLoRAModel(MoLoRAConfig.preset("tiny")).eval()
@@ -151,7 +137,7 @@ def test_rescale_tower_multiplies_the_features_exactly():
     px, mask = b["image_pixel_values"].flatten(0, 1), b["image_attention_mask"].flatten(0, 1).bool()
     with torch.no_grad():
         before = model.image_embed.crop_features(px, mask)
-        c = _pretrain_module().rescale_tower(model, 6.0, seed=1)
+        c = rescale_tower(model, 6.0, seed=1)
         after = model.image_embed.crop_features(px, mask)
     assert c != 1.0
     torch.testing.assert_close(after, before * c, rtol=1e-4, atol=1e-5)

@@ -241,12 +241,9 @@ def test_pretrain_script_smoke(tmp_path):
 
 
 def test_pretrain_alongside_keeps_the_shares():
-    """pretrain_tiny.alongside: drill / speech rows make up the asked share of a phase's rows."""
-    sys.path.insert(0, str(REPO / "scripts"))
-    try:
-        from pretrain_tiny import alongside
-    finally:
-        sys.path.pop(0)
+    """molora.pretraining.alongside: drill / speech rows make up the asked share of a phase's rows."""
+    from molora.pretraining import alongside
+
     main, drills, speech = [("m", i) for i in range(600)], [("d", i) for i in range(7)], [("s", i) for i in range(500)]
     rows = alongside(main, [(drills, 25), (speech, 15)])
     share = {k: sum(r[0] == k for r in rows) / len(rows) for k in "mds"}
@@ -258,17 +255,13 @@ def test_pretrain_alongside_keeps_the_shares():
 
 
 def test_pretrain_answer_band_holds_the_answer():
-    """pretrain_tiny.answer_band: the band around a question's answer contains the label drawn for
+    """molora.pretraining.answer_band: the band around a question's answer contains the label drawn for
     that answer (and a table's header line), by construction, for every question of fresh pages."""
     import random
 
+    from molora.pretraining import answer_band
     from molora.synthetic.documents import draw_document
 
-    sys.path.insert(0, str(REPO / "scripts"))
-    try:
-        from pretrain_tiny import answer_band
-    finally:
-        sys.path.pop(0)
     rng, checked = random.Random(5), 0
     for _ in range(30):
         page = draw_document(rng)

@@ -192,3 +192,46 @@ def test_a_run_recorded_before_stages_had_their_own_settings_resumes_without_a_c
     assert describe_changes(old, new) == []
     assert describe_changes({**old, "recipe": {**old["recipe"], "dpo.beta": 0.3}}, new) == ["dpo.beta: 0.3 -> '(unset)'"]
     assert describe_changes({**old, "recipe": {**old["recipe"], "other.beta": 0.1}}, new) == ["other.beta: 0.1 -> '(unset)'"]
+
+
+def test_training_betas_reach_the_optimiser_from_an_override_or_a_yaml_file(tmp_path):
+    """training.betas: AdamW's (beta1, beta2), (0.9, 0.95) unless a recipe asks for others (the tiny
+    pretraining asks for (0.9, 0.98))."""
+    import torch
+
+    from molora.stages.optim import build_optimizer
+
+    assert load_recipe("tiny-sft").training.betas == (0.9, 0.95)
+    r = load_recipe("tiny-sft", ["training.betas=[0.9, 0.98]"])
+    assert r.training.betas == (0.9, 0.98)
+    f = tmp_path / "r.yaml"
+    f.write_text("stage: sft\ntraining:\n  betas: [0.8, 0.99]\n")
+    assert load_recipe(str(f)).training.betas == (0.8, 0.99)
+    head = torch.nn.Linear(2, 2)
+    opt = build_optimizer([(f"head.{n}", p) for n, p in head.named_parameters()], r.training)  # (name, param) pairs
+    assert [g["betas"] for g in opt.param_groups] == [(0.9, 0.98)]
+    assert sum(len(g["params"]) for g in opt.param_groups) == 2
+
+
+@pytest.mark.parametrize("override, message", [
+    ("training.betas=0.9", r"training\.betas: expected a list of 2 values \(a number, a number\), got 0\.9"),
+    ("training.betas=[0.9]", r"training\.betas: expected a list of 2 values"),
+    ("training.betas=[0.9, fast]", r"training\.betas\[1\]: expected a number, got 'fast'"),
+    ("training.betas=[0.9, 1.0]", r"training\.betas: must be two numbers in \[0, 1\)"),
+])
+def test_bad_betas_name_the_key(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_recipe("tiny-sft", [override])
+
+
+def test_a_run_recorded_before_training_had_betas_resumes_without_a_change():
+    """A run recorded before ``training.betas`` existed trained with (0.9, 0.95): resuming it at the
+    default is not a change, other betas are."""
+    from molora.stages.run_state import describe_changes, run_identity
+
+    new = run_identity(load_recipe("tiny-sft"))
+    old = {**new, "recipe": {k: v for k, v in new["recipe"].items() if k != "training.betas"}}
+    assert new["recipe"]["training.betas"] == [0.9, 0.95]
+    assert describe_changes(old, new) == []
+    other = run_identity(load_recipe("tiny-sft", ["training.betas=[0.9, 0.98]"]))
+    assert describe_changes(old, other) == ["training.betas: '(unset)' -> [0.9, 0.98]"]
