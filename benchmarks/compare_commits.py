@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -70,6 +71,8 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--json", default=None, help="also write the figures here")
     args = ap.parse_args(argv)
+    # a killed comparison still removes its worktree (the finally below): SIGTERM becomes SystemExit
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     sys.path.insert(0, str(BENCH.parent))
     import bench_core
 
