@@ -1,5 +1,10 @@
 """Training checkpoints: trainable weights, optimiser, scheduler, RNG states of every process,
-data position. Written to a temporary folder and renamed into place (atomic); keep-last-N."""
+data position. Written to a temporary folder and renamed into place (atomic); keep-last-N.
+
+Two layouts of the weights and optimiser state: ``trainable.safetensors`` + ``optimizer.pt`` (full
+tensors, written by rank 0: one process and replicated runs), or ``sharded/`` (a
+``torch.distributed.checkpoint`` folder each process writes its shards into: FSDP2 runs; see
+``sharding.py``). Either resumes on any number of processes."""
 from __future__ import annotations
 
 import json
@@ -18,6 +23,8 @@ from safetensors.torch import load_file, save_file
 
 from molora.errors import CheckpointError
 from molora.staging import partial_folder
+
+from .sharding import SHARDED_DIR, sharded_problem
 
 STEP_DIR = re.compile(r"step-(\d+)$")
 
@@ -79,19 +86,31 @@ def checkpoint_problem(path: Path) -> tuple[str, str] | None:
     if not isinstance(state, dict) or not isinstance(state.get("world_size"), int) or \
             (m is not None and state.get("step") != int(m.group(1))):
         return state_file.name, "not the state of this step (no step / world_size, or another step's)"
-    weights = path / "trainable.safetensors"
-    if not weights.is_file():
-        return weights.name, "missing"
-    try:
-        with safe_open(str(weights), "pt"):
-            pass
-    except Exception as e:  # safetensors reports a short file as an error about its header
-        return weights.name, f"not a complete safetensors file ({e})"
-    for name in ["optimizer.pt", "scheduler.pt", *(f"rng-{r}.pt" for r in range(state["world_size"]))]:
+    if is_sharded(path):
+        problem = sharded_problem(path / SHARDED_DIR)
+        if problem is not None:
+            return problem
+        full_files = []
+    else:
+        weights = path / "trainable.safetensors"
+        if not weights.is_file():
+            return weights.name, "missing"
+        try:
+            with safe_open(str(weights), "pt"):
+                pass
+        except Exception as e:  # safetensors reports a short file as an error about its header
+            return weights.name, f"not a complete safetensors file ({e})"
+        full_files = ["optimizer.pt"]
+    for name in [*full_files, "scheduler.pt", *(f"rng-{r}.pt" for r in range(state["world_size"]))]:
         problem = _torch_file_problem(path / name)
         if problem is not None:
             return name, problem
     return None
+
+
+def is_sharded(path: Path) -> bool:
+    """Whether the checkpoint folder ``path`` holds its weights as DCP shards (a sharded run's)."""
+    return (path / SHARDED_DIR).is_dir()
 
 
 def tensor_shapes(path: Path) -> dict[str, tuple[int, ...]]:
@@ -100,11 +119,13 @@ def tensor_shapes(path: Path) -> dict[str, tuple[int, ...]]:
         return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
 
 
-def save_checkpoint(root: Path, step: int, *, weights: dict, optimizer_state: dict, scheduler, state: dict,
-                    rank: int, world: int, barrier, keep_last: int) -> Path:
+def save_checkpoint(root: Path, step: int, *, weights: dict | None, optimizer_state: dict | None, scheduler,
+                    state: dict, rank: int, world: int, barrier, keep_last: int, write_shards=None) -> Path:
     """Every rank writes its RNG state; rank 0 writes the rest (``weights`` / ``optimizer_state`` are
-    only needed there) and commits the folder. A failed write (a full disk) removes the partial
-    folder and leaves the earlier checkpoints as they were."""
+    only needed there) and commits the folder. ``write_shards(folder)`` (a sharded run, called on every
+    rank): the weights and optimiser state as each rank's shards instead of ``weights`` /
+    ``optimizer_state``. A failed write (a full disk) removes the partial folder and leaves the
+    earlier checkpoints as they were."""
     root.mkdir(parents=True, exist_ok=True)
     tmp = root / f".step-{step}.tmp"
     final = root / f"step-{step}"
@@ -114,10 +135,13 @@ def save_checkpoint(root: Path, step: int, *, weights: dict, optimizer_state: di
     barrier()
     with partial_folder(tmp):
         torch.save(rng_state(), tmp / f"rng-{rank}.pt")
-        if rank == 0:
+        if write_shards is not None:
+            write_shards(tmp / SHARDED_DIR)
+        elif rank == 0:
             save_file({k: v.detach().contiguous().cpu() for k, v in weights.items()},
                       str(tmp / "trainable.safetensors"))
             torch.save(optimizer_state, tmp / "optimizer.pt")
+        if rank == 0:
             torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
     barrier()
     if rank == 0:
@@ -147,7 +171,8 @@ def _fault_hook(step: int) -> None:
 
 def load_checkpoint(path: Path, rank: int) -> dict:
     """Everything a resumed run restores; a file that cannot be read is a CheckpointError naming it
-    (``checkpoint_problem`` catches the usual damage before the model is even built)."""
+    (``checkpoint_problem`` catches the usual damage before the model is even built). A sharded
+    checkpoint's weights and optimiser state are read later, into the model (``"sharded"``: its folder)."""
     def read(name: str, reader):
         try:
             return reader(path / name)
@@ -156,10 +181,12 @@ def load_checkpoint(path: Path, rank: int) -> dict:
                                   f"remove {path} to resume from the checkpoint before it", str(path / name)) from None
 
     rng_file = path / f"rng-{rank}.pt"
+    sharded = is_sharded(path)
     return {
         "state": read("trainer_state.json", lambda p: json.loads(p.read_text())),
-        "weights": read("trainable.safetensors", lambda p: load_file(str(p))),
-        "optimizer": read("optimizer.pt", lambda p: torch.load(p, weights_only=True)),
+        "weights": None if sharded else read("trainable.safetensors", lambda p: load_file(str(p))),
+        "optimizer": None if sharded else read("optimizer.pt", lambda p: torch.load(p, weights_only=True)),
+        "sharded": path / SHARDED_DIR if sharded else None,
         "scheduler": read("scheduler.pt", lambda p: torch.load(p, weights_only=True)),
         "rng": read(rng_file.name, lambda p: torch.load(p, weights_only=True)) if rng_file.exists() else None,
     }

@@ -19,19 +19,49 @@ def reference_of(sample) -> str:
     return msgs[-1]["content"] if msgs and msgs[-1]["role"] == "assistant" else (sample.chosen or "")
 
 
+def rounds_of(n: int, rank: int, world: int, in_step: bool) -> list[int | None]:
+    """The batches (of ``n``, in order) one process evaluates: every ``world``-th from its ``rank``, so each
+    batch holds the rows it holds in a one-process run. ``in_step`` (a sharded model: every process must
+    enter every forward): as many rounds on every process, ``None`` for a round a process runs only to
+    keep in step (its result is dropped)."""
+    mine: list[int | None] = list(range(rank, n, world))
+    return mine + [None] * ((-(-n // world) - len(mine)) if in_step else 0)
+
+
+@torch.no_grad()
+def greedy_predictions(model, processor, samples, *, max_new_tokens: int = 32, full_length: bool = False) -> list[str]:
+    """Greedy answers to the prompts of ``samples`` (one batch). ``full_length``: decode all
+    ``max_new_tokens`` steps even when every row has ended, and cut each row after its first end token, as
+    the early stop would have: the same text, with a number of forwards that does not depend on the rows
+    (the processes of a sharded model must run the same forwards)."""
+    was_training = model.training
+    model.eval()
+    batch = processor([prompt_of(x) for x in samples])
+    if full_length:
+        eos = torch.tensor(model.config.backbone.eos_token_ids)
+        ids = model.generate(**batch, max_new_tokens=max_new_tokens, eos_token_ids=[]).cpu()
+        ended = torch.isin(ids, eos).long().cumsum(1)
+        after = (ended - torch.isin(ids, eos).long()) > 0  # past the first end token
+        ids = ids.masked_fill(after, model.config.backbone.pad_token_id)
+    else:
+        ids = model.generate(**batch, max_new_tokens=max_new_tokens)
+    model.train(was_training)
+    return [p.strip() for p in processor.batch_decode(ids, skip_special_tokens=True)]
+
+
 @torch.no_grad()
 def generation_metrics(model, processor, samples, *, batch_size: int = 8, max_new_tokens: int = 32,
                        chart_sources: tuple[str, ...] = ("chart",)) -> dict:
     """Greedy predictions for ``samples`` and the metrics their kinds call for."""
-    was_training = model.training
-    model.eval()
     preds: list[str] = []
     for s in range(0, len(samples), batch_size):
-        chunk = samples[s: s + batch_size]
-        batch = processor([prompt_of(x) for x in chunk])
-        ids = model.generate(**batch, max_new_tokens=max_new_tokens)
-        preds += [p.strip() for p in processor.batch_decode(ids, skip_special_tokens=True)]
-    model.train(was_training)
+        preds += greedy_predictions(model, processor, samples[s: s + batch_size], max_new_tokens=max_new_tokens)
+    return task_metrics(samples, preds, chart_sources=chart_sources)
+
+
+def task_metrics(samples, preds: list[str], *, chart_sources: tuple[str, ...] = ("chart",)) -> dict:
+    """The metrics the kinds of ``samples`` call for, from their predictions ``preds`` (and the
+    predictions themselves)."""
     out: dict = {}
     asr = [(reference_of(x), p) for x, p in zip(samples, preds) if x.kind == "asr"]
     if asr:

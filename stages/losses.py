@@ -1,12 +1,12 @@
 """The stages' losses: token-summed LM loss and DPO, what each is summed over, and DPO's settings."""
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator
 
 import torch
 import torch.nn.functional as F
-from torch.func import functional_call
 
 from molora.loss import IGNORE_INDEX, count_label_tokens, loss_precision, next_token_targets
 
@@ -52,19 +52,38 @@ def sequence_logps(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return (picked * mask).sum(-1)
 
 
-def _logps(model, b, params=None):
-    inputs = model_inputs(b, model.config)
-    if params is None:
-        logits = model(**inputs).logits
-    else:
-        logits = functional_call(model, params, args=(), kwargs=inputs, strict=False).logits
+def _logps(model, b):
+    logits = model(**model_inputs(b, model.config)).logits
     return sequence_logps(logits, b["labels"].to(logits.device))
 
 
-def pair_logps(model, batch, params=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed reply log-probabilities [B] of the chosen and the rejected replies of a preference batch
-    (``params``: other values for some of the model's parameters, e.g. the DPO reference)."""
-    return _logps(model, batch["chosen"], params), _logps(model, batch["rejected"], params)
+def pair_logps(model, batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed reply log-probabilities [B] of the chosen and the rejected replies of a preference batch."""
+    return _logps(model, batch["chosen"]), _logps(model, batch["rejected"])
+
+
+@contextmanager
+def weights_swapped(model, values: dict[str, torch.Tensor]) -> Iterator[None]:
+    """The model's parameters named in ``values`` hold those values inside the block (copied in place,
+    without gradient) and their own again after it. Sharded (FSDP2), each process swaps its own shards and
+    the units are resharded around the block, so every forward gathers what is in place; the block must
+    not be a forward whose graph is kept for a backward after it."""
+    from .sharding import reshard
+
+    reshard(model)  # before reading the parameters: a gathered unit's are freed by the reshard
+    named = dict(model.named_parameters())
+    own = {}
+    with torch.no_grad():
+        for k, v in values.items():
+            own[k] = named[k].detach().clone()
+            named[k].copy_(v)
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            reshard(model)
+            for k, v in own.items():
+                named[k].copy_(v)
 
 
 @dataclass(frozen=True)
@@ -86,9 +105,9 @@ def dpo_loss(model, batch, ctx):
     log-probabilities of the reply tokens. Logged: the reward margin (beta times the bracket), the
     share of pairs whose margin is positive, and each side's reward."""
     beta = ctx.recipe.settings.beta
+    with torch.no_grad(), weights_swapped(model, ctx.reference_params):  # first: the policy's pass keeps its
+        rc, rr = pair_logps(model, batch)  # parameters for backward, so they are not touched after it
     pc, pr = pair_logps(model, batch)
-    with torch.no_grad():
-        rc, rr = pair_logps(model, batch, ctx.reference_params)
     margin = beta * ((pc - rc) - (pr - rr))
     losses = -F.logsigmoid(margin)
     m = margin.detach()

@@ -32,7 +32,8 @@ from molora.errors import MoLoRAError, RunError
 from molora.folder_lock import FolderBusyError, hold_folder
 from molora.staging import partial_folder
 
-from .checkpointing import checkpoint_problem, list_checkpoints, tensor_shapes
+from .checkpointing import checkpoint_problem, is_sharded, list_checkpoints, tensor_shapes
+from .sharding import SHARDED_DIR, sharded_shapes
 
 __all__ = ["RUN_FILE", "RunPlan", "run_identity", "plan_run", "check_output_dir", "start_run", "finished_run",
            "save_final", "write_json_atomic", "write_text_atomic", "describe_changes", "hold_output_dir",
@@ -322,9 +323,14 @@ def hold_output_dir(out: Path, dist, what: str = "molora train") -> Iterator[Non
 def check_checkpoint_shapes(checkpoint: Path, model) -> None:
     """Every tensor of the checkpoint is a parameter of ``model`` with the same shape, or one line
     naming the tensor and both shapes (checked before the run writes anything)."""
-    weights = checkpoint / "trainable.safetensors"
+    if is_sharded(checkpoint):
+        weights = checkpoint / SHARDED_DIR
+        shapes = sharded_shapes(weights)
+    else:
+        weights = checkpoint / "trainable.safetensors"
+        shapes = tensor_shapes(weights)
     named = dict(model.named_parameters())
-    for name, shape in tensor_shapes(weights).items():
+    for name, shape in shapes.items():
         if name not in named:
             raise RunError(f"--resume: tensor {name} of the checkpoint is not a parameter of this run's model; "
                            "this model cannot continue it (start a new run: --overwrite or another --output-dir)",

@@ -273,11 +273,6 @@ def setup(recipe: Recipe, out: Path, dist: Distributed, *, resume: bool, strict:
     eval_samples = load_samples(recipe.data, "eval") if recipe.data.get("eval") else []
     t = recipe.training
     sharded = dist.world > 1 and (t.parallel == "fsdp2" or os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true")
-    if sharded and (st.paired or eval_samples):
-        raise ConfigError("FSDP2 runs support the LM stages without evaluation for now (DPO's reference pass and "
-                          "rank-0 evaluation need unsharded weights): use training.parallel=dp, or leave data.eval "
-                          "unset", recipe.name)
-
     model, processor = build_model(recipe.model, recipe.seed)
     for name, rows in (("data.train", samples), ("data.eval", eval_samples)):
         check_modalities(rows, model.config, name)
@@ -309,7 +304,8 @@ def setup(recipe: Recipe, out: Path, dist: Distributed, *, resume: bool, strict:
         shard_model(model, dist)
     ctx = Context(recipe)
     if st.paired:  # the DPO reference: every trainable tensor as built, before any step (a resumed run
-        # rebuilds the same model from the same seed / path, so it gets the same reference)
+        # rebuilds the same model from the same seed / path, so it gets the same reference); sharded, each
+        # process holds the reference's shards of its own parameters' shards
         ctx.reference_params = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
     run = Run(recipe, out, dist, st, model, processor, samples, sampler, collator, ctx, plan.identity, sharded,
               dtype, torch.amp.GradScaler(dist.device.type) if dtype == torch.float16 else None, saved_names,
@@ -331,11 +327,18 @@ def _restore(run: Run, loaded: dict, where: Path) -> None:
     """Weights, data position and skip list from a checkpoint (optimiser, schedule and RNG follow
     when the loop reaches the checkpoint's sub-step and step)."""
     st = loaded["state"]
-    if st["world_size"] != run.dist.world:
-        raise ConfigError(f"checkpoint was written by {st['world_size']} process(es), this run has "
-                          f"{run.dist.world}", str(where))
+    if st["world_size"] != run.dist.world and st.get("global_batch") != _global_batch(run):
+        raise ConfigError(f"checkpoint was written by {st['world_size']} process(es) with a global batch of "
+                          f"{st.get('global_batch', 'unrecorded')}, this run has {run.dist.world} and "
+                          f"{_global_batch(run)}: another number of processes resumes a checkpoint that records its "
+                          "global batch when training.grad_accum makes processes x micro_batch_size x grad_accum "
+                          "the same (a recipe change: --resume-anyway)", str(where))
     run.start_step = run.step = st["step"]
-    if run.sharded:
+    if loaded["sharded"] is not None:  # each process reads its shards (resharded for this run's processes)
+        from .sharding import load_sharded_weights
+
+        load_sharded_weights(loaded["sharded"], run.model, run.saved_names)
+    elif run.sharded:
         from .sharding import load_model_state
 
         load_model_state(run.model, {k: v.to(run.dist.device) for k, v in loaded["weights"].items()})
@@ -347,6 +350,11 @@ def _restore(run: Run, loaded: dict, where: Path) -> None:
     run.sampler.load_state_dict(st["sampler"])
     run.collator.skipped = list(st.get("skipped", []))
     run.loaded = loaded
+
+
+def _global_batch(run: Run) -> int:
+    t = run.recipe.training
+    return t.micro_batch_size * t.grad_accum * run.dist.world
 
 
 def _progress_bar(run: Run):
@@ -369,7 +377,11 @@ def enter_substep(run: Run) -> None:
     run.scheduler = build_scheduler(run.optimizer, t, n)
     loaded = run.loaded
     if loaded is not None and loaded["state"].get("substep") == i:
-        if run.sharded:
+        if loaded["sharded"] is not None:
+            from .sharding import load_sharded_optimizer
+
+            load_sharded_optimizer(loaded["sharded"], run.model, run.optimizer)
+        elif run.sharded:
             from .sharding import load_optimizer_state
 
             load_optimizer_state(run.model, run.optimizer, loaded["optimizer"])
@@ -462,41 +474,51 @@ def clip_gradients(params: list[torch.nn.Parameter], max_norm: float, dist: Dist
 
 
 def checkpoint(run: Run) -> Path:
-    """An atomic, resumable checkpoint of this step (every process writes its RNG state)."""
-    if run.sharded:  # both gathered in full on rank 0 (every rank must call this)
-        from .sharding import full_model_state, full_optimizer_state
+    """An atomic, resumable checkpoint of this step (every process writes its RNG state; sharded, every
+    process writes its shards of the trained weights and of the optimiser state, and nothing is gathered)."""
+    weights = opt_state = write_shards = None
+    if run.sharded:
+        from .sharding import save_sharded
 
-        full = full_model_state(run.model)
-        weights = {n: full[n] for n in run.saved_names if n in full}
-        opt_state = full_optimizer_state(run.model, run.optimizer)
+        def write_shards(folder: Path) -> None:
+            save_sharded(folder, run.model, run.optimizer, run.saved_names)
     else:
         named = dict(run.model.named_parameters())
         weights, opt_state = {n: named[n] for n in run.saved_names}, run.optimizer.state_dict()
     # the sampler and skip list as they were after this step's batch (the feed may have read ahead)
     sampler = run.sampler_state if run.sampler_state is not None else run.sampler.state_dict()
     state = {"step": run.step, "substep": run.sub_idx, "sampler": sampler,
-             "skipped": run.collator.skipped[:run.skipped_upto], "recipe": run.recipe.name, "identity": run.identity}
+             "skipped": run.collator.skipped[:run.skipped_upto], "recipe": run.recipe.name, "identity": run.identity,
+             "global_batch": _global_batch(run)}
     return save_checkpoint(run.out / "checkpoints", run.step, weights=weights, optimizer_state=opt_state,
                            scheduler=run.scheduler, state=state, rank=run.dist.rank, world=run.dist.world,
-                           barrier=run.dist.barrier, keep_last=run.recipe.keep_last)
+                           barrier=run.dist.barrier, keep_last=run.recipe.keep_last, write_shards=write_shards)
 
 
 @torch.no_grad()
 def evaluate(run: Run) -> dict:
-    """Loss on ``data.eval`` (shared over processes), plus generation metrics on rank 0 with
-    ``training.eval_generate``."""
+    """Loss on ``data.eval`` (its batches shared over processes, each batch as one process would form
+    it), plus generation metrics with ``training.eval_generate``: on rank 0, or, sharded, every process
+    generating for its batches and rank 0 scoring them all. Sharded, every process enters every
+    forward: a process short of batches runs one more and drops its result."""
     from .collate import Collator
+    from .evaluation import greedy_predictions, rounds_of, task_metrics
 
     recipe, dist, model, st = run.recipe, run.dist, run.model, run.stage
-    samples = run.eval_samples
+    samples, bs = run.eval_samples, recipe.training.micro_batch_size
+    chunks = [samples[s: s + bs] for s in range(0, len(samples), bs)]
     coll = Collator(run.processor, strict=False)
     collate = coll.collate_preference if st.paired else coll
     model.eval()
     tot, n = 0.0, 0
-    bs = recipe.training.micro_batch_size
-    mine = list(range(dist.rank, len(samples), dist.world))
-    for s in range(0, len(mine), bs):
-        b = collate([samples[j] for j in mine[s: s + bs]])
+    filler = None  # the first batch that collates: what a process short of batches runs
+    for i in rounds_of(len(chunks), dist.rank, dist.world, run.sharded):
+        b = collate(chunks[i]) if i is not None else None
+        if b is None and run.sharded:  # no rows, or none collated: still enter the forward
+            filler = filler or next((f for f in map(collate, chunks) if f is not None), None)
+            if filler is not None:
+                st.loss(model, _move(filler, dist.device), run.ctx)
+            continue
         if b is None:
             continue
         loss, _ = st.loss(model, _move(b, dist.device), run.ctx)
@@ -504,11 +526,20 @@ def evaluate(run: Run) -> dict:
         n += st.count(b)
     tot, n = dist.all_sum([tot, float(n)])
     out = {"eval_loss": tot / max(n, 1)}
-    if recipe.training.eval_generate and dist.is_main and not st.paired:
-        from .evaluation import generation_metrics
+    if recipe.training.eval_generate and not st.paired and (run.sharded or dist.is_main):
+        if run.sharded:
+            preds = {i: greedy_predictions(model, run.processor, chunks[i if i is not None else 0], full_length=True)
+                     for i in rounds_of(len(chunks), dist.rank, dist.world, True)}
+            everyone = [None] * dist.world
+            torch.distributed.all_gather_object(everyone, {i: p for i, p in preds.items() if i is not None})
+            by_chunk = {i: p for part in everyone for i, p in part.items()}
+            metrics = task_metrics(samples, [p for i in range(len(chunks)) for p in by_chunk[i]])
+        else:
+            from .evaluation import generation_metrics
 
-        metrics = generation_metrics(model, run.processor, samples, batch_size=bs)
-        out.update({k: v for k, v in metrics.items() if k != "predictions"})
+            metrics = generation_metrics(model, run.processor, samples, batch_size=bs)
+        if dist.is_main:
+            out.update({k: v for k, v in metrics.items() if k != "predictions"})
     dist.barrier()
     model.train()
     return out
@@ -524,15 +555,17 @@ def finish(run: Run) -> dict:
     if run.last_eval is not None:
         summary["eval"] = run.last_eval
     model = run.model
-    if run.sharded:  # gather the full model on rank 0 into an ordinary (unsharded) copy
-        from .sharding import full_model_state
+    if run.sharded:  # the trained parameters gathered (one at a time) into the starting model, rebuilt on rank 0:
+        # the frozen ones never changed, so they are not gathered
+        from .sharding import gathered_trained
 
-        full = full_model_state(model)
+        trained = gathered_trained(model, run.saved_names, keep=dist.is_main)
         if dist.is_main:
-            from molora import MoLoRAModel
-
-            model = MoLoRAModel(model.config)
-            model.load_state_dict(full)
+            model, _ = build_model(run.recipe.model, run.recipe.seed)
+            with torch.no_grad():
+                named = dict(model.named_parameters())
+                for k, v in trained.items():
+                    named[k].copy_(v)
     if dist.is_main:
         model.eval()
         model.freeze_base()

@@ -196,39 +196,109 @@ def test_periodic_evaluation_hook(tmp_path):
     assert all(r["wer"] >= 0 and r["eval_loss"] > 0 for r in evals)
 
 
+def _launch(n: int, args: list[str], out: Path, *extra: str):
+    """``molora train ARGS`` in ``n`` gloo processes (accelerate launch; one: a plain process), one thread
+    each (EXACT_ENV)."""
+    launcher = ["accelerate.commands.launch", "--multi_gpu", "--num_processes", str(n), "--num_machines", "1",
+                "--mixed_precision", "no", "--dynamo_backend", "no", "-m"] if n > 1 else []
+    return subprocess.run([sys.executable, "-m", *launcher, "molora.cli", "train", *args, "--output-dir", str(out),
+                           *extra], cwd=ROOT, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, **EXACT_ENV})
+
+
+def _same_weights(a: Path, b: Path) -> bool:
+    x, y = (load_file(str(p / "final" / "model.safetensors")) for p in (a, b))
+    return x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
+
+
+def _eval_rows(out: Path) -> list[dict]:
+    return [r for r in metrics(out) if "eval_loss" in r]
+
+
+def _same_evals(a: Path, b: Path) -> None:
+    """The eval rows of two runs: the same steps and metrics. Each eval batch holds the same rows on
+    either side and is computed the same way (see EXACT_ENV); only the float64 sum of the batches'
+    float32 losses runs in another order, within a few units of float64 rounding."""
+    ra, rb = _eval_rows(a), _eval_rows(b)
+    assert [r["step"] for r in ra] == [r["step"] for r in rb] and ra
+    for x, y in zip(ra, rb):
+        assert x.keys() == y.keys()
+        assert all(x[k] == pytest.approx(y[k], rel=1e-12) for k in x)
+
+
 @pytest.mark.slow
 def test_fsdp2_two_processes_equal_one_and_resume(tmp_path):
     """FSDP2 (parameters, gradients, optimiser state sharded over 2 gloo processes) takes the steps
-    one process takes; its checkpoints hold full tensors and resume bit-identically."""
+    one process takes, and evaluates as it does (loss, and generation metrics from batches shared over
+    the processes); its checkpoints hold each process's shards of the trained tensors only, and resume
+    bit-identically on 2 processes and on 1."""
     data = corpus(tmp_path / "data", "mixed")
+    corpus(tmp_path / "data", "asr")
+    corpus(tmp_path / "data", "vqa")
+    held_out = tmp_path / "data" / "eval.jsonl"  # 10 rows: 3 batches of 4, one process gets 2 and the other 1
+    held_out.write_text("".join(line for k in ("asr", "vqa")
+                                for line in (tmp_path / "data" / f"{k}.jsonl").read_text().splitlines(True)[:5]))
     common = ["--recipe", "tiny-sft", f"data.train={data}", "max_steps=6", "seed=2", "--cpu",
-              "training.micro_batch_size=4"]
-    threads = EXACT_ENV
+              "training.micro_batch_size=4", f"data.eval={held_out}", "training.eval_every=3",
+              "training.eval_generate=true"]
     # the one-process run takes the execution plan a sharded run takes (no frozen-row split), so the
     # two compute the same tensors in the same order
-    one = _run_cli([*common, "training.grad_accum=2", "training.split_frozen_rows=false",
-                    "--output-dir", str(tmp_path / "one")], env=threads)
+    as_one = ["training.grad_accum=2", "training.split_frozen_rows=false"]
+    one = _run_cli([*common, *as_one, "--output-dir", str(tmp_path / "one")], env=EXACT_ENV)
     assert one.wait(timeout=600) == 0, one.stdout.read()
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "molora.cli", "train",
-              *common, "save_every=3", "training.parallel=fsdp2"]
-    run = lambda out, *extra: subprocess.run([*launch, "--output-dir", str(out), *extra], cwd=ROOT,  # noqa: E731
-                                             capture_output=True, text=True, timeout=600, env={**os.environ, **threads})
-    two = run(tmp_path / "two")
+    sharded = [*common, "save_every=3", "training.parallel=fsdp2"]
+    two = _launch(2, sharded, tmp_path / "two")
     assert two.returncode == 0, two.stdout[-3000:] + two.stderr[-3000:]
-    a = load_file(str(tmp_path / "one" / "final" / "model.safetensors"))
-    b = load_file(str(tmp_path / "two" / "final" / "model.safetensors"))
-    assert a.keys() == b.keys()
-    assert all(torch.equal(a[k], b[k]) for k in a)  # see EXACT_ENV
-    # resume from the step-3 checkpoint of the sharded run: the same final weights, bit for bit
+    assert _same_weights(tmp_path / "one", tmp_path / "two")  # see EXACT_ENV
+    _same_evals(tmp_path / "one", tmp_path / "two")
+    assert {"wer", "anls"} <= _eval_rows(tmp_path / "two")[-1].keys()
+    # the checkpoint: each process's shards of the trained tensors (and of their optimiser state), no frozen one
+    ckpt = tmp_path / "two" / "checkpoints" / "step-3"
+    assert sorted(p.name for p in (ckpt / "sharded").iterdir()) == [".metadata", "__0_0.distcp", "__1_0.distcp"]
+    assert not (ckpt / "trainable.safetensors").exists() and not (ckpt / "optimizer.pt").exists()
+    from molora.stages.freeze import apply_plan
+    from molora.stages.sharding import sharded_shapes
+
+    recipe = load_recipe("tiny-sft", {})
+    start, _ = build_model(recipe.model, 2)
+    apply_plan(start, sorted({c for s in recipe.substeps for c in s.train}))
+    trainable = {k for k, p in start.named_parameters() if p.requires_grad}
+    final = load_file(str(tmp_path / "two" / "final" / "model.safetensors"))
+    moved = {k for k, v in start.state_dict().items() if not torch.equal(v, final[k])}
+    assert set(sharded_shapes(ckpt / "sharded")) == trainable and moved and moved <= trainable
+    # resume from the step-3 checkpoint on 2 processes, and on 1 (the same global batch: grad_accum 2; a recipe
+    # change, hence --resume-anyway): the same final weights, bit for bit
     import shutil
 
-    shutil.copytree(tmp_path / "two", tmp_path / "again")
-    shutil.rmtree(tmp_path / "again" / "final")
-    again = run(tmp_path / "again", "--resume")
-    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
-    c = load_file(str(tmp_path / "again" / "final" / "model.safetensors"))
-    assert all(torch.equal(b[k], c[k]) for k in b)
+    for tag, n, extra in (("again", 2, []), ("on-one", 1, as_one)):
+        shutil.copytree(tmp_path / "two", tmp_path / tag, ignore=shutil.ignore_patterns("final"))
+        again = _launch(n, [*sharded, *extra], tmp_path / tag, "--resume-anyway" if extra else "--resume")
+        assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+        assert _same_weights(tmp_path / "two", tmp_path / tag), tag
+        assert [r["loss"] for r in metrics(tmp_path / tag) if "loss" in r] == \
+            [r["loss"] for r in metrics(tmp_path / "two") if "loss" in r]
+
+
+@pytest.mark.slow
+def test_fsdp2_dpo_and_evaluation_equal_one_process(tmp_path):
+    """DPO under FSDP2 (the frozen reference held as each process's shards) takes the steps one process
+    takes: the same losses and rewards, eval losses and final weights."""
+    data = corpus(tmp_path / "data", "preference")
+    held_out = tmp_path / "data" / "eval.jsonl"  # 10 pairs: 3 batches of 4
+    held_out.write_text("".join((data.read_text().splitlines(True) * 2)[:10]))
+    common = ["--recipe", "tiny-dpo", f"data.train={data}", "max_steps=4", "seed=2", "--cpu",
+              "training.micro_batch_size=4", f"data.eval={held_out}", "training.eval_every=2"]
+    one = _run_cli([*common, "training.grad_accum=2", "training.split_frozen_rows=false",
+                    "--output-dir", str(tmp_path / "one")], env=EXACT_ENV)
+    assert one.wait(timeout=600) == 0, one.stdout.read()
+    two = _launch(2, [*common, "training.parallel=fsdp2"], tmp_path / "two")
+    assert two.returncode == 0, two.stdout[-3000:] + two.stderr[-3000:]
+    keys = ("loss", "reward_margin", "reward_accuracy", "chosen_reward", "rejected_reward")
+    steps = lambda out: [{k: r[k] for k in keys} for r in metrics(out) if "loss" in r]  # noqa: E731
+    assert steps(tmp_path / "one") == steps(tmp_path / "two")
+    assert steps(tmp_path / "two")[-1]["reward_margin"] > 0  # it trained, so the comparison can fail
+    _same_evals(tmp_path / "one", tmp_path / "two")
+    assert _same_weights(tmp_path / "one", tmp_path / "two")
 
 
 @pytest.mark.slow
