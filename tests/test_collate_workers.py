@@ -9,6 +9,9 @@ import multiprocessing
 import os
 import shutil
 import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -141,16 +144,19 @@ def test_ctrl_c_is_left_to_the_training_process(proc, tmp_path):
     feed = StepFeed(samples, LengthGroupedBatches([s.length for s in samples], 2, seed=1), Collator(proc),
                     paired=False, rank=0, world=1, grad_accum=1, seed=1, last_step=6, prefetch=False, workers=2)
     try:
+        feed.get(0)  # the workers start with Python's own SIGINT handler in place
+        workers = multiprocessing.active_children()
+        assert len(workers) == 2
         with pytest.raises(KeyboardInterrupt):
             with interrupts_between() as stop_if_asked:
-                feed.get(0)
-                workers = multiprocessing.active_children()
-                assert len(workers) == 2
-                for p in workers:
-                    os.kill(p.pid, signal.SIGINT)
+                for _ in range(2):  # twice: a second Ctrl-C does not reach them either
+                    for p in workers:
+                        os.kill(p.pid, signal.SIGINT)
+                    time.sleep(0.2)
                 os.kill(os.getpid(), signal.SIGINT)
                 for s in range(1, 6):  # the workers still collate
                     assert feed.get(s).micro
+                assert all(p.is_alive() for p in workers)
                 stop_if_asked()
     finally:
         feed.close()
@@ -176,7 +182,7 @@ def test_a_dead_worker_is_an_error_naming_the_step(proc, tmp_path):
 def test_collate_workers_must_not_be_negative():
     from molora.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="training.collate_workers"):
+    with pytest.raises(ConfigError, match="training.collate_workers: must be >= 0"):
         load_recipe("tiny-sft", {"training.collate_workers": -1})
 
 
@@ -204,3 +210,31 @@ def test_resumed_with_workers_ends_where_an_in_process_run_ends(tmp_path):
     assert len(losses(base)) == 4 and losses(two) == losses(base)
     a, b = (load_file(str(p / "final" / "model.safetensors")) for p in (base, two))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.slow
+def test_ctrl_c_at_a_terminal_stops_a_run_with_workers_cleanly(tmp_path):
+    """SIGINT to the whole process group (a terminal's Ctrl-C): the run stops between steps with the
+    usual line and exit status, no traceback from the workers, and none of its processes is left."""
+    data = corpus(tmp_path / "data", "mixed", n=4)
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "molora.cli", "train", "--recipe", "tiny-sft", f"data.train={data}",
+           "max_steps=100000", "save_every=2", "training.micro_batch_size=2", "training.collate_workers=2",
+           "--output-dir", str(out)]
+    p = subprocess.Popen(cmd, cwd=Path(__file__).resolve().parents[1], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        t0 = time.time()
+        while not list((out / "checkpoints").glob("step-*")) and p.poll() is None and time.time() - t0 < 300:
+            time.sleep(0.2)
+        assert p.poll() is None, "the run ended before it was interrupted"
+        os.killpg(p.pid, signal.SIGINT)
+        _, err = p.communicate(timeout=120)
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+    assert p.returncode == 130, err[-2000:]
+    assert "molora train: interrupted" in err and "Traceback" not in err, err[-2000:]
+    time.sleep(1)  # the group is gone: signalling it finds no process
+    with pytest.raises(ProcessLookupError):
+        os.killpg(p.pid, 0)
