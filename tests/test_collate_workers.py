@@ -108,6 +108,23 @@ def test_workers_collate_what_the_training_process_collates(proc, tmp_path, kind
     assert not multiprocessing.active_children()  # close() ended the workers
 
 
+def test_the_step_dataset_travels_to_spawned_workers(proc, tmp_path):
+    """Where workers are spawned, not forked (macOS; forkserver from Python 3.14), the dataset with the
+    collator and its processor is pickled: the copy collates what the original collates."""
+    import pickle
+
+    from molora.stages.collate_workers import StepCollation
+
+    manifest = with_bad_rows(tmp_path, "mixed")
+    samples = read_manifest(manifest)
+    dataset = StepCollation(samples, Collator(proc, spec_augment=SPEC), paired=False, seed=3)
+    copy = pickle.loads(pickle.dumps(dataset))
+    key = (5, [list(range(0, 5)), list(range(5, 10))])
+    a, b = dataset[key], copy[key]
+    assert a.skipped == b.skipped and len(a.skipped) == 2
+    assert_same(a.micro, b.micro)
+
+
 def test_a_worker_error_is_raised_at_its_step_naming_the_sample(proc, tmp_path):
     manifest = with_bad_rows(tmp_path, "mixed")
     with pytest.raises(MediaError) as want:
