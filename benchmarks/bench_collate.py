@@ -36,7 +36,8 @@ def quickstart_manifests(sizes: str, seed: int, root=None) -> dict[str, str]:
     }
 
 
-def measure(samples: list, processor, *, batch: int, group: bool, workers: int, steps: int, seed: int) -> dict:
+def measure(samples: list, processor, *, batch: int, group: bool, workers: int, steps: int, seed: int,
+            step_s: float = 0.0, prefetch: bool = False) -> dict:
     from molora.stages.collate import Collator
     from molora.stages.feed import StepFeed
     from molora.stages.sampler import LengthGroupedBatches
@@ -44,13 +45,14 @@ def measure(samples: list, processor, *, batch: int, group: bool, workers: int, 
     sampler = LengthGroupedBatches([s.length for s in samples], batch, seed, group_by_length=group)
     collator = Collator(processor, pack=True)  # the LM stages pack (training.packing)
     feed = StepFeed(samples, sampler, collator, paired=False, rank=0, world=1, grad_accum=1, seed=seed,
-                    last_step=steps + 1, prefetch=False, workers=workers)
+                    last_step=steps + 1, prefetch=prefetch, workers=workers)
     try:
         t0 = time.perf_counter()
         feed.get(0)
         t1 = time.perf_counter()
         for step in range(1, steps + 1):
             feed.get(step)
+            time.sleep(step_s)  # an accelerator's step: the cores are free meanwhile
         t2 = time.perf_counter()
     finally:
         feed.close()
@@ -65,6 +67,10 @@ def main(argv=None) -> None:
                     help="corpus sizes (the rows' shapes are the same; tiny builds in seconds)")
     ap.add_argument("--kinds", nargs="+", default=["speech", "vision", "sft"])
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--step-ms", type=float, default=0.0,
+                    help="a simulated training step after each batch (a sleep, as when an accelerator computes): "
+                         "samples/s of the whole loop, collation overlapped or not")
+    ap.add_argument("--prefetch", action="store_true", help="also 0 workers with training.prefetch's thread")
     ap.add_argument("--threads", type=int, default=None,
                     help="torch threads of this process (in-process collation; default: torch's, one per core)")
     ap.add_argument("--json", default=None, help="also write every figure to this file")
@@ -80,17 +86,20 @@ def main(argv=None) -> None:
         torch.set_num_threads(args.threads)
     manifests = quickstart_manifests(args.sizes, args.seed)
     processor = MoLoRAProcessor.from_pretrained("tiny")
-    print(f"torch threads in this process: {torch.get_num_threads()}; {args.steps} steps per case")
+    print(f"torch threads in this process: {torch.get_num_threads()}; {args.steps} steps per case"
+          + (f", each followed by a {args.step_ms:g} ms step" if args.step_ms else ""))
+    cases = [(w, False) for w in args.workers] + ([(0, True)] if args.prefetch else [])
     results = {}
     for kind in args.kinds:
         samples = read_manifest(manifests[kind])
         plan = PLAN[kind]
         batch = plan["batch"] if args.sizes != "tiny" else 4
-        for w in args.workers:
+        for w, thread in cases:
             r = measure(samples, processor, batch=batch, group=plan.get("group_by_length", True), workers=w,
-                        steps=args.steps, seed=args.seed)
-            results[f"{kind}/{w}"] = {"kind": kind, "workers": w, "batch": batch, **r}
-            print(f"{kind:7s} batch {batch:3d}  workers {w}: {r['samples_per_s']:8.1f} samples/s  "
+                        steps=args.steps, seed=args.seed, step_s=args.step_ms / 1000, prefetch=thread)
+            name = f"{w}+thread" if thread else str(w)
+            results[f"{kind}/{name}"] = {"kind": kind, "workers": name, "batch": batch, **r}
+            print(f"{kind:7s} batch {batch:3d}  workers {name:8s}: {r['samples_per_s']:8.1f} samples/s  "
                   f"(first step {r['first_step_s']:.2f} s)", flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
