@@ -18,6 +18,7 @@ the whole process group, and the training process stops them itself when it stop
 """
 from __future__ import annotations
 
+import os
 import pickle
 import signal
 import traceback
@@ -72,6 +73,9 @@ def _quiet_worker(_worker_id: int) -> None:
     # the training process decides when to stop (between steps) and stops the workers
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # one thread per worker, as DataLoader sets torch's (and no fork warning from a Hugging Face tokenizer
+    # the training process used before the workers started)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 def _as_is(result: StepResult) -> StepResult:

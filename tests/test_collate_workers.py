@@ -54,14 +54,14 @@ def with_bad_rows(root: Path, kind: str) -> Path:
 
 
 def feed_all(proc, manifest: Path, *, paired: bool, workers: int, steps: int = 8, start: dict | None = None,
-             first: int = 0, strict: bool = False):
+             first: int = 0, strict: bool = False, rank: int = 0, world: int = 1):
     """Every step's (micro-batches, sampler state, skip count) and the skip list, from a fresh feed."""
     samples = read_manifest(manifest)
-    sampler = LengthGroupedBatches([s.length for s in samples], 4, seed=3)
+    sampler = LengthGroupedBatches([s.length for s in samples], 4 * world, seed=3)
     if start is not None:
         sampler.load_state_dict(start)
     collator = Collator(proc, spec_augment=SPEC, strict=strict)
-    feed = StepFeed(samples, sampler, collator, paired=paired, rank=0, world=1, grad_accum=2, seed=3,
+    feed = StepFeed(samples, sampler, collator, paired=paired, rank=rank, world=world, grad_accum=2, seed=3,
                     last_step=steps, prefetch=False, workers=workers)
     try:
         got = [feed.get(s) for s in range(first, steps)]
@@ -106,6 +106,17 @@ def test_workers_collate_what_the_training_process_collates(proc, tmp_path, kind
     resumed, _ = feed_all(proc, manifest, paired=paired, workers=2, start=steps[2][1], first=3)
     assert_same([s[:2] for s in resumed], [s[:2] for s in steps[3:]], "resumed")
     assert not multiprocessing.active_children()  # close() ended the workers
+
+
+def test_each_process_of_several_gets_its_share_from_its_workers(proc, tmp_path):
+    """With 2 processes, each one's workers collate that process's share of the global batch, as the
+    process would itself."""
+    manifest = with_bad_rows(tmp_path, "mixed")
+    for rank in (0, 1):
+        want = feed_all(proc, manifest, paired=False, workers=0, steps=4, rank=rank, world=2)
+        got = feed_all(proc, manifest, paired=False, workers=2, steps=4, rank=rank, world=2)
+        assert got[1] == want[1], rank
+        assert_same(got[0], want[0], f"rank {rank}")
 
 
 def test_the_step_dataset_travels_to_spawned_workers(proc, tmp_path):
