@@ -131,7 +131,9 @@ class StepFeed:
         """Stop collating: the thread, or the worker processes (ended before this returns)."""
         if self.loader is not None:
             loader, self.loader = self.loader, None
-            loader._shutdown_workers()
+            stop = getattr(loader, "_shutdown_workers", None)  # what its __del__ calls; then, not at collection
+            if stop is not None:
+                stop()
         if self.pool is not None:
             self.pool.shutdown(wait=True, cancel_futures=True)
             self.pool = None
