@@ -392,6 +392,13 @@ class ImageTransform:
         """Free the reused canvas buffer (it holds up to max_crops * 3 * S * S floats)."""
         self._local.__dict__.pop("canvas", None)
 
+    def __getstate__(self) -> dict:  # a copy for another process (collation workers) starts without a canvas
+        return {k: v for k, v in self.__dict__.items() if k != "_local"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._local = threading.local()
+
     def _fill(self, pixels: torch.Tensor, masks: torch.Tensor, img: Image.Image, p: CropPlan) -> None:
         S, m, rows, cols = self.crop_size, self.crop_size // self.patch_size, p.rows, p.cols
         k, nh, nw = p.num_crops, p.new_height, p.new_width

@@ -14,6 +14,9 @@ class MoLoRAError(ValueError):
         self.reason = reason
         super().__init__(f"{item}: {reason}" if item else reason)
 
+    def __reduce__(self):  # pickled whole (reason and item apart): collation workers send errors back
+        return type(self), (self.reason, self.item), self.__dict__
+
 
 class ConfigError(MoLoRAError):
     """A configuration value is missing, inconsistent or of the wrong type."""

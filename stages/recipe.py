@@ -61,6 +61,9 @@ class Training:
     # collate the next step's batch in a background thread while this step computes (stages/feed.py);
     # unset: on with an accelerator, off on CPU (there the thread competes with the step for the cores)
     prefetch: bool | None = None
+    # collate in this many DataLoader worker processes (stages/collate_workers.py); 0: in this process
+    # (with training.prefetch's thread); the batches, sampler states and skip list are the same
+    collate_workers: int = 0
 
 
 @dataclass
@@ -340,6 +343,8 @@ def check_ranges(r: Recipe) -> None:
     need(t.max_grad_norm >= 0, "training.max_grad_norm", ">= 0 (0: no clipping)", t.max_grad_norm)
     need(t.log_every >= 1, "training.log_every", ">= 1", t.log_every)
     need(t.eval_every >= 0, "training.eval_every", ">= 0 (0: no periodic evaluation)", t.eval_every)
+    need(t.collate_workers >= 0, "training.collate_workers", ">= 0 (0: collate in the training process)",
+         t.collate_workers)
     if t.spec_augment:
         from .collate import Collator
 

@@ -45,7 +45,8 @@ RUN_OUTPUTS = ("checkpoints", "final", "metrics.jsonl", "tensorboard", "summary.
                RUN_FILE)
 # recipe keys that change how a run is recorded, not what it computes: free to change on --resume
 BOOKKEEPING = {"source", "save_every", "keep_last", "strict", "training.log_every", "training.eval_every",
-               "training.eval_generate", "data.eval", "training.prefetch"}
+               "training.eval_generate", "data.eval", "training.prefetch",
+               "training.collate_workers"}
 
 
 @contextmanager

@@ -318,7 +318,8 @@ def setup(recipe: Recipe, out: Path, dist: Distributed, *, resume: bool, strict:
     run.skipped_upto = collator.num_skipped
     run.feed = StepFeed(samples, sampler, collator, paired=run.stage.paired, rank=dist.rank, world=dist.world,
                         grad_accum=t.grad_accum, seed=recipe.seed, last_step=recipe.max_steps,
-                        prefetch=t.prefetch if t.prefetch is not None else dist.device.type != "cpu")
+                        prefetch=t.prefetch if t.prefetch is not None else dist.device.type != "cpu",
+                        workers=t.collate_workers)
     run.t_start = time.perf_counter()
     return run
 
