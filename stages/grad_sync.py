@@ -21,6 +21,10 @@ halves; halving is exact in binary floating point (short of subnormal gradients)
 the sum a one-process run accumulates. With a process count that is not a power of two, ``1 / N``
 rounds: the paths then agree to about one unit in the last place per gradient element.
 
+A tensor no process reached in a step keeps no gradient through DDP, as in a one-process run (the
+optimiser skips it); the hand-written average gives it zeros (so AdamW still moves it by its
+momentum): the two agree on every gradient value, and the oracle test reads a missing one as zeros.
+
 Only the trainable tensors are DDP's: the frozen backbone is never broadcast, bucketed or reduced.
 The wrapper is rebuilt at each sub-step boundary (the freeze plan changes which tensors train);
 ``run.model`` stays the bare model, so checkpoints and ``final/`` keep their names (no ``module.``).

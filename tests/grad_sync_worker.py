@@ -30,6 +30,7 @@ CASES = {
 
 
 CASES_PLAN = ("vision_lora", "speech_lora", "vision_projector", "speech_projector", "vision_speech_projector")
+SECOND_PLAN = ("speech_lora", "speech_projector")
 
 
 def main(mixed: str, preference: str, out: str) -> None:
@@ -44,11 +45,14 @@ def main(mixed: str, preference: str, out: str) -> None:
     recipe = load_recipe("tiny-sft", {"data.train": mixed})
     model, processor = build_model(recipe.model, recipe.seed)
     model.train()
-    apply_plan(model, recipe.substeps[0].train)
-    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
-    for checkpointing in (False, True):
+    # then another sub-step's plan: DDP wraps another set of tensors (every wrapper before it closed)
+    for plan, checkpointing, cases in ((CASES_PLAN, False, list(CASES)), (CASES_PLAN, True, list(CASES)),
+                                       (SECOND_PLAN, False, ["audio_on_one_process"])):
+        apply_plan(model, list(plan))
+        trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
         model.enable_activation_checkpointing(checkpointing)
-        for case, (stage_name, corpus, *per_rank) in CASES.items():
+        for case in cases:
+            stage_name, corpus, *per_rank = CASES[case]
             recipe = load_recipe(f"tiny-{stage_name}", {"data.train": data[corpus]})
             st = stage(stage_name)
             assert recipe.substeps[0].train == list(CASES_PLAN), recipe.substeps
@@ -88,7 +92,8 @@ def main(mixed: str, preference: str, out: str) -> None:
             for mode in ("manual", "ddp"):
                 for key in ("grads", "clipped"):
                     del result[mode][key]
-            report[f"{case}{'+checkpointing' if checkpointing else ''}"] = result
+            report[f"{case}{'+checkpointing' if checkpointing else ''}{'+second_plan' if plan != CASES_PLAN else ''}"] = \
+                result
     with open(f"{out}/rank-{dist.rank}.json", "w") as fh:
         json.dump(report, fh, indent=1)
     dist.barrier()

@@ -21,12 +21,13 @@ def test_ddp_gradients_equal_the_hand_written_average(tmp_path):
     average gives, bit for bit (two processes: both are (g0 + g1) / 2, see stages/grad_sync.py), and
     the same clipping norm: with the frozen-row split, a process that never reaches the audio
     projector, a last micro-batch whose loss reaches no trainable tensor or holds no row, DPO, and
-    activation checkpointing."""
+    activation checkpointing; and after a sub-step boundary, where a new wrapper takes over another
+    set of trainable tensors."""
     mixed, preference = corpus(tmp_path / "data", "mixed"), corpus(tmp_path / "data", "preference")
     finish(torchrun([WORKER, str(mixed), str(preference), str(tmp_path)], nproc=2, port=free_port(), env=EXACT_ENV))
     reports = [json.loads((tmp_path / f"rank-{r}.json").read_text()) for r in (0, 1)]
     assert set(reports[0]) == {f"{c}{s}" for c in ("audio_on_one_process", "empty_last_micro_batch", "dpo")
-                               for s in ("", "+checkpointing")}
+                               for s in ("", "+checkpointing")} | {"audio_on_one_process+second_plan"}
     for rank, report in enumerate(reports):
         for case, r in report.items():
             where = f"rank {rank}, {case}"
