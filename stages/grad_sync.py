@@ -25,7 +25,8 @@ A tensor no process reached in a step keeps no gradient through DDP, as in a one
 optimiser skips it); the hand-written average gives it zeros (so AdamW still moves it by its
 momentum): the two agree on every gradient value, and the oracle test reads a missing one as zeros.
 
-Only the trainable tensors are DDP's: the frozen backbone is never broadcast, bucketed or reduced.
+Only the trainable tensors are DDP's: the frozen backbone is never broadcast, bucketed or reduced;
+their gradients are views into DDP's buckets (``gradient_as_bucket_view``: no second copy of them).
 The wrapper is rebuilt at each sub-step boundary (the freeze plan changes which tensors train);
 ``run.model`` stays the bare model, so checkpoints and ``final/`` keep their names (no ``module.``).
 """
@@ -84,7 +85,7 @@ class GradSync:
         # trains checks the shapes and makes the start the same on every process
         frozen = [f"model.{n}" for n, p in model.named_parameters() if not p.requires_grad]
         module._ddp_params_and_buffers_to_ignore = frozen + [n for n, _ in module.named_buffers()]  # read by DDP's init
-        return DDP(module, find_unused_parameters=True, forward_sync_buffers=False)
+        return DDP(module, find_unused_parameters=True, forward_sync_buffers=False, gradient_as_bucket_view=True)
 
     def close(self) -> None:
         """Take this wrapper's hooks off the parameters (a new sub-step builds its own)."""
