@@ -80,12 +80,13 @@ class GradSync:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         module = StageLoss(model, self.loss_fn, self.ctx)
-        # only the trainable tensors are DDP's (the rest is neither broadcast at start nor bucketed);
-        # every process built the same model from the same seed / folder, the broadcast of what
-        # trains checks the shapes and makes the start the same on every process
+        # only the trainable tensors are DDP's: the frozen ones and the buffers (constants: CMVN
+        # statistics, ...) are neither broadcast at the start nor at each forward, nor bucketed. Every
+        # process built the same model from the same seed / folder; the broadcast of what trains checks
+        # the shapes and makes the start the same on every process
         frozen = [f"model.{n}" for n, p in model.named_parameters() if not p.requires_grad]
         module._ddp_params_and_buffers_to_ignore = frozen + [n for n, _ in module.named_buffers()]  # read by DDP's init
-        return DDP(module, find_unused_parameters=True, forward_sync_buffers=False, gradient_as_bucket_view=True)
+        return DDP(module, find_unused_parameters=True, gradient_as_bucket_view=True)
 
     def close(self) -> None:
         """Take this wrapper's hooks off the parameters (a new sub-step builds its own)."""
