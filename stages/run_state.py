@@ -25,6 +25,7 @@ import hashlib
 import json
 import os
 import shutil
+import time
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -316,24 +317,44 @@ def _lock_record(out: Path) -> list[float] | None:
         return None
 
 
-def check_one_folder(out: Path, dist) -> None:
+def check_one_folder(out: Path, dist, tries: int = 5, wait_s: float = 0.5) -> None:
     """Every process of the launch sees, in ``out``, the lock record rank 0 has just written (a
     launch over several machines needs an output folder they all mount: rank 0 writes the
     checkpoints, every rank its RNG state beside them, and each reads them back on resume); else
-    a RunError on every process, before anything is read or written."""
+    a RunError on every process, before anything is read or written. Rank 0 flushes the record to
+    the file's server first; a network filesystem slow to show it gets a few tries."""
     if dist.world == 1:
         return
-    mine = _lock_record(out)
-    held = dist.all_sum(mine if dist.is_main and mine is not None else [0.0, 0.0])
-    blind = mine != held
-    count = int(dist.all_sum([1.0 if blind else 0.0])[0])
-    if count:
-        import socket
+    if dist.is_main:
+        _flush(out / LOCK_FILE)
+    for attempt in range(tries):
+        mine = _lock_record(out)
+        held = dist.all_sum(mine if dist.is_main and mine is not None else [0.0, 0.0])
+        blind = mine != held
+        count = int(dist.all_sum([1.0 if blind else 0.0])[0])
+        if not count:
+            return
+        if attempt < tries - 1:
+            time.sleep(wait_s)
+    import socket
 
-        this = f"process {dist.rank} on {socket.gethostname()} {'is one' if blind else 'sees it'}"
-        raise RunError(f"not one folder for the whole launch: {count} of its {dist.world} processes do not see the "
-                       f"lock the first process took in it ({this}); on several machines the output folder must be "
-                       "on a filesystem every node mounts, at the same path", str(out))
+    this = f"process {dist.rank} on {socket.gethostname()} {'is one' if blind else 'sees it'}"
+    raise RunError(f"not one folder for the whole launch: {count} of its {dist.world} processes do not see the lock "
+                   f"the first process took in it ({this}); on several machines the output folder must be on a "
+                   "filesystem every node mounts, at the same path", str(out))
+
+
+def _flush(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)  # the file's data, whichever descriptor wrote it
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def check_checkpoint_shapes(checkpoint: Path, model) -> None:
