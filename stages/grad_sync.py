@@ -6,8 +6,8 @@ ddp     torch's ``DistributedDataParallel`` around the stage's loss: gradients a
         buckets (~25 MB) while backward still runs, each bucket as soon as its gradients are ready.
         Micro-batches before the last run under ``no_sync`` (they accumulate locally; the last one's
         backward reduces the sum). ``find_unused_parameters``: a process whose micro-batches have no
-        audio row never reaches the audio encoder's tensors, another process's may; DDP then reduces
-        zeros for them on the first (exact: x + 0 = x). The model's ``touch_all`` would do the same by
+        audio row never reaches the audio encoder's tensors, another process's may; the first then
+        contributes zeros for them (exact: x + 0 = x). The model's ``touch_all`` would do the same by
         adding zero times every unused tensor to the graph, but it turns the frozen-row split off
         (text-only rows of a frozen backbone would pay a backward again) and runs every adapter on
         no token; finding the unused tensors is one walk of the autograd graph per step.
@@ -15,11 +15,14 @@ manual  the hand-written average after backward (``Distributed.average_gradients
         kept as the oracle DDP is tested against, and as a fallback.
 
 Both give the mean over processes of what each process's backward left, and with two processes they
-give the same bits: DDP multiplies each bucket by 1/2 before summing, the hand-written path sums then
-halves; halving is exact in binary floating point (short of subnormal gradients), so both are
-``(g0 + g1) / 2``, and with the loss scaled by the process count (``stages/trainer.py`` ``step``)
-the sum a one-process run accumulates. With a process count that is not a power of two, ``1 / N``
-rounds: the paths then agree to about one unit in the last place per gradient element.
+give the same bits: DDP multiplies each gradient by 1/2 as it copies it into its bucket, then sums;
+the hand-written path sums, then halves; halving is exact in binary floating point (short of
+subnormal gradients), so both are ``(g0 + g1) / 2`` and, with the loss scaled by the process count
+(``backward``), the sum a one-process run accumulates (a + b = b + a: tested bit for bit). With more
+processes the collective sums the N contributions in an order of its own (per bucket position), not
+the order a one-process run accumulates its micro-batches in: the results then agree to float32
+summation rounding, at most (N - 1) * 2**-24 * sum |contribution| per element, and for N not a power
+of two ``1 / N`` rounds once more (2**-24 relative).
 
 A tensor no process reached in a step keeps no gradient through DDP, as in a one-process run (the
 optimiser skips it); the hand-written average gives it zeros (so AdamW still moves it by its
