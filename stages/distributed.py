@@ -2,8 +2,9 @@
 
 Data parallelism is explicit: every process takes its shard of each global batch (the same global
 batch whatever the number of processes), losses are summed over tokens and divided by the token
-count of the whole global batch, and gradients are averaged across processes after backward
-(accelerate's ``reduce``, in flat buckets). One process and N processes therefore take the same
+count of the whole global batch, and gradients are averaged across processes (torch DDP during
+backward, ``grad_sync.py``; or ``average_gradients`` here after it: accelerate's ``reduce``, in flat
+buckets, the oracle DDP is tested against). One process and N processes therefore take the same
 steps: with the loss scaled by the process count and the average a power of two, the gradients
 meet as ``g0 + g1`` either way, bit for bit.
 """

@@ -52,6 +52,9 @@ class Training:
     log_every: int = 1
     eval_every: int = 0
     parallel: str = "dp"  # dp: every process holds the model | fsdp2: parameters/grads/optimiser sharded
+    # dp with several processes: ddp (torch's DistributedDataParallel, reduction overlapped with backward) |
+    # manual (the hand-written average after backward, the oracle ddp is tested against): stages/grad_sync.py
+    grad_sync: str = "ddp"
     eval_generate: bool = False  # also greedy-decode the eval rows: WER / ANLS / relaxed accuracy
     # text-only rows of a frozen backbone without autograd (molora/frozen_rows.py); always off under
     # fsdp2, whose collectives need the same forwards on every process
@@ -217,7 +220,7 @@ TOP_FIELDS = {"name": str | None, "stage": str, "model": dict | None, "data": di
               "substeps": list | None, "max_steps": int, "save_every": int, "keep_last": int, "seed": int,
               "strict": bool}
 CHOICES = {"training.schedule": ("cosine", "linear", "constant"), "training.precision": ("auto", "fp32", "bf16", "fp16"),
-           "training.parallel": ("dp", "fsdp2")}
+           "training.parallel": ("dp", "fsdp2"), "training.grad_sync": ("ddp", "manual")}
 LR_GROUPS = ("encoder", "projector", "lora", "other")
 
 

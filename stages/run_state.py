@@ -15,7 +15,9 @@ checkpoint carries the same identity. Before anything loads, ``plan_run`` decide
 * ``--resume`` on a finished run: nothing to train (the command says so and returns).
 
 The folder belongs to one process at a time: ``hold_output_dir`` takes ``molora.folder_lock`` on
-rank 0 (the other ranks of a launch wait for its answer) before anything is read or written.
+rank 0 (the other ranks of a launch wait for its answer) before anything is read or written, and
+every rank checks that it sees the same folder (a launch over several machines needs one they all
+mount).
 """
 from __future__ import annotations
 
@@ -23,13 +25,14 @@ import hashlib
 import json
 import os
 import shutil
+import time
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
 from molora.errors import MoLoRAError, RunError
-from molora.folder_lock import FolderBusyError, hold_folder
+from molora.folder_lock import LOCK_FILE, FolderBusyError, hold_folder
 from molora.staging import partial_folder
 
 from .checkpointing import checkpoint_problem, is_sharded, list_checkpoints, tensor_shapes
@@ -318,7 +321,57 @@ def hold_output_dir(out: Path, dist, what: str = "molora train") -> Iterator[Non
         if dist.all_sum([1.0 if failure is not None else 0.0])[0]:
             raise failure if failure is not None else FolderBusyError(
                 "in use by another run (the launch's first process could not take it)", str(out))
+        check_one_folder(out, dist)
         yield
+
+
+def _lock_record(out: Path) -> list[float] | None:
+    """(pid, start time) of the holder recorded in ``out``'s lock file, or None if it cannot be read."""
+    try:
+        info = json.loads((out / LOCK_FILE).read_text())
+        return [float(info["pid"]), float(info["started"])]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def check_one_folder(out: Path, dist, tries: int = 5, wait_s: float = 0.5) -> None:
+    """Every process of the launch sees, in ``out``, the lock record rank 0 has just written (a
+    launch over several machines needs an output folder they all mount: rank 0 writes the
+    checkpoints, every rank its RNG state beside them, and each reads them back on resume); else
+    a RunError on every process, before anything is read or written. Rank 0 flushes the record to
+    the file's server first; a network filesystem slow to show it gets a few tries."""
+    if dist.world == 1:
+        return
+    if dist.is_main:
+        _flush(out / LOCK_FILE)
+    for attempt in range(tries):
+        mine = _lock_record(out)
+        held = dist.all_sum(mine if dist.is_main and mine is not None else [0.0, 0.0])
+        blind = mine != held
+        count = int(dist.all_sum([1.0 if blind else 0.0])[0])
+        if not count:
+            return
+        if attempt < tries - 1:
+            time.sleep(wait_s)
+    import socket
+
+    this = f"process {dist.rank} on {socket.gethostname()} {'is one' if blind else 'sees it'}"
+    raise RunError(f"not one folder for the whole launch: {count} of its {dist.world} processes do not see the lock "
+                   f"the first process took in it ({this}); on several machines the output folder must be on a "
+                   "filesystem every node mounts, at the same path", str(out))
+
+
+def _flush(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)  # the file's data, whichever descriptor wrote it
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def check_checkpoint_shapes(checkpoint: Path, model) -> None:

@@ -9,7 +9,8 @@ loads the data and the model, and restores a checkpoint; ``step`` runs one globa
 micro-batches, gradient averaging across processes, clipping, the optimiser); ``checkpoint`` writes
 an atomic, resumable checkpoint; ``evaluate`` computes the eval loss (and generation metrics);
 ``finish`` writes ``final/``, the summary and the run record. Data parallelism and its exactness are
-in ``distributed.py``; FSDP2 in ``sharding.py``.
+in ``distributed.py``, the gradients' reduction (torch DDP, or the hand-written average) in
+``grad_sync.py``; FSDP2 in ``sharding.py``.
 """
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ from .checkpointing import load_checkpoint, save_checkpoint, set_rng_state
 from .feed import StepFeed
 from .distributed import Distributed
 from .freeze import apply_plan
+from .grad_sync import GradSync
 from .loss_curve import save_loss_plot
 from .metrics_log import MetricsLog, read_rows
 from .optim import build_optimizer, build_scheduler, rebase_groups, step_lrs
@@ -81,6 +83,7 @@ class Run:
     optimizer: Any = None
     scheduler: Any = None
     trainable: list = field(default_factory=list)
+    sync: Any = None  # GradSync: how this process's gradients meet the others' (this sub-step's)
     feed: Any = None  # StepFeed: each step's micro-batches
     sampler_state: dict | None = None  # the sampler right after the last step's batch
     skipped_upto: int = 0  # skip-list entries up to the last step's batch
@@ -374,6 +377,9 @@ def enter_substep(run: Run) -> None:
     run.sub_idx = i
     apply_plan(run.model, sub.train)
     run.trainable = [p for p in run.model.parameters() if p.requires_grad]
+    if run.sync is not None:
+        run.sync.close()
+    run.sync = GradSync(run.model, run.stage.loss, run.ctx, run.dist, t.grad_sync, sharded=run.sharded)
     run.optimizer = build_optimizer(run.model, t)
     run.scheduler = build_scheduler(run.optimizer, t, n)
     loaded = run.loaded
@@ -396,8 +402,9 @@ def enter_substep(run: Run) -> None:
 
 def step(run: Run) -> dict:
     """One global batch: every micro-batch of this process forward and backward (the loss summed
-    and divided by the global count), gradients averaged over processes, clipped, the optimiser and
-    the schedule stepped. Returns the step's metrics."""
+    and divided by the global count), gradients averaged over processes (``run.sync``: DDP during
+    backward, or by hand after it), clipped, the optimiser and the schedule stepped. Returns the
+    step's metrics."""
     recipe, t, dist, model = run.recipe, run.recipe.training, run.dist, run.model
     if run.loaded is not None:  # the resumed step: every process's RNG as it was when the checkpoint was written
         if run.loaded["rng"] is not None:
@@ -414,19 +421,10 @@ def step(run: Run) -> dict:
     lrs = step_lrs(run.optimizer, t)  # what this step uses (the scheduler moves on after it)
     loss_sum, extra = 0.0, {}
     if total > 0:
-        for b in micro:
-            if b is None:
-                continue
-            with torch.autocast(dist.device.type, dtype=run.dtype, enabled=run.dtype is not None):
-                loss, m = run.stage.loss(model, _move(b, dist.device), run.ctx)
-            scaled = loss / total * dist.world  # gradients are averaged over processes below
-            if scaled.requires_grad:  # rows that reach no trainable weight contribute no gradient
-                (run.scaler.scale(scaled) if run.scaler else scaled).backward()
-            loss_sum += float(loss.detach())
-            for k, v in m.items():
-                extra[k] = extra.get(k, 0.0) + v / len(micro)
-    if not run.sharded:  # FSDP2 reduce-scatters gradients itself
-        dist.average_gradients(run.trainable)
+        autocast = lambda: torch.autocast(dist.device.type, dtype=run.dtype, enabled=run.dtype is not None)  # noqa: E731
+        loss_sum, extra = run.sync.backward(micro, total, move=lambda b: _move(b, dist.device),
+                                            autocast=autocast, scaler=run.scaler)
+    run.sync.reduce(run.trainable)  # manual: the hand-written average; DDP reduced during backward
     if run.scaler:
         run.scaler.unscale_(run.optimizer)
     gnorm = clip_gradients(run.trainable, t.max_grad_norm, dist, run.sharded) if t.max_grad_norm else 0.0

@@ -102,6 +102,9 @@ def test_sigkill_and_resume_is_bit_identical(tmp_path):
 
 @pytest.mark.slow
 def test_two_processes_equal_one(tmp_path):
+    """Two processes (torch DDP: stages/grad_sync.py) take the steps one process takes, bit for bit,
+    and the steps the hand-written average (training.grad_sync=manual, the oracle) takes; ``final/``
+    and the checkpoints keep the model's own names (DDP wraps a module around the model)."""
     data = corpus(tmp_path / "data", "mixed")
     # SpecAugment on: each clip's masks follow the row, not the process that collates it
     common = ["--recipe", "tiny-sft", f"data.train={data}", "max_steps=6", "seed=2", "--cpu",
@@ -110,16 +113,22 @@ def test_two_processes_equal_one(tmp_path):
     one = _run_cli([*common, "training.micro_batch_size=4", "training.grad_accum=2",
                     "--output-dir", str(tmp_path / "one")], env=threads)
     assert one.wait(timeout=600) == 0, one.stdout.read()
-    two = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                          "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                          "-m", "molora.cli", "train", *common, "training.micro_batch_size=4",
-                          "--output-dir", str(tmp_path / "two")], cwd=ROOT, capture_output=True, text=True,
-                         timeout=600, env={**os.environ, **threads})
-    assert two.returncode == 0, two.stdout[-3000:] + two.stderr[-3000:]
+    for sync in ("ddp", "manual"):
+        two = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
+                              "2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                              "-m", "molora.cli", "train", *common, "training.micro_batch_size=4", "save_every=3",
+                              f"training.grad_sync={sync}", "--output-dir", str(tmp_path / sync)], cwd=ROOT,
+                             capture_output=True, text=True, timeout=600, env={**os.environ, **threads})
+        assert two.returncode == 0, two.stdout[-3000:] + two.stderr[-3000:]
     a = load_file(str(tmp_path / "one" / "final" / "model.safetensors"))
-    b = load_file(str(tmp_path / "two" / "final" / "model.safetensors"))
-    assert a.keys() == b.keys()
-    assert all(torch.equal(a[k], b[k]) for k in a)  # see EXACT_ENV
+    for sync in ("ddp", "manual"):
+        b = load_file(str(tmp_path / sync / "final" / "model.safetensors"))
+        assert a.keys() == b.keys()
+        assert all(torch.equal(a[k], b[k]) for k in a), sync  # see EXACT_ENV
+    assert [(r["loss"], r["grad_norm"]) for r in metrics(tmp_path / "ddp")] == \
+        [(r["loss"], r["grad_norm"]) for r in metrics(tmp_path / "manual")]
+    trainable = load_file(str(tmp_path / "ddp" / "checkpoints" / "step-3" / "trainable.safetensors"))
+    assert trainable and all(k in a for k in trainable)  # no "module." prefix
     moved = max((a[k] - c).abs().max().item() for k, c in
                 MoLoRAModel(MoLoRAConfig.preset("tiny")).state_dict().items() if ".lora_B." in k)
     assert moved > 1e-3  # the runs trained something, so the comparison can fail
