@@ -6,7 +6,9 @@ count of the whole global batch, and gradients are averaged across processes (to
 backward, ``grad_sync.py``; or ``average_gradients`` here after it: accelerate's ``reduce``, in flat
 buckets, the oracle DDP is tested against). One process and N processes therefore take the same
 steps: with the loss scaled by the process count and the average a power of two, the gradients
-meet as ``g0 + g1`` either way, bit for bit.
+meet as ``g0 + g1`` either way, bit for bit with two processes (with more, the reduction's order of
+summation rounds differently). The trainer reduces through torch DDP by default (``stages/grad_sync.py``);
+``average_gradients`` is ``training.grad_sync=manual`` and the tests' oracle.
 """
 from __future__ import annotations
 
