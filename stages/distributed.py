@@ -7,8 +7,7 @@ backward, ``grad_sync.py``; or ``average_gradients`` here after it: accelerate's
 buckets, the oracle DDP is tested against). One process and N processes therefore take the same
 steps: with the loss scaled by the process count and the average a power of two, the gradients
 meet as ``g0 + g1`` either way, bit for bit with two processes (with more, the reduction's order of
-summation rounds differently). The trainer reduces through torch DDP by default (``stages/grad_sync.py``);
-``average_gradients`` is ``training.grad_sync=manual`` and the tests' oracle.
+summation rounds differently).
 """
 from __future__ import annotations
 
