@@ -63,19 +63,22 @@ def flex_available(device: torch.device) -> bool:
 
 def document_block_mask(cu_seqlens: torch.Tensor, n: int, tile: int = FLEX_TILE):
     """FlexAttention's ``BlockMask`` of causal attention inside each row of a packed ``[1, n]``
-    sequence (``cu_seqlens``: where each row starts). Built from the rows' tiles directly, in
-    ``(n / tile)^2`` work and memory (``create_block_mask`` evaluates the mask at all ``n^2``
-    pairs): a key tile before a query tile is *full* when one row covers both tiles whole,
-    *partial* when some row reaches from one into the other, skipped otherwise; the diagonal tile
-    is partial. Partial tiles run the per-pair mask (same row, key not after query)."""
+    sequence (``cu_seqlens``: where each row starts), laid over the sequence padded to whole tiles,
+    two at least (the padding: a row of its own, so every query sees at least itself and no real token sees
+    it; ``_flex`` pads the states the same way, which keeps the compiled kernel to one shape class).
+    Built from the rows' tiles directly, in ``(n / tile)^2`` work and memory (``create_block_mask``
+    evaluates the mask at all ``n^2`` pairs): a key tile before a query tile is *full* when one row
+    covers both tiles whole, *partial* when some row reaches from one into the other, skipped
+    otherwise; the diagonal tile is partial. Partial tiles run the per-pair mask (same row, key not
+    after query)."""
     from torch.nn.attention.flex_attention import BlockMask
 
     device = cu_seqlens.device
     lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).long()
     rows = lengths.numel()
-    tiles = -(-n // tile)
+    tiles = max(-(-n // tile), 2)  # one tile would be a shape class of its own (and fail on the CPU)
     doc = torch.repeat_interleave(torch.arange(rows, device=device), lengths)
-    doc = F.pad(doc, (0, tiles * tile - n), value=rows)  # the last tile's padding: a row of its own
+    doc = F.pad(doc, (0, tiles * tile - n), value=rows)  # the padding: a row of its own
     first, last = doc.view(tiles, tile)[:, 0], doc.view(tiles, tile)[:, -1]
     idx = torch.arange(tiles, device=device)
     before = idx[None, :] < idx[:, None]  # [q tile, kv tile]: the key tile lies wholly before
@@ -91,30 +94,35 @@ def document_block_mask(cu_seqlens: torch.Tensor, n: int, tile: int = FLEX_TILE)
         return (doc[q_idx] == doc[kv_idx]) & (kv_idx <= q_idx)
 
     return BlockMask.from_kv_blocks(*ordered(partial), *ordered(full), BLOCK_SIZE=tile, mask_mod=same_row_causal,
-                                    seq_lengths=(n, n))
+                                    seq_lengths=(tiles * tile, tiles * tile))
 
 
 @functools.cache
 def _compiled_flex():
     from torch.nn.attention.flex_attention import flex_attention
 
-    return torch.compile(flex_attention)
+    # dynamic: one compiled kernel for every length (all whole tiles, see ``_flex``), not one per batch
+    return torch.compile(flex_attention, dynamic=True)
 
 
 def _flex(q, k, v, block_mask, scale, compiled: bool):
-    """FlexAttention of ``[1, H, N, d]`` states under ``block_mask`` -> ``[1, N, H, d]``. q, k, v in
-    one dtype: autocast's when it is on (as SDPA gets them), else the queries'."""
+    """FlexAttention of ``[1, H, N, d]`` states under ``block_mask`` -> ``[1, N, H, d]``. The states
+    are padded to the mask's whole tiles (inductor's CPU kernel fails to compile for a length that
+    is not a multiple of its tile once shapes are dynamic; one length class also means one compile)
+    and the padding's outputs dropped. q, k, v in one dtype: autocast's when it is on (as SDPA gets
+    them), else the queries'."""
     from torch.nn.attention.flex_attention import flex_attention
 
-    kind = q.device.type
+    kind, n = q.device.type, q.shape[2]
     dtype = torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else q.dtype
-    q, k, v = (t.to(dtype) for t in (q, k, v))
+    pad = block_mask.seq_lengths[0] - n
+    q, k, v = (F.pad(t.to(dtype), (0, 0, 0, pad)) for t in (q, k, v))
     gqa = q.shape[1] != k.shape[1]
     if compiled:
-        return _compiled_flex()(q, k, v, block_mask=block_mask, scale=scale, enable_gqa=gqa).transpose(1, 2)
+        return _compiled_flex()(q, k, v, block_mask=block_mask, scale=scale, enable_gqa=gqa)[:, :, :n].transpose(1, 2)
     with warnings.catch_warnings():  # uncompiled on purpose (flex_eager): torch's advice to compile is moot
         warnings.filterwarnings("ignore", message="flex_attention called without torch.compile")
-        return flex_attention(q, k, v, block_mask=block_mask, scale=scale, enable_gqa=gqa).transpose(1, 2)
+        return flex_attention(q, k, v, block_mask=block_mask, scale=scale, enable_gqa=gqa)[:, :, :n].transpose(1, 2)
 
 
 def padding_mask(attention_mask: torch.Tensor, q_len: int) -> torch.Tensor:

@@ -33,7 +33,7 @@ def _qkv(lengths, dtype, heads=6, kv_heads=2, d=8, seed=0):
             torch.randn(1, kv_heads, n, d, generator=g, dtype=dtype))
 
 
-@pytest.mark.parametrize("lengths", [[5, 9, 3], LENGTHS, [128, 128, 256], [700]], ids=str)
+@pytest.mark.parametrize("lengths", [[5, 9, 3], LENGTHS, [128, 128, 256], [700], [128]], ids=str)
 @pytest.mark.parametrize("tile", [4, 16, 128])
 def test_document_block_mask_is_torchs_mask_of_the_rows(lengths, tile):
     """The tiles built from ``cu_seqlens`` are those ``create_block_mask`` finds by evaluating the
@@ -42,10 +42,12 @@ def test_document_block_mask_is_torchs_mask_of_the_rows(lengths, tile):
     from torch.nn.attention.flex_attention import create_block_mask
 
     n = sum(lengths)
-    row = torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths))
-    want = create_block_mask(lambda b, h, q, k: (row[q] == row[k]) & (k <= q), None, None, n, n, device="cpu",
-                             BLOCK_SIZE=tile)
+    span = max(-(-n // tile), 2) * tile  # whole tiles, two at least; the padding is a row of its own
+    row = torch.repeat_interleave(torch.arange(len(lengths) + 1), torch.tensor([*lengths, span - n]))
+    want = create_block_mask(lambda b, h, q, k: (row[q] == row[k]) & (k <= q), None, None, span, span,
+                             device="cpu", BLOCK_SIZE=tile)
     got = document_block_mask(_cu(lengths), n, tile)
+    assert got.seq_lengths == (span, span)
     for name in ("kv_num_blocks", "full_kv_num_blocks", "q_num_blocks", "full_q_num_blocks"):
         assert torch.equal(getattr(got, name), getattr(want, name)), name
     for count, idx in (("kv_num_blocks", "kv_indices"), ("full_kv_num_blocks", "full_kv_indices")):
@@ -81,14 +83,15 @@ def _float32_bound(lengths, q, k, v, scale) -> float:
 @pytest.mark.slow  # inductor compiles the C++ kernel once (10-25 s on two cores)
 def test_compiled_flex_kernel_matches_rows_in_float32():
     """What ``auto`` runs on CUDA, compiled here by inductor for the CPU (a C++ compiler on PATH)."""
-    q, k, v = _qkv(LENGTHS, torch.float32)
-    want = packed_attention(q.double(), k.double(), v.double(), _cu(LENGTHS), LENGTHS, "rows", scale=0.3)
-    rows = packed_attention(q, k, v, _cu(LENGTHS), LENGTHS, "rows", scale=0.3)
-    got = packed_attention(q, k, v, _cu(LENGTHS), LENGTHS, "flex", scale=0.3)
-    bound = _float32_bound(LENGTHS, q, k, v, 0.3)
-    assert float((rows.double() - want).abs().max()) <= bound  # the bound holds for the rows kernel too
-    torch.testing.assert_close(got.double(), want, rtol=0, atol=bound)
-    torch.testing.assert_close(got, rows, rtol=0, atol=bound)
+    for lengths in (LENGTHS, [5, 9, 3], [128, 128, 256]):  # lengths of every size class: one compiled kernel
+        q, k, v = _qkv(lengths, torch.float32)
+        want = packed_attention(q.double(), k.double(), v.double(), _cu(lengths), lengths, "rows", scale=0.3)
+        rows = packed_attention(q, k, v, _cu(lengths), lengths, "rows", scale=0.3)
+        got = packed_attention(q, k, v, _cu(lengths), lengths, "flex", scale=0.3)
+        bound = _float32_bound(lengths, q, k, v, 0.3)
+        assert float((rows.double() - want).abs().max()) <= bound  # the bound holds for the rows kernel too
+        torch.testing.assert_close(got.double(), want, rtol=0, atol=bound)
+        torch.testing.assert_close(got, rows, rtol=0, atol=bound)
 
 
 def _packed_batch(model, proc):
