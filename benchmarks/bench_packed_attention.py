@@ -7,7 +7,8 @@ dense block-diagonal mask), forward only (torch has no FlexAttention backward on
 Shapes: the tiny preset's attention (4 query heads, 2 key/value heads, head dim 32), float32;
 ``quickstart``: a batch of 16 rows as the quickstart's stages pack them (text ~78, speech ~89,
 image 213-228 tokens); ``long``: 8 rows of 512-2048 tokens. Each figure is the median time of one
-call over ``--repeats`` after a warm-up (which compiles ``flex``); ``mask_s`` is the time to build the
+call over ``--repeats`` rounds after a warm-up (which compiles ``flex``), the kernels taking turns in
+each round; ``mask_s`` is the time to build the
 block mask, paid once per forward for all layers. FlexAttention is there for CUDA (what ``auto``
 picks there); on the CPU it is measured honestly, not chosen.
 """
@@ -26,17 +27,9 @@ SHAPES = {"quickstart": [78, 89, 213, 228] * 4, "long": [512, 2048, 768, 1024, 1
 HEADS, KV_HEADS, HEAD_DIM = 4, 2, 32
 
 
-def _median_s(fn, repeats: int) -> float:
-    fn()  # warm-up (compiles the flex kernel the first time)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
-
-
 def bench(lengths: list[int], device: torch.device, repeats: int, backends) -> dict:
+    """Median seconds of one call of each kernel (and of building the block mask); the kernels take
+    turns, one call each per round, so a load on the machine falls on all of them alike."""
     g = torch.Generator().manual_seed(0)
     n = sum(lengths)
     q = torch.randn(1, HEADS, n, HEAD_DIM, generator=g).to(device)
@@ -44,17 +37,24 @@ def bench(lengths: list[int], device: torch.device, repeats: int, backends) -> d
     cu = torch.tensor([0, *lengths], device=device).cumsum(0)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     mask = document_block_mask(cu, n)
-    out = {"rows": len(lengths), "tokens": n, "mask_s": _median_s(lambda: (document_block_mask(cu, n), sync()),
-                                                                     repeats)}
+    calls = {"mask": lambda: document_block_mask(cu, n)}
+    calls.update({b: (lambda b=b: packed_attention(q, k, v, cu, lengths, b, block_mask=mask)) for b in backends})
     want = packed_attention(q, k, v, cu, lengths, "rows")
+    out = {"rows": len(lengths), "tokens": n}
     with torch.no_grad():
-        for backend in backends:
-            def call():
-                packed_attention(q, k, v, cu, lengths, backend, block_mask=mask)
+        for name, fn in calls.items():  # warm-up (compiles the flex kernel)
+            got = fn()
+            if name != "mask":
+                out[f"{name}_max_abs_diff_vs_rows"] = float((got - want).abs().max())
+        times = {name: [] for name in calls}
+        for _ in range(repeats):
+            for name, fn in calls.items():
                 sync()
-            out[f"{backend}_s"] = _median_s(call, repeats)
-            got = packed_attention(q, k, v, cu, lengths, backend, block_mask=mask)
-            out[f"{backend}_max_abs_diff_vs_rows"] = float((got - want).abs().max())
+                t0 = time.perf_counter()
+                fn()
+                sync()
+                times[name].append(time.perf_counter() - t0)
+    out.update({f"{name}_s": float(np.median(t)) for name, t in times.items()})
     return out
 
 
