@@ -29,8 +29,7 @@ def _cu(lengths):
 def _qkv(lengths, dtype, heads=6, kv_heads=2, d=8, seed=0):
     g = torch.Generator().manual_seed(seed)
     n = sum(lengths)
-    return (torch.randn(1, heads, n, d, generator=g, dtype=dtype), torch.randn(1, kv_heads, n, d, generator=g, dtype=dtype),
-            torch.randn(1, kv_heads, n, d, generator=g, dtype=dtype))
+    return tuple(torch.randn(1, h, n, d, generator=g, dtype=dtype) for h in (heads, kv_heads, kv_heads))
 
 
 @pytest.mark.parametrize("lengths", [[5, 9, 3], LENGTHS, [128, 128, 256], [700], [128]], ids=str)

@@ -78,7 +78,8 @@ def test_kernel_vs_rows_is_zero_where_the_plan_runs_rows():
     spec.loader.exec_module(gpu_check)
     model, proc = double_tiny(seed=1)
     model.float()
-    convs = [[{"role": "user", "content": [{"type": "text", "text": "say hello"}]}, {"role": "assistant", "content": "hi"}],
+    convs = [[{"role": "user", "content": [{"type": "text", "text": "say hello"}]},
+              {"role": "assistant", "content": "hi"}],
              [{"role": "user", "content": [{"type": "image", "image": drawn_image(90, 60, 1)},
                                            {"type": "text", "text": "what is drawn?"}]},
               {"role": "assistant", "content": "boxes"}]]
