@@ -10,7 +10,10 @@ On random weights at the preset's shapes (no download), in bf16:
    ``molora.packing.pack_batch``, as the trainer's collator sends them); the first step's loss beside
    the float32 loss of the same weights and batch (``loss_first`` / ``loss_fp32``); step time, peak memory,
    FLOPs of one step counted by ``torch.utils.flop_counter`` and MFU against the device's dense
-   bf16 peak (H100 / H200 989 TFLOP/s, A100 312; ``--peak-tflops`` for others);
+   bf16 peak (H100 / H200 989 TFLOP/s, A100 312; ``--peak-tflops`` for others); the packed-attention
+   kernel the execution plan chose (``packed_attention``: compiled FlexAttention on CUDA, ``rows``
+   on the CPU) and, when it is not ``rows``, its loss and gradients beside ``rows``' on the same
+   weights and batch (``packed_vs_rows``: relative differences, within a few bf16 roundings);
 2. **ASR RTFx** at batch 128: feature extraction + greedy generate + decode per batch, timed after a
    warm-up batch, as the Open ASR leaderboard times it (random weights rarely stop early, so every
    row generates ``max_new_tokens``: a worst case for the decode loop);
@@ -119,6 +122,9 @@ def train_step(model, cfg, device, args) -> dict:
         p.data = p.data.float()
     opt = torch.optim.AdamW(trainable, lr=1e-4, fused=device.type == "cuda")
 
+    kernel = model.plan(batch["input_ids"], cu_seqlens=batch["cu_seqlens"], labels=batch["labels"],
+                        return_logits=False).packed_backend
+
     def step():
         with torch.autocast(device.type, dtype=torch.bfloat16):
             loss = model(**batch, return_logits=False).loss
@@ -153,13 +159,34 @@ def train_step(model, cfg, device, args) -> dict:
            "mfu": None if peak is None else round(flops / step_s / peak, 4),
            "peak_tflops_assumed": None if peak is None else peak / 1e12,
            "trainable_parameters": sum(p.numel() for p in trainable),
-           "padding_free": True}
+           "padding_free": True, "packed_attention": kernel,
+           "packed_vs_rows": None if kernel == "rows" else kernel_vs_rows(model, batch, trainable, device)}
     if device.type == "cuda":
         out["peak_memory_gb"] = round(torch.cuda.max_memory_allocated(device) / 2 ** 30, 2)
     for p in trainable:
         p.data = p.data.to(torch.bfloat16)
         p.grad = None
     return out
+
+
+def kernel_vs_rows(model, batch, trainable, device) -> dict:
+    """The loss and gradients of the plan's packed-attention kernel beside the ``rows`` kernel's: the
+    same weights, batch and dropout masks, bf16 autocast; relative to the ``rows`` values."""
+    from molora.plan import FastPaths
+
+    def loss_and_grads(switches):
+        model.fast_paths = switches
+        torch.manual_seed(7)
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            loss = model(**batch, return_logits=False).loss
+        grads = torch.autograd.grad(loss, trainable, allow_unused=True)
+        return loss.item(), torch.cat([(torch.zeros_like(p) if g is None else g).float().flatten()
+                                       for p, g in zip(trainable, grads)])
+
+    chosen, rows = loss_and_grads(FastPaths()), loss_and_grads(FastPaths(packed_attention="rows"))
+    model.fast_paths = FastPaths()
+    return {"loss_rel_diff": abs(chosen[0] - rows[0]) / abs(rows[0]),
+            "grad_rel_diff": float((chosen[1] - rows[1]).norm() / rows[1].norm())}
 
 
 @torch.no_grad()

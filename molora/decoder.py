@@ -40,11 +40,13 @@ class Attend:
     groups: LengthGroups | None = None
     cu_seqlens: torch.Tensor | None = None  # packed: [rows + 1] starts of the rows
     lengths: tuple = ()  # packed: row lengths
-    backend: str = "rows"  # packed: rows | block | flash
+    backend: str = "rows"  # packed: rows | block | flex | flex_eager | flash
+    block_mask: object = None  # packed, flex kernels: the rows' FlexAttention BlockMask (built once per call)
 
     def __call__(self, q, k, v, dropout: float, scale: float) -> torch.Tensor:
         if self.kind == "packed":
-            return packed_attention(q, k, v, self.cu_seqlens, list(self.lengths), self.backend, dropout, scale)
+            return packed_attention(q, k, v, self.cu_seqlens, list(self.lengths), self.backend, dropout, scale,
+                                    self.block_mask)
         if self.kind == "length_groups":
             return grouped_attention(q, k, v, self.mask, self.groups, dropout, scale)
         return padded_attention(q, k, v, self.mask, dropout, scale)

@@ -231,8 +231,9 @@ class MoLoRAModel(nn.Module):
         split = frozen_text_rows(self, call.input_ids, call.row_types, call.cu_seqlens) if (
             self.fast_paths.split_frozen_rows and call.training_loss and torch.is_grad_enabled()
             and not self.touch_all and backbone_frozen(self)) else None
+        dropout = getattr(self.language_model.config, "attention_dropout", 0.0) if self.training else 0.0
         plan = choose_plan(self.fast_paths, call.facts(frozen_rows_possible=split is not None), self.device,
-                           self.dtype, touch_all=self.touch_all)
+                           self.dtype, touch_all=self.touch_all, attention_dropout=dropout)
         return plan, split if plan.split_frozen_rows else None
 
     def step_route(self, row_types: list[str]) -> TokenRoute:

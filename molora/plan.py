@@ -12,8 +12,12 @@ pack                padded batch with labels, loss only, no cache: its real toke
                     into one ``[1, N]`` sequence in adapter order, attention per row
                     (``molora/packing.py``; batches the collator packed take the same path)
 packed_attention    the kernel for packed rows: ``auto`` (FlashAttention's varlen kernel
-                    when installed on CUDA in half precision, else ``rows``), ``rows``
-                    (SDPA per row, on views), ``block`` (one SDPA, block-diagonal mask)
+                    when installed on CUDA in half precision, else compiled FlexAttention
+                    with the rows' document mask on CUDA where torch can compile it and
+                    attention has no dropout, else ``rows``), ``rows`` (SDPA per row, on
+                    views), ``block`` (one SDPA, block-diagonal mask), ``flex`` /
+                    ``flex_eager`` (FlexAttention compiled / uncompiled; on the CPU forward
+                    only: the plan refuses them there when autograd is on)
 length_groups       padded prefill whose rows differ a lot in length: attention per bucket
 drop_padding        padded batch: linears, norms and MLPs run on the real tokens only
 narrow              the last layer's ``o_proj`` and MLP run only on the positions that are
@@ -33,9 +37,9 @@ from dataclasses import dataclass, fields
 
 import torch
 
-from .attention import PACKED_BACKENDS, flash_available
+from .attention import FLEX_BACKENDS, PACKED_BACKENDS, flash_available, flex_available
 
-__all__ = ["FastPaths", "ExecutionPlan", "choose_plan"]
+__all__ = ["FastPaths", "ExecutionPlan", "choose_plan", "packed_kernel"]
 
 
 @dataclass
@@ -43,7 +47,7 @@ class FastPaths:
     """The switches (see the module docstring). ``FastPaths.off()``: the plain path everywhere."""
 
     pack: bool = True
-    packed_attention: str = "auto"  # auto | rows | block | flash
+    packed_attention: str = "auto"  # auto | rows | block | flex | flex_eager | flash
     length_groups: bool = True
     drop_padding: bool = True
     narrow: bool = True
@@ -93,15 +97,38 @@ class BatchFacts:
     frozen_rows_possible: bool  # text-only rows beside others, backbone frozen
 
 
-def choose_plan(switches: FastPaths, facts: BatchFacts, device: torch.device, dtype: torch.dtype, *,
-                checkpointing: bool = False, touch_all: bool = False) -> ExecutionPlan:
-    if switches.packed_attention not in ("auto", *PACKED_BACKENDS):
+def packed_kernel(switch: str, device: torch.device, dtype: torch.dtype, *, grad: bool,
+                  attention_dropout: float = 0.0) -> str:
+    """The kernel of packed rows for ``fast_paths.packed_attention == switch``: ``auto`` picks
+    FlashAttention (installed, CUDA, half precision), else compiled FlexAttention (CUDA, torch can
+    compile it, no attention dropout, not float64), else ``rows``. A FlexAttention kernel asked for
+    by name where it cannot run (attention dropout; autograd on the CPU, where torch has no
+    FlexAttention backward) is refused."""
+    if switch not in ("auto", *PACKED_BACKENDS):
         raise ValueError(f"fast_paths.packed_attention must be auto or one of {PACKED_BACKENDS}")
-    backend = switches.packed_attention
-    if backend == "auto":
-        backend = "flash" if flash_available(device, dtype) else "rows"
+    if switch == "auto":
+        if flash_available(device, dtype):
+            return "flash"
+        if flex_available(device) and not attention_dropout and dtype != torch.float64:
+            return "flex"
+        return "rows"
+    if switch in FLEX_BACKENDS and attention_dropout:
+        raise ValueError(f"fast_paths.packed_attention={switch!r}: FlexAttention has no attention dropout "
+                         f"(attention_dropout={attention_dropout}); use rows or block")
+    if switch in FLEX_BACKENDS and grad and device.type in ("cpu", "mps"):
+        raise ValueError(f"fast_paths.packed_attention={switch!r}: torch's FlexAttention has no backward on "
+                         f"{device.type}; use rows or block there (or run without autograd)")
+    return switch
+
+
+def choose_plan(switches: FastPaths, facts: BatchFacts, device: torch.device, dtype: torch.dtype, *,
+                checkpointing: bool = False, touch_all: bool = False, attention_dropout: float = 0.0) -> ExecutionPlan:
+    """``attention_dropout``: the decoder's, when it applies (training mode), else 0."""
     pack = switches.pack and facts.training_loss and facts.padded and not facts.packed_input
     packed = facts.packed_input or pack
+    # the kernel is refused only where packed rows would run it
+    backend = packed_kernel(switches.packed_attention, device, dtype, grad=facts.grad and packed,
+                            attention_dropout=attention_dropout if packed else 0.0)
     if packed:
         attention = "packed"
     elif switches.length_groups and facts.prefill and facts.padded and facts.seq_len >= 32:

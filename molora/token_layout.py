@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from .adapters.route import TokenRoute
-from .attention import LengthGroups, padding_mask
+from .attention import FLEX_BACKENDS, LengthGroups, document_block_mask, padding_mask
 from .decoder import Attend
 from .loss import IGNORE_INDEX, next_token_loss, next_token_targets
 from .packing import PackedRows
@@ -140,7 +140,9 @@ class PackedLayout(TokenLayout):
               repacked: bool) -> "PackedLayout":
         n = embeds.shape[1]
         route = TokenRoute.build(token_adapter, (1, n), model.config.adapter_names, None, **_route_flags(plan))
-        attend = Attend("packed", cu_seqlens=cu, lengths=tuple(lengths), backend=plan.packed_backend)
+        flex = plan.packed_backend in FLEX_BACKENDS  # one block mask for every layer of the call
+        attend = Attend("packed", cu_seqlens=cu, lengths=tuple(lengths), backend=plan.packed_backend,
+                        block_mask=document_block_mask(cu.to(embeds.device), n) if flex else None)
         targets = None if targets is None else targets.reshape(1, n)
         return cls(embeds, positions, route, attend, _narrow(route, targets, call, None, plan), targets, repacked)
 

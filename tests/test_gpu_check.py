@@ -13,7 +13,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 STEP_FIELDS = {"rows", "tokens", "audio_seconds", "step_seconds", "steps_timed", "loss", "loss_first", "loss_fp32",
-               "flops_per_step", "tflops_per_s", "mfu", "peak_tflops_assumed", "trainable_parameters", "padding_free"}
+               "flops_per_step", "tflops_per_s", "mfu", "peak_tflops_assumed", "trainable_parameters", "padding_free",
+               "packed_attention", "packed_vs_rows"}
 
 
 def _decoder_and_all_parameters(preset: str) -> tuple[int, int]:
@@ -37,6 +38,8 @@ def test_gpu_check_runs_on_the_cpu(tmp_path):
     step = res["speech_post_training_step"]
     assert set(step) == STEP_FIELDS and step["padding_free"] and step["mfu"] is None  # no CPU peak to divide by
     assert step["trainable_parameters"] > 0
+    # the plan's packed-attention kernel: rows on the CPU (compiled FlexAttention on CUDA, compared with rows there)
+    assert (step["packed_attention"], step["packed_vs_rows"]) == ("rows", None)
     assert (step["rows"], step["steps_timed"]) == (2, 1) and 2 * 1.5 <= step["audio_seconds"] <= 2 * 2.5
     # the bf16-autocast loss of the untouched weights against the same forward in float32: the per-token
     # errors (a few bf16 roundings of each logit) average over the tokens, so the mean stays within one
@@ -59,3 +62,28 @@ def test_gpu_check_runs_on_the_cpu(tmp_path):
         assert set(cmp) == {"max_abs_diff", "logit_scale", "relative", "same_greedy_tokens"}
         # two bf16 implementations of an 8-layer model: within a few bf16 roundings of the logits' scale
         assert cmp["logit_scale"] > 0 and cmp["relative"] <= 2 ** -4, (prompt, cmp)
+
+
+def test_kernel_vs_rows_is_zero_where_the_plan_runs_rows():
+    """The GPU check's comparison of the plan's packed-attention kernel with ``rows`` (on CUDA:
+    compiled FlexAttention's loss and gradients): on the CPU the plan picks ``rows`` itself, so the
+    two runs are the same computation and differ by nothing."""
+    import importlib.util
+
+    from conftest import double_tiny, drawn_image
+    from molora.packing import pack_batch
+
+    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "benchmarks" / "gpu_check.py")
+    gpu_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_check)
+    model, proc = double_tiny(seed=1)
+    model.float()
+    convs = [[{"role": "user", "content": [{"type": "text", "text": "say hello"}]},
+              {"role": "assistant", "content": "hi"}],
+             [{"role": "user", "content": [{"type": "image", "image": drawn_image(90, 60, 1)},
+                                           {"type": "text", "text": "what is drawn?"}]},
+              {"role": "assistant", "content": "boxes"}]]
+    batch = pack_batch(proc(convs, return_labels=True))
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    res = gpu_check.kernel_vs_rows(model, batch, trainable, torch.device("cpu"))
+    assert res == {"loss_rel_diff": 0.0, "grad_rel_diff": 0.0}
