@@ -191,14 +191,14 @@ def parallel_paths(model, cfg, device, args, workdir: Path) -> dict:
     words = "the quick brown fox jumps over the lazy dog while seven red ships sail past".split()
     rng = np.random.default_rng(4)
     rows = []
-    for i, c in enumerate(_clips(2 * args.train_batch, *args.train_seconds, seed=5)):  # two steps' rows
+    clips = _clips(2 * args.parallel_batch, *args.train_seconds, seed=5)  # two steps' rows
+    for i, c in enumerate(clips):
         sf.write(data / f"clip{i}.wav", c, 16000)
         rows.append({"audio": f"clip{i}.wav", "text": " ".join(rng.choice(words, size=max(3, int(len(c) / 16000 * 2.5))))})
     manifest = data / "asr.jsonl"
     manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
     from molora.packing import pack_batch
 
-    clips = _clips(2 * args.train_batch, *args.train_seconds, seed=5)
     tokens = int(pack_batch(_processor(cfg)(_asr_convs(clips, [r["text"] for r in rows]),
                                             return_labels=True))["input_ids"].shape[1])
     here = next(model.parameters()).device
@@ -217,7 +217,7 @@ def parallel_paths(model, cfg, device, args, workdir: Path) -> dict:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=1", "--master-addr=127.0.0.1",
                f"--master-port={port}", str(Path(__file__).with_name("gpu_check_parallel.py")), "--path", path,
                "--model", str(start), "--data", str(manifest), "--run-dir", str(workdir / f"run-{path}"),
-               "--out", str(report), "--batch", str(args.train_batch), "--steps", str(args.parallel_steps),
+               "--out", str(report), "--batch", str(args.parallel_batch), "--steps", str(args.parallel_steps),
                "--save-every", str(args.parallel_save_every)]
         r = subprocess.run(cmd + (["--cpu"] if device.type == "cpu" else []), capture_output=True, text=True, env=env)
         if r.returncode != 0:
@@ -351,6 +351,7 @@ def main(argv=None) -> int:
     # the FSDP2 / DDP paths: one checkpoint (after step 1 on the CPU, step 2 on a GPU); step time: the
     # median of the steps after the first
     args.parallel_steps, args.parallel_save_every = (2, 1) if cpu else (4, 2)
+    args.parallel_batch = 1 if cpu else args.train_batch  # rows per step (the CPU: the paths, not the size)
     args.steps = args.steps or (1 if cpu else 5)
     args.train_batch, args.train_seconds = (2, (1.5, 2.5)) if cpu else (16, (10.0, 25.0))
     args.asr_batch, args.asr_seconds, args.asr_new_tokens = (128, (0.6, 1.2), 4) if cpu else (128, (3.0, 20.0), 128)
