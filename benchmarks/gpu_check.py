@@ -197,10 +197,10 @@ def parallel_paths(model, cfg, device, args, workdir: Path) -> dict:
         rows.append({"audio": f"clip{i}.wav", "text": " ".join(rng.choice(words, size=max(3, int(len(c) / 16000 * 2.5))))})
     manifest = data / "asr.jsonl"
     manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    from molora.packing import pack_batch
-
-    tokens = int(pack_batch(_processor(cfg)(_asr_convs(clips, [r["text"] for r in rows]),
-                                            return_labels=True))["input_ids"].shape[1])
+    proc = _processor(cfg)
+    lengths = sorted((int(proc(_asr_convs([c], [r["text"]]), return_labels=True)["input_ids"].shape[1])
+                      for c, r in zip(clips, rows)), reverse=True)
+    tokens = sum(lengths[: args.parallel_batch])  # the longest rows one step can hold: at least any step's tokens
     here = next(model.parameters()).device
     model.cpu()
     if device.type == "cuda":
@@ -238,9 +238,9 @@ def memory_bounds(cfg, total: int, trainable: int, tokens: int) -> dict:
       moments (``3 * 4 * trainable``; the weights are in the model already);
     - activations kept for backward: per decoder layer and token at most ``6 * hidden + 3 *
       intermediate`` float32 values (the residual stream, the norms' inputs, q / k / v / attention
-      output, and the MLP's gate, up and product), for ``tokens`` tokens: the packed length of both
-      steps' rows together, twice what one step holds (the frozen audio encoder runs without keeping
-      activations: nothing before it trains).
+      output, and the MLP's gate, up and product), for ``tokens`` tokens: the longest rows a step can
+      hold together (the frozen audio encoder runs without keeping activations: nothing before it
+      trains).
 
     ``checkpoint_bytes``: a checkpoint of the trained tensors (weights + two AdamW moments, float32 at
     most) and 1 MiB for the scheduler, RNG and trainer state."""
