@@ -1,7 +1,7 @@
 """The checks to run the day a GPU is lent (`make gpu-check`), in one prepared script.
 
     make gpu-check                               # DEVICE=cuda PRESET=phi4-multimodal: the real shapes
-    make gpu-check DEVICE=cpu PRESET=small       # the same code on the CPU in under 3 minutes (the suite runs it)
+    make gpu-check DEVICE=cpu PRESET=small       # the same code on the CPU in a few minutes (the suite runs it)
 
 On random weights at the preset's shapes (no download), in bf16:
 
@@ -14,7 +14,7 @@ On random weights at the preset's shapes (no download), in bf16:
 2. **FSDP2 and DDP training paths** (``parallel_training``), one process each under ``torchrun
    --nproc-per-node=1`` (nccl on CUDA, gloo on CPU; ``benchmarks/gpu_check_parallel.py``): the real
    trainer (``molora.stages.trainer.train``) on the speech post-training plan, from this model saved as a
-   bf16 folder, on synthetic clips (two steps' rows; bf16 autocast; 4 steps on a GPU, 2 on the CPU; one
+   bf16 folder, on synthetic clips (bf16 autocast; 4 steps of 16 rows on a GPU, 2 of 1 row on the CPU; one
    checkpoint). Per path: ``step_s`` (median of the steps after the first, from the trainer's own step
    timing), ``peak_memory_bytes`` (``torch.cuda.max_memory_allocated`` on CUDA, the process's VmHWM on the
    CPU, with ``baseline_rss_bytes`` before the model loads; read after the steps and the checkpoint, and
