@@ -45,12 +45,13 @@ bench-compare: $(STAMP)
 # runs the same code on the CPU in minutes (the suite does). Writes $$OUT/gpu_check.json when OUT is set.
 DEVICE ?= cuda
 PRESET ?= phi4-multimodal
+SKIP ?=
 # VLLM_BASE=DIR (the official folder without weights) adds the serving step: vLLM, in its own venv, serves the
 # phi4mm export and its greedy tokens are compared with molora's (benchmarks/gpu_serve_vllm.py; WHEELHOUSE=DIR offline).
 VLLM_BASE ?=
 WHEELHOUSE ?=
 gpu-check: $(STAMP)
-	$(PY) benchmarks/gpu_check.py --device $(DEVICE) --preset $(PRESET)
+	$(PY) benchmarks/gpu_check.py --device $(DEVICE) --preset $(PRESET) $(if $(SKIP),--skip $(SKIP))
 	@if [ -n "$(VLLM_BASE)" ]; then $(PY) benchmarks/gpu_serve_vllm.py --device $(DEVICE) --preset $(PRESET) \
 	    --base "$(VLLM_BASE)" $(if $(WHEELHOUSE),--wheelhouse "$(WHEELHOUSE)") \
 	    $(if $(VLLM_TRUST_REMOTE_CODE),--trust-remote-code); \

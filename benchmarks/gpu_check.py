@@ -1,7 +1,7 @@
 """The checks to run the day a GPU is lent (`make gpu-check`), in one prepared script.
 
     make gpu-check                               # DEVICE=cuda PRESET=phi4-multimodal: the real shapes
-    make gpu-check DEVICE=cpu PRESET=small       # the same code on the CPU in under 3 minutes (the suite runs it)
+    make gpu-check DEVICE=cpu PRESET=small       # the same code on the CPU in a few minutes (the suite runs it)
 
 On random weights at the preset's shapes (no download), in bf16:
 
@@ -14,20 +14,34 @@ On random weights at the preset's shapes (no download), in bf16:
    kernel the execution plan chose (``packed_attention``: compiled FlexAttention on CUDA, ``rows``
    on the CPU) and, when it is not ``rows``, its loss and gradients beside ``rows``' on the same
    weights and batch (``packed_vs_rows``: relative differences, within a few bf16 roundings);
-2. **ASR RTFx** at batch 128: feature extraction + greedy generate + decode per batch, timed after a
+2. **FSDP2 and DDP training paths** (``parallel_training``), one process each under ``torchrun
+   --nproc-per-node=1`` (nccl on CUDA, gloo on CPU; ``benchmarks/gpu_check_parallel.py``): the real
+   trainer (``molora.stages.trainer.train``) on the speech post-training plan, from this model saved as a
+   bf16 folder, on synthetic clips (bf16 autocast; 4 steps of 16 rows on a GPU, 2 of 1 row on the CPU; one
+   checkpoint). Per path: ``step_s`` (median of the steps after the first, from the trainer's own step
+   timing), ``peak_memory_bytes`` (``torch.cuda.max_memory_allocated`` on CUDA, the process's VmHWM on the
+   CPU, with ``baseline_rss_bytes`` before the model loads; read after the steps and the checkpoint, and
+   ``peak_memory_end_bytes`` after ``final/``), ``checkpoint_bytes`` (the checkpoint folder on disk: DCP
+   shards for FSDP2), trainable and total parameter counts, the losses (the two paths' must agree), and
+   ``bounds``: what a process may hold at its peak and what a checkpoint may weigh, from the shapes
+   (``memory_bounds``);
+3. **ASR RTFx** at batch 128: feature extraction + greedy generate + decode per batch, timed after a
    warm-up batch, as the Open ASR leaderboard times it (random weights rarely stop early, so every
    row generates ``max_new_tokens``: a worst case for the decode loop);
-3. **bf16 logits vs transformers**: the same weights saved in the transformers-native layout and
+4. **bf16 logits vs transformers**: the same weights saved in the transformers-native layout and
    loaded by ``Phi4MultimodalForCausalLM`` + peft, one text, image and speech prompt each: largest
    logit difference relative to the logits' scale, and whether the greedy tokens agree.
 
 Writes ``gpu_check.json`` (``--out``; ``$OUT`` when set, as on the lent machine) and prints a summary.
+``--skip train,parallel,asr,logits`` leaves sections out (``make gpu-check SKIP=...``).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import socket
+import subprocess
 import sys
 import tempfile
 import time
@@ -189,6 +203,81 @@ def kernel_vs_rows(model, batch, trainable, device) -> dict:
             "grad_rel_diff": float((chosen[1] - rows[1]).norm() / rows[1].norm())}
 
 
+def parallel_paths(model, cfg, device, args, workdir: Path) -> dict:
+    """The trainer's FSDP2 and DDP paths, one process each (``benchmarks/gpu_check_parallel.py`` under
+    ``torchrun --nproc-per-node=1``), from the same bf16 starting folder and synthetic clips; the
+    model held here goes to the CPU meanwhile (the GPU is the run's)."""
+    import soundfile as sf
+
+
+    start = workdir / "start"
+    model.save_pretrained(start)
+    _processor(cfg).save_pretrained(start)
+    data = workdir / "data"
+    data.mkdir()
+    words = "the quick brown fox jumps over the lazy dog while seven red ships sail past".split()
+    rng = np.random.default_rng(4)
+    rows = []
+    clips = _clips(2 * args.parallel_batch, *args.train_seconds, seed=5)  # two steps' rows
+    for i, c in enumerate(clips):
+        sf.write(data / f"clip{i}.wav", c, 16000)
+        rows.append({"audio": f"clip{i}.wav", "text": " ".join(rng.choice(words, size=max(3, int(len(c) / 16000 * 2.5))))})
+    manifest = data / "asr.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    proc = _processor(cfg)
+    lengths = sorted((int(proc(_asr_convs([c], [r["text"]]), return_labels=True)["input_ids"].shape[1])
+                      for c, r in zip(clips, rows)), reverse=True)
+    tokens = sum(lengths[: args.parallel_batch])  # the longest rows one step can hold: at least any step's tokens
+    here = next(model.parameters()).device
+    model.cpu()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    env = dict(os.environ)
+    if device.type == "cpu":  # the two paths compute alike (oneDNN / MKL take the same kernels each run)
+        env["MKL_CBWR"] = "AUTO,STRICT"
+    out = {}
+    for path in ("fsdp2", "ddp"):
+        with socket.socket() as s:  # a free port for the rendezvous
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        report = workdir / f"{path}.json"
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=1", "--master-addr=127.0.0.1",
+               f"--master-port={port}", str(Path(__file__).with_name("gpu_check_parallel.py")), "--path", path,
+               "--model", str(start), "--data", str(manifest), "--run-dir", str(workdir / f"run-{path}"),
+               "--out", str(report), "--batch", str(args.parallel_batch), "--steps", str(args.parallel_steps),
+               "--save-every", str(args.parallel_save_every)]
+        r = subprocess.run(cmd + (["--cpu"] if device.type == "cpu" else []), capture_output=True, text=True, env=env)
+        if r.returncode != 0:
+            raise RuntimeError(f"the {path} path failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
+        out[path] = json.loads(report.read_text())
+    model.to(here)
+    out["max_abs_loss_difference"] = max(abs(a - b) for a, b in zip(out["fsdp2"]["losses"], out["ddp"]["losses"]))
+    out["bounds"] = memory_bounds(cfg, sum(p.numel() for p in model.parameters()), out["ddp"]["trainable_parameters"],
+                                  tokens)
+    return out
+
+
+def memory_bounds(cfg, total: int, trainable: int, tokens: int) -> dict:
+    """What one training process may hold at its peak, from the shapes (bytes):
+
+    - the model in bf16 (``2 * total``: the starting folder is bf16 and the trainer keeps its dtype);
+    - what trains beside it, counted in float32 however it is stored: gradients and AdamW's two
+      moments (``3 * 4 * trainable``; the weights are in the model already);
+    - activations kept for backward: per decoder layer and token at most ``6 * hidden + 3 *
+      intermediate`` float32 values (the residual stream, the norms' inputs, q / k / v / attention
+      output, and the MLP's gate, up and product), for ``tokens`` tokens: the longest rows a step can
+      hold together (the frozen audio encoder runs without keeping activations: nothing before it
+      trains).
+
+    ``checkpoint_bytes``: a checkpoint of the trained tensors (weights + two AdamW moments, float32 at
+    most) and 1 MiB for the scheduler, RNG and trainer state."""
+    bb = cfg.backbone
+    activations = bb.num_hidden_layers * tokens * (6 * bb.hidden_size + 3 * bb.intermediate_size) * 4
+    return {"model_bf16_bytes": 2 * total, "training_state_bytes": 12 * trainable, "tokens": tokens,
+            "activation_bytes": activations, "peak_bytes": 2 * total + 12 * trainable + activations,
+            "checkpoint_bytes": 12 * trainable + 2 ** 20, "model_fp32_bytes": 4 * total}
+
+
 @torch.no_grad()
 def asr_rtfx(model, cfg, device, args) -> dict:
     model.eval()
@@ -280,12 +369,16 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=None, help="JSON path (default $OUT/gpu_check.json or ./gpu_check.json)")
     ap.add_argument("--peak-tflops", type=float, default=None)
     ap.add_argument("--steps", type=int, default=None)
-    ap.add_argument("--skip", default="", help="comma-separated sections to skip: train,asr,logits")
+    ap.add_argument("--skip", default="", help="comma-separated sections to skip: train,parallel,asr,logits")
     args = ap.parse_args(argv)
     device = torch.device(args.device)
     cpu = device.type == "cpu"
     # the GPU runs the sizes the report trains and evaluates at; the CPU a few seconds of each
     args.warmup = 1
+    # the FSDP2 / DDP paths: one checkpoint (after step 1 on the CPU, step 2 on a GPU); step time: the
+    # median of the steps after the first
+    args.parallel_steps, args.parallel_save_every = (2, 1) if cpu else (4, 2)
+    args.parallel_batch = 1 if cpu else args.train_batch  # rows per step (the CPU: the paths, not the size)
     args.steps = args.steps or (1 if cpu else 5)
     args.train_batch, args.train_seconds = (2, (1.5, 2.5)) if cpu else (16, (10.0, 25.0))
     args.asr_batch, args.asr_seconds, args.asr_new_tokens = (128, (0.6, 1.2), 4) if cpu else (128, (3.0, 20.0), 128)
@@ -300,6 +393,10 @@ def main(argv=None) -> int:
     if "train" not in skip:
         result["speech_post_training_step"] = train_step(model, cfg, device, args)
         print("train step:", result["speech_post_training_step"], flush=True)
+    if "parallel" not in skip:
+        with tempfile.TemporaryDirectory() as tmp:
+            result["parallel_training"] = parallel_paths(model, cfg, device, args, Path(tmp))
+        print("FSDP2 / DDP paths:", result["parallel_training"], flush=True)
     if "asr" not in skip:
         result["asr"] = asr_rtfx(model, cfg, device, args)
         print("ASR:", result["asr"], flush=True)

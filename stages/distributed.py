@@ -25,6 +25,12 @@ class Distributed:
         self.device = self.state.device
 
     @property
+    def launched(self) -> bool:
+        """Whether this process belongs to a process group (torchrun / accelerate launch, even of one
+        process): the distributed code paths (FSDP2, DDP) run then; a plain process runs without them."""
+        return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+    @property
     def is_main(self) -> bool:
         return self.rank == 0
 

@@ -75,8 +75,9 @@ class GradSync:
         if mode not in GRAD_SYNCS:
             raise ValueError(f"grad_sync must be one of {GRAD_SYNCS}, got {mode!r}")
         self.dist, self.loss_fn, self.ctx, self.model = dist, loss_fn, ctx, model
-        # one process: nothing to average; FSDP2 reduce-scatters the gradients itself
-        self.mode = "none" if sharded or dist.world == 1 else mode
+        # a plain process: nothing to average; FSDP2 reduce-scatters the gradients itself. A launched
+        # run of one process wraps DDP too (its reduction over one process leaves the gradients as they are)
+        self.mode = "none" if sharded or not dist.launched else mode
         self.ddp = self._wrap(model) if self.mode == "ddp" else None
 
     def _wrap(self, model: nn.Module):

@@ -275,7 +275,9 @@ def setup(recipe: Recipe, out: Path, dist: Distributed, *, resume: bool, strict:
                           recipe.data["train"])
     eval_samples = load_samples(recipe.data, "eval") if recipe.data.get("eval") else []
     t = recipe.training
-    sharded = dist.world > 1 and (t.parallel == "fsdp2" or os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true")
+    # FSDP2 in any launched run, one process included (the sharded code paths, with one shard each);
+    # a plain process has no process group to shard over
+    sharded = dist.launched and (t.parallel == "fsdp2" or os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true")
     model, processor = build_model(recipe.model, recipe.seed)
     for name, rows in (("data.train", samples), ("data.eval", eval_samples)):
         check_modalities(rows, model.config, name)
@@ -550,7 +552,9 @@ def finish(run: Run) -> dict:
     dist, out = run.dist, run.out
     dist.barrier()
     summary = {"steps": run.step, "final": run.last_metrics, "skipped": run.collator.skipped,
-               "wall_seconds": time.perf_counter() - run.t_start}
+               "wall_seconds": time.perf_counter() - run.t_start,
+               # the path the run took: processes, FSDP2 or not, and the gradient sync (ddp | manual | none)
+               "parallel": {"processes": dist.world, "sharded": run.sharded, "grad_sync": run.sync.mode if run.sync else None}}
     if run.last_eval is not None:
         summary["eval"] = run.last_eval
     model = run.model

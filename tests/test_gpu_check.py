@@ -1,6 +1,7 @@
 """`make gpu-check DEVICE=cpu PRESET=small`: the GPU check script runs end to end on the CPU and
 reports every section; what does not depend on the machine is checked (timings are measured on a
-lent GPU, not asserted)."""
+lent GPU, not asserted), and the FSDP2 / DDP paths' memory and checkpoint size against bounds from
+the shapes."""
 from __future__ import annotations
 
 import json
@@ -28,6 +29,37 @@ def _decoder_and_all_parameters(preset: str) -> tuple[int, int]:
     return base, sum(p.numel() for p in model.parameters())
 
 
+# VmHWM (the CPU's peak measure) counts what no tensor holds: oneDNN's primitive cache and scratchpads,
+# the intra-op threads' malloc arenas, code loaded during the first step. CUDA's max_memory_allocated
+# counts tensors only: there the bound applies as it is
+CPU_RUNTIME_BYTES = 512 * 2 ** 20
+
+
+def check_parallel_paths(par: dict, trainable: int, cpu: bool = True) -> None:
+    """The FSDP2 and DDP paths of gpu_check.json (one launched process each, the real trainer)."""
+    fsdp2, ddp, bound = par["fsdp2"], par["ddp"], par["bounds"]
+    assert fsdp2["parallel"] == {"processes": 1, "sharded": True, "grad_sync": "none"}
+    assert ddp["parallel"] == {"processes": 1, "sharded": False, "grad_sync": "ddp"}
+    for run in (fsdp2, ddp):
+        assert (run["steps"], run["checkpoint"]) == (2, "step-1") and run["step_s"] > 0, run
+        # the speech post-training plan of the train step; the starting folder is bf16, the trainer keeps it
+        assert run["trainable_parameters"] == trainable < run["total_parameters"] and run["trainable_dtype"] == "bfloat16"
+        assert bound["model_bf16_bytes"] == 2 * run["total_parameters"]
+        # peak over the resident set before the model loaded: the bf16 model, gradients and AdamW state of
+        # what trains, activations (benchmarks/gpu_check.py memory_bounds), plus the CPU runtime's own
+        assert run["peak_memory_bytes"] - run["baseline_rss_bytes"] <= bound["peak_bytes"] + CPU_RUNTIME_BYTES * cpu, run
+    # the same steps on one rank: FSDP2's all-gather and reduce-scatter over one process copy, DDP's
+    # all-reduce leaves its buckets as they are; the same kernels (MKL_CBWR), the same execution plan
+    assert fsdp2["losses"] == ddp["losses"] and par["max_abs_loss_difference"] == 0.0
+    # the same compute: what FSDP2 adds (its sharded copy of each parameter as it shards) stays below one
+    # more model; gathering the model at the save, as before DCP checkpoints, would add more than that
+    assert fsdp2["peak_memory_bytes"] - ddp["peak_memory_bytes"] < bound["model_bf16_bytes"], (fsdp2, ddp)
+    # the FSDP2 checkpoint: the trained tensors and their two AdamW moments (float32 at most) and 1 MiB of
+    # scheduler / RNG / trainer state; far below the whole model in float32 (a quarter of it, here an eighth)
+    assert fsdp2["checkpoint_bytes"] <= bound["checkpoint_bytes"] == 12 * trainable + 2 ** 20, (fsdp2, bound)
+    assert fsdp2["checkpoint_bytes"] < bound["model_fp32_bytes"] / 4
+
+
 @pytest.mark.slow
 def test_gpu_check_runs_on_the_cpu(tmp_path):
     r = subprocess.run(["make", "-s", "gpu-check", "DEVICE=cpu", "PRESET=small"], cwd=ROOT, capture_output=True,
@@ -52,6 +84,7 @@ def test_gpu_check_runs_on_the_cpu(tmp_path):
     # rows of a few dozen tokens is small beside it)
     base, every = _decoder_and_all_parameters("small")
     assert 4 * base * step["tokens"] <= step["flops_per_step"] <= 6 * every * step["tokens"], step
+    check_parallel_paths(res["parallel_training"], step["trainable_parameters"])
     asr = res["asr"]
     assert set(asr) == {"batch", "audio_seconds", "seconds", "rtfx", "new_tokens_per_row"}
     assert asr["batch"] == 128 and asr["new_tokens_per_row"] == 4 and 128 * 0.6 <= asr["audio_seconds"] <= 128 * 1.2
