@@ -280,6 +280,46 @@ def test_fsdp2_two_processes_equal_one_and_resume(tmp_path):
 
 
 @pytest.mark.slow
+def test_fsdp2_four_processes_equal_one_and_resume_a_two_process_checkpoint(tmp_path):
+    """4 FSDP2 processes of 2 rows each take the steps one process takes with 4 micro-batches of 2, one of
+    them text only (a process whose rows are all text has decoder inputs that need no gradient; its first
+    layer's reduce-scatter must still come where the other processes' does, see molora/touch_all.py);
+    a checkpoint written by 2 FSDP2 processes (2 micro-batches of 2 each: the same global batch of 8)
+    resumes on 4 and ends where the uninterrupted runs end.
+
+    Bit for bit (EXACT_ENV): on this corpus every trained tensor's gradient gets non-zero parts from two
+    of the four micro-batches at most (rows of one kind share a micro-batch, and the rows of a kind touch
+    its adapter and projector only; the others add exact zeros, touch_all), so the order in which one
+    process accumulates and gloo reduces them changes no bit. Sums of three or more non-zero parts in
+    another order would differ by float32 rounding."""
+    data = corpus(tmp_path / "data", "mixed")
+    common = ["--recipe", "tiny-sft", f"data.train={data}", "max_steps=4", "seed=2", "--cpu",
+              "training.micro_batch_size=2"]
+    one = _launch(1, [*common, "training.grad_accum=4", "training.split_frozen_rows=false"], tmp_path / "one")
+    assert one.returncode == 0, one.stdout[-3000:] + one.stderr[-3000:]
+    sharded = [*common, "training.parallel=fsdp2"]
+    four = _launch(4, sharded, tmp_path / "four")
+    assert four.returncode == 0, four.stdout[-3000:] + four.stderr[-3000:]
+    assert "returned a view tensor" not in four.stderr  # decoder layers return tensors of their own
+    assert _same_weights(tmp_path / "one", tmp_path / "four")
+    losses = lambda out: [r["loss"] for r in metrics(out)]  # noqa: E731
+    assert losses(tmp_path / "one") == losses(tmp_path / "four")
+    # written by 2 processes at step 2, resumed by 4 (grad_accum 2 -> 1: a recipe change, hence --resume-anyway)
+    two = _launch(2, [*sharded, "training.grad_accum=2", "save_every=2"], tmp_path / "two")
+    assert two.returncode == 0, two.stdout[-3000:] + two.stderr[-3000:]
+    assert sorted(p.name for p in (tmp_path / "two" / "checkpoints" / "step-2" / "sharded").iterdir()) == \
+        [".metadata", "__0_0.distcp", "__1_0.distcp"]
+    import shutil
+
+    shutil.copytree(tmp_path / "two", tmp_path / "on-four", ignore=shutil.ignore_patterns("final"))
+    resumed = _launch(4, [*sharded, "save_every=2"], tmp_path / "on-four", "--resume-anyway")
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    for out in ("two", "on-four"):
+        assert _same_weights(tmp_path / "four", tmp_path / out), out
+        assert losses(tmp_path / out) == losses(tmp_path / "four"), out
+
+
+@pytest.mark.slow
 def test_fsdp2_dpo_and_evaluation_equal_one_process(tmp_path):
     """DPO under FSDP2 (the frozen reference held as each process's shards) takes the steps one process
     takes: the same losses and rewards, eval losses and final weights."""
