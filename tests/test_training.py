@@ -196,13 +196,13 @@ def test_periodic_evaluation_hook(tmp_path):
     assert all(r["wer"] >= 0 and r["eval_loss"] > 0 for r in evals)
 
 
-def _launch(n: int, args: list[str], out: Path, *extra: str):
+def _launch(n: int, args: list[str], out: Path, *extra: str, timeout: int = 600):
     """``molora train ARGS`` in ``n`` gloo processes (accelerate launch; one: a plain process), one thread
     each (EXACT_ENV)."""
     launcher = ["accelerate.commands.launch", "--multi_gpu", "--num_processes", str(n), "--num_machines", "1",
                 "--mixed_precision", "no", "--dynamo_backend", "no", "-m"] if n > 1 else []
     return subprocess.run([sys.executable, "-m", *launcher, "molora.cli", "train", *args, "--output-dir", str(out),
-                           *extra], cwd=ROOT, capture_output=True, text=True, timeout=600,
+                           *extra], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, **EXACT_ENV})
 
 
@@ -317,6 +317,31 @@ def test_fsdp2_four_processes_equal_one_and_resume_a_two_process_checkpoint(tmp_
     for out in ("two", "on-four"):
         assert _same_weights(tmp_path / "four", tmp_path / out), out
         assert losses(tmp_path / out) == losses(tmp_path / "four"), out
+
+
+@pytest.mark.slow
+def test_fsdp2_process_whose_rows_were_all_skipped_still_takes_the_step(tmp_path):
+    """A process whose micro-batch lost every row to unreadable media still runs the step's forward and
+    backward under FSDP2 (a stand-in times zero; before, the others waited at its collectives for
+    ever): the run takes the steps 2 replicated processes take, bit for bit (each parameter's
+    gradient is g0 + g1 either way, one of them exact zeros here)."""
+    data = corpus(tmp_path / "data", "mixed")
+    (tmp_path / "data" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    rows = [json.loads(l) for l in data.read_text().splitlines()][:6]
+    rows += [{"messages": [{"role": "user", "content": [{"type": "image", "image": "broken.png"},
+                                                        {"type": "text", "text": "name it"}]},
+                           {"role": "assistant", "content": w}]} for w in ("red", "sun")]
+    manifest = write_manifest(tmp_path / "data" / "with_bad_media.jsonl", rows)
+    common = ["--recipe", "tiny-sft", f"data.train={manifest}", "max_steps=2", "seed=2", "--cpu",
+              "training.micro_batch_size=2"]
+    replicated = _launch(2, common, tmp_path / "dp", timeout=300)
+    assert replicated.returncode == 0, replicated.stdout[-3000:] + replicated.stderr[-3000:]
+    sharded = _launch(2, [*common, "training.parallel=fsdp2"], tmp_path / "fsdp2", timeout=300)
+    assert sharded.returncode == 0, sharded.stdout[-3000:] + sharded.stderr[-3000:]
+    rows_dp, rows_fsdp = metrics(tmp_path / "dp"), metrics(tmp_path / "fsdp2")
+    assert rows_fsdp[0]["skipped"] == 2  # both broken rows come in step 1 (the same length: one micro-batch)
+    assert [(r["loss"], r["skipped"]) for r in rows_dp] == [(r["loss"], r["skipped"]) for r in rows_fsdp]
+    assert _same_weights(tmp_path / "dp", tmp_path / "fsdp2")
 
 
 @pytest.mark.slow
