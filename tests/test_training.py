@@ -198,12 +198,21 @@ def test_periodic_evaluation_hook(tmp_path):
 
 def _launch(n: int, args: list[str], out: Path, *extra: str, timeout: int = 600):
     """``molora train ARGS`` in ``n`` gloo processes (accelerate launch; one: a plain process), one thread
-    each (EXACT_ENV)."""
+    each (EXACT_ENV). A launch still running after ``timeout`` seconds (processes waiting at each other's
+    collectives) is stopped, its workers with it (the launcher passes SIGTERM on, then kills), and fails
+    the test."""
     launcher = ["accelerate.commands.launch", "--multi_gpu", "--num_processes", str(n), "--num_machines", "1",
                 "--mixed_precision", "no", "--dynamo_backend", "no", "-m"] if n > 1 else []
-    return subprocess.run([sys.executable, "-m", *launcher, "molora.cli", "train", *args, "--output-dir", str(out),
-                           *extra], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **EXACT_ENV})
+    with subprocess.Popen([sys.executable, "-m", *launcher, "molora.cli", "train", *args, "--output-dir", str(out),
+                           *extra], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          env={**os.environ, **EXACT_ENV}) as proc:
+        try:
+            stdout, stderr = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.terminate()
+            proc.communicate(timeout=120)
+            pytest.fail(f"molora train in {n} processes still running after {timeout} s (hung)")
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
 
 
 def _same_weights(a: Path, b: Path) -> bool:
