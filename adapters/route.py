@@ -108,6 +108,15 @@ class TokenRoute:
         full = y.new_zeros(self.n_tokens, y.shape[-1]).index_copy(0, self.kept, y)
         return full.view(*self.shape, y.shape[-1])
 
+    def scatter_sum(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """``scatter(a + b)`` as a tensor of its own, not a view of another: a decoder layer's output,
+        which FSDP2 hooks for its backward (an in-place op on a view would drop the hook; torch warns
+        of any view)."""
+        if self.kept is None:
+            return a.view(*self.shape, a.shape[-1]) + b.view(*self.shape, b.shape[-1])
+        T = self.shape[1]
+        return a.new_zeros(*self.shape, a.shape[-1]).index_put((self.kept // T, self.kept % T), a + b)
+
 
 def _spans(sorted_adapter: torch.Tensor, adapter_names: list[str], n_kept: int) -> dict:
     """Groups as slices of tokens already sorted by adapter index (-1, none, first)."""

@@ -87,8 +87,8 @@ class RoutedDecoderLayer(nn.Module):
         h = r.gather(h) + self.resid_attn_dropout(_linear(attn.o_proj, r.gather(o), r))
         x = self.post_attention_layernorm(h)
         inner = gated([_linear(getattr(mlp, n), x, r) for n in fam.mlp_in], getattr(mlp, "act_fn", None))
-        h = h + self.resid_mlp_dropout(_linear(mlp.down_proj, inner, r))
-        return h if narrow is not None else r.scatter(h)
+        out = self.resid_mlp_dropout(_linear(mlp.down_proj, inner, r))
+        return h + out if narrow is not None else r.scatter_sum(h, out)
 
 
 def _linear(module, x: torch.Tensor, route: TokenRoute) -> torch.Tensor:

@@ -158,13 +158,15 @@ class MoLoRAModel(nn.Module):
         #    carries new text tokens only)
         embeds = self.embed(call.input_ids, call.row_types, call.cu_seqlens, **media) if call.prefill else \
             self.language_model.embed_tokens(call.input_ids)
+        # sharded training: every trainable tensor outside the decoder layers joins the decoder's input
+        # times 0, so that input needs a gradient on every process, whatever its rows (molora/touch_all.py)
+        embeds = join_every_trainable(self, embeds, plan)
         # 2. route: the token layout the plan implies, padded / packed / decode (molora/token_layout.py):
         #    positions, attention, each token's LoRA, the positions read, the next-token targets
         layout = make_layout(self, embeds, call, plan)
-        # 3. decoder (molora/decoder.py); sharded training adds every unused trainable tensor times 0
+        # 3. decoder (molora/decoder.py)
         hidden = self.language_model(layout.embeds, layout.positions, layout.route, layout.attend,
                                      call.decoder_cache, layout.narrow)
-        hidden = join_every_trainable(self, hidden, plan)
         # 4. logits / loss, in the layout the decoder ran (molora/loss.py)
         logits, loss = layout.logits_and_loss(self.lm_logits, hidden, call)
         return MoLoRAOutput(logits=logits, loss=loss, cache=call.returned_cache, row_types=call.row_types,

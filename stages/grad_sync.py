@@ -99,21 +99,24 @@ class GradSync:
             self.ddp = None
 
     def backward(self, micro: list, total: float, *, move=lambda b: b, autocast=nullcontext,
-                 scaler=None) -> tuple[float, dict]:
+                 scaler=None, stand_in=None) -> tuple[float, dict]:
         """Forward and backward of this process's micro-batches (None: every row of it was skipped),
         each loss divided by ``total`` (the step's count over every process) and multiplied by the
         process count (the average over processes then gives the global mean). Returns the sum of the losses and each metric
         summed over micro-batches / their number. Through DDP, every micro-batch but the last runs
-        under ``no_sync`` and the last always runs, with a loss that reaches a trainable tensor."""
+        under ``no_sync`` and the last always runs, with a loss that reaches a trainable tensor.
+        ``stand_in`` (FSDP2): gives a batch to run times zero in place of a skipped micro-batch, so every
+        process enters the same collectives."""
         loss_sum, extra = 0.0, {}
         for i, b in enumerate(micro):
             last = i == len(micro) - 1
-            if b is None and not (self.ddp is not None and last):
+            substitute = b is None and stand_in is not None
+            if b is None and not substitute and not (self.ddp is not None and last):
                 continue
             with self.ddp.no_sync() if self.ddp is not None and not last else nullcontext():
                 with autocast():
-                    loss, m = self.loss(None if b is None else move(b), last)
-                scaled = loss / total * self.dist.world
+                    loss, m = self.loss(move(stand_in()) if substitute else (None if b is None else move(b)), last)
+                scaled = loss * 0.0 if substitute else loss / total * self.dist.world
                 if scaled.requires_grad:  # rows that reach no trainable weight contribute no gradient
                     (scaler.scale(scaled) if scaler is not None else scaled).backward()
             if b is None:

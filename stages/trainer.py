@@ -89,6 +89,7 @@ class Run:
     skipped_upto: int = 0  # skip-list entries up to the last step's batch
     last_metrics: dict = field(default_factory=dict)
     rows_trained: int = 0
+    stand_in: dict | None = None  # sharded runs: this process's last micro-batch (see _stand_in)
     t_start: float = 0.0
     eval_samples: list = field(default_factory=list)  # data.eval, read once before the first step
     last_eval: dict | None = None
@@ -418,6 +419,8 @@ def step(run: Run) -> dict:
     data = run.feed.get(run.step)
     micro, run.sampler_state, run.skipped_upto = data.micro, data.sampler_state, data.skipped
     counts = [run.stage.count(b) if b is not None else 0 for b in micro]
+    if run.sharded:  # a stand-in for a micro-batch whose every sample was skipped: see _stand_in
+        run.stand_in = next((b for b in reversed(micro) if b is not None), run.stand_in)
     total, n_tok = dist.all_sum([float(sum(counts)), float(sum(_tokens(b, paired) for b in micro if b is not None))])
     run.rows_trained += int(total)
     lrs = step_lrs(run.optimizer, t)  # what this step uses (the scheduler moves on after it)
@@ -425,7 +428,8 @@ def step(run: Run) -> dict:
     if total > 0:
         autocast = lambda: torch.autocast(dist.device.type, dtype=run.dtype, enabled=run.dtype is not None)  # noqa: E731
         loss_sum, extra = run.sync.backward(micro, total, move=lambda b: _move(b, dist.device),
-                                            autocast=autocast, scaler=run.scaler)
+                                            autocast=autocast, scaler=run.scaler,
+                                            stand_in=(lambda: _stand_in(run)) if run.sharded else None)
     run.sync.reduce(run.trainable)  # manual: the hand-written average; DDP reduced during backward
     if run.scaler:
         run.scaler.unscale_(run.optimizer)
@@ -452,6 +456,23 @@ def step(run: Run) -> dict:
                "skipped": run.skipped_upto, **extra}
     run.last_metrics = metrics
     return metrics
+
+
+def _stand_in(run: Run) -> dict:
+    """What a sharded process computes, times zero, in place of a micro-batch whose every sample was
+    skipped (or an empty one): its latest batch, or before it had one, the first sample of the data
+    that collates (a collator of its own: the run's skip list is untouched). FSDP2 gathers and
+    reduce-scatters every unit in every forward and backward, so a process that left one out would
+    keep the others waiting at its collectives; the stand-in's gradients are exact zeros."""
+    if run.stand_in is None:
+        from .collate import Collator
+
+        own = Collator(run.processor, strict=False, max_tokens=run.recipe.data.get("max_tokens"), pack=run.collator.pack)
+        collate = own.collate_preference if run.stage.paired else own
+        run.stand_in = next((b for s in run.samples if (b := collate([s])) is not None), None)
+        if run.stand_in is None:
+            raise RunError("no sample of the training data can be read", str(run.recipe.data["train"]))
+    return run.stand_in
 
 
 @torch.no_grad()

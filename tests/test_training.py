@@ -205,14 +205,23 @@ def test_periodic_evaluation_hook(tmp_path):
     assert all(r["wer"] >= 0 and r["eval_loss"] > 0 for r in evals)
 
 
-def _launch(n: int, args: list[str], out: Path, *extra: str):
+def _launch(n: int, args: list[str], out: Path, *extra: str, timeout: int = 600):
     """``molora train ARGS`` in ``n`` gloo processes (accelerate launch; one: a plain process), one thread
-    each (EXACT_ENV)."""
+    each (EXACT_ENV). A launch still running after ``timeout`` seconds (processes waiting at each other's
+    collectives) is stopped, its workers with it (the launcher passes SIGTERM on, then kills), and fails
+    the test."""
     launcher = ["accelerate.commands.launch", "--multi_gpu", "--num_processes", str(n), "--num_machines", "1",
                 "--mixed_precision", "no", "--dynamo_backend", "no", "-m"] if n > 1 else []
-    return subprocess.run([sys.executable, "-m", *launcher, "molora.cli", "train", *args, "--output-dir", str(out),
-                           *extra], cwd=ROOT, capture_output=True, text=True, timeout=600,
-                          env={**os.environ, **EXACT_ENV})
+    with subprocess.Popen([sys.executable, "-m", *launcher, "molora.cli", "train", *args, "--output-dir", str(out),
+                           *extra], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          env={**os.environ, **EXACT_ENV}) as proc:
+        try:
+            stdout, stderr = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.terminate()
+            proc.communicate(timeout=120)
+            pytest.fail(f"molora train in {n} processes still running after {timeout} s (hung)")
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
 
 
 def _same_weights(a: Path, b: Path) -> bool:
@@ -286,6 +295,71 @@ def test_fsdp2_two_processes_equal_one_and_resume(tmp_path):
         assert _same_weights(tmp_path / "two", tmp_path / tag), tag
         assert [r["loss"] for r in metrics(tmp_path / tag) if "loss" in r] == \
             [r["loss"] for r in metrics(tmp_path / "two") if "loss" in r]
+
+
+@pytest.mark.slow
+def test_fsdp2_four_processes_equal_one_and_resume_a_two_process_checkpoint(tmp_path):
+    """4 FSDP2 processes of 2 rows each take the steps one process takes with 4 micro-batches of 2, one of
+    them text only (a process whose rows are all text has decoder inputs that need no gradient; its first
+    layer's reduce-scatter must still come where the other processes' does, see molora/touch_all.py);
+    a checkpoint written by 2 FSDP2 processes (2 micro-batches of 2 each: the same global batch of 8)
+    resumes on 4 and ends where the uninterrupted runs end.
+
+    Bit for bit (EXACT_ENV): on this corpus every trained tensor's gradient gets non-zero parts from two
+    of the four micro-batches at most (rows of one kind share a micro-batch, and the rows of a kind touch
+    its adapter and projector only; the others add exact zeros, touch_all), so the order in which one
+    process accumulates and gloo reduces them changes no bit. Sums of three or more non-zero parts in
+    another order would differ by float32 rounding."""
+    data = corpus(tmp_path / "data", "mixed")
+    common = ["--recipe", "tiny-sft", f"data.train={data}", "max_steps=4", "seed=2", "--cpu",
+              "training.micro_batch_size=2"]
+    one = _launch(1, [*common, "training.grad_accum=4", "training.split_frozen_rows=false"], tmp_path / "one")
+    assert one.returncode == 0, one.stdout[-3000:] + one.stderr[-3000:]
+    sharded = [*common, "training.parallel=fsdp2"]
+    four = _launch(4, sharded, tmp_path / "four")
+    assert four.returncode == 0, four.stdout[-3000:] + four.stderr[-3000:]
+    assert "returned a view tensor" not in four.stderr  # decoder layers return tensors of their own
+    assert _same_weights(tmp_path / "one", tmp_path / "four")
+    losses = lambda out: [r["loss"] for r in metrics(out)]  # noqa: E731
+    assert losses(tmp_path / "one") == losses(tmp_path / "four")
+    # written by 2 processes at step 2, resumed by 4 (grad_accum 2 -> 1: a recipe change, hence --resume-anyway)
+    two = _launch(2, [*sharded, "training.grad_accum=2", "save_every=2"], tmp_path / "two")
+    assert two.returncode == 0, two.stdout[-3000:] + two.stderr[-3000:]
+    assert sorted(p.name for p in (tmp_path / "two" / "checkpoints" / "step-2" / "sharded").iterdir()) == \
+        [".metadata", "__0_0.distcp", "__1_0.distcp"]
+    import shutil
+
+    shutil.copytree(tmp_path / "two", tmp_path / "on-four", ignore=shutil.ignore_patterns("final"))
+    resumed = _launch(4, [*sharded, "save_every=2"], tmp_path / "on-four", "--resume-anyway")
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    for out in ("two", "on-four"):
+        assert _same_weights(tmp_path / "four", tmp_path / out), out
+        assert losses(tmp_path / out) == losses(tmp_path / "four"), out
+
+
+@pytest.mark.slow
+def test_fsdp2_process_whose_rows_were_all_skipped_still_takes_the_step(tmp_path):
+    """A process whose micro-batch lost every row to unreadable media still runs the step's forward and
+    backward under FSDP2 (a stand-in times zero; before, the others waited at its collectives for
+    ever): the run takes the steps 2 replicated processes take, bit for bit (each parameter's
+    gradient is g0 + g1 either way, one of them exact zeros here)."""
+    data = corpus(tmp_path / "data", "mixed")
+    (tmp_path / "data" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    rows = [json.loads(l) for l in data.read_text().splitlines()][:6]
+    rows += [{"messages": [{"role": "user", "content": [{"type": "image", "image": "broken.png"},
+                                                        {"type": "text", "text": "name it"}]},
+                           {"role": "assistant", "content": w}]} for w in ("red", "sun")]
+    manifest = write_manifest(tmp_path / "data" / "with_bad_media.jsonl", rows)
+    common = ["--recipe", "tiny-sft", f"data.train={manifest}", "max_steps=2", "seed=2", "--cpu",
+              "training.micro_batch_size=2"]
+    replicated = _launch(2, common, tmp_path / "dp", timeout=300)
+    assert replicated.returncode == 0, replicated.stdout[-3000:] + replicated.stderr[-3000:]
+    sharded = _launch(2, [*common, "training.parallel=fsdp2"], tmp_path / "fsdp2", timeout=300)
+    assert sharded.returncode == 0, sharded.stdout[-3000:] + sharded.stderr[-3000:]
+    rows_dp, rows_fsdp = metrics(tmp_path / "dp"), metrics(tmp_path / "fsdp2")
+    assert rows_fsdp[0]["skipped"] == 2  # both broken rows come in step 1 (the same length: one micro-batch)
+    assert [(r["loss"], r["skipped"]) for r in rows_dp] == [(r["loss"], r["skipped"]) for r in rows_fsdp]
+    assert _same_weights(tmp_path / "dp", tmp_path / "fsdp2")
 
 
 @pytest.mark.slow
