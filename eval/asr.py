@@ -397,7 +397,7 @@ def evaluate_asr(model, processor, sets: list[AsrSet], output_dir, *, protocol: 
     ``prepare_sets(...)`` when the caller has them already. Results of another model or other settings in
     ``output_dir`` are refused unless ``overwrite``; bad clips are skipped and listed (``strict``: the first
     one stops the run)."""
-    from .generate import Generator, run_items
+    from .generate import Generator, quantization_setting, run_items
 
     label_protocol = protocol.split(" ")[0]
     scoring = scoring or (label_protocol if label_protocol in PROTOCOLS else DEFAULT_PROTOCOL)
@@ -438,7 +438,8 @@ def evaluate_asr(model, processor, sets: list[AsrSet], output_dir, *, protocol: 
                   "average = unweighted mean of the rounded per-set WERs",
         "settings": run_settings({"batch_size": batch_size, "batch_sizes_used": record.batch_sizes,
                                   "dtype": str(dtype), "device": str(device), "max_new_tokens": max_new_tokens,
-                                  "decoding": "greedy", "warmup_batches": warmup_batches, "limit": limit}),
+                                  "decoding": "greedy", "warmup_batches": warmup_batches, "limit": limit,
+                                  **quantization_setting(model)}),
         "timing": "per batch: feature extraction + generate + decode (dataset decoding excluded), after "
                   f"{warmup_batches} warm-up batch(es); RTFx = audio seconds / timed seconds; composite = all audio "
                   "/ all time",

@@ -16,7 +16,8 @@ from .data import Item
 from .report import ResultFile
 from .skips import SkipList
 
-__all__ = ["Generator", "run_items", "resolve_device", "resolve_dtype", "load_model_and_processor", "conversation"]
+__all__ = ["Generator", "run_items", "resolve_device", "resolve_dtype", "load_model_and_processor", "conversation",
+           "quantization_setting"]
 
 
 def resolve_device(device: str | None) -> str:
@@ -63,6 +64,13 @@ def load_model_and_processor(path: str, dtype: str | None = "auto", device: str 
     model.set_merged_inference(True)
     processor = MoLoRAProcessor.from_pretrained(path)
     return model, processor, device, torch_dtype
+
+
+def quantization_setting(model) -> dict:
+    """``{"quantization": ...}`` for a run's settings when the model's base is quantised (else nothing, so
+    the settings of a run over a float model stay as they were)."""
+    spec = getattr(model, "quantization", None)
+    return {} if spec is None else {"quantization": spec.to_dict()}
 
 
 def conversation(item: Item, medium) -> list[dict]:

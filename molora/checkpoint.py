@@ -151,6 +151,9 @@ def load_state_dict(directory: Path, layout: str, config: MoLoRAConfig) -> dict[
 def stored_model(directory: Path) -> tuple[MoLoRAConfig, dict[str, StoredTensor]]:
     """A checkpoint's config and its state dict as stored tensors, checked against the config and in the
     model's own key order (headers only: nothing is read)."""
+    if _quantized_folder(directory) is not None:
+        raise CheckpointError(f"a quantised-base folder: it holds no base weights ({QUANTIZED_BASE_RECORD} names "
+                              f"them), only what was trained; convert the original base instead", str(directory))
     config = load_config(directory)
     model = build_empty(config)
     return config, _checked(model, load_state_dict(directory, detect_layout(directory), config), str(directory))

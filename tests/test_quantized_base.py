@@ -22,6 +22,7 @@ from safetensors import safe_open
 
 from conftest import synth_audio, user_content
 from molora import MoLoRAModel, MoLoRAProcessor
+from molora.checkpoint import stored_model
 from molora.errors import CheckpointError, ConfigError
 from molora.quantization import QuantizationSpec, quantize_frozen_base, quantized_linears
 from molora.quantized_linear import QuantizedLinear, kernels_used, nf4_code_book
@@ -196,6 +197,8 @@ def test_save_refuses_the_quantised_base_and_round_trips_without_it(tmp_path, te
         keys = list(f.keys())
     assert not any(k.endswith(".base_layer.weight") or "qweight" in k for k in keys)
     assert any(".lora_B.vision." in k for k in keys) and (tmp_path / "a" / "vision-lora").is_dir()
+    with pytest.raises(CheckpointError, match="holds no base weights"):  # molora convert reads it this way
+        stored_model(tmp_path / "a")
     again = MoLoRAModel.from_pretrained(str(tmp_path / "a"))
     assert again.quantization == model.quantization
     for (n, a), (m, b) in zip(model.state_dict().items(), again.state_dict().items()):
@@ -303,3 +306,21 @@ def test_tiny_speech_trains_its_adapters_on_an_int8_base(tmp_path, text_batch):
     model = MoLoRAModel.from_pretrained(str(final))
     assert model.quantization == QuantizationSpec("int8")
     assert len(quantized_linears(model)) == 16
+
+
+def test_eval_asr_cli_over_an_int8_base_records_it(tmp_path):
+    import soundfile as sf
+
+    from molora.cli import main
+    from molora.synthetic.speech import speak
+
+    rows = []
+    for i, text in enumerate(["hello world", "good morning"]):
+        sf.write(tmp_path / f"clip{i}.wav", speak(text), 16000)
+        rows.append({"audio": f"clip{i}.wav", "text": text})
+    (tmp_path / "clips.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "out"
+    assert main(["eval", "asr", "--model", "tiny", "--manifest", str(tmp_path / "clips.jsonl"), "--output-dir",
+                 str(out), "--max-new-tokens", "4", "--device", "cpu", "--quantization", "int8"]) == 0
+    settings = json.loads((out / "summary.json").read_text())["settings"]
+    assert settings["quantization"]["scheme"] == "int8"
