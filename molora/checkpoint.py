@@ -314,9 +314,9 @@ PEFT_FILES = frozenset({"adapter_config.json", ADAPTER_WEIGHTS, "README.md"})
 
 def model_entry(entry: Path) -> bool:
     """Whether an entry of a checkpoint folder is one `save_model` writes: config.json, the weights
-    and their index, a quantised base's record, an ``<adapter>-lora/`` folder of PEFT files only. A new save replaces these (and
-    removes those it does not write again: the shards of an earlier, bigger save, an adapter the
-    model no longer has); it leaves every other entry (processor files, the user's own) as it is."""
+    and their index, a quantised base's record, an ``<adapter>-lora/`` folder of PEFT files only. A new
+    save replaces these (and removes those it does not write again: the shards of an earlier, bigger save,
+    an adapter the model no longer has); it leaves every other entry (processor files, the user's own) as it is."""
     if entry.is_dir() and not entry.is_symlink():
         return entry.name.endswith("-lora") and all(p.is_file() and p.name in PEFT_FILES for p in entry.iterdir())
     return (entry.name in ("config.json", WEIGHTS, INDEX, QUANTIZED_BASE_RECORD)
