@@ -300,10 +300,34 @@ def _load_quantized(path_or_id, quantization_config, **load_kwargs):
     record = _quantized_folder(path_or_id)
     if record is not None:
         return load_quantized(Path(path_or_id), record, spec, **load_kwargs)
-    model = load_model(path_or_id, **load_kwargs)
-    quantize_frozen_base(model, spec)
+    if is_preset(path_or_id) or not placement.on_cpu(load_kwargs["device_map"]):
+        model = load_model(path_or_id, **load_kwargs)
+        quantize_frozen_base(model, spec)
+    else:
+        model = _load_quantizing(resolve_path(path_or_id), spec, **load_kwargs)
     model.quantized_from = str(path_or_id) if is_preset(path_or_id) else str(resolve_path(path_or_id))
     return model.eval()
+
+
+def _load_quantizing(directory: Path, spec, dtype=None, torch_dtype=None, device_map=None, max_memory=None):
+    """A folder loaded on the CPU with its frozen base quantised linear by linear: everything else is read
+    first, then each base linear's weight is read (in the dtype asked for), quantised and dropped, so
+    at most one float base weight is held at a time."""
+    from .quantization import frozen_base_linears, quantize_frozen_base
+
+    config = load_config(directory)
+    model = build_empty(config)
+    target = placement.resolve_dtype(dtype, torch_dtype)
+    sd = _checked(model, load_state_dict(directory, detect_layout(directory), config), str(directory))
+    if target is not None:
+        sd = {k: v.cast(target) for k, v in sd.items()}
+    base = {f"{path}.{name}" for _, _, _, path in frozen_base_linears(model, spec) for name in ("weight", "bias")}
+    model.load_state_dict(stored_tensors.read({k: v for k, v in sd.items() if k not in base}), assign=True,
+                          strict=False)
+    quantize_frozen_base(model, spec, read=lambda key: stored_tensors.read({key: sd[key]})[key])
+    _rebuild_buffers(model)
+    model.freeze_base()
+    return placement.place(model, target, device_map, max_memory, where=str(directory))
 
 
 # -- saving ------------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from .adapters.lora import RoutedLoRALinear
 from .errors import ConfigError
 from .quantized_linear import SCHEMES, QuantizedLinear
 
-__all__ = ["QuantizationSpec", "quantize_frozen_base", "quantized_linears"]
+__all__ = ["QuantizationSpec", "frozen_base_linears", "quantize_frozen_base", "quantized_linears"]
 
 # the frozen encoder tower inside each modality's embedder (its projector stays in its dtype)
 ENCODER_TOWERS = {"image_embed": "img_processor", "audio_embed": "encoder"}
@@ -88,29 +88,44 @@ def _read(value) -> QuantizationSpec | None:
                       f"transformers' TorchAoConfig or BitsAndBytesConfig", "quantization")
 
 
-def _quantize_children(module: nn.Module, spec: QuantizationSpec, prefix: str, out: list[str]) -> None:
-    """Replace every frozen nn.Linear under ``module`` (a routed LoRA linear's base layer, not its adapters)."""
-    for name, child in list(module.named_children()):
+def frozen_base_linears(model, spec: QuantizationSpec) -> list[tuple[nn.Module, str, nn.Linear, str]]:
+    """(owner, attribute, linear, state-dict prefix) of every linear ``spec`` quantises: each frozen decoder
+    linear (a routed LoRA linear's base layer, not its adapters) and, with ``include_encoders``, the encoder
+    towers' linears (the towers are frozen first). Works on a meta model too (the loader reads the weights
+    of these linears one at a time)."""
+    roots = [(model.language_model.layers, "language_model.layers.")]
+    if spec.include_encoders:
+        for embedder, tower in ENCODER_TOWERS.items():
+            if hasattr(model, embedder):
+                module = getattr(getattr(model, embedder), tower)
+                module.requires_grad_(False)  # asked for: a frozen tower
+                roots.append((module, f"{embedder}.{tower}."))
+    out: list = []
+    for root, prefix in roots:
+        _collect(root, prefix, out)
+    return out
+
+
+def _collect(module: nn.Module, prefix: str, out: list) -> None:
+    for name, child in module.named_children():
         path = f"{prefix}{name}"
         if isinstance(child, RoutedLoRALinear):
             if not child.base_layer.weight.requires_grad:
-                child.base_layer = QuantizedLinear.from_linear(child.base_layer, spec.scheme, spec.group_size,
-                                                               spec.block_size)
-                out.append(f"{path}.base_layer")
+                out.append((child, "base_layer", child.base_layer, f"{path}.base_layer"))
         elif isinstance(child, nn.Linear):
             if not child.weight.requires_grad:
-                setattr(module, name, QuantizedLinear.from_linear(child, spec.scheme, spec.group_size,
-                                                                  spec.block_size))
-                out.append(path)
+                out.append((module, name, child, path))
         else:
-            _quantize_children(child, spec, path + ".", out)
+            _collect(child, path + ".", out)
 
 
-def quantize_frozen_base(model, spec) -> list[str]:
+def quantize_frozen_base(model, spec, read=None) -> list[str]:
     """Quantise ``model``'s frozen decoder linears in place, one at a time (each float weight is freed
     as its quantised layer replaces it), and with ``spec.include_encoders`` the encoder towers'
-    (frozen ones only); returns the module paths replaced. ``spec``: anything `QuantizationSpec.of`
-    reads. Records the spec as ``model.quantization``."""
+    (`frozen_base_linears`); returns the module paths replaced. ``spec``: anything `QuantizationSpec.of`
+    reads. ``read(key) -> tensor``: the weights of linears still on the meta device, read just before
+    each is quantised (the loader's way of never holding the float model whole). Records the spec as
+    ``model.quantization``."""
     spec = QuantizationSpec.of(spec)
     if spec is None:
         return []
@@ -118,12 +133,14 @@ def quantize_frozen_base(model, spec) -> list[str]:
         raise ConfigError(f"the model's base is already quantised ({model.quantization.scheme})", "quantization")
     model.freeze_base()
     done: list[str] = []
-    _quantize_children(model.language_model.layers, spec, "language_model.layers.", done)
-    if spec.include_encoders:
-        for embedder, tower in ENCODER_TOWERS.items():
-            if hasattr(model, embedder):
-                getattr(getattr(model, embedder), tower).requires_grad_(False)  # asked for: a frozen tower
-                _quantize_children(getattr(getattr(model, embedder), tower), spec, f"{embedder}.{tower}.", done)
+    for owner, attribute, linear, path in frozen_base_linears(model, spec):
+        if read is not None:
+            for name in ("weight", "bias"):
+                t = getattr(linear, name)
+                if t is not None and t.is_meta:
+                    setattr(linear, name, nn.Parameter(read(f"{path}.{name}"), requires_grad=False))
+        setattr(owner, attribute, QuantizedLinear.from_linear(linear, spec.scheme, spec.group_size, spec.block_size))
+        done.append(path)
     model.quantization = spec
     return done
 

@@ -72,10 +72,10 @@ def load_quantized(directory: Path, record: dict, quantization_config=None, **lo
     """The model of a quantised-base folder: the original base (``record['base']``), the folder's tensors
     over it, quantised as recorded (or as ``quantization_config`` says)."""
     from .checkpoint import load_model
-    from .quantization import quantize_frozen_base
     from .stored_tensors import read, stored_tensors
 
-    model = load_model(record["base"], **load_kwargs)
+    spec = quantization_config if quantization_config is not None else record["quantization"]
+    model = load_model(record["base"], quantization_config=spec, **load_kwargs)  # the saved tensors: none quantised
     own = model.state_dict()
     saved = stored_tensors(directory)
     bad = [k for k, v in saved.items() if k not in own or tuple(own[k].shape) != tuple(v.shape)]
@@ -83,7 +83,5 @@ def load_quantized(directory: Path, record: dict, quantization_config=None, **lo
         raise CheckpointError(f"{len(bad)} saved tensor(s) do not fit the base {record['base']!r} "
                               f"(e.g. {bad[:3]})", str(directory))
     model.load_state_dict({k: v.to(own[k].dtype) for k, v in read(saved).items()}, strict=False)
-    quantize_frozen_base(model, quantization_config if quantization_config is not None else record["quantization"])
-    model.quantized_from = record["base"]
     return model.eval()
 

@@ -211,6 +211,9 @@ def test_the_original_folder_is_never_written_over(tmp_path):
     MoLoRAModel.from_pretrained("tiny").save_pretrained(tmp_path / "orig")
     before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "orig").iterdir()}
     model = MoLoRAModel.from_pretrained(str(tmp_path / "orig"), quantization_config="int8")
+    # read and quantised linear by linear: the same model as the preset quantised after loading
+    same = MoLoRAModel.from_pretrained("tiny", quantization_config="int8").state_dict()
+    assert all(torch.equal(v, same[k]) for k, v in model.state_dict().items()) and len(same) == len(model.state_dict())
     with pytest.raises(CheckpointError, match="original base"):
         model.save_pretrained(tmp_path / "orig", without_base=True)
     assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "orig").iterdir()} == before
@@ -324,3 +327,16 @@ def test_eval_asr_cli_over_an_int8_base_records_it(tmp_path):
                  str(out), "--max-new-tokens", "4", "--device", "cpu", "--quantization", "int8"]) == 0
     settings = json.loads((out / "summary.json").read_text())["settings"]
     assert settings["quantization"]["scheme"] == "int8"
+
+
+def test_a_folder_loads_reading_one_base_weight_at_a_time(tmp_path, monkeypatch):
+    """The float base is never held whole: the rest of the model is read first, then each base linear's
+    weight alone, just before it is quantised (the one before it already replaced)."""
+    from molora import stored_tensors
+
+    MoLoRAModel.from_pretrained("tiny").save_pretrained(tmp_path / "orig")
+    calls, real_read = [], stored_tensors.read
+    monkeypatch.setattr(stored_tensors, "read", lambda tensors: calls.append(list(tensors)) or real_read(tensors))
+    MoLoRAModel.from_pretrained(str(tmp_path / "orig"), quantization_config="nf4")
+    base = [c for c in calls if len(c) == 1 and ".layers." in c[0] and c[0].endswith("weight")]
+    assert len(base) == 16 and not any(k.endswith(".base_layer.weight") for k in calls[0])
