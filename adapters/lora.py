@@ -32,14 +32,20 @@ class RoutedLoRALinear(nn.Module):
             self.add_adapter(name, spec)
         self._merged: dict[str, tuple[tuple, torch.Tensor]] = {}
 
+    def base_device_dtype(self) -> tuple[torch.device, torch.dtype]:
+        """Where the adapters live and their dtype: the base weight's (a quantised base layer,
+        ``molora/quantized_linear.py``: its codes' device and the dtype it was quantised from)."""
+        w = getattr(self.base_layer, "weight", None)
+        return (w.device, w.dtype) if w is not None else (self.base_layer.compute.device, self.base_layer.dtype)
+
     def add_adapter(self, name: str, spec: LoraSpec) -> None:
-        w = self.base_layer.weight
+        device, dtype = self.base_device_dtype()
         r, alpha = spec.rank_alpha(self.peft_name) if self.peft_name else (spec.r, spec.alpha)
-        self.lora_A[name] = nn.Linear(self.in_features, r, bias=False, device=w.device, dtype=w.dtype)
-        self.lora_B[name] = nn.Linear(r, self.out_features, bias=False, device=w.device, dtype=w.dtype)
+        self.lora_A[name] = nn.Linear(self.in_features, r, bias=False, device=device, dtype=dtype)
+        self.lora_B[name] = nn.Linear(r, self.out_features, bias=False, device=device, dtype=dtype)
         self.lora_dropout[name] = nn.Dropout(spec.dropout) if spec.dropout > 0 else nn.Identity()
         self.scaling[name] = spec.scaling_for(r, alpha)
-        if w.device.type != "meta":
+        if device.type != "meta":
             self.reset_adapter(name)
 
     @torch.no_grad()
@@ -101,7 +107,8 @@ class RoutedLoRALinear(nn.Module):
         return out
 
     def _zero_touch(self, used) -> torch.Tensor:
-        zero = self.base_layer.weight.new_zeros(())
+        device, dtype = self.base_device_dtype()
+        zero = torch.zeros((), device=device, dtype=dtype)
         for name in self.lora_A:
             if name not in used:
                 for w in (self.lora_A[name].weight, self.lora_B[name].weight):

@@ -397,7 +397,7 @@ def evaluate_asr(model, processor, sets: list[AsrSet], output_dir, *, protocol: 
     ``prepare_sets(...)`` when the caller has them already. Results of another model or other settings in
     ``output_dir`` are refused unless ``overwrite``; bad clips are skipped and listed (``strict``: the first
     one stops the run)."""
-    from .generate import Generator, run_items
+    from .generate import Generator, quantization_setting, run_items
 
     label_protocol = protocol.split(" ")[0]
     scoring = scoring or (label_protocol if label_protocol in PROTOCOLS else DEFAULT_PROTOCOL)
@@ -438,7 +438,8 @@ def evaluate_asr(model, processor, sets: list[AsrSet], output_dir, *, protocol: 
                   "average = unweighted mean of the rounded per-set WERs",
         "settings": run_settings({"batch_size": batch_size, "batch_sizes_used": record.batch_sizes,
                                   "dtype": str(dtype), "device": str(device), "max_new_tokens": max_new_tokens,
-                                  "decoding": "greedy", "warmup_batches": warmup_batches, "limit": limit}),
+                                  "decoding": "greedy", "warmup_batches": warmup_batches, "limit": limit,
+                                  **quantization_setting(model)}),
         "timing": "per batch: feature extraction + generate + decode (dataset decoding excluded), after "
                   f"{warmup_batches} warm-up batch(es); RTFx = audio seconds / timed seconds; composite = all audio "
                   "/ all time",
@@ -521,6 +522,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--model", required=True, help="checkpoint directory, hub id or preset name")
     g.add_argument("--dtype", default="auto", help="auto (bfloat16 on CUDA, float32 on CPU), float32, bfloat16, float16")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
+    g.add_argument("--quantization", choices=("int8", "int4", "nf4"),
+                   help="quantise the frozen base (weight-only; adapters and projectors stay in --dtype)")
     g = p.add_argument_group(f"what to evaluate (default: --sets {DEFAULT_PROTOCOL} from the hub)")
     g.add_argument("--sets", help="open-asr-2026 (current 7 sets), open-asr (classic 8), or comma-separated set "
                                   "names, e.g. librispeech_test.clean,ami_test; scored with their protocol")
@@ -568,7 +571,8 @@ def main(args) -> int:
     skips = SkipList(args.strict)
     prepared = prepare_sets(sel.sets, args.limit, protocol=sel.protocol, allow_outside_root=args.allow_outside_root,
                             skips=skips)
-    model, processor, device, dtype = load_model_and_processor(args.model, args.dtype, args.device)
+    model, processor, device, dtype = load_model_and_processor(args.model, args.dtype, args.device,
+                                                               getattr(args, "quantization", None))
     summary = evaluate_asr(model, processor, sel.sets, args.output_dir, protocol=sel.label, complete=sel.complete,
                            batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, limit=args.limit,
                            warmup_batches=args.warmup_batches, model_name=args.model,

@@ -16,7 +16,8 @@ from .data import Item
 from .report import ResultFile
 from .skips import SkipList
 
-__all__ = ["Generator", "run_items", "resolve_device", "resolve_dtype", "load_model_and_processor", "conversation"]
+__all__ = ["Generator", "run_items", "resolve_device", "resolve_dtype", "load_model_and_processor", "conversation",
+           "quantization_setting"]
 
 
 def resolve_device(device: str | None) -> str:
@@ -44,20 +45,32 @@ def resolve_dtype(dtype: str | None, device: str):
     return value
 
 
-def load_model_and_processor(path: str, dtype: str | None = "auto", device: str | None = "auto"):
+def load_model_and_processor(path: str, dtype: str | None = "auto", device: str | None = "auto",
+                             quantization: str | None = None):
     """``MoLoRAModel`` + ``MoLoRAProcessor`` from a checkpoint directory, hub id or preset name,
-    in eval mode on ``device`` with ``dtype``. Returns ``(model, processor, device, dtype)``."""
+    in eval mode on ``device`` with ``dtype``, its frozen base quantised with ``quantization`` (int8 /
+    int4 / nf4; ``molora/quantization.py``). Returns ``(model, processor, device, dtype)``."""
     from molora import MoLoRAModel, MoLoRAProcessor
 
     device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, device)
-    model = MoLoRAModel.from_pretrained(path)
-    model.to(device=device, dtype=torch_dtype).eval()
+    if quantization:  # placed first, then quantised: the quantised layers run in the dtype asked for
+        model = MoLoRAModel.from_pretrained(path, dtype=torch_dtype, device=device, quantization_config=quantization)
+    else:
+        model = MoLoRAModel.from_pretrained(path)
+        model.to(device=device, dtype=torch_dtype).eval()
     # every row of an evaluation batch routes to the same adapter: one matmul per linear with the
     # merged weight (same numbers within float rounding, tested in tests/test_routing.py)
     model.set_merged_inference(True)
     processor = MoLoRAProcessor.from_pretrained(path)
     return model, processor, device, torch_dtype
+
+
+def quantization_setting(model) -> dict:
+    """``{"quantization": ...}`` for a run's settings when the model's base is quantised (else nothing, so
+    the settings of a run over a float model stay as they were)."""
+    spec = getattr(model, "quantization", None)
+    return {} if spec is None else {"quantization": spec.to_dict()}
 
 
 def conversation(item: Item, medium) -> list[dict]:

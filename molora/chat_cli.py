@@ -129,7 +129,7 @@ def _run(args) -> int:
     gen = {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature, "top_p": args.top_p,
            "top_k": args.top_k, "seed": args.seed}
     Chat.check_generation_args(**gen)  # bad sampling settings fail before the model loads
-    model = MoLoRAModel.from_pretrained(args.model).eval()
+    model = MoLoRAModel.from_pretrained(args.model, quantization_config=getattr(args, "quantization", None)).eval()
     processor = MoLoRAProcessor.from_pretrained(args.model)
     session = Chat(model, processor, system_prompt=args.system).session()
     if args.prompt or args.image or args.audio:  # one shot
@@ -149,6 +149,8 @@ def add_parser(sub) -> None:
     c.add_argument("--image", action="append", help="an image for the (first) message; repeatable")
     c.add_argument("--audio", action="append", help="an audio file for the (first) message; repeatable")
     c.add_argument("--system", help="system prompt")
+    c.add_argument("--quantization", choices=("int8", "int4", "nf4"),
+                   help="quantise the frozen base (weight-only; adapters and projectors keep their dtype)")
     g = c.add_argument_group("generation")
     g.add_argument("--max-new-tokens", type=int, default=256)
     g.add_argument("--temperature", type=float, default=None, help="sample at this temperature (default: greedy)")

@@ -18,7 +18,8 @@ from .errors import CheckpointError, ConfigError
 from .presets import TINY_BPE_VOCAB
 from .staging import staged
 from .stored_tensors import StoredTensor, stored_dtype, weight_shapes  # noqa: F401 (stored_dtype: API)
-from .weight_files import ADAPTER_WEIGHTS, INDEX, WEIGHTS  # noqa: F401 (names other modules import)
+from .weight_files import (ADAPTER_WEIGHTS, INDEX, QUANTIZED_BASE_RECORD,  # noqa: F401 (names other modules import)
+                           WEIGHTS)
 
 LAYOUTS = ("molora", "phi4mm", "phi4_multimodal")
 # what a hub checkpoint brings: weights, configs, tokenizer, adapters, and the official folder's other files
@@ -150,6 +151,9 @@ def load_state_dict(directory: Path, layout: str, config: MoLoRAConfig) -> dict[
 def stored_model(directory: Path) -> tuple[MoLoRAConfig, dict[str, StoredTensor]]:
     """A checkpoint's config and its state dict as stored tensors, checked against the config and in the
     model's own key order (headers only: nothing is read)."""
+    if _quantized_folder(directory) is not None:
+        raise CheckpointError(f"a quantised-base folder: it holds no base weights ({QUANTIZED_BASE_RECORD} names "
+                              f"them), only what was trained; convert the original base instead", str(directory))
     config = load_config(directory)
     model = build_empty(config)
     return config, _checked(model, load_state_dict(directory, detect_layout(directory), config), str(directory))
@@ -244,8 +248,14 @@ def load_preset(name: str, dtype=None, device=None):
     return placement.place(model, placement.resolve_dtype(dtype), device, where=f"preset {name!r}").eval()
 
 
-def load_model(path_or_id, dtype=None, device=None, *, torch_dtype=None, device_map=None, max_memory=None):
+def load_model(path_or_id, dtype=None, device=None, *, torch_dtype=None, device_map=None, max_memory=None,
+               quantization_config=None):
     """A model from a checkpoint directory (any layout), a hub id or a preset name, in eval mode.
+
+    ``quantization_config``: "int8" / "int4" / "nf4" or transformers' ``TorchAoConfig`` /
+    ``BitsAndBytesConfig``: the frozen decoder's linears are quantised as they load
+    (``molora/quantization.py``); a folder saved from such a model (``quantized_base.json``) reloads
+    its original base and quantises it again (``molora/quantized_checkpoint.py``).
 
     ``dtype`` / ``torch_dtype``: "auto" (default: as stored; a bfloat16 checkpoint stays bfloat16 and
     memory-mapped), a torch.dtype or its name. ``device_map``: one device, "auto" (accelerate, over the
@@ -254,6 +264,9 @@ def load_model(path_or_id, dtype=None, device=None, *, torch_dtype=None, device_
     if device is not None and device_map is not None:
         raise CheckpointError("pass device or device_map, not both", "device_map")
     device_map = device if device_map is None else device_map
+    if quantization_config is not None or _quantized_folder(path_or_id) is not None:
+        return _load_quantized(path_or_id, quantization_config, dtype=dtype, torch_dtype=torch_dtype,
+                               device_map=device_map, max_memory=max_memory)
     if is_preset(path_or_id):
         return load_preset(str(path_or_id), dtype=dtype if dtype is not None else torch_dtype, device=device_map)
     directory = resolve_path(path_or_id)
@@ -270,6 +283,53 @@ def load_model(path_or_id, dtype=None, device=None, *, torch_dtype=None, device_
     return placement.place(model, target, device_map, max_memory, where=str(directory)).eval()
 
 
+def _quantized_folder(path_or_id) -> dict | None:
+    from .quantized_checkpoint import quantized_record
+
+    return None if is_preset(path_or_id) or not Path(path_or_id).is_dir() else quantized_record(Path(path_or_id))
+
+
+def _load_quantized(path_or_id, quantization_config, **load_kwargs):
+    """`load_model` with a quantised frozen base: the float model loads (memory-mapped where stored in the
+    dtype asked for), then each frozen linear is quantised in turn and its float weight freed, so the
+    float model and the quantised one are never both held whole."""
+    from .quantization import QuantizationSpec, quantize_frozen_base
+    from .quantized_checkpoint import load_quantized
+
+    spec = QuantizationSpec.of(quantization_config)
+    record = _quantized_folder(path_or_id)
+    if record is not None:
+        return load_quantized(Path(path_or_id), record, spec, **load_kwargs)
+    if is_preset(path_or_id) or not placement.on_cpu(load_kwargs["device_map"]):
+        model = load_model(path_or_id, **load_kwargs)
+        quantize_frozen_base(model, spec)
+    else:
+        model = _load_quantizing(resolve_path(path_or_id), spec, **load_kwargs)
+    model.quantized_from = str(path_or_id) if is_preset(path_or_id) else str(resolve_path(path_or_id))
+    return model.eval()
+
+
+def _load_quantizing(directory: Path, spec, dtype=None, torch_dtype=None, device_map=None, max_memory=None):
+    """A folder loaded on the CPU with its frozen base quantised linear by linear: everything else is read
+    first, then each base linear's weight is read (in the dtype asked for), quantised and dropped, so
+    at most one float base weight is held at a time."""
+    from .quantization import frozen_base_linears, quantize_frozen_base
+
+    config = load_config(directory)
+    model = build_empty(config)
+    target = placement.resolve_dtype(dtype, torch_dtype)
+    sd = _checked(model, load_state_dict(directory, detect_layout(directory), config), str(directory))
+    if target is not None:
+        sd = {k: v.cast(target) for k, v in sd.items()}
+    base = {f"{path}.{name}" for _, _, _, path in frozen_base_linears(model, spec) for name in ("weight", "bias")}
+    model.load_state_dict(stored_tensors.read({k: v for k, v in sd.items() if k not in base}), assign=True,
+                          strict=False)
+    quantize_frozen_base(model, spec, read=lambda key: stored_tensors.read({key: sd[key]})[key])
+    _rebuild_buffers(model)
+    model.freeze_base()
+    return placement.place(model, target, device_map, max_memory, where=str(directory))
+
+
 # -- saving ------------------------------------------------------------------------------------------
 
 _SHARD = re.compile(r"model-\d{5}-of-\d{5}\.safetensors")
@@ -278,12 +338,13 @@ PEFT_FILES = frozenset({"adapter_config.json", ADAPTER_WEIGHTS, "README.md"})
 
 def model_entry(entry: Path) -> bool:
     """Whether an entry of a checkpoint folder is one `save_model` writes: config.json, the weights
-    and their index, an ``<adapter>-lora/`` folder of PEFT files only. A new save replaces these (and
-    removes those it does not write again: the shards of an earlier, bigger save, an adapter the
-    model no longer has); it leaves every other entry (processor files, the user's own) as it is."""
+    and their index, a quantised base's record, an ``<adapter>-lora/`` folder of PEFT files only. A new
+    save replaces these (and removes those it does not write again: the shards of an earlier, bigger save,
+    an adapter the model no longer has); it leaves every other entry (processor files, the user's own) as it is."""
     if entry.is_dir() and not entry.is_symlink():
         return entry.name.endswith("-lora") and all(p.is_file() and p.name in PEFT_FILES for p in entry.iterdir())
-    return entry.name in ("config.json", WEIGHTS, INDEX) or _SHARD.fullmatch(entry.name) is not None
+    return (entry.name in ("config.json", WEIGHTS, INDEX, QUANTIZED_BASE_RECORD)
+            or _SHARD.fullmatch(entry.name) is not None)
 
 
 def _dtype_fields(dtype: torch.dtype) -> dict:
@@ -301,9 +362,12 @@ def write_weights(sd: dict, directory: Path, max_shard_size: int | str = "5GB", 
 
 def save_model(model, directory, layout: str = "molora", peft_folders: bool = True,
                max_shard_size: int | str = "5GB", safe_serialization: bool = True,
-               progress: bool | None = None, base=None) -> list[str]:
+               progress: bool | None = None, base=None, without_base: bool = False) -> list[str]:
     """Write ``model`` to ``directory`` in ``layout`` (molora | phi4mm | phi4_multimodal); returns the
     files written (paths relative to ``directory``).
+
+    A model with a quantised base is refused unless ``without_base=True``: then everything but the
+    quantised linears is written, with a record of the original base (``molora/quantized_checkpoint.py``).
 
     molora and phi4mm keep the LoRA weights inside the shards; every layout also gets PEFT
     folders ``<adapter>-lora/`` (the transformers-native layout keeps adapters only there).
@@ -318,6 +382,10 @@ def save_model(model, directory, layout: str = "molora", peft_folders: bool = Tr
     if not safe_serialization:
         raise CheckpointError("molora writes safetensors only (safe_serialization=False is not supported)",
                               str(directory))
+    if getattr(model, "quantization", None) is not None:
+        from .quantized_checkpoint import save_quantized
+
+        return save_quantized(model, directory, layout, peft_folders, max_shard_size, progress, without_base)
     written = write_checkpoint(model.state_dict(), model.config, model.dtype, directory, layout, peft_folders,
                                max_shard_size, progress, base=base)
     if layout == "phi4mm":

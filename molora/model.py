@@ -29,7 +29,7 @@ from .errors import PlaceholderError
 from .forward_call import ForwardCall
 from .frozen_rows import backbone_frozen, frozen_text_rows, loss_apart
 from .modalities import EmbedContext
-from .plan import ExecutionPlan, FastPaths, choose_plan
+from .plan import ExecutionPlan, FastPaths, choose_plan, lora_paths
 from .token_layout import make_layout, segments
 from .touch_all import join_every_trainable
 
@@ -63,6 +63,8 @@ class MoLoRAModel(nn.Module):
         inject_routed_lora(self.language_model, config.adapters)
         self.fast_paths = FastPaths()  # the speed paths' switches (molora/plan.py)
         self.touch_all = False  # sharded training: every trainable tensor joins each process's graph
+        self.quantization = None  # the QuantizationSpec of a quantised frozen base (molora/quantization.py)
+        self.quantized_from = None  # where its original weights are (a folder or a preset name)
         self.freeze_base()
 
     # -- construction / IO -------------------------------------------------------------
@@ -235,15 +237,17 @@ class MoLoRAModel(nn.Module):
             and not self.touch_all and backbone_frozen(self)) else None
         dropout = getattr(self.language_model.config, "attention_dropout", 0.0) if self.training else 0.0
         plan = choose_plan(self.fast_paths, call.facts(frozen_rows_possible=split is not None), self.device,
-                           self.dtype, touch_all=self.touch_all, attention_dropout=dropout)
+                           self.dtype, touch_all=self.touch_all, attention_dropout=dropout,
+                           quantized_base=self.quantization is not None)
         return plan, split if plan.split_frozen_rows else None
 
     def step_route(self, row_types: list[str]) -> TokenRoute:
         """The route of a one-token-per-row decode step (reused for every step of a generate)."""
         idx = self.router.adapter_index(row_types, device=self.device)
-        merged = self.fast_paths.merged_inference and not torch.is_grad_enabled()
+        fused, merged = lora_paths(self.fast_paths, grad=torch.is_grad_enabled(),
+                                   quantized_base=self.quantization is not None)
         return TokenRoute.build(idx, (len(row_types), 1), self.config.adapter_names, None, merged=merged,
-                                fused=self.fast_paths.fused_lora)
+                                fused=fused)
 
     # -- loss ----------------------------------------------------------------------------
     def lm_logits(self, hidden: torch.Tensor) -> torch.Tensor:

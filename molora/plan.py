@@ -26,9 +26,11 @@ split_frozen_rows   loss-only training forward with a frozen backbone: text-only
                     adapter, no media: no trainable weight reaches their loss) run without
                     autograd beside the others (``molora/frozen_rows.py``)
 fused_lora          routed LoRA linears whose adapters own contiguous spans run as one
-                    autograd node (``adapters/lora_fused.py``), under autocast too
+                    autograd node (``adapters/lora_fused.py``), under autocast too; off
+                    over a quantised base (the kernel reads the dense base weight)
 merged_inference    (off by default) inference where every token uses one adapter: one
-                    matmul per linear with a cached merged weight ``W + s * B @ A``
+                    matmul per linear with a cached merged weight ``W + s * B @ A``; off
+                    over a quantised base (a merged dense weight would undo the quantisation)
 ==================  =====================================================================
 """
 from __future__ import annotations
@@ -39,7 +41,7 @@ import torch
 
 from .attention import FLEX_BACKENDS, PACKED_BACKENDS, flash_available, flex_available
 
-__all__ = ["FastPaths", "ExecutionPlan", "choose_plan", "packed_kernel"]
+__all__ = ["FastPaths", "ExecutionPlan", "choose_plan", "lora_paths", "packed_kernel"]
 
 
 @dataclass
@@ -121,9 +123,19 @@ def packed_kernel(switch: str, device: torch.device, dtype: torch.dtype, *, grad
     return switch
 
 
+def lora_paths(switches: FastPaths, *, grad: bool, quantized_base: bool = False) -> tuple[bool, bool]:
+    """(fused_lora, merged) of the routed LoRA linears: both read the dense base weight, so neither runs
+    over a quantised base (``molora/quantization.py``); the plain path (base layer, then the adapters) does."""
+    return (switches.fused_lora and not quantized_base,
+            switches.merged_inference and not grad and not quantized_base)
+
+
 def choose_plan(switches: FastPaths, facts: BatchFacts, device: torch.device, dtype: torch.dtype, *,
-                checkpointing: bool = False, touch_all: bool = False, attention_dropout: float = 0.0) -> ExecutionPlan:
-    """``attention_dropout``: the decoder's, when it applies (training mode), else 0."""
+                checkpointing: bool = False, touch_all: bool = False, attention_dropout: float = 0.0,
+                quantized_base: bool = False) -> ExecutionPlan:
+    """``attention_dropout``: the decoder's, when it applies (training mode), else 0; ``quantized_base``:
+    the decoder's base linears are quantised (`lora_paths`)."""
+    fused_lora, merged = lora_paths(switches, grad=facts.grad, quantized_base=quantized_base)
     pack = switches.pack and facts.training_loss and facts.padded and not facts.packed_input
     packed = facts.packed_input or pack
     # the kernel is refused only where packed rows would run it
@@ -142,7 +154,7 @@ def choose_plan(switches: FastPaths, facts: BatchFacts, device: torch.device, dt
         narrow=switches.narrow and facts.reads_subset and not checkpointing,
         split_frozen_rows=switches.split_frozen_rows and facts.training_loss and facts.grad
         and facts.frozen_rows_possible and not touch_all,
-        fused_lora=switches.fused_lora,
-        merged=switches.merged_inference and not facts.grad,
+        fused_lora=fused_lora,
+        merged=merged,
         touch_all=touch_all,
     )

@@ -18,6 +18,7 @@ from .errors import CheckpointError
 WEIGHTS = "model.safetensors"
 INDEX = "model.safetensors.index.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
+QUANTIZED_BASE_RECORD = "quantized_base.json"  # a quantised-base folder's record of its original weights
 
 
 def _index(path: Path) -> dict[str, str]:

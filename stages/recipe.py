@@ -213,7 +213,8 @@ def stage_recipe(stage: str, overrides: dict[str, Any] | list[str] | None = None
 
 
 # The keys of the free-form sections, with their types (the dataclasses above type the others).
-MODEL_FIELDS = {"preset": str, "path": str, "config": dict, "backbone": str, "vision": str, "init": str}
+MODEL_FIELDS = {"preset": str, "path": str, "config": dict, "backbone": str, "vision": str, "init": str,
+                "quantization": str | None}
 DATA_FIELDS = {"train": str | dict | None, "eval": str | dict | None, "allow_outside_root": bool,
                "max_tokens": int | None}
 TOP_FIELDS = {"name": str | None, "stage": str, "model": dict | None, "data": dict | None, "training": dict | None,
@@ -356,6 +357,13 @@ def check_ranges(r: Recipe) -> None:
         need(False, f"{r.stage}.{key}", what, getattr(r.settings, key))
     max_tokens = r.data.get("max_tokens")
     need(max_tokens is None or max_tokens >= 1, "data.max_tokens", ">= 1 (or null: the model's context)", max_tokens)
+    if r.model.get("quantization") is not None:  # int8 / int4 / nf4: the frozen base quantised (QLoRA)
+        from molora.quantization import QuantizationSpec
+
+        try:
+            QuantizationSpec.of(r.model["quantization"])
+        except ConfigError as e:
+            raise ConfigError(e.reason, "model.quantization") from None
     if not r.model.get("path"):
         from molora.presets import PRESETS
 

@@ -433,7 +433,8 @@ def save_final(model, processor, out: Path) -> None:
     tmp = out / ".final.partial"
     shutil.rmtree(tmp, ignore_errors=True)
     with partial_folder(tmp):
-        model.save_pretrained(tmp)
+        # a quantised base is never written: final/ then holds the trained parts and a record of the base
+        model.save_pretrained(tmp, without_base=getattr(model, "quantization", None) is not None)
         processor.save_pretrained(tmp)
     shutil.rmtree(out / "final", ignore_errors=True)
     os.replace(tmp, out / "final")

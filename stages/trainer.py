@@ -103,6 +103,25 @@ def seed_everything(seed: int) -> None:
 
 
 def build_model(spec: dict, seed: int):
+    """The recipe's model (`_build_float_model`), its frozen base quantised with ``model.quantization``
+    (int8 / int4 / nf4) when the recipe asks."""
+    model, processor = _build_float_model(spec, seed)
+    if spec.get("quantization") and model.quantization is None:  # QLoRA (molora/quantization.py)
+        from molora.quantization import quantize_frozen_base
+
+        from .starting_weights import shipped_weights
+
+        quantize_frozen_base(model, spec["quantization"])
+        # where final/ says the base comes from (it never holds the quantised base): a checkpoint, or a
+        # preset's shipped weights unchanged; otherwise (an assembly, a random init) it cannot be named
+        if spec.get("path"):
+            model.quantized_from = str(Path(spec["path"]).expanduser().resolve())
+        elif not spec.get("config") and shipped_weights(spec) is not None:
+            model.quantized_from = spec.get("preset", "tiny")
+    return model, processor
+
+
+def _build_float_model(spec: dict, seed: int):
     """Model from a recipe's ``model`` section: {path} | {preset, backbone, vision} | {preset} (its shipped
     pretrained parts, fresh projectors and LoRAs; ``init: random`` for a random model): see
     stages/starting_weights.py."""
