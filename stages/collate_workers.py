@@ -69,10 +69,14 @@ def _portable(err: Exception) -> Exception:
     return err
 
 
+HELD = {signal.SIGINT, signal.SIGTERM}
+
+
 def _quiet_worker(_worker_id: int) -> None:
     # the training process decides when to stop (between steps) and stops the workers
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, HELD)  # blocked since the fork (start_loader): now ignored
     # one thread per worker, as DataLoader sets torch's (and no fork warning from a Hugging Face tokenizer
     # the training process used before the workers started)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -87,4 +91,12 @@ def start_loader(dataset: StepCollation, keys, workers: int):
     process), collated by ``workers`` processes and returned in order."""
     loader = torch.utils.data.DataLoader(dataset, batch_size=None, sampler=keys, num_workers=workers,
                                          collate_fn=_as_is, worker_init_fn=_quiet_worker)
-    return iter(loader)
+    # A Ctrl-C at a terminal reaches the workers too. Until _quiet_worker has run, a worker would die of
+    # it, so SIGINT / SIGTERM are blocked while the workers start: they inherit the mask and unblock once
+    # both signals are ignored; one that reached the training process meanwhile is delivered when it
+    # unblocks below.
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, HELD)
+    try:
+        return iter(loader)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)

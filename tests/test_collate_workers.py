@@ -266,3 +266,35 @@ def test_ctrl_c_at_a_terminal_stops_a_run_with_workers_cleanly(tmp_path):
     time.sleep(1)  # the group is gone: signalling it finds no process
     with pytest.raises(ProcessLookupError):
         os.killpg(p.pid, 0)
+
+
+def test_a_ctrl_c_while_the_workers_start_does_not_kill_them(proc, tmp_path):
+    """A terminal's Ctrl-C can reach a worker before its own set-up has run: the workers start with
+    SIGINT / SIGTERM blocked, so one that lands then is ignored, not fatal."""
+    import threading
+
+    manifest = corpus(tmp_path, "mixed")
+    samples = read_manifest(manifest)
+    done = threading.Event()
+
+    def spam():  # SIGINT at every worker, from the moment it exists
+        while not done.is_set():
+            for p in multiprocessing.active_children():
+                try:
+                    os.kill(p.pid, signal.SIGINT)
+                except ProcessLookupError:
+                    pass
+            time.sleep(0.0005)
+
+    feed = StepFeed(samples, LengthGroupedBatches([s.length for s in samples], 2, seed=1), Collator(proc),
+                    paired=False, rank=0, world=1, grad_accum=1, seed=1, last_step=4, prefetch=False, workers=2)
+    t = threading.Thread(target=spam, daemon=True)
+    t.start()
+    try:
+        for s in range(4):
+            assert feed.get(s).micro
+    finally:
+        done.set()
+        t.join()
+        feed.close()
+    assert not multiprocessing.active_children()
