@@ -18,6 +18,7 @@ the whole process group, and the training process stops them itself when it stop
 """
 from __future__ import annotations
 
+import copy
 import os
 import pickle
 import signal
@@ -58,11 +59,13 @@ class StepCollation(torch.utils.data.Dataset):
 
 
 def _portable(err: Exception) -> Exception:
-    """``err`` with the worker's traceback as a note, or, when it cannot be pickled back to the
-    training process, a RuntimeError saying what it was."""
+    """``err`` with the worker's traceback as a note, or, when it cannot travel back to the training
+    process (its contents do not pickle, or its class cannot be rebuilt from its reduction), a
+    RuntimeError saying what it was."""
     where = "".join(traceback.format_exception(err))
     try:
-        pickle.loads(pickle.dumps(err))
+        pickle.dumps(err)
+        copy.deepcopy(err)  # rebuilt through the same __reduce_ex__ the receiving side calls
     except Exception:  # noqa: BLE001
         err = RuntimeError(f"{type(err).__name__}: {err}")
     err.add_note(f"raised in a collation worker:\n{where}")

@@ -121,7 +121,9 @@ def test_each_process_of_several_gets_its_share_from_its_workers(proc, tmp_path)
 
 def test_the_step_dataset_travels_to_spawned_workers(proc, tmp_path):
     """Where workers are spawned, not forked (macOS; forkserver from Python 3.14), the dataset with the
-    collator and its processor is pickled: the copy collates what the original collates."""
+    collator and its processor is pickled: it pickles, and a copy rebuilt through the same
+    ``__getstate__`` / ``__setstate__`` collates what the original collates."""
+    import copy as copying
     import pickle
 
     from molora.stages.collate_workers import StepCollation
@@ -129,7 +131,8 @@ def test_the_step_dataset_travels_to_spawned_workers(proc, tmp_path):
     manifest = with_bad_rows(tmp_path, "mixed")
     samples = read_manifest(manifest)
     dataset = StepCollation(samples, Collator(proc, spec_augment=SPEC), paired=False, seed=3)
-    copy = pickle.loads(pickle.dumps(dataset))
+    assert pickle.dumps(dataset)
+    copy = copying.deepcopy(dataset)
     key = (5, [list(range(0, 5)), list(range(5, 10))])
     a, b = dataset[key], copy[key]
     assert a.skipped == b.skipped and len(a.skipped) == 2
