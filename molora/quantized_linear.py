@@ -100,6 +100,7 @@ class QuantizedLinear(nn.Module):
         self.register_buffer("compute", torch.empty(0, dtype=dtype), persistent=False)
         self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
         self.last_kernel: str | None = None
+        self._casts: dict = {}  # the scales in a kernel's input dtype, made once (see _cast)
 
     @classmethod
     @torch.no_grad()
@@ -189,13 +190,25 @@ class QuantizedLinear(nn.Module):
         if not flat.is_contiguous():
             flat = flat.contiguous()
         if kernel == "aten._weight_int8pack_mm":
-            y = torch.ops.aten._weight_int8pack_mm(flat, self.qweight, self.scales.to(x.dtype))
+            y = torch.ops.aten._weight_int8pack_mm(flat, self.qweight, self._cast("scales", x.dtype))
         elif kernel == "aten._weight_int4pack_mm_for_cpu":
             y = torch.ops.aten._weight_int4pack_mm_for_cpu(flat, self.qweight, self.block,
-                                                             self.scales_zeros.to(x.dtype))
+                                                             self._cast("scales_zeros", x.dtype))
         else:
             y = flat @ self.dequantize(x.dtype).t()
         return y.view(*x.shape[:-1], self.out_features)
+
+    def _cast(self, name: str, dtype: torch.dtype) -> torch.Tensor:
+        """Buffer ``name`` in ``dtype``: a copy made once per dtype, not at every call (a decode step calls
+        each linear once), and made again when the buffer moves or is written in place."""
+        t = getattr(self, name)
+        if t.dtype == dtype:
+            return t
+        stamp = (t.device, t.data_ptr(), t._version)
+        hit = self._casts.get((name, dtype))
+        if hit is None or hit[0] != stamp:
+            hit = self._casts[(name, dtype)] = (stamp, t.to(dtype))
+        return hit[1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = _QuantizedMatmul.apply(x, self) if torch.is_grad_enabled() and x.requires_grad else self.matmul(x)

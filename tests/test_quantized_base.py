@@ -93,6 +93,20 @@ def test_layer_error_bounds_and_kernel(scheme, dtype):
     assert bool(((y.float() - want).abs() <= tol).all())
 
 
+@pytest.mark.parametrize("scheme", ["int8", "int4"])
+def test_the_kernels_scales_follow_a_write_to_the_layer(scheme):
+    """The scales are cast to the input's dtype once, not per call; a write to them is still seen."""
+    torch.manual_seed(0)
+    layer = QuantizedLinear.from_linear(torch.nn.Linear(256, 64, bias=False), scheme)
+    x = torch.randn(3, 256, dtype=torch.bfloat16)
+    first = layer(x)
+    assert torch.equal(layer(x), first) and layer.last_kernel.startswith("aten.")
+    name = "scales" if scheme == "int8" else "scales_zeros"
+    with torch.no_grad():
+        getattr(layer, name).mul_(2)
+    assert torch.equal(layer(x), 2 * first)  # every weight doubled: a power of two, so exactly twice
+
+
 @pytest.mark.parametrize("scheme", SCHEMES)
 def test_backward_is_the_input_gradient_through_the_dequantised_weight(scheme):
     torch.manual_seed(1)
